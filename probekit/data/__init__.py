@@ -1,0 +1,1 @@
+"""Trajectory and pair formats, and adapters that write them (see data/README.md)."""

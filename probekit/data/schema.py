@@ -1,0 +1,154 @@
+"""The trajectory and pair record formats, with line-checked readers.
+
+A *trajectory* is one prompt + completion; trajectories answering the same
+prompt share a `group`. A *pair* names two trajectories of one group, the
+chosen (preferred) and the rejected one. Both formats are documented in
+`data/README.md`; these readers enforce it so that a bad record fails with
+the file and line, never later inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from probekit.errors import ProbekitError, where
+from probekit.io import iter_jsonl, write_jsonl
+
+TRAJECTORY_FIELDS = ("id", "group", "prompt", "completion", "label", "answer", "error_char", "meta")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    id: str
+    group: str
+    prompt: str
+    completion: str
+    label: int | None = None  # 1 correct / preferred, 0 incorrect / dispreferred
+    answer: str | None = None  # the final answer that majority voting counts
+    error_char: int | None = None  # character offset in `completion` of the first wrong character
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        rec = asdict(self)
+        return {k: v for k, v in rec.items() if v is not None and not (k == "meta" and not v)}
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: str
+    rejected: str
+
+
+def _parse_trajectory(obj: dict, loc: str) -> Trajectory:
+    for key in ("id", "group", "prompt", "completion"):
+        if key not in obj or obj[key] is None:
+            raise ProbekitError(f"{loc}: missing field '{key}'")
+    for key in ("id", "group"):
+        if not isinstance(obj[key], (str, int)) or isinstance(obj[key], bool):
+            raise ProbekitError(f"{loc}: field '{key}' must be a string or integer")
+    for key in ("prompt", "completion"):
+        if not isinstance(obj[key], str):
+            raise ProbekitError(f"{loc}: field '{key}' must be a string")
+    if not obj["completion"].strip():
+        raise ProbekitError(f"{loc}: empty completion (trajectory '{obj['id']}')")
+    label = obj.get("label")
+    if label is not None:
+        if isinstance(label, bool):
+            label = int(label)
+        if label not in (0, 1):
+            raise ProbekitError(f"{loc}: field 'label' must be 0, 1 or absent, got {label!r}")
+    answer = obj.get("answer")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise ProbekitError(f"{loc}: field 'answer' must be a string or number")
+    error_char = obj.get("error_char")
+    if error_char is not None:
+        if not isinstance(error_char, int) or not 0 <= error_char < len(obj["completion"]):
+            raise ProbekitError(f"{loc}: field 'error_char' must be a character offset inside the completion")
+    meta = obj.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ProbekitError(f"{loc}: field 'meta' must be an object")
+    extra = {k: v for k, v in obj.items() if k not in TRAJECTORY_FIELDS}
+    return Trajectory(
+        id=str(obj["id"]),
+        group=str(obj["group"]),
+        prompt=obj["prompt"],
+        completion=obj["completion"],
+        label=label,
+        answer=None if answer is None else str(answer),
+        error_char=error_char,
+        meta={**meta, **extra},
+    )
+
+
+def read_trajectories(path: str | Path, skip_invalid: bool = False) -> tuple[list[Trajectory], int]:
+    """Read a trajectories JSONL file.
+
+    Returns the trajectories and the number of invalid records skipped (always 0
+    unless `skip_invalid`). Duplicate ids are an error either way, since every
+    later stage addresses trajectories by id.
+    """
+    out: list[Trajectory] = []
+    seen: dict[str, int] = {}
+    skipped = 0
+    for lineno, obj in iter_jsonl(path):
+        loc = where(path, lineno)
+        try:
+            traj = _parse_trajectory(obj, loc)
+        except ProbekitError:
+            if skip_invalid:
+                skipped += 1
+                continue
+            raise
+        if traj.id in seen:
+            raise ProbekitError(f"{loc}: duplicate id '{traj.id}' (first seen on line {seen[traj.id]})")
+        seen[traj.id] = lineno
+        out.append(traj)
+    if not out:
+        raise ProbekitError(f"{path}: no valid trajectories")
+    return out, skipped
+
+
+def read_pairs(path: str | Path, trajectories: Iterable[Trajectory]) -> list[Pair]:
+    """Read a pairs JSONL file ({"chosen": id, "rejected": id}) and check it against the trajectories."""
+    by_id = {t.id: t for t in trajectories}
+    pairs: list[Pair] = []
+    for lineno, obj in iter_jsonl(path):
+        loc = where(path, lineno)
+        for key in ("chosen", "rejected"):
+            if key not in obj:
+                raise ProbekitError(f"{loc}: missing field '{key}'")
+        chosen, rejected = str(obj["chosen"]), str(obj["rejected"])
+        for tid in (chosen, rejected):
+            if tid not in by_id:
+                raise ProbekitError(f"{loc}: pair refers to unknown trajectory id '{tid}'")
+        if chosen == rejected:
+            raise ProbekitError(f"{loc}: a pair needs two different trajectories, got '{chosen}' twice")
+        if by_id[chosen].group != by_id[rejected].group:
+            raise ProbekitError(f"{loc}: pair '{chosen}'/'{rejected}' spans two groups")
+        pairs.append(Pair(chosen, rejected))
+    return pairs
+
+
+def derive_pairs(trajectories: Iterable[Trajectory]) -> list[Pair]:
+    """Every (label 1, label 0) combination within each group, in input order."""
+    groups: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        if t.label is not None:
+            groups.setdefault(t.group, []).append(t)
+    pairs = []
+    for members in groups.values():
+        good = [t for t in members if t.label == 1]
+        bad = [t for t in members if t.label == 0]
+        pairs.extend(Pair(g.id, b.id) for g, b in itertools.product(good, bad))
+    return pairs
+
+
+def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory]) -> int:
+    return write_jsonl(path, (t.to_record() for t in trajectories))
+
+
+def write_pairs(path: str | Path, pairs: Iterable[Pair]) -> int:
+    return write_jsonl(path, ({"chosen": p.chosen, "rejected": p.rejected} for p in pairs))

@@ -1,0 +1,1 @@
+"""The `probekit` command-line interface (Typer)."""

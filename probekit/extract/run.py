@@ -1,0 +1,311 @@
+"""Extraction driver: trajectories in, a resumable sharded store out.
+
+Work is cut into shards of `shard_size` trajectories in input order. A rank
+(torchrun's RANK/WORLD_SIZE, or `--shard i/N`) takes shards i, i+N, ...; the
+shard layout does not depend on the number of ranks, so one process and N
+processes write byte-for-byte the same set of shard files. A shard that is
+already complete is skipped, which is what makes re-running a command resume.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
+from probekit.errors import ProbekitError
+from probekit.extract.forward import forward_layers
+from probekit.extract.manifest import build_manifest, check_existing, finalize
+from probekit.extract.plan import length_buckets, parse_positions, select_positions
+from probekit.extract.render import Encoded, encode, resolve_template
+from probekit.io import sha256_file, write_json
+from probekit.models import LoadedModel, load_model, resolve_layers
+from probekit.store import MANIFEST, PAIRS, ShardData, shard_is_complete, shard_name, write_shard
+
+STORE_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
+
+
+@dataclass
+class ExtractOptions:
+    trajectories: Path
+    out: Path
+    pairs: Path | None = None
+    model: str = "smollm2-135m"
+    layers: str | None = None
+    template: str = "auto"
+    positions: str = "all"
+    max_length: int = 1024
+    dtype: str = "float16"
+    model_dtype: str = "auto"
+    device: str = "auto"
+    max_batch_tokens: int = 8192
+    shard_size: int = 512
+    padding_side: str = "right"
+    shard: str | None = None
+    overwrite: bool = False
+    skip_invalid: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ExtractResult:
+    out: Path
+    manifest: dict
+    shards_done: list[int] = field(default_factory=list)
+    shards_skipped: list[int] = field(default_factory=list)
+    complete: bool = False
+    n_truncated: int = 0
+    n_skipped_invalid: int = 0
+
+
+def parse_rank(shard: str | None) -> tuple[int, int]:
+    """(rank, world) from `--shard i/N`, else from torchrun's environment, else (0, 1)."""
+    if shard:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise ProbekitError(f"--shard must look like i/N (e.g. 0/4), got '{shard}'") from None
+    else:
+        i, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= i < n:
+        raise ProbekitError(f"shard rank {i} is outside 0..{n - 1}")
+    return i, n
+
+
+def _device_for_rank(loaded: LoadedModel, rank: int) -> None:
+    """Under torchrun on a multi-GPU machine each rank uses its LOCAL_RANK GPU."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and loaded.device.type == "cuda" and torch.cuda.device_count() > 1:
+        loaded.device = torch.device("cuda", int(local))
+        loaded.model.to(loaded.device)
+
+
+def extract(opts: ExtractOptions, loaded: LoadedModel | None = None) -> ExtractResult:
+    if opts.dtype not in STORE_DTYPES:
+        raise ProbekitError(f"--dtype must be float16 or float32, got '{opts.dtype}'")
+    if opts.padding_side not in ("left", "right"):
+        raise ProbekitError("padding side must be 'left' or 'right'")
+    if opts.max_length < 2 or opts.shard_size < 1:
+        raise ProbekitError("--max-length must be >= 2 and --shard-size >= 1")
+    stride = parse_positions(opts.positions)
+    rank, world = parse_rank(opts.shard)
+    trajectories, n_invalid = read_trajectories(opts.trajectories, skip_invalid=opts.skip_invalid)
+    pairs = read_pairs(opts.pairs, trajectories) if opts.pairs else derive_pairs(trajectories)
+
+    loaded = loaded or load_model(opts.model, device=opts.device, dtype=opts.model_dtype)
+    _device_for_rank(loaded, rank)
+    layers = resolve_layers(opts.layers, loaded.num_layers)
+    template = resolve_template(opts.template, loaded.tokenizer)
+    n_shards = (len(trajectories) + opts.shard_size - 1) // opts.shard_size
+
+    key_fields = {
+        "model_sha256": loaded.file_sha256 or loaded.source,
+        "layers": layers,
+        "template": template,
+        "positions": opts.positions,
+        "max_length": opts.max_length,
+        "dtype": opts.dtype,
+        "shard_size": opts.shard_size,
+        "data_sha256": sha256_file(opts.trajectories),
+        "pairs_sha256": sha256_file(opts.pairs) if opts.pairs else "derived",
+        "skip_invalid": opts.skip_invalid,
+    }
+    manifest = build_manifest(
+        key_fields,
+        {
+            "model": {
+                "name": loaded.name,
+                "source": str(loaded.source),
+                "file_sha256": loaded.file_sha256,
+                "revision": loaded.revision,
+                "num_layers": loaded.num_layers,
+                "hidden_size": loaded.hidden_size,
+            },
+            "tokenizer": {"name_or_path": str(getattr(loaded.tokenizer, "name_or_path", "")), "vocab_size": len(loaded.tokenizer)},
+            "layers": layers,
+            "dtype": opts.dtype,
+            "template": template,
+            "positions": opts.positions,
+            "max_length": opts.max_length,
+            "data": {
+                "trajectories": str(opts.trajectories),
+                "sha256": key_fields["data_sha256"],
+                "pairs": str(opts.pairs) if opts.pairs else None,
+                "n_trajectories": len(trajectories),
+                "n_pairs": len(pairs),
+                "n_skipped_invalid": n_invalid,
+            },
+            "shards": {"n": n_shards, "size": opts.shard_size},
+        },
+    )
+    out = Path(opts.out)
+    resume = check_existing(out, manifest, opts.overwrite)
+    if not resume and (out / MANIFEST).exists():  # --overwrite of a different store
+        for old in out.glob("shard-*.h5"):
+            old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume or rank == 0:
+        write_json(out / MANIFEST, manifest)
+    write_pairs(out / PAIRS, pairs)
+
+    mine = list(range(rank, n_shards, world))
+    todo = [s for s in mine if not shard_is_complete(out / shard_name(s), manifest["cache_key"])]
+    result = ExtractResult(out=out, manifest=manifest, shards_skipped=[s for s in mine if s not in todo], n_skipped_invalid=n_invalid)
+
+    encoded = {s: _encode_shard(trajectories, s, opts, loaded, template) for s in todo}
+    total_tokens = sum(len(e.input_ids) for enc in encoded.values() for e in enc)
+    with _progress(opts.progress, total_tokens) as advance:
+        for s in todo:
+            lo = s * opts.shard_size
+            batch_trajs = trajectories[lo : lo + opts.shard_size]
+            for stale in out.glob(f".{shard_name(s)}.*.tmp"):
+                stale.unlink()  # left by a killed run; never read as a shard
+            t0 = time.perf_counter()
+            data = build_shard(batch_trajs, encoded[s], loaded, layers, stride, opts, advance)
+            data.attrs.update(
+                cache_key=manifest["cache_key"],
+                shard_index=s,
+                seconds=time.perf_counter() - t0,
+                model_dtype=str(loaded.dtype).replace("torch.", ""),
+            )
+            write_shard(out / shard_name(s), data)
+            result.shards_done.append(s)
+
+    all_paths = [out / shard_name(s) for s in range(n_shards)]
+    if all(shard_is_complete(p, manifest["cache_key"]) for p in all_paths):
+        import h5py
+
+        attrs = []
+        for p in all_paths:
+            with h5py.File(p, "r") as fh:
+                attrs.append(dict(fh.attrs))
+        result.manifest = finalize(out, manifest, attrs)
+        result.complete = True
+        result.n_truncated = result.manifest["stats"]["n_truncated"]
+    return result
+
+
+def _encode_shard(trajectories: list[Trajectory], s: int, opts: ExtractOptions, loaded: LoadedModel, template: str) -> list[Encoded]:
+    lo = s * opts.shard_size
+    out = []
+    for i, t in enumerate(trajectories[lo : lo + opts.shard_size]):
+        try:
+            out.append(encode(t, loaded.tokenizer, template, opts.max_length))
+        except ProbekitError as exc:
+            raise ProbekitError(f"{opts.trajectories}: record {lo + i + 1}: {exc}") from None
+    return out
+
+
+class _progress:
+    """A rich progress bar over tokens, with tokens/s; a no-op when disabled."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled or self.total == 0:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from cli.common import console
+
+        self._bar = Progress(
+            TextColumn("extract"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tokens"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._bar.start()
+        task = self._bar.add_task("extract", total=self.total, rate="")
+        t0 = time.perf_counter()
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            rate = done[0] / max(time.perf_counter() - t0, 1e-9)
+            self._bar.update(task, advance=n, rate=f"{rate:,.0f} tok/s")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if hasattr(self, "_bar"):
+            self._bar.stop()
+        return False
+
+
+def build_shard(
+    trajs: list[Trajectory],
+    encoded: list[Encoded],
+    loaded: LoadedModel,
+    layers: list[int],
+    stride: int,
+    opts: ExtractOptions,
+    advance=lambda n: None,
+) -> ShardData:
+    """Run the truncated forward over one shard in length buckets; return its arrays in input order."""
+    torch_dtype, np_dtype = STORE_DTYPES[opts.dtype]
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    per_traj: list[dict[int, np.ndarray] | None] = [None] * len(trajs)
+    per_pos: list[np.ndarray | None] = [None] * len(trajs)
+    for batch in length_buckets([len(e.input_ids) for e in encoded], opts.max_batch_tokens):
+        width = max(len(encoded[i].input_ids) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        starts = []
+        for row, i in enumerate(batch):
+            seq = encoded[i].input_ids
+            start = width - len(seq) if opts.padding_side == "left" else 0
+            ids[row, start : start + len(seq)] = torch.tensor(seq)
+            mask[row, start : start + len(seq)] = 1
+            starts.append(start)
+        states = forward_layers(loaded.model, ids.to(loaded.device), mask.to(loaded.device), layers)
+        for row, i in enumerate(batch):
+            e = encoded[i]
+            pos = select_positions(e.completion_cut, e.completion_tokens, stride)
+            cols = torch.as_tensor(starts[row] + e.completion_start + (pos - e.completion_cut), device=loaded.device)
+            per_traj[i] = {layer: _checked(states[layer][row, cols], torch_dtype, trajs[i].id, layer, opts.dtype) for layer in layers}
+            per_pos[i] = pos
+        advance(sum(len(encoded[i].input_ids) for i in batch))
+
+    counts = np.asarray([len(p) for p in per_pos], dtype=np.int64)
+    return ShardData(
+        offsets=np.concatenate([[0], np.cumsum(counts)]),
+        positions=np.concatenate(per_pos).astype(np.int32),
+        states={layer: np.concatenate([t[layer] for t in per_traj]).astype(np_dtype, copy=False) for layer in layers},
+        meta={
+            "id": [t.id for t in trajs],
+            "group": [t.group for t in trajs],
+            "answer": [t.answer or "" for t in trajs],
+            "label": [-1 if t.label is None else t.label for t in trajs],
+            "completion_tokens": [e.completion_tokens for e in encoded],
+            "truncated_tokens": [e.truncated_tokens for e in encoded],
+            "error_token": [e.error_token for e in encoded],
+        },
+        attrs={
+            "n_trajectories": len(trajs),
+            "n_rows": int(counts.sum()),
+            "n_tokens_processed": sum(len(e.input_ids) for e in encoded),
+            "n_truncated": sum(1 for e in encoded if e.truncated_tokens > 0),
+        },
+    )
+
+
+def _checked(x: torch.Tensor, dtype: torch.dtype, tid: str, layer: int, dtype_name: str) -> np.ndarray:
+    """Cast to the storage dtype and refuse non-finite values (fp16 overflow, NaNs from the model)."""
+    if not torch.isfinite(x).all():
+        raise ProbekitError(f"trajectory '{tid}': the model produced non-finite hidden states at layer {layer}")
+    y = x.to(dtype)
+    if not torch.isfinite(y).all():
+        raise ProbekitError(
+            f"trajectory '{tid}': hidden states at layer {layer} overflow {dtype_name} "
+            f"(max |x| = {x.abs().max().item():.3g}); re-run with --dtype float32"
+        )
+    return y.float().cpu().numpy() if dtype == torch.float32 else y.cpu().numpy()

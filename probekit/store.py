@@ -1,0 +1,284 @@
+"""The on-disk store of cached hidden states, and a streaming reader.
+
+Layout of a store folder::
+
+    manifest.json        what was extracted, from what, how (see probekit.extract.manifest)
+    pairs.jsonl          the preference pairs, by trajectory id
+    shard-00000.h5       one HDF5 file per block of `shard_size` trajectories
+    ...
+
+Inside a shard, the per-token states of all its trajectories are concatenated
+row-wise (ragged storage) and `offsets[i]:offsets[i+1]` are the rows of its
+i-th trajectory::
+
+    attrs: cache_key, shard_index, n_trajectories, n_rows, n_tokens_processed,
+           n_truncated, seconds, model_dtype, complete
+    offsets            int64 [n + 1]
+    positions          int32 [rows]   token index in the full (untruncated) completion
+    states/L{layer}    float16|float32 [rows, hidden]
+    meta/id, meta/group, meta/answer            utf-8 strings ('' = no answer)
+    meta/label                                  int8   (-1 = unlabelled)
+    meta/completion_tokens                      int32  tokens of the full completion
+    meta/truncated_tokens                       int32  tokens cut from the left (prompt first)
+    meta/error_token                            int32  first wrong completion token (-1 = none/unknown)
+
+A shard is written under a temporary name and renamed when complete, so a
+file named `shard-*.h5` is always whole. The reader streams: it never loads
+more than one shard's states unless asked to (`load_layer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from probekit.errors import ProbekitError
+from probekit.io import atomic_path, read_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PAIRS = "pairs.jsonl"
+META_STR_FIELDS = ("id", "group", "answer")
+META_INT_FIELDS = {"label": np.int8, "completion_tokens": np.int32, "truncated_tokens": np.int32, "error_token": np.int32}
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
+
+
+@dataclass
+class ShardData:
+    """Everything one shard holds, in memory, ready to be written."""
+
+    offsets: np.ndarray
+    positions: np.ndarray
+    states: dict[int, np.ndarray]  # layer -> [rows, hidden]
+    meta: dict[str, np.ndarray]
+    attrs: dict
+
+
+def write_shard(path: Path, data: ShardData) -> None:
+    """Write a shard atomically: temporary name, fsync'd by h5py close, then rename."""
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as fh:
+            fh.create_dataset("offsets", data=data.offsets.astype(np.int64))
+            fh.create_dataset("positions", data=data.positions.astype(np.int32))
+            grp = fh.create_group("states")
+            for layer, arr in data.states.items():
+                grp.create_dataset(f"L{layer}", data=arr, chunks=(min(len(arr), 256) or 1, arr.shape[1]) if len(arr) else None)
+            meta = fh.create_group("meta")
+            for name in META_STR_FIELDS:
+                meta.create_dataset(name, data=np.asarray(data.meta[name], dtype=object), dtype=h5py.string_dtype())
+            for name, dtype in META_INT_FIELDS.items():
+                meta.create_dataset(name, data=np.asarray(data.meta[name], dtype=dtype))
+            for key, value in data.attrs.items():
+                fh.attrs[key] = value
+            fh.attrs["complete"] = True
+
+
+def shard_is_complete(path: Path, cache_key: str) -> bool:
+    """True when `path` is a finished shard of the store with this cache key."""
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as fh:
+            return bool(fh.attrs.get("complete", False)) and fh.attrs.get("cache_key") == cache_key
+    except OSError:  # truncated or otherwise unreadable file
+        return False
+
+
+@dataclass
+class TrajectoryTable:
+    """Per-trajectory metadata of the whole store, in global order (shard by shard)."""
+
+    id: np.ndarray
+    group: np.ndarray
+    answer: np.ndarray  # object array; None where no answer
+    label: np.ndarray  # int8, -1 = unlabelled
+    completion_tokens: np.ndarray
+    truncated_tokens: np.ndarray
+    error_token: np.ndarray
+    row_start: np.ndarray  # global row index of the first stored state
+    row_end: np.ndarray
+    shard: np.ndarray  # shard number of each trajectory
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    @property
+    def stored_tokens(self) -> np.ndarray:
+        return self.row_end - self.row_start
+
+
+@dataclass
+class ShardBlock:
+    """One shard's states for streaming consumers (filtering, scoring)."""
+
+    trajectories: np.ndarray  # global trajectory indices
+    offsets: np.ndarray  # local row offsets, [n + 1]
+    positions: np.ndarray
+    states: np.ndarray  # float32 [rows, hidden]
+
+
+class Store:
+    """Read-only view of a complete store. Cheap to open: reads metadata only."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.exists():
+            raise ProbekitError(f"{self.path}: not a probekit store (no {MANIFEST}); run `probekit extract` first")
+        self.manifest = read_json(manifest_path)
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise ProbekitError(f"{manifest_path}: unsupported store format {self.manifest.get('format_version')!r}")
+        self.cache_key: str = self.manifest["cache_key"]
+        self.layers: list[int] = list(self.manifest["layers"])
+        self.hidden_size: int = int(self.manifest["model"]["hidden_size"])
+        n_shards = int(self.manifest["shards"]["n"])
+        self.shard_paths = [self.path / shard_name(i) for i in range(n_shards)]
+        missing = [p.name for p in self.shard_paths if not shard_is_complete(p, self.cache_key)]
+        if missing:
+            raise ProbekitError(
+                f"{self.path}: store incomplete, {len(missing)} of {n_shards} shards missing or partial "
+                f"(first: {missing[0]}); re-run the same `probekit extract` command to resume"
+            )
+        self.meta = self._read_meta()
+        self._id_index: dict[str, int] | None = None
+        self._positions: np.ndarray | None = None
+
+    # ---- metadata -------------------------------------------------------
+    def _read_meta(self) -> TrajectoryTable:
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in (*META_STR_FIELDS, *META_INT_FIELDS, "offsets", "shard")}
+        row_base = 0
+        for s, path in enumerate(self.shard_paths):
+            with h5py.File(path, "r") as fh:
+                for name in META_STR_FIELDS:
+                    cols[name].append(fh["meta"][name].asstr()[...].astype(object))
+                for name in META_INT_FIELDS:
+                    cols[name].append(fh["meta"][name][...])
+                offsets = fh["offsets"][...]
+                cols["offsets"].append(offsets[:-1] + row_base)
+                cols["shard"].append(np.full(len(offsets) - 1, s, dtype=np.int32))
+                row_base += int(offsets[-1])
+        starts = np.concatenate(cols["offsets"]).astype(np.int64)
+        ends = np.append(starts[1:], row_base)
+        answer = np.concatenate(cols["answer"])
+        answer[answer == ""] = None
+        self.n_rows = row_base
+        return TrajectoryTable(
+            id=np.concatenate(cols["id"]),
+            group=np.concatenate(cols["group"]),
+            answer=answer,
+            label=np.concatenate(cols["label"]),
+            completion_tokens=np.concatenate(cols["completion_tokens"]),
+            truncated_tokens=np.concatenate(cols["truncated_tokens"]),
+            error_token=np.concatenate(cols["error_token"]),
+            row_start=starts,
+            row_end=ends,
+            shard=np.concatenate(cols["shard"]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def index_of(self, trajectory_id: str) -> int:
+        if self._id_index is None:
+            self._id_index = {tid: i for i, tid in enumerate(self.meta.id)}
+        try:
+            return self._id_index[trajectory_id]
+        except KeyError:
+            raise ProbekitError(f"{self.path}: no trajectory with id '{trajectory_id}'") from None
+
+    def pairs(self) -> np.ndarray:
+        """Preference pairs as global trajectory indices, int64 [n_pairs, 2] (chosen, rejected)."""
+        from probekit.io import iter_jsonl
+
+        path = self.path / PAIRS
+        if not path.exists():
+            return np.zeros((0, 2), dtype=np.int64)
+        out = []
+        for lineno, obj in iter_jsonl(path):
+            try:
+                out.append((self.index_of(str(obj["chosen"])), self.index_of(str(obj["rejected"]))))
+            except (KeyError, ProbekitError) as exc:
+                raise ProbekitError(f"{path}:{lineno}: bad pair ({exc})") from None
+        return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+    def check_layer(self, layer: int) -> None:
+        if layer not in self.layers:
+            raise ProbekitError(f"{self.path}: layer {layer} not in this store (it has layers {self.layers})")
+
+    # ---- states ---------------------------------------------------------
+    def positions(self) -> np.ndarray:
+        """Token position (in the full completion) of every stored row, int32 [n_rows]."""
+        if self._positions is None:
+            parts = []
+            for path in self.shard_paths:
+                with h5py.File(path, "r") as fh:
+                    parts.append(fh["positions"][...])
+            self._positions = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        return self._positions
+
+    def read_rows(self, layer: int, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """States of arbitrary global rows, float32 [len(rows), hidden], in the order asked.
+
+        Rows are grouped by shard and read in sorted order (HDF5 fancy indexing
+        needs increasing indices), then put back in the caller's order.
+        """
+        self.check_layer(layer)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.hidden_size), dtype=np.float32)
+        if len(rows) == 0:
+            return out
+        shard_starts = self._shard_row_starts()
+        shard_of = np.searchsorted(shard_starts, rows, side="right") - 1
+        for s in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == s)
+            local = rows[sel] - shard_starts[s]
+            uniq, inverse = np.unique(local, return_inverse=True)
+            with h5py.File(self.shard_paths[s], "r") as fh:
+                block = fh["states"][f"L{layer}"][uniq]
+            out[sel] = block[inverse]
+        return out
+
+    def _shard_row_starts(self) -> np.ndarray:
+        firsts = np.searchsorted(self.meta.shard, np.arange(len(self.shard_paths)))
+        return np.append(self.meta.row_start, self.n_rows)[firsts]
+
+    def last_rows(self) -> np.ndarray:
+        """Global row of each trajectory's last stored state (always its last completion token)."""
+        return self.meta.row_end - 1
+
+    def trajectory_states(self, index: int, layer: int) -> np.ndarray:
+        start, end = int(self.meta.row_start[index]), int(self.meta.row_end[index])
+        return self.read_rows(layer, np.arange(start, end))
+
+    def iter_shards(self, layer: int) -> Iterator[ShardBlock]:
+        """Yield one shard at a time: memory stays bounded by the largest shard."""
+        self.check_layer(layer)
+        first = 0
+        for path in self.shard_paths:
+            with h5py.File(path, "r") as fh:
+                offsets = fh["offsets"][...]
+                n = len(offsets) - 1
+                yield ShardBlock(
+                    trajectories=np.arange(first, first + n),
+                    offsets=offsets,
+                    positions=fh["positions"][...],
+                    states=fh["states"][f"L{layer}"][...].astype(np.float32),
+                )
+            first += n
+
+    def load_layer(self, layer: int) -> np.ndarray:
+        """All states of one layer in memory, float32 [n_rows, hidden]."""
+        blocks = [b.states for b in self.iter_shards(layer)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.hidden_size), np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes that `load_layer` would take (float32)."""
+        return self.n_rows * self.hidden_size * 4

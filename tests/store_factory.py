@@ -1,0 +1,80 @@
+"""Write a valid probekit store directly from numpy arrays (no model), for unit tests.
+
+Lets tests plant a known signal in the states (e.g. a direction that marks
+correct trajectories) and check that fit/eval/filter recover it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from probekit.data.schema import Pair, write_pairs
+from probekit.extract.manifest import build_manifest, finalize
+from probekit.io import write_json
+from probekit.store import MANIFEST, PAIRS, ShardData, shard_name, write_shard
+
+
+def make_store(
+    path: Path,
+    states: list[np.ndarray],
+    groups: list[str],
+    labels: list[int],
+    answers: list[str | None] | None = None,
+    error_tokens: list[int] | None = None,
+    pairs: list[tuple[int, int]] | None = None,
+    layer: int = 2,
+    shard_size: int = 8,
+    model_name: str = "test-model",
+) -> Path:
+    """`states[i]` is [T_i, hidden] for trajectory i (all positions stored)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    n = len(states)
+    hidden = states[0].shape[1]
+    ids = [f"t{i}" for i in range(n)]
+    answers = answers or [None] * n
+    error_tokens = error_tokens or [-1] * n
+    key = {"model_sha256": model_name, "layers": [layer], "data_sha256": str(abs(hash((n, hidden, model_name)))), "shard_size": shard_size}
+    manifest = build_manifest(
+        key,
+        {
+            "model": {"name": model_name, "source": model_name, "file_sha256": model_name, "revision": None, "num_layers": layer, "hidden_size": hidden},
+            "layers": [layer],
+            "dtype": "float32",
+            "template": "raw",
+            "positions": "all",
+            "max_length": 10_000,
+            "data": {"n_trajectories": n},
+            "shards": {"n": (n + shard_size - 1) // shard_size, "size": shard_size},
+        },
+    )
+    write_json(path / MANIFEST, manifest)
+    attrs = []
+    for s in range(manifest["shards"]["n"]):
+        idx = range(s * shard_size, min(n, (s + 1) * shard_size))
+        counts = [len(states[i]) for i in idx]
+        data = ShardData(
+            offsets=np.concatenate([[0], np.cumsum(counts)]),
+            positions=np.concatenate([np.arange(c) for c in counts]),
+            states={layer: np.concatenate([states[i] for i in idx]).astype(np.float32)},
+            meta={
+                "id": [ids[i] for i in idx],
+                "group": [groups[i] for i in idx],
+                "answer": [answers[i] or "" for i in idx],
+                "label": [labels[i] for i in idx],
+                "completion_tokens": counts,
+                "truncated_tokens": [0] * len(counts),
+                "error_token": [error_tokens[i] for i in idx],
+            },
+            attrs={"n_trajectories": len(counts), "n_rows": sum(counts), "n_tokens_processed": sum(counts), "n_truncated": 0,
+                   "cache_key": manifest["cache_key"], "shard_index": s, "seconds": 0.0, "model_dtype": "float32"},
+        )
+        write_shard(path / shard_name(s), data)
+        attrs.append(data.attrs)
+    if pairs is None:
+        pairs = [(i, j) for i in range(n) for j in range(n) if groups[i] == groups[j] and labels[i] == 1 and labels[j] == 0]
+    write_pairs(path / PAIRS, [Pair(ids[a], ids[b]) for a, b in pairs])
+    finalize(path, manifest, attrs)
+    return path

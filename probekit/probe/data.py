@@ -1,0 +1,343 @@
+"""Everything training and evaluation read from a store: row sources, group splits, batches.
+
+Row sources
+    `MemoryRows` loads one layer into memory; `StreamRows` reads the rows a
+    batch needs with `Store.read_rows`. `open_rows` picks one from the memory
+    budget. Both return identical float32 arrays, so a fit gives the same
+    result either way.
+
+Splits
+    By GROUP (all answers to one prompt go to one side), seeded, saved in the
+    checkpoint as {"train": [groups], "valid": [...], "test": [...]}.
+
+Contrastive sampling (Nath et al. 2024), in stored rows
+    A trajectory's rows are `row_start[i]:row_end[i]`; with the positions
+    policies "stride"/"last" only some token positions are stored, so all
+    sampling is over stored rows. Positives: K (source, goal) row pairs on the
+    chosen completion, goal in the rows at positions >= goal_min_frac·T (never
+    the first stored row), source uniformly among the stored rows strictly
+    before it; a completion with a single stored row uses source = goal = last.
+    Negatives: K random rows of the chosen completion paired with K random rows
+    of the rejected one, uniform, or restricted to the last `late_frac` of each
+    completion.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from probekit.errors import ProbekitError
+from probekit.io import read_json
+from probekit.store import Store
+
+SPLITS = ("train", "valid", "test")
+_BLOCK_ROWS = 1 << 16
+
+
+# ---- row sources ------------------------------------------------------------
+class RowSource:
+    """States of global rows of one layer, as float32."""
+
+    in_memory: bool = False
+
+    def __init__(self, store: Store, layer: int):
+        store.check_layer(layer)
+        self.store = store
+        self.layer = layer
+        self.hidden_size = store.hidden_size
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), hidden], in the order asked."""
+        raise NotImplementedError
+
+    def blocks(self, trajectories: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (trajectory indices, local offsets [n+1], states of their rows concatenated).
+
+        Covers every trajectory in `trajectories` exactly once (in increasing
+        index order), a bounded block at a time.
+        """
+        raise NotImplementedError
+
+
+class MemoryRows(RowSource):
+    """The whole layer in memory (`Store.load_layer`)."""
+
+    in_memory = True
+
+    def __init__(self, store: Store, layer: int):
+        super().__init__(store, layer)
+        self.states = store.load_layer(layer)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.states[np.asarray(rows, dtype=np.int64)]
+
+    def blocks(self, trajectories):
+        meta = self.store.meta
+        traj = np.unique(np.asarray(trajectories, dtype=np.int64))
+        i = 0
+        while i < len(traj):
+            j, n_rows = i, 0
+            while j < len(traj) and (j == i or n_rows + meta.stored_tokens[traj[j]] <= _BLOCK_ROWS):
+                n_rows += int(meta.stored_tokens[traj[j]])
+                j += 1
+            chunk = traj[i:j]
+            yield chunk, _offsets(meta.stored_tokens[chunk]), self.states[_rows_of(meta.row_start[chunk], meta.row_end[chunk])]
+            i = j
+
+
+class StreamRows(RowSource):
+    """Reads rows from the shards on demand: memory stays bounded by a batch (or one shard)."""
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.store.read_rows(self.layer, rows)
+
+    def blocks(self, trajectories):
+        meta = self.store.meta
+        want = np.zeros(len(meta), dtype=bool)
+        want[np.asarray(trajectories, dtype=np.int64)] = True
+        needed = set(np.unique(meta.shard[want]).tolist())
+        for s, _path in enumerate(self.store.shard_paths):
+            if s not in needed:
+                continue
+            first = int(np.searchsorted(meta.shard, s))
+            n = int(np.searchsorted(meta.shard, s, side="right")) - first
+            sel = np.flatnonzero(want[first:first + n]) + first
+            base = int(meta.row_start[first])
+            rows = _rows_of(meta.row_start[sel], meta.row_end[sel]) - base
+            states = self.store.read_rows(self.layer, rows + base) if len(rows) < 4096 else _shard_layer(self.store, s, self.layer)[rows]
+            yield sel, _offsets(meta.stored_tokens[sel]), states
+
+
+def _shard_layer(store: Store, shard: int, layer: int) -> np.ndarray:
+    import h5py
+
+    with h5py.File(store.shard_paths[shard], "r") as fh:
+        return fh["states"][f"L{layer}"][...].astype(np.float32)
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def _rows_of(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(starts[i], ends[i]) (vectorised)."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(ends, dtype=np.int64) - starts
+    if len(lengths) == 0 or lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    offs = _offsets(lengths)
+    return np.arange(offs[-1], dtype=np.int64) - np.repeat(offs[:-1] - starts, lengths)
+
+
+def open_rows(store: Store, layer: int, memory_budget_mb: float) -> RowSource:
+    """`MemoryRows` when the layer (`store.nbytes`) fits the budget, else `StreamRows`."""
+    if store.nbytes < memory_budget_mb * (1 << 20):
+        return MemoryRows(store, layer)
+    return StreamRows(store, layer)
+
+
+def trajectory_rows(store: Store, trajectories: np.ndarray) -> np.ndarray:
+    """All stored rows of the given trajectories, concatenated in the given order."""
+    trajectories = np.asarray(trajectories, dtype=np.int64)
+    return _rows_of(store.meta.row_start[trajectories], store.meta.row_end[trajectories])
+
+
+# ---- splits -----------------------------------------------------------------
+def make_split(groups: np.ndarray, valid_frac: float, test_frac: float, seed: int) -> dict[str, list[str]]:
+    """Seeded random split of the distinct groups into train/valid/test.
+
+    A non-zero fraction gets at least one group when there are at least three
+    groups; train must keep at least one group.
+    """
+    if not (0 <= valid_frac < 1 and 0 <= test_frac < 1 and valid_frac + test_frac < 1):
+        raise ProbekitError(f"valid_frac and test_frac must be in [0, 1) with a sum below 1, got {valid_frac} and {test_frac}")
+    uniq = sorted(set(str(g) for g in groups))
+    n = len(uniq)
+    perm = np.random.default_rng(seed).permutation(n)
+
+    def count(frac: float) -> int:
+        k = int(round(frac * n))
+        return max(k, 1) if frac > 0 and n >= 3 else k
+
+    n_valid, n_test = count(valid_frac), count(test_frac)
+    if n_valid + n_test >= n:
+        raise ProbekitError(f"empty train split: {n} group(s) cannot be split with valid_frac={valid_frac}, test_frac={test_frac}")
+    shuffled = [uniq[i] for i in perm]
+    return {
+        "train": sorted(shuffled[n_valid + n_test:]),
+        "valid": sorted(shuffled[:n_valid]),
+        "test": sorted(shuffled[n_valid:n_valid + n_test]),
+    }
+
+
+def read_split(path: str | Path, groups: np.ndarray) -> dict[str, list[str]]:
+    """Read an explicit split JSON ({"train": [...], "valid": [...], "test": [...]}) and check it."""
+    obj = read_json(path)
+    if not isinstance(obj, dict) or "train" not in obj:
+        raise ProbekitError(f"{path}: a split file is a JSON object with lists 'train', 'valid', 'test'")
+    split: dict[str, list[str]] = {}
+    for name in SPLITS:
+        value = obj.get(name, [])
+        if not isinstance(value, list):
+            raise ProbekitError(f"{path}: '{name}' must be a list of group names")
+        split[name] = sorted(str(g) for g in value)
+    extra = set(obj) - set(SPLITS)
+    if extra:
+        raise ProbekitError(f"{path}: unknown key(s) {sorted(extra)}; expected train, valid, test")
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                both = set(split[a]) & set(split[b])
+                if both:
+                    raise ProbekitError(f"{path}: group '{sorted(both)[0]}' is in both '{a}' and '{b}'")
+    known = set(str(g) for g in groups)
+    unknown = [g for name in SPLITS for g in split[name] if g not in known]
+    if unknown:
+        raise ProbekitError(f"{path}: {len(unknown)} group(s) not in the store (first: '{unknown[0]}')")
+    return split
+
+
+def split_mask(store: Store, groups: list[str] | set[str]) -> np.ndarray:
+    """Boolean mask over trajectories whose group is in `groups`."""
+    return np.isin(store.meta.group.astype(str), np.asarray(sorted(groups), dtype=str)) if groups else np.zeros(len(store), bool)
+
+
+def split_pairs(store: Store, pairs: np.ndarray, groups: list[str] | set[str]) -> np.ndarray:
+    """The pairs whose (chosen) trajectory's group is in `groups`: a pair goes where its group goes."""
+    if len(pairs) == 0:
+        return pairs
+    return pairs[split_mask(store, groups)[pairs[:, 0]]]
+
+
+def dump_split(split: dict[str, list[str]]) -> str:
+    return json.dumps(split, indent=2)
+
+
+# ---- contrastive sampling ---------------------------------------------------
+@dataclass
+class SamplingIndex:
+    """Per-trajectory row bounds used to sample contrastive rows (local indices are row - row_start)."""
+
+    row_start: np.ndarray  # int64 [n_traj]
+    row_end: np.ndarray  # int64 [n_traj]
+    goal_lo: np.ndarray  # int64: first local row a goal may be (>= 1 when the trajectory has >= 2 rows)
+    neg_lo: np.ndarray  # int64: first local row a negative may be
+
+    @property
+    def n_rows(self) -> np.ndarray:
+        return self.row_end - self.row_start
+
+
+def _first_at_or_after(row_start, row_end, positions, targets) -> np.ndarray:
+    """Per trajectory, the local index of the first stored row with position >= target (n if none).
+
+    Positions increase within a trajectory, so a global key
+    (trajectory, position) is sorted and one searchsorted does all of them.
+    """
+    n = row_end - row_start
+    traj_of_row = np.repeat(np.arange(len(n), dtype=np.int64), n)
+    if len(traj_of_row) == 0:
+        return np.zeros(len(n), dtype=np.int64)
+    rows = _rows_of(row_start, row_end)
+    big = int(max(int(positions[rows].max()) if len(rows) else 0, int(np.max(targets, initial=0)))) + 2
+    keys = traj_of_row * big + positions[rows].astype(np.int64)
+    q = np.arange(len(n), dtype=np.int64) * big + np.asarray(targets, dtype=np.int64)
+    offs = _offsets(n)
+    return np.searchsorted(keys, q, side="left") - offs[:-1]
+
+
+def build_sampling_index(
+    row_start: np.ndarray,
+    row_end: np.ndarray,
+    positions: np.ndarray,
+    completion_tokens: np.ndarray,
+    goal_min_frac: float = 0.0,
+    late_frac: float | None = None,
+) -> SamplingIndex:
+    """Precompute, per trajectory, where goals and negatives may be sampled.
+
+    `positions` is the token position of every global row (`Store.positions()`).
+    """
+    if not 0 <= goal_min_frac < 1:
+        raise ProbekitError(f"goal_min_frac must be in [0, 1), got {goal_min_frac}")
+    if late_frac is not None and not 0 < late_frac <= 1:
+        raise ProbekitError(f"late_frac must be in (0, 1], got {late_frac}")
+    row_start = np.asarray(row_start, dtype=np.int64)
+    row_end = np.asarray(row_end, dtype=np.int64)
+    T = np.asarray(completion_tokens, dtype=np.int64)
+    n = row_end - row_start
+    if np.any(n < 1):
+        raise ProbekitError("a trajectory has no stored states; re-extract the store")
+    goal_target = np.ceil(goal_min_frac * T - 1e-9).astype(np.int64)
+    goal_lo = _first_at_or_after(row_start, row_end, positions, goal_target)
+    goal_lo = np.clip(goal_lo, 1, np.maximum(n - 1, 1))
+    goal_lo[n < 2] = 0
+    if late_frac is None:
+        neg_lo = np.zeros(len(n), dtype=np.int64)
+    else:
+        neg_target = np.ceil((1.0 - late_frac) * T - 1e-9).astype(np.int64)
+        neg_lo = np.clip(_first_at_or_after(row_start, row_end, positions, neg_target), 0, n - 1)
+    return SamplingIndex(row_start, row_end, goal_lo, neg_lo)
+
+
+def sample_positives(index: SamplingIndex, chosen: np.ndarray, K: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(source rows, goal rows), each int64 [B, K], on the chosen trajectories, source < goal."""
+    chosen = np.asarray(chosen, dtype=np.int64)
+    n = index.n_rows[chosen][:, None]
+    lo = index.goal_lo[chosen][:, None]
+    u_goal = rng.random((len(chosen), K))
+    u_src = rng.random((len(chosen), K))
+    goal = np.minimum(lo + np.floor(u_goal * (n - lo)).astype(np.int64), n - 1)
+    src = np.minimum(np.floor(u_src * goal).astype(np.int64), np.maximum(goal - 1, 0))
+    start = index.row_start[chosen][:, None]
+    return start + src, start + goal
+
+
+def sample_negatives(
+    index: SamplingIndex, chosen: np.ndarray, rejected: np.ndarray, K: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen rows, rejected rows), each int64 [B, K]: K random rows of each side, paired."""
+
+    def draw(traj: np.ndarray) -> np.ndarray:
+        traj = np.asarray(traj, dtype=np.int64)
+        n = index.n_rows[traj][:, None]
+        lo = index.neg_lo[traj][:, None]
+        u = rng.random((len(traj), K))
+        return index.row_start[traj][:, None] + np.minimum(lo + np.floor(u * (n - lo)).astype(np.int64), n - 1)
+
+    return draw(chosen), draw(rejected)
+
+
+def iter_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Shuffled index batches covering range(n) once."""
+    perm = rng.permutation(n)
+    for i in range(0, n, batch_size):
+        yield perm[i:i + batch_size]
+
+
+def feature_stats(source: RowSource, rows: np.ndarray, max_rows: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (float64 accumulation) over `rows` (a seeded subsample if many)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_rows, replace=False))
+    total = np.zeros(source.hidden_size)
+    sq = np.zeros(source.hidden_size)
+    for i in range(0, len(rows), 8192):
+        x = source.rows(rows[i:i + 8192]).astype(np.float64)
+        total += x.sum(axis=0)
+        sq += (x * x).sum(axis=0)
+    count = max(len(rows), 1)
+    mean = total / count
+    var = np.maximum(sq / count - mean * mean, 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def ceil_frac_position(frac: float, T: np.ndarray) -> np.ndarray:
+    """Token index of the prefix that covers `frac` of a completion: ceil(frac·T) − 1 (at least 0)."""
+    return np.maximum(np.ceil(frac * np.asarray(T, dtype=np.float64) - 1e-9).astype(np.int64) - 1, 0)
+

@@ -1,0 +1,76 @@
+"""The sweep grid: λ = 0 always present, goal kinds from one training run, mean ± std over seeds, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from probekit.errors import ProbekitError
+from probekit.sweep import SweepOptions, parse_widths_list, run_name, run_sweep, sweep_table
+from tests.test_fit import one_torch_thread, planted_store  # noqa: F401  (fixture)
+
+BASE = {"epochs": 3, "rep_size": 8, "lr": 3e-3, "n_boot": 50}
+
+
+def test_parse_widths_list():
+    assert parse_widths_list("64,256, 128x128,linear") == [(64,), (256,), (128, 128), ()]
+    with pytest.raises(ProbekitError):
+        parse_widths_list("12a")
+    with pytest.raises(ProbekitError):
+        parse_widths_list(",")
+
+
+def test_sweep_grid_outputs_and_summary(tmp_path):
+    store = planted_store(tmp_path / "s", n_groups=12)
+    opts = SweepOptions(store=store, out=tmp_path / "sw", lams=[0.5], widths=[(8,)], ks=[2, 4], goals=["mean", "kmeans"],
+                        seeds=[0, 1], prototypes=2, base=BASE, progress=False)
+    result = run_sweep(opts)
+    runs = result["runs"]
+    # λ = 0 added; its runs ignore K (trained once per seed); λ = 0.5 runs for each K.
+    assert sorted({r["lam"] for r in runs}) == [0.0, 0.5]
+    assert len(runs) == (2 + 2 * 2) * 2  # (λ=0: 2 seeds; λ=0.5: 2 K × 2 seeds) × 2 goal kinds
+    assert {r["K"] for r in runs if r["lam"] == 0} == {None}
+    mean_row = next(r for r in runs if r["goal"] == "mean")
+    km_row = next(r for r in runs if r["goal"] == "kmeans" and r["checkpoint"] == mean_row["checkpoint"])
+    assert km_row["auroc"] == mean_row["auroc"]  # same training run, only Q differs
+    assert mean_row["err_token_auroc"] is not None
+    summary = result["summary"]
+    assert len(summary) == (1 + 2) * 2 and all(s["n_seeds"] == 2 for s in summary)
+    s0 = next(s for s in summary if s["lam"] == 0 and s["goal"] == "mean")
+    vals = [r["auroc"] for r in runs if r["lam"] == 0 and r["goal"] == "mean"]
+    assert s0["auroc_mean"] == pytest.approx(sum(vals) / 2)
+    assert {b["baseline"] for b in result["baselines"]} == {"length", "logistic_last", "logistic_mean", "random"}
+    with open(tmp_path / "sw" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(runs) and {"lam", "layer", "widths", "K", "goal", "seed", "auroc", "beats_baselines"} <= set(rows[0])
+    saved = json.loads((tmp_path / "sw" / "results.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(summary)) and 0.0 in saved["options"]["lams"]
+    assert (tmp_path / "sw" / "runs" / run_name({"lam": 0.0, "layer": 2, "widths": (8,), "K": None, "seed": 1}) / "config.json").exists()
+    table = sweep_table(result)
+    assert table.row_count == len(summary) + len(result["baselines"])
+
+
+def test_sweep_rejects_bad_options(tmp_path):
+    store = planted_store(tmp_path / "s", n_groups=4)
+    with pytest.raises(ProbekitError, match="--goal"):
+        run_sweep(SweepOptions(store=store, out=tmp_path / "o", goals=["median"], progress=False))
+    with pytest.raises(ProbekitError, match="prototypes"):
+        run_sweep(SweepOptions(store=store, out=tmp_path / "o", goals=["kmeans"], prototypes=1, progress=False))
+    with pytest.raises(ProbekitError, match="layer 9"):
+        run_sweep(SweepOptions(store=store, out=tmp_path / "o", layers=[9], progress=False))
+
+
+def test_cli_sweep_json(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli.main  # noqa: F401
+    from cli.app import app
+
+    store = planted_store(tmp_path / "s", n_groups=8)
+    res = CliRunner().invoke(app, ["sweep", "--store", str(store), "--out", str(tmp_path / "sw"), "--lam", "1", "--widths", "linear",
+                                   "--k", "2", "--seeds", "0", "--epochs", "2", "--rep-size", "4", "--n-boot", "20", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert sorted({r["lam"] for r in out["runs"]}) == [0.0, 1.0] and out["runs"][0]["widths"] == "linear"

@@ -141,7 +141,7 @@ def make_context(store, split: dict, which: str, n_boot: int = 1000, seed: int =
     from probekit.probe.data import split_mask, split_pairs
 
     groups = eval_groups(store, split, which)
-    mask = split_mask(store, groups)
+    mask = split_mask(store, groups) & (store.meta.stored_tokens > 0)
     traj = np.flatnonzero(mask)
     if len(traj) == 0:
         hint = " (this store may not be the one the probe was trained on: try --split all)" if which != "all" else ""
@@ -357,7 +357,10 @@ def evaluate_checkpoint(ckpt, store=None, which: str = "valid", out_dir=None, **
     from probekit.store import Store
 
     if store is None:
-        store = Store(ckpt.config["store"]["path"])
+        path = Path(ckpt.config["store"]["path"])
+        if not path.exists():
+            raise ProbekitError(f"the store checkpoint {ckpt.path} was trained on ({path}) is gone; pass --store")
+        store = Store(path)
     elif not hasattr(store, "meta"):
         store = Store(store)
     check_compatible(ckpt, store)

@@ -71,7 +71,7 @@ def parse_widths_list(spec: str) -> list[tuple[int, ...]]:
 def _grid(opts: SweepOptions, layers: list[int]) -> list[dict]:
     lams = sorted(set(float(x) for x in opts.lams) | {0.0})
     runs = []
-    for lam, layer, widths, seed in itertools.product(lams, layers, opts.widths, opts.seeds):
+    for layer, lam, widths, seed in itertools.product(layers, lams, opts.widths, opts.seeds):  # layer outermost: load each once
         for K in ([None] if lam == 0 else opts.ks):
             runs.append({"lam": lam, "layer": int(layer), "widths": tuple(widths), "K": K, "seed": int(seed)})
     return runs
@@ -232,7 +232,7 @@ def write_results(out: Path, rows: list[dict], result: dict) -> None:
 
 
 def _pm(mean, std) -> str:
-    return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+    return "-" if mean is None else f"{mean:.3f}±{std:.2f}"
 
 
 def sweep_table(result: dict):
@@ -251,4 +251,4 @@ def sweep_table(result: dict):
                      _pm(b["auroc_mean"], b["auroc_std"]), "", "", ""])
     split = result["options"]["split"]
     return rich_table(f"probekit sweep ({split} split, mean ± std over seeds)",
-                      ["λ", "layer", "widths", "K", "goal", "seeds", "pairwise acc", "AUROC", "Q AUROC", "error-token AUROC", "beats baselines"], rows)
+                      ["λ", "layer", "encoder", "K", "goal", "seeds", "pair acc", "AUROC", "Q AUROC", "err AUROC", "beats"], rows)

@@ -24,7 +24,6 @@ Contrastive sampling (Nath et al. 2024), in stored rows
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -214,10 +213,6 @@ def split_pairs(store: Store, pairs: np.ndarray, groups: list[str] | set[str]) -
     return pairs[split_mask(store, groups)[pairs[:, 0]]]
 
 
-def dump_split(split: dict[str, list[str]]) -> str:
-    return json.dumps(split, indent=2)
-
-
 # ---- contrastive sampling ---------------------------------------------------
 @dataclass
 class SamplingIndex:
@@ -270,9 +265,7 @@ def build_sampling_index(
     row_start = np.asarray(row_start, dtype=np.int64)
     row_end = np.asarray(row_end, dtype=np.int64)
     T = np.asarray(completion_tokens, dtype=np.int64)
-    n = row_end - row_start
-    if np.any(n < 1):
-        raise ProbekitError("a trajectory has no stored states; re-extract the store")
+    n = row_end - row_start  # (a trajectory without stored rows is never sampled: `prepare` refuses pairs of them)
     goal_target = np.ceil(goal_min_frac * T - 1e-9).astype(np.int64)
     goal_lo = _first_at_or_after(row_start, row_end, positions, goal_target)
     goal_lo = np.clip(goal_lo, 1, np.maximum(n - 1, 1))
@@ -281,7 +274,7 @@ def build_sampling_index(
         neg_lo = np.zeros(len(n), dtype=np.int64)
     else:
         neg_target = np.ceil((1.0 - late_frac) * T - 1e-9).astype(np.int64)
-        neg_lo = np.clip(_first_at_or_after(row_start, row_end, positions, neg_target), 0, n - 1)
+        neg_lo = np.clip(_first_at_or_after(row_start, row_end, positions, neg_target), 0, np.maximum(n - 1, 0))
     return SamplingIndex(row_start, row_end, goal_lo, neg_lo)
 
 

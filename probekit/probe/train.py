@@ -151,25 +151,31 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, opts: FitOptions, 
     return losses.total_loss(r[:B], r[B:], pos, neg, lam=opts.lam, margin=opts.margin)
 
 
-def _last_rewards(model, data: FitData, traj: np.ndarray, device: str) -> np.ndarray:
-    import torch
+class Monitor:
+    """Pairwise accuracy on fixed pair sets after each epoch; their last-token states are read once."""
 
-    rows = data.index.row_end[traj] - 1
-    out = np.empty(len(traj), np.float32)
-    with torch.no_grad():
-        for i in range(0, len(rows), 4096):
-            x = torch.from_numpy(data.source.rows(rows[i:i + 4096])).to(device)
-            out[i:i + 4096] = model(x)[1].float().cpu().numpy()
-    return out
+    def __init__(self, data: FitData, pairs: dict[str, np.ndarray]):
+        self.names = list(pairs)
+        allp = [p for p in pairs.values() if len(p)]
+        self.traj = np.unique(np.concatenate(allp)) if allp else np.zeros(0, np.int64)
+        self.x = data.source.rows(data.index.row_end[self.traj] - 1)
+        self.pairs = {k: np.searchsorted(self.traj, p) for k, p in pairs.items()}
 
+    def accuracy(self, model, device: str = "cpu") -> dict[str, float | None]:
+        import torch
 
-def pairwise_accuracy(model, data: FitData, pairs: np.ndarray, device: str = "cpu") -> float | None:
-    if len(pairs) == 0:
-        return None
-    traj, inv = np.unique(pairs, return_inverse=True)
-    r = _last_rewards(model, data, traj, device)[inv.reshape(pairs.shape)]
-    d = r[:, 0] - r[:, 1]
-    return float(((d > 0) + 0.5 * (d == 0)).mean())
+        r = np.empty(len(self.traj), np.float32)
+        with torch.no_grad():
+            for i in range(0, len(r), 4096):
+                r[i:i + 4096] = model(torch.from_numpy(self.x[i:i + 4096]).to(device))[1].float().cpu().numpy()
+        out = {}
+        for k, p in self.pairs.items():
+            if len(p) == 0:
+                out[k] = None
+                continue
+            d = r[p[:, 0]] - r[p[:, 1]]
+            out[k] = float(((d > 0) + 0.5 * (d == 0)).mean())
+        return out
 
 
 def compute_goals(model, data: FitData, n_prototypes: int, seed: int, device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:
@@ -230,6 +236,9 @@ def train_model(opts: FitOptions, data: FitData, console=None):
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
 
     n_batches = (len(data.train_pairs) + opts.batch_size - 1) // opts.batch_size
+    # Train accuracy is monitored on a fixed seeded subset (its own Generator: the training stream is untouched).
+    sub = np.random.default_rng(opts.seed + 1).permutation(len(data.train_pairs))[:2000]
+    monitor = Monitor(data, {"train": data.train_pairs[np.sort(sub)], "valid": data.valid_pairs})
     history: list[dict] = []
     best_acc, best_state, best_epoch, bad = -1.0, None, 0, 0
     progress = _progress(console) if opts.progress else None
@@ -250,9 +259,10 @@ def train_model(opts: FitOptions, data: FitData, console=None):
                 if progress:
                     progress.update(task, advance=1, terms=f"epoch {epoch}  bt {terms['bt']:.3f}  contr {terms['contrastive']:.3f}")
             model.eval()
-            acc = pairwise_accuracy(model, data, data.valid_pairs, opts.device)
-            train_acc = pairwise_accuracy(model, data, data.train_pairs, opts.device)
-            history.append({"epoch": epoch, **{f"loss_{k}": v for k, v in sums.items()}, "train_pairwise_accuracy": train_acc, "valid_pairwise_accuracy": acc})
+            accs = monitor.accuracy(model, opts.device)
+            acc = accs["valid"]
+            history.append({"epoch": epoch, **{f"loss_{k}": v for k, v in sums.items()},
+                            "train_pairwise_accuracy": accs["train"], "valid_pairwise_accuracy": acc})
             if acc is None:  # no validation pairs: keep the last epoch
                 best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
                 continue

@@ -1,0 +1,294 @@
+"""`make reproduce`: the paper's comparisons on real data with a frozen SmolLM2-135M.
+
+Stages (each cached under --work, so a second run only refits what is missing):
+  data      GSM8K labelled solutions, GSM8K corrupted-gold pairs, HH-RLHF pairs (subsets: first N groups)
+  extract   one store per dataset (extraction resumes; complete shards are kept)
+  gsm8k     λ = 0 vs λ > 0 over layers x seeds, test split, with trivial baselines
+  filter    Q-value filtering in majority voting (threshold chosen on validation problems; mean vs k-means goals)
+  transfer  probes fit on corrupted-gold pairs, tested on real labelled solutions
+  hh        pairwise accuracy on Helpful-Harmless
+Numbers: mean over seeds with a 95% t-interval across seeds; each seed's own
+number also has a bootstrap interval over problems (in the per-stage JSON).
+Results: benchmarks/results/reproduce.json and the README's results section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.subsets import first_groups  # noqa: E402
+from cli.common import console, rich_table  # noqa: E402
+from probekit.io import read_json, write_json  # noqa: E402
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values, bounded: bool = True) -> dict:
+    """Mean and 95% t-interval across seeds."""
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    if len(v) == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    if len(v) == 1:
+        return {"mean": float(v[0]), "lo": None, "hi": None, "n": 1}
+    half = T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
+    lo, hi = v.mean() - half, v.mean() + half
+    if bounded:  # shares and AUROCs live in [0, 1]
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    return {"mean": float(v.mean()), "lo": float(lo), "hi": float(hi), "n": int(len(v))}
+
+
+def fmt(m: dict | None, pct: bool = False) -> str:
+    if not m or m.get("mean") is None:
+        return "-"
+    k = 100.0 if pct else 1.0
+    if m.get("lo") is None:
+        return f"{k * m['mean']:.3f}"
+    return f"{k * m['mean']:.3f} [{k * m['lo']:.3f}, {k * m['hi']:.3f}]" if not pct else f"{k * m['mean']:.1f}% [{k * m['lo']:.1f}, {k * m['hi']:.1f}]"
+
+
+def cached(path: Path, fn):
+    """Run `fn` once; later runs read its JSON result (delete the file to recompute)."""
+    if path.exists():
+        return read_json(path)
+    result = fn()
+    write_json(path, result)
+    return result
+
+
+# ---- data and stores ----------------------------------------------------------------------------------
+def build_data(data_dir: Path, work: Path, args) -> dict[str, Path]:
+    from probekit.data.corrupt import corrupt_gold
+    from probekit.data.gsm8k import labelled_solutions
+    from probekit.data.hh import hh_pairs
+    from probekit.data.schema import write_pairs, write_trajectories
+
+    for sub in ("gsm8k/example_model_solutions.jsonl", "gsm8k/train.jsonl", "hh_rlhf/harmless-base/test.jsonl.gz"):
+        if not (data_dir / sub).exists():
+            raise SystemExit(f"error: {data_dir / sub} not found (pass --data-dir pointing at the shared data folder)")
+    out = {}
+    full = work / "gsm8k-all" / "trajectories.jsonl"
+    if not full.exists():
+        trajs = labelled_solutions(data_dir / "gsm8k/example_model_solutions.jsonl", strip_calculator=True)
+        from probekit.data.schema import derive_pairs
+
+        write_trajectories(full, trajs)
+        write_pairs(full.with_name("pairs.jsonl"), derive_pairs(trajs))
+    out["gsm8k"] = first_groups(full, work / f"gsm8k-{args.gsm8k_problems}" / "trajectories.jsonl", args.gsm8k_problems)
+    full = work / "corrupt" / "trajectories.jsonl"
+    if not full.exists():
+        trajs, pairs = corrupt_gold(data_dir / "gsm8k/train.jsonl", n_per_problem=1, seed=0, limit=1000)
+        write_trajectories(full, trajs)
+        write_pairs(full.with_name("pairs.jsonl"), pairs)
+    out["corrupt"] = first_groups(full, work / f"corrupt-{args.corrupt_problems}" / "trajectories.jsonl", args.corrupt_problems)
+    full = work / "hh-all" / "trajectories.jsonl"
+    if not full.exists():
+        trajs, pairs = hh_pairs(data_dir / "hh_rlhf/harmless-base/test.jsonl.gz")
+        write_trajectories(full, trajs)
+        write_pairs(full.with_name("pairs.jsonl"), pairs)
+    out["hh"] = first_groups(full, work / f"hh-{args.hh_dialogues}" / "trajectories.jsonl", args.hh_dialogues)
+    return out
+
+
+def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, Path]:
+    from probekit.extract.run import ExtractOptions, extract
+
+    specs = {
+        "gsm8k": dict(layers=args.layers, positions="stride:2"),
+        "corrupt": dict(layers=f"{args.layer}", positions="stride:2"),
+        "hh": dict(layers=f"{args.layer}", positions="stride:2", template="raw", max_length=512),
+    }
+    stores = {}
+    for name, spec in specs.items():
+        out = work / "stores" / f"{name}-{args.model_tag}"
+        console.print(f"[bold]extract[/] {name} -> {out}")
+        extract(ExtractOptions(trajectories=files[name], pairs=files[name].with_name("pairs.jsonl"), out=out,
+                               model=args.model, progress=not args.no_progress, **spec), loaded=loaded)
+        stores[name] = out
+    return stores
+
+
+# ---- studies -------------------------------------------------------------------------------------------
+def sweep(store: Path, out: Path, args, layers=None, goals=("mean",)) -> dict:
+    from probekit.sweep import SweepOptions, run_sweep
+
+    return run_sweep(SweepOptions(store=store, out=out, lams=[0.0, args.lam], layers=layers, seeds=args.seeds, goals=list(goals),
+                                  prototypes=4, split="test", base={"epochs": args.epochs, "n_boot": args.n_boot},
+                                  progress=not args.no_progress), console=console)
+
+
+def summarise_sweep(result: dict) -> list[dict]:
+    """Per (layer, λ, goal): mean and 95% t-interval across seeds of each metric."""
+    rows: dict[tuple, list[dict]] = {}
+    for r in result["runs"]:
+        rows.setdefault((r["layer"], r["lam"], r["goal"]), []).append(r)
+    out = []
+    for (layer, lam, goal), rs in sorted(rows.items()):
+        out.append({"layer": layer, "lam": lam, "goal": goal, "n_seeds": len(rs),
+                    **{m: mean_ci(r[m] for r in rs) for m in ("auroc", "pairwise_acc", "q_auroc", "err_token_auroc")},
+                    "beats_baselines": f"{sum(bool(r['beats_baselines']) for r in rs)}/{len(rs)}"})
+    return out
+
+
+def paired_gain(result: dict, dataset: str, metric: str = "auroc") -> list[dict]:
+    """Per layer: metric(λ > 0) − metric(λ = 0), paired by seed (same split), mean and 95% t-interval across seeds."""
+    by: dict[tuple, float] = {(r["layer"], r["lam"], r["seed"]): r[metric] for r in result["runs"] if r["goal"] == "mean"}
+    out = []
+    for layer in sorted({k[0] for k in by}):
+        lams = sorted({k[1] for k in by if k[0] == layer and k[1] > 0})
+        for lam in lams:
+            diffs = [by[(layer, lam, s)] - by[(layer, 0.0, s)] for (l, x, s) in by if l == layer and x == lam and (layer, 0.0, s) in by]
+            out.append({"dataset": dataset, "layer": layer, "lam": lam, "metric": metric, "gain": mean_ci(diffs, bounded=False)})
+    return out
+
+
+def summarise_baselines(result: dict) -> list[dict]:
+    per: dict[tuple, list] = {}
+    for r in result["baselines"]:
+        per.setdefault((r["layer"], r["baseline"]), []).append(r)
+    return [{"layer": layer, "baseline": name, "auroc_mean": rs[0].get("auroc_mean"), "auroc_std": rs[0].get("auroc_std"),
+             "pairwise_acc_mean": rs[0].get("pairwise_acc_mean"), "direction": rs[0].get("direction")}
+            for (layer, name), rs in sorted(per.items())]
+
+
+def prefix_curves(result: dict, layer: int) -> dict:
+    """Mean prefix-AUROC curves across seeds, from each run's metrics.json, for λ = 0 and λ > 0."""
+    curves: dict[str, list] = {}
+    for r in result["runs"]:
+        if r["layer"] != layer or r["goal"] != "mean":
+            continue
+        m = read_json(Path(r["checkpoint"]) / "metrics.json")["test"]["probe"]["prefix"]
+        curves.setdefault(f"lam={r['lam']:g} reward", []).append(m["reward_auroc"])
+        curves.setdefault(f"lam={r['lam']:g} Q", []).append(m["q_auroc_mean"])
+    return {"fractions": [0.1 * i for i in range(1, 11)],
+            **{k: [mean_ci(col)["mean"] for col in zip(*v)] for k, v in curves.items()}}
+
+
+def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]:
+    from probekit.filtering import filter_store
+    from probekit.probe.checkpoint import load_checkpoint
+    from probekit.store import Store
+
+    st = Store(store)
+    rows: dict[tuple, list[dict]] = {}
+    for r in result["runs"]:
+        if r["layer"] != layer or r["goal"] != "mean":
+            continue
+        ckpt = load_checkpoint(r["checkpoint"])
+        for goal in ("mean", "kmeans"):
+            m = filter_store(ckpt, st, out / f"lam{r['lam']:g}_{goal}_s{r['seed']}", threshold="auto", goal=goal,
+                             seed=r["seed"], plots=r["seed"] == 0)
+            rows.setdefault((r["lam"], goal), []).append(m["report"])
+    out = []
+    for (lam, goal), reps in sorted(rows.items()):
+        out.append({"lam": lam, "goal": goal, "n_seeds": len(reps),
+                    "accuracy_majority": mean_ci(x["accuracy_majority"] for x in reps),
+                    "accuracy_filtered": mean_ci(x["accuracy_filtered"] for x in reps),
+                    "tokens_saved": mean_ci(x["tokens_saved_share"] for x in reps),
+                    "dropped": mean_ci(x["dropped_share"] for x in reps),
+                    "random_at_budget": mean_ci(x["baselines"]["random"]["accuracy"] for x in reps),
+                    "length_at_budget": mean_ci(x["baselines"]["length"]["accuracy"] for x in reps),
+                    "best_of_n": mean_ci(x.get("best_of_n_accuracy") for x in reps)})
+    return out
+
+
+def transfer_study(corrupt_result: dict, gsm8k_result: dict, gsm8k_store: Path, layer: int) -> list[dict]:
+    """Probes fit on corrupted-gold pairs, evaluated on the same real test problems as the in-domain probes."""
+    from probekit.evaluate import evaluate
+    from probekit.probe.checkpoint import load_checkpoint
+    from probekit.store import Store
+
+    st = Store(gsm8k_store)
+    split_of = {r["seed"]: load_checkpoint(r["checkpoint"]).split for r in gsm8k_result["runs"] if r["layer"] == layer and r["lam"] == 0}
+    rows: dict[float, list[dict]] = {}
+    for r in corrupt_result["runs"]:
+        if r["goal"] != "mean":
+            continue
+        ckpt = load_checkpoint(r["checkpoint"])
+        m = evaluate(ckpt.model, ckpt.goals, st, layer, split_of[r["seed"]], "test", n_boot=200, seed=r["seed"], baselines=False)
+        rows.setdefault(r["lam"], []).append(m["probe"])
+    return [{"lam": lam, "trained_on": "corrupted gold pairs", "n_seeds": len(ps),
+             "auroc": mean_ci(p["auroc"]["value"] for p in ps), "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in ps),
+             "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in ps)} for lam, ps in sorted(rows.items())]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data", help="folder with gsm8k/ and hh_rlhf/")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "reproduce", help="cache folder for data, stores and runs")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reproduce.json")
+    ap.add_argument("--model", default="smollm2-135m", help="frozen model (bundled name, folder or .gguf)")
+    ap.add_argument("--model-tag", default="smollm2", help="store folder suffix for this model")
+    ap.add_argument("--layers", default="4,8,12,16,20", help="layers of the GSM8K layer sweep")
+    ap.add_argument("--layer", type=int, default=16, help="layer of the filter, transfer and HH studies (fixed in advance)")
+    ap.add_argument("--lam", type=float, default=0.5, help="λ of the goal-conditioned probe")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--n-boot", type=int, default=500)
+    ap.add_argument("--gsm8k-problems", type=int, default=700)
+    ap.add_argument("--corrupt-problems", type=int, default=400)
+    ap.add_argument("--hh-dialogues", type=int, default=400)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    work = args.work.resolve()
+    t0 = time.time()
+
+    from probekit.models import load_model
+
+    files = build_data(args.data_dir.resolve(), work, args)
+    loaded = load_model(args.model)
+    stores = build_stores(files, work, args, loaded)
+    tag = f"{args.model_tag}-s{'_'.join(map(str, args.seeds))}-e{args.epochs}"
+    res = work / "results" / tag
+    g = cached(res / "gsm8k_sweep.json", lambda: sweep(stores["gsm8k"], work / "sweeps" / f"gsm8k-{tag}", args, goals=("mean", "kmeans")))
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": args.model,
+        "seeds": args.seeds,
+        "data": {k: str(v) for k, v in files.items()},
+        "gsm8k": {"table": summarise_sweep(g), "gain": paired_gain(g, "gsm8k") + paired_gain(g, "gsm8k", "pairwise_acc"), "baselines": summarise_baselines(g), "prefix_auroc": prefix_curves(g, args.layer)},
+    }
+    report["filter"] = cached(res / "filter.json", lambda: filter_study(g, stores["gsm8k"], work / "filter" / tag, args.layer))
+    c = cached(res / "corrupt_sweep.json", lambda: sweep(stores["corrupt"], work / "sweeps" / f"corrupt-{tag}", args))
+    report["transfer"] = cached(res / "transfer.json", lambda: transfer_study(c, g, stores["gsm8k"], args.layer))
+    h = cached(res / "hh_sweep.json", lambda: sweep(stores["hh"], work / "sweeps" / f"hh-{tag}", args))
+    report["hh"] = {"table": summarise_sweep(h), "gain": paired_gain(h, "hh", "pairwise_acc"), "baselines": summarise_baselines(h)}
+    report["seconds"] = round(time.time() - t0, 1)
+    write_json(args.out, report)
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
+    rows = [[r["layer"], f"{r['lam']:g}", r["goal"], fmt(r["auroc"]), fmt(r["pairwise_acc"]), fmt(r["q_auroc"]), r["beats_baselines"]]
+            for r in report["gsm8k"]["table"]]
+    console.print(rich_table("GSM8K labelled solutions, test problems (mean [95% CI over seeds])",
+                             ["layer", "λ", "goal", "reward AUROC", "pairwise acc", "Q AUROC", "beats baselines"], rows))
+    rows = [[r["dataset"], r["layer"], f"{r['lam']:g}", r["metric"], fmt(r["gain"])] for r in report["gsm8k"]["gain"] + report["hh"]["gain"]]
+    console.print(rich_table("Gain of the goal-conditioned probe over λ = 0, paired by seed",
+                             ["data", "layer", "λ", "metric", "gain [95% CI]"], rows))
+    rows = [[b["layer"], b["baseline"], "-" if b["auroc_mean"] is None else f"{b['auroc_mean']:.3f}",
+             "-" if b["pairwise_acc_mean"] is None else f"{b['pairwise_acc_mean']:.3f}", b.get("direction") or ""]
+            for b in report["gsm8k"]["baselines"]]
+    console.print(rich_table("GSM8K trivial baselines (mean over seeds)", ["layer", "baseline", "AUROC", "pairwise acc", "note"], rows))
+    rows = [[f"{r['lam']:g}", r["goal"], fmt(r["accuracy_majority"], True), fmt(r["accuracy_filtered"], True), fmt(r["tokens_saved"], True),
+             fmt(r["random_at_budget"], True), fmt(r["length_at_budget"], True)] for r in report["filter"]]
+    console.print(rich_table("Majority voting over 4 solutions, test problems", ["λ", "goal", "no filter", "Q filter", "tokens saved",
+                                                                                 "random drop", "length drop"], rows))
+    rows = [[f"{r['lam']:g}", fmt(r["auroc"]), fmt(r["pairwise_acc"]), fmt(r["q_auroc"])] for r in report["transfer"]]
+    console.print(rich_table("Trained on corrupted gold, tested on real solutions", ["λ", "reward AUROC", "pairwise acc", "Q AUROC"], rows))
+    rows = [[r["layer"], f"{r['lam']:g}", fmt(r["pairwise_acc"]), r["beats_baselines"]] for r in report["hh"]["table"]]
+    console.print(rich_table("Helpful-Harmless (harmless-base), test dialogues", ["layer", "λ", "pairwise acc", "beats baselines"], rows))
+
+
+if __name__ == "__main__":
+    main()

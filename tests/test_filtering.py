@@ -102,6 +102,26 @@ def test_all_dropped_group_falls_back_to_all():
     assert out["report"]["dropped_share"] == 1.0 and out["report"]["fallback_groups"] == 1
     assert out["report"]["accuracy_filtered"] == 1.0  # "3" wins over all three
     assert out["report"]["saved_tokens"] == 3 * (8 - 6)
+    # The official count calls those tokens saved; the effective share does not, since the
+    # fallback vote needed all three solutions in full.
+    assert out["report"]["tokens_saved_share"] == pytest.approx(6 / 24)
+    assert out["report"]["tokens_saved_share_effective"] == 0.0
+
+
+def test_auto_threshold_prefers_real_savings_over_fallback_savings():
+    # One selection group, two correct solutions with the same answer: every threshold votes right.
+    # 0.3 drops only the second (dip to 0.2 at position 6): real savings. 0.9 drops both: the group
+    # falls back to voting over all, so its larger "official" savings were never real.
+    trajs = [(range(10), [0.5] * 10, 10), (range(10), [0.5] * 6 + [0.2] * 4, 10)]
+    offsets, pos, q, comp = _ragged(trajs)
+    ballot = Ballot(["t", "t"], ["4", "4"], [1, 1])
+    out = sweep(offsets, pos, q, comp, ballot, [0.3, 0.9], ["t"], [], skip_first=5)
+    table = {row["threshold"]: row["selection"] for row in out["table"]}
+    assert table[0.3]["accuracy_filtered"] == table[0.9]["accuracy_filtered"] == 1.0
+    assert table[0.9]["tokens_saved_share"] > table[0.3]["tokens_saved_share"] > 0
+    assert table[0.9]["tokens_saved_share_effective"] == 0.0
+    assert table[0.3]["tokens_saved_share_effective"] == table[0.3]["tokens_saved_share"]
+    assert out["chosen_threshold"] == 0.3
 
 
 def test_parse_thresholds():

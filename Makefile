@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/probekit demo --out demo-output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --data-dir $(DATA_DIR)
+	$(BIN)/python -m pytest -q --data-dir=$(DATA_DIR)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_speed.py --data-dir $(DATA_DIR)

@@ -115,10 +115,12 @@ def run_sweep(opts: SweepOptions, console=None) -> dict:
             fo = replace(fo, layer=run["layer"], lam=run["lam"], K=run["K"] or fo.K, seed=run["seed"],
                          encoder="mlp" if run["widths"] else "linear", widths=run["widths"],
                          goal_prototypes=opts.prototypes if "kmeans" in opts.goals else 1, progress=False)
-            if source is None or source.layer != run["layer"]:
-                source = open_rows(store, run["layer"], fo.memory_budget_mb)
-            data = prepare(fo, store=store, source=source)
-            ckpt = fit(fo, data=data, eval_split=opts.split, baseline_cache=cache)
+            ckpt = _finished_run(fo, store, opts.split)
+            if ckpt is None:
+                if source is None or source.layer != run["layer"]:
+                    source = open_rows(store, run["layer"], fo.memory_budget_mb)
+                data = prepare(fo, store=store, source=source)
+                ckpt = fit(fo, data=data, eval_split=opts.split, baseline_cache=cache)
             m = ckpt.metrics.get(opts.split)
             if m is None:
                 raise ProbekitError(f"sweep: the '{opts.split}' split is empty; use --split with a non-empty split or change the fractions")
@@ -142,6 +144,25 @@ def run_sweep(opts: SweepOptions, console=None) -> dict:
     }
     write_results(out, rows, result)
     return result
+
+
+def _finished_run(fo, store, split: str):
+    """The checkpoint of an identical earlier run (same options, same store, evaluated on `split`), else None.
+
+    This makes an interrupted or extended sweep resume: only missing runs are fit.
+    """
+    from probekit.probe.checkpoint import load_checkpoint, store_info
+
+    path = Path(fo.out)
+    if not (path / "config.json").exists():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except ProbekitError:
+        return None
+    want = {**fo.config(), "store": store_info(store)}
+    same = all(ckpt.config.get(k) == v for k, v in want.items() if k != "progress")
+    return ckpt if same and split in ckpt.metrics else None
 
 
 def _fmt(v) -> str:

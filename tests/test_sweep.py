@@ -74,3 +74,19 @@ def test_cli_sweep_json(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert sorted({r["lam"] for r in out["runs"]}) == [0.0, 1.0] and out["runs"][0]["widths"] == "linear"
+
+
+def test_sweep_resumes_finished_runs_and_refits_changed_ones(tmp_path, monkeypatch):
+    import probekit.probe.train as train
+
+    store = planted_store(tmp_path / "store")
+    opts = SweepOptions(store=store, out=tmp_path / "sw", lams=[0.5], seeds=[0], progress=False, base={"epochs": 2, "n_boot": 20})
+    first = run_sweep(opts)
+    calls = []
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    again = run_sweep(opts)
+    assert calls == []  # every run was loaded, none refit
+    assert [r["auroc"] for r in again["runs"]] == [r["auroc"] for r in first["runs"]]
+    run_sweep(SweepOptions(**{**opts.__dict__, "base": {"epochs": 3, "n_boot": 20}}))
+    assert len(calls) == len(first["runs"])  # a changed option refits every run

@@ -237,6 +237,7 @@ def main() -> None:
     ap.add_argument("--gsm8k-problems", type=int, default=700)
     ap.add_argument("--corrupt-problems", type=int, default=400)
     ap.add_argument("--hh-dialogues", type=int, default=400)
+    ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -248,6 +249,11 @@ def main() -> None:
     files = build_data(args.data_dir.resolve(), work, args)
     loaded = load_model(args.model)
     stores = build_stores(files, work, args, loaded)
+    import torch
+
+    # Probe fits are many tiny matmuls: extra threads buy nothing and, on a shared
+    # machine, OpenMP spin-waiting made them ~10x slower. Extraction above used all cores.
+    torch.set_num_threads(args.fit_threads)
     tag = f"{args.model_tag}-s{'_'.join(map(str, args.seeds))}-e{args.epochs}"
     res = work / "results" / tag
     g = cached(res / "gsm8k_sweep.json", lambda: sweep(stores["gsm8k"], work / "sweeps" / f"gsm8k-{tag}", args, goals=("mean", "kmeans")))

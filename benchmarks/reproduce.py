@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.subsets import first_groups  # noqa: E402
+from benchmarks.subsets import concatenate, first_groups  # noqa: E402
 from cli.common import console, rich_table  # noqa: E402
 from probekit.io import read_json, write_json  # noqa: E402
 
@@ -95,6 +95,8 @@ def build_data(data_dir: Path, work: Path, args) -> dict[str, Path]:
         write_trajectories(full, trajs)
         write_pairs(full.with_name("pairs.jsonl"), pairs)
     out["hh"] = first_groups(full, work / f"hh-{args.hh_dialogues}" / "trajectories.jsonl", args.hh_dialogues)
+    both = work / f"both-{args.corrupt_problems}-{args.gsm8k_problems}" / "trajectories.jsonl"
+    out["both"] = concatenate([out["corrupt"], out["gsm8k"]], both)  # corrupted gold + real labelled, one store
     return out
 
 
@@ -105,6 +107,7 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
         "gsm8k": dict(layers=args.layers, positions="stride:2"),
         "corrupt": dict(layers=f"{args.layer}", positions="stride:2"),
         "hh": dict(layers=f"{args.layer}", positions="stride:2", template="raw", max_length=512),
+        "both": dict(layers=f"{args.layer}", positions="stride:2"),
     }
     stores = {}
     for name, spec in specs.items():
@@ -221,6 +224,45 @@ def transfer_study(corrupt_result: dict, gsm8k_result: dict, gsm8k_store: Path, 
              "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in ps)} for lam, ps in sorted(rows.items())]
 
 
+def both_study(gsm8k_result: dict, both_store: Path, out: Path, args) -> list[dict]:
+    """Probes fit on corrupted-gold pairs plus each seed's real training problems, tested on that seed's real test problems.
+
+    The split of each seed is the one of the in-domain λ = 0 run at `args.layer`, with every
+    corrupted-gold group added to its training part, so the three arms (real only,
+    corrupted only, both) are tested on exactly the same problems.
+    """
+    from probekit.evaluate import evaluate
+    from probekit.probe.checkpoint import load_checkpoint
+    from probekit.probe.train import FitOptions, fit
+    from probekit.store import Store
+
+    st = Store(both_store)
+    synthetic = sorted({g for g in st.meta.group if g.startswith("gsm8k-train-")})
+    rows: dict[float, list[dict]] = {}
+    for r in gsm8k_result["runs"]:
+        if r["layer"] != args.layer or r["lam"] != 0 or r["goal"] != "mean":
+            continue
+        split = load_checkpoint(r["checkpoint"]).split
+        split = {**split, "train": sorted(set(split["train"]) | set(synthetic))}
+        split_file = out / f"split_s{r['seed']}.json"
+        write_json(split_file, split)
+        for lam in (0.0, args.lam):
+            ckpt = fit(FitOptions(store=both_store, out=out / f"lam{lam:g}_s{r['seed']}", layer=args.layer, lam=lam, seed=r["seed"],
+                                  split_file=split_file, epochs=args.epochs, n_boot=args.n_boot, progress=False))
+            m = evaluate(ckpt.model, ckpt.goals, st, args.layer, split, "test", n_boot=200, seed=r["seed"], baselines=False)
+            rows.setdefault(lam, []).append(m["probe"])
+    return [{"lam": lam, "trained_on": "corrupted gold + real pairs", "n_seeds": len(ps),
+             "auroc": mean_ci(p["auroc"]["value"] for p in ps), "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in ps),
+             "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in ps)} for lam, ps in sorted(rows.items())]
+
+
+def real_only(gsm8k_result: dict, layer: int) -> list[dict]:
+    """The in-domain arm at the transfer layer, in the transfer table's shape."""
+    return [{"lam": x["lam"], "trained_on": "real labelled pairs", "n_seeds": x["n_seeds"], "auroc": x["auroc"],
+             "pairwise_acc": x["pairwise_acc"], "q_auroc": x["q_auroc"]}
+            for x in summarise_sweep(gsm8k_result) if x["layer"] == layer and x["goal"] == "mean"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data", help="folder with gsm8k/ and hh_rlhf/")
@@ -267,7 +309,8 @@ def main() -> None:
     }
     report["filter"] = cached(res / "filter.json", lambda: filter_study(g, stores["gsm8k"], work / "filter" / tag, args.layer))
     c = cached(res / "corrupt_sweep.json", lambda: sweep(stores["corrupt"], work / "sweeps" / f"corrupt-{tag}", args))
-    report["transfer"] = cached(res / "transfer.json", lambda: transfer_study(c, g, stores["gsm8k"], args.layer))
+    report["transfer"] = real_only(g, args.layer) + cached(res / "transfer.json", lambda: transfer_study(c, g, stores["gsm8k"], args.layer))
+    report["transfer"] += cached(res / "both.json", lambda: both_study(g, stores["both"], work / "sweeps" / f"both-{tag}", args))
     h = cached(res / "hh_sweep.json", lambda: sweep(stores["hh"], work / "sweeps" / f"hh-{tag}", args))
     report["hh"] = {"table": summarise_sweep(h), "gain": paired_gain(h, "hh", "pairwise_acc"), "baselines": summarise_baselines(h)}
     report["seconds"] = round(time.time() - t0, 1)
@@ -291,8 +334,8 @@ def print_report(report: dict) -> None:
              fmt(r["tokens_saved_effective"], True), fmt(r["random_at_budget"], True), fmt(r["length_at_budget"], True)] for r in report["filter"]]
     console.print(rich_table("Majority voting over 4 solutions, test problems", ["λ", "goal", "no filter", "Q filter", "tokens saved",
                                                                                  "effective saved", "random drop", "length drop"], rows))
-    rows = [[f"{r['lam']:g}", fmt(r["auroc"]), fmt(r["pairwise_acc"]), fmt(r["q_auroc"])] for r in report["transfer"]]
-    console.print(rich_table("Trained on corrupted gold, tested on real solutions", ["λ", "reward AUROC", "pairwise acc", "Q AUROC"], rows))
+    rows = [[r["trained_on"], f"{r['lam']:g}", fmt(r["auroc"]), fmt(r["pairwise_acc"]), fmt(r["q_auroc"])] for r in report["transfer"]]
+    console.print(rich_table("Training data vs real test solutions (same test problems)", ["trained on", "λ", "reward AUROC", "pairwise acc", "Q AUROC"], rows))
     rows = [[r["layer"], f"{r['lam']:g}", fmt(r["pairwise_acc"]), r["beats_baselines"]] for r in report["hh"]["table"]]
     console.print(rich_table("Helpful-Harmless (harmless-base), test dialogues", ["layer", "λ", "pairwise acc", "beats baselines"], rows))
 

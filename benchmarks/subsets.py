@@ -45,3 +45,11 @@ def _write_if_changed(path: Path, text: str) -> None:
     path = Path(path)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text(path, text)
+
+
+def concatenate(parts: list[Path], dst: Path) -> Path:
+    """Trajectory files (and their pairs files) joined in order into one dataset at `dst`."""
+    for name in ("trajectories.jsonl", "pairs.jsonl"):
+        text = "".join(Path(p).with_name(name).read_text(encoding="utf-8") for p in parts)
+        _write_if_changed(Path(dst).with_name(name), text)
+    return Path(dst)

@@ -159,7 +159,7 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None) -> ExtractR
 
     encoded = {s: _encode_shard(trajectories, s, opts, loaded, template) for s in todo}
     total_tokens = sum(len(e.input_ids) for enc in encoded.values() for e in enc)
-    with _progress(opts.progress, total_tokens) as advance:
+    with _TokenProgress(opts.progress, total_tokens) as advance:
         for s in todo:
             lo = s * opts.shard_size
             batch_trajs = trajectories[lo : lo + opts.shard_size]
@@ -201,7 +201,7 @@ def _encode_shard(trajectories: list[Trajectory], s: int, opts: ExtractOptions, 
     return out
 
 
-class _progress:
+class _TokenProgress:
     """A rich progress bar over tokens, with tokens/s; a no-op when disabled."""
 
     def __init__(self, enabled: bool, total: int):

@@ -153,15 +153,6 @@ def paired_gain(result: dict, dataset: str, metric: str = "auroc") -> list[dict]
     return out
 
 
-def summarise_baselines(result: dict) -> list[dict]:
-    per: dict[tuple, list] = {}
-    for r in result["baselines"]:
-        per.setdefault((r["layer"], r["baseline"]), []).append(r)
-    return [{"layer": layer, "baseline": name, "auroc_mean": rs[0].get("auroc_mean"), "auroc_std": rs[0].get("auroc_std"),
-             "pairwise_acc_mean": rs[0].get("pairwise_acc_mean"), "direction": rs[0].get("direction")}
-            for (layer, name), rs in sorted(per.items())]
-
-
 def prefix_curves(result: dict, layer: int) -> dict:
     """Mean prefix-AUROC curves across seeds, from each run's metrics.json, for λ = 0 and λ > 0."""
     curves: dict[str, list] = {}
@@ -305,14 +296,14 @@ def main() -> None:
         "model": args.model,
         "seeds": args.seeds,
         "data": {k: str(v) for k, v in files.items()},
-        "gsm8k": {"table": summarise_sweep(g), "gain": paired_gain(g, "gsm8k") + paired_gain(g, "gsm8k", "pairwise_acc"), "baselines": summarise_baselines(g), "prefix_auroc": prefix_curves(g, args.layer)},
+        "gsm8k": {"table": summarise_sweep(g), "gain": paired_gain(g, "gsm8k") + paired_gain(g, "gsm8k", "pairwise_acc"), "baselines": g["baselines"], "prefix_auroc": prefix_curves(g, args.layer)},
     }
     report["filter"] = cached(res / "filter.json", lambda: filter_study(g, stores["gsm8k"], work / "filter" / tag, args.layer))
     c = cached(res / "corrupt_sweep.json", lambda: sweep(stores["corrupt"], work / "sweeps" / f"corrupt-{tag}", args))
     report["transfer"] = real_only(g, args.layer) + cached(res / "transfer.json", lambda: transfer_study(c, g, stores["gsm8k"], args.layer))
     report["transfer"] += cached(res / "both.json", lambda: both_study(g, stores["both"], work / "sweeps" / f"both-{tag}", args))
     h = cached(res / "hh_sweep.json", lambda: sweep(stores["hh"], work / "sweeps" / f"hh-{tag}", args))
-    report["hh"] = {"table": summarise_sweep(h), "gain": paired_gain(h, "hh", "pairwise_acc"), "baselines": summarise_baselines(h)}
+    report["hh"] = {"table": summarise_sweep(h), "gain": paired_gain(h, "hh", "pairwise_acc"), "baselines": h["baselines"]}
     report["seconds"] = round(time.time() - t0, 1)
     write_json(args.out, report)
     print_report(report)

@@ -429,8 +429,9 @@ def filter_store(
     )
     eval_seconds = time.perf_counter() - t0
     res: FilterResult = result["result"]
-    min_q = min_signal(scores.offsets, scores.positions, scores.q, skip_first)
-    min_r = min_signal(scores.offsets, scores.positions, scores.reward, skip_first)
+    # The sweep already took the per-trajectory minimum of the signal it filtered on.
+    min_q = result["min_signal"] if signal == "q" else min_signal(scores.offsets, scores.positions, scores.q, skip_first)
+    min_r = result["min_signal"] if signal == "reward" else min_signal(scores.offsets, scores.positions, scores.reward, skip_first)
     last_q = scores.last(scores.q)
 
     out = Path(out)

@@ -147,6 +147,8 @@ class Store:
                 f"(first: {missing[0]}); re-run the same `probekit extract` command to resume"
             )
         self.meta = self._read_meta()
+        firsts = np.searchsorted(self.meta.shard, np.arange(n_shards))
+        self._shard_starts = np.append(self.meta.row_start, self.n_rows)[firsts]  # global row of each shard's first row
         self._id_index: dict[str, int] | None = None
         self._positions: np.ndarray | None = None
 
@@ -234,7 +236,7 @@ class Store:
         out = np.empty((len(rows), self.hidden_size), dtype=np.float32)
         if len(rows) == 0:
             return out
-        shard_starts = self._shard_row_starts()
+        shard_starts = self._shard_starts
         shard_of = np.searchsorted(shard_starts, rows, side="right") - 1
         for s in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == s)
@@ -244,10 +246,6 @@ class Store:
                 block = fh["states"][f"L{layer}"][uniq]
             out[sel] = block[inverse]
         return out
-
-    def _shard_row_starts(self) -> np.ndarray:
-        firsts = np.searchsorted(self.meta.shard, np.arange(len(self.shard_paths)))
-        return np.append(self.meta.row_start, self.n_rows)[firsts]
 
     def last_rows(self) -> np.ndarray:
         """Global row of each trajectory's last stored state (always its last completion token)."""

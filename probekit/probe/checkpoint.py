@@ -21,11 +21,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from probekit.errors import ProbekitError
 from probekit.io import read_json, write_json
+
+if TYPE_CHECKING:  # torch is imported lazily at run time
+    from probekit.probe.model import ProbeModel
 
 FORMAT = "probekit-probe"
 FORMAT_VERSION = 1
@@ -36,7 +40,7 @@ FILES = ("weights.safetensors", "config.json", "goals.safetensors", "split.json"
 class Checkpoint:
     path: Path
     config: dict
-    model: "ProbeModel"  # noqa: F821 (torch imported lazily)
+    model: ProbeModel
     goals: dict[str, np.ndarray]
     split: dict[str, list[str]]
     metrics: dict

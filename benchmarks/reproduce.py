@@ -100,7 +100,12 @@ def build_data(data_dir: Path, work: Path, args) -> dict[str, Path]:
     return out
 
 
+STUDIES = ("gsm8k", "filter", "transfer", "hh")
+STORES_OF_STUDY = {"gsm8k": ("gsm8k",), "filter": ("gsm8k",), "transfer": ("gsm8k", "corrupt", "both"), "hh": ("hh",)}
+
+
 def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, Path]:
+    """Extract the stores the requested studies read (only those: a second model may run a subset)."""
     from probekit.extract.run import ExtractOptions, extract
 
     specs = {
@@ -109,12 +114,15 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
         "hh": dict(layers=f"{args.layer}", positions="stride:2", template="raw", max_length=512),
         "both": dict(layers=f"{args.layer}", positions="stride:2"),
     }
+    wanted = {name for study in args.studies for name in STORES_OF_STUDY[study]}
     stores = {}
     for name, spec in specs.items():
+        if name not in wanted:
+            continue
         out = work / "stores" / f"{name}-{args.model_tag}"
         console.print(f"[bold]extract[/] {name} -> {out}")
-        extract(ExtractOptions(trajectories=files[name], pairs=files[name].with_name("pairs.jsonl"), out=out,
-                               model=args.model, progress=not args.no_progress, **spec), loaded=loaded)
+        extract(ExtractOptions(trajectories=files[name], pairs=files[name].with_name("pairs.jsonl"), out=out, model=args.model,
+                               dtype=args.store_dtype, progress=not args.no_progress, **spec), loaded=loaded)
         stores[name] = out
     return stores
 
@@ -263,6 +271,8 @@ def main() -> None:
     ap.add_argument("--model-tag", default="smollm2", help="store folder suffix for this model")
     ap.add_argument("--layers", default="4,8,12,16,20", help="layers of the GSM8K layer sweep")
     ap.add_argument("--layer", type=int, default=16, help="layer of the filter, transfer and HH studies (fixed in advance)")
+    ap.add_argument("--store-dtype", default="float16", choices=("float16", "float32"),
+                    help="dtype of the cached states (Gemma-3's residual stream overflows float16: use float32)")
     ap.add_argument("--lam", type=float, default=0.5, help="λ of the goal-conditioned probe")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--epochs", type=int, default=30)
@@ -271,9 +281,14 @@ def main() -> None:
     ap.add_argument("--corrupt-problems", type=int, default=400)
     ap.add_argument("--hh-dialogues", type=int, default=400)
     ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
+    ap.add_argument("--studies", default=",".join(STUDIES),
+                    help="which studies to run (comma list of gsm8k, filter, transfer, hh; the GSM8K layer sweep always runs: the others build on it)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.studies = ["gsm8k"] + [s for s in args.studies.split(",") if s != "gsm8k"]
+    if unknown := set(args.studies) - set(STUDIES):
+        ap.error(f"unknown studies {sorted(unknown)}; choose from {', '.join(STUDIES)}")
     work = args.work.resolve()
     t0 = time.time()
 
@@ -298,12 +313,15 @@ def main() -> None:
         "data": {k: str(v) for k, v in files.items()},
         "gsm8k": {"table": summarise_sweep(g), "gain": paired_gain(g, "gsm8k") + paired_gain(g, "gsm8k", "pairwise_acc"), "baselines": g["baselines"], "prefix_auroc": prefix_curves(g, args.layer)},
     }
-    report["filter"] = cached(res / "filter.json", lambda: filter_study(g, stores["gsm8k"], work / "filter" / tag, args.layer))
-    c = cached(res / "corrupt_sweep.json", lambda: sweep(stores["corrupt"], work / "sweeps" / f"corrupt-{tag}", args))
-    report["transfer"] = real_only(g, args.layer) + cached(res / "transfer.json", lambda: transfer_study(c, g, stores["gsm8k"], args.layer))
-    report["transfer"] += cached(res / "both.json", lambda: both_study(g, stores["both"], work / "sweeps" / f"both-{tag}", args))
-    h = cached(res / "hh_sweep.json", lambda: sweep(stores["hh"], work / "sweeps" / f"hh-{tag}", args))
-    report["hh"] = {"table": summarise_sweep(h), "gain": paired_gain(h, "hh", "pairwise_acc"), "baselines": h["baselines"]}
+    if "filter" in args.studies:
+        report["filter"] = cached(res / "filter.json", lambda: filter_study(g, stores["gsm8k"], work / "filter" / tag, args.layer))
+    if "transfer" in args.studies:
+        c = cached(res / "corrupt_sweep.json", lambda: sweep(stores["corrupt"], work / "sweeps" / f"corrupt-{tag}", args))
+        report["transfer"] = real_only(g, args.layer) + cached(res / "transfer.json", lambda: transfer_study(c, g, stores["gsm8k"], args.layer))
+        report["transfer"] += cached(res / "both.json", lambda: both_study(g, stores["both"], work / "sweeps" / f"both-{tag}", args))
+    if "hh" in args.studies:
+        h = cached(res / "hh_sweep.json", lambda: sweep(stores["hh"], work / "sweeps" / f"hh-{tag}", args))
+        report["hh"] = {"table": summarise_sweep(h), "gain": paired_gain(h, "hh", "pairwise_acc"), "baselines": h["baselines"]}
     report["seconds"] = round(time.time() - t0, 1)
     write_json(args.out, report)
     print_report(report)
@@ -314,19 +332,35 @@ def print_report(report: dict) -> None:
             for r in report["gsm8k"]["table"]]
     console.print(rich_table("GSM8K labelled solutions, test problems (mean [95% CI over seeds])",
                              ["layer", "λ", "goal", "reward AUROC", "pairwise acc", "Q AUROC", "beats baselines"], rows))
-    rows = [[r["dataset"], r["layer"], f"{r['lam']:g}", r["metric"], fmt(r["gain"])] for r in report["gsm8k"]["gain"] + report["hh"]["gain"]]
+    gains = report["gsm8k"]["gain"] + report.get("hh", {}).get("gain", [])
+    rows = [[r["dataset"], r["layer"], f"{r['lam']:g}", r["metric"], fmt(r["gain"])] for r in gains]
     console.print(rich_table("Gain of the goal-conditioned probe over λ = 0, paired by seed",
                              ["data", "layer", "λ", "metric", "gain [95% CI]"], rows))
     rows = [[b["layer"], b["baseline"], "-" if b["auroc_mean"] is None else f"{b['auroc_mean']:.3f}",
              "-" if b["pairwise_acc_mean"] is None else f"{b['pairwise_acc_mean']:.3f}", b.get("direction") or ""]
             for b in report["gsm8k"]["baselines"]]
     console.print(rich_table("GSM8K trivial baselines (mean over seeds)", ["layer", "baseline", "AUROC", "pairwise acc", "note"], rows))
+    if "filter" in report:
+        print_filter(report)
+    if "transfer" in report:
+        print_transfer(report)
+    if "hh" in report:
+        print_hh(report)
+
+
+def print_filter(report: dict) -> None:
     rows = [[f"{r['lam']:g}", r["goal"], fmt(r["accuracy_majority"], True), fmt(r["accuracy_filtered"], True), fmt(r["tokens_saved"], True),
              fmt(r["tokens_saved_effective"], True), fmt(r["random_at_budget"], True), fmt(r["length_at_budget"], True)] for r in report["filter"]]
     console.print(rich_table("Majority voting over 4 solutions, test problems", ["λ", "goal", "no filter", "Q filter", "tokens saved",
                                                                                  "effective saved", "random drop", "length drop"], rows))
+
+
+def print_transfer(report: dict) -> None:
     rows = [[r["trained_on"], f"{r['lam']:g}", fmt(r["auroc"]), fmt(r["pairwise_acc"]), fmt(r["q_auroc"])] for r in report["transfer"]]
     console.print(rich_table("Training data vs real test solutions (same test problems)", ["trained on", "λ", "reward AUROC", "pairwise acc", "Q AUROC"], rows))
+
+
+def print_hh(report: dict) -> None:
     rows = [[r["layer"], f"{r['lam']:g}", fmt(r["pairwise_acc"]), r["beats_baselines"]] for r in report["hh"]["table"]]
     console.print(rich_table("Helpful-Harmless (harmless-base), test dialogues", ["layer", "λ", "pairwise acc", "beats baselines"], rows))
 

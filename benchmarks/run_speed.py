@@ -18,6 +18,8 @@ frozen model (SmolLM2-135M, loaded once) and the same layer (15):
                apply_threshold) against a per-trajectory, per-token Python loop
                (φ of one token, torch cosine_similarity with the goal, compare,
                break at the first drop); the keep/drop decisions must agree.
+               Both run at 1 thread and at torch's default; the headline takes
+               each at its fastest, the 1-thread ratio is reported beside it.
 
 Results: benchmarks/results/speed.json (and a table on stdout). Progress on stderr.
 
@@ -464,6 +466,12 @@ def stage_fit(args, work: Path, store_dir: Path) -> tuple[dict, object]:
 
 
 def stage_filter(args, store_dir: Path, ckpt) -> dict:
+    """Both methods at 1 thread and at torch's default thread count; decisions must agree.
+
+    Headline: each method at the thread setting where it measured fastest (a tuned
+    baseline against a tuned probekit). The ratio with both on 1 thread is reported
+    beside it, with its own target verdict, so neither choice hides the other.
+    """
     import torch
 
     from probekit.filtering import apply_threshold, min_signal, score_store
@@ -478,44 +486,53 @@ def stage_filter(args, store_dir: Path, ckpt) -> dict:
     thr, margin = separated_threshold(scores.q, eligible, float(np.median(mins[np.isfinite(mins)])))
     n_rows = int(store.n_rows)
     n_naive = len(meta) if args.n_naive_filter <= 0 else min(args.n_naive_filter, len(meta))
-    subset = np.arange(n_naive)
     default_threads = torch.get_num_threads()
-    n_info = min(10, n_naive)
-
-    def probekit_timed():
-        def once():
-            sc = score_store(store, ckpt, "mean")
-            return apply_threshold(sc.offsets, sc.positions, sc.q, meta.completion_tokens, thr, SKIP_FIRST)
-
-        runs = [timed(once) for _ in range(args.filter_repeats)]
-        return runs[-1][0], statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
+    settings = sorted({1, default_threads})
 
     def check(kept, drop, res, idx):
         if not np.array_equal(kept, res.kept[idx]) or not np.array_equal(drop, res.first_drop_position[idx]):
             bad = np.flatnonzero((kept != res.kept[idx]) | (drop != res.first_drop_position[idx]))
             raise AssertionError(f"naive and probekit filter decisions differ on {len(bad)} trajectories (first: {meta.id[idx[bad[0]]]})")
 
-    # Headline: both single-threaded (the naive loop's fastest setting; matched for probekit).
-    torch.set_num_threads(1)
+    def probekit_once():
+        sc = score_store(store, ckpt, "mean")
+        return apply_threshold(sc.offsets, sc.positions, sc.q, meta.completion_tokens, thr, SKIP_FIRST)
+
+    runs: dict[int, dict] = {}
     try:
-        res, pk_wall, pk_cpu = probekit_timed()
-        log(f"filter (1 thread): probekit scored {n_rows:,} tokens in {pk_wall * 1000:.0f} ms (median of {args.filter_repeats})")
-        (kept, drop, n_q), nv_wall, nv_cpu = timed(lambda: naive_filter(store, ckpt, subset, positions, thr, SKIP_FIRST))
-        check(kept, drop, res, subset)
-        log(f"filter (1 thread): naive loop {nv_wall:.2f}s for {n_q:,} Q-values on {n_naive} trajectories; decisions identical")
-        _, read_wall, _ = timed(lambda: [store.trajectory_states(int(i), LAYER) for i in subset])
+        for threads in settings:
+            torch.set_num_threads(threads)
+            pk = [timed(probekit_once) for _ in range(args.filter_repeats)]
+            res, pk_wall = pk[-1][0], statistics.median(r[1] for r in pk)
+            # the naive loop at more than one thread is slow (thread barriers on one-row ops): time it on fewer trajectories
+            subset = np.arange(n_naive if threads == 1 else min(10, n_naive))
+            (kept, drop, n_q), nv_wall, _ = timed(lambda: naive_filter(store, ckpt, subset, positions, thr, SKIP_FIRST))
+            check(kept, drop, res, subset)
+            runs[threads] = {"torch_threads": threads, "probekit_seconds": round(pk_wall, 4),
+                             "probekit_q_values_per_s": round(n_rows / pk_wall, 1),
+                             "naive_trajectories": int(len(subset)), "naive_q_values": int(n_q), "naive_seconds": round(nv_wall, 3),
+                             "naive_q_values_per_s": round(n_q / nv_wall, 1),
+                             "naive_seconds_for_whole_store": round(nv_wall * len(meta) / len(subset), 3),
+                             "dropped_share": float(res.dropped.mean())}
+            log(f"filter ({threads} thread{'s' if threads > 1 else ''}): probekit {n_rows / pk_wall:,.0f} Q/s "
+                f"({pk_wall * 1000:.0f} ms, median of {args.filter_repeats}); naive {n_q / nv_wall:,.0f} Q/s on {len(subset)} "
+                f"trajectories; decisions identical")
+        torch.set_num_threads(1)
+        _, read_wall, _ = timed(lambda: [store.trajectory_states(int(i), LAYER) for i in range(n_naive)])
     finally:
         torch.set_num_threads(default_threads)
-    # For information: both with torch's default thread count.
-    res_d, pk_wall_d, _ = probekit_timed()
-    (kept_d, drop_d, n_q_d), nv_wall_d, _ = timed(lambda: naive_filter(store, ckpt, subset[:n_info], positions, thr, SKIP_FIRST))
-    check(kept_d, drop_d, res_d, subset[:n_info])
-    log(f"filter ({default_threads} threads): probekit {n_rows / pk_wall_d:,.0f} Q/s, naive {n_q_d / nv_wall_d:,.0f} Q/s "
-        f"(on {n_info} trajectories)")
 
-    pk_rate, nv_rate = n_rows / pk_wall, n_q / nv_wall
-    nv_full_s = nv_wall * len(meta) / n_naive
-    ratio_tokens, ratio_time = pk_rate / nv_rate, nv_full_s / pk_wall
+    best_pk = max(runs.values(), key=lambda r: r["probekit_q_values_per_s"])
+    best_nv = max(runs.values(), key=lambda r: r["naive_q_values_per_s"])
+    one = runs[1]
+
+    def ratios(pk: dict, nv: dict) -> dict:
+        q = pk["probekit_q_values_per_s"] / nv["naive_q_values_per_s"]
+        t = nv["naive_seconds_for_whole_store"] / pk["probekit_seconds"]
+        return {"probekit_threads": pk["torch_threads"], "naive_threads": nv["torch_threads"],
+                "speedup_q_values_per_s": round(q, 1), "speedup_time_to_decide_store": round(t, 1),
+                "target_met_q_values_per_s": bool(q >= FILTER_TARGET), "target_met_time_to_decide_store": bool(t >= FILTER_TARGET)}
+
     return {
         "store": {"n_trajectories": len(meta), "n_stored_states": n_rows, "layer": LAYER},
         "checkpoint": "the λ = 0.5 fit of the fit stage (mean goal)",
@@ -523,55 +540,25 @@ def stage_filter(args, store_dir: Path, ckpt) -> dict:
         "threshold_note": f"median of the per-trajectory minimum Q, moved to the middle of the gap between neighbouring Q-values "
                           f"(margin {margin:.2e}) so that faiss-vs-torch rounding cannot flip a decision",
         "skip_first": SKIP_FIRST,
-        "dropped_share": float(res.dropped.mean()),
-        "torch_threads": 1,
-        "threads_note": f"headline numbers run both methods with torch.set_num_threads(1): the naive loop's one-row ops gain "
-                        f"nothing from threads and, with the default {default_threads} threads on a loaded machine, wait on thread "
-                        f"barriers (see default_threads); probekit is given the same setting",
-        "probekit": {
-            "what": "probekit.filtering.score_store (streams shards, φ in batches of 8192 rows, faiss inner product with the "
-                    "normalised goal; also scores the reward head) + apply_threshold (vectorised first drop); Q of every stored token",
-            "seconds": round(pk_wall, 4),
-            "cpu_seconds": round(pk_cpu, 4),
-            "repeats": args.filter_repeats,
-            "timing": "median over repeats",
-            "q_values": n_rows,
-            "q_values_per_s": round(pk_rate, 1),
-        },
-        "naive": {
-            "what": "per trajectory: read its states from the store; per token at position >= skip_first: φ of that one token "
-                    "(torch), torch.nn.functional.cosine_similarity with the goal, compare, break at the first drop "
-                    "(positions are given to it pre-loaded, untimed)",
-            "n_trajectories_run": int(n_naive),
-            "extrapolated": bool(n_naive < len(meta)),
-            "seconds": round(nv_wall, 3),
-            "cpu_seconds": round(nv_cpu, 3),
-            "q_values": int(n_q),
-            "q_values_per_s": round(nv_rate, 1),
-            "seconds_reading_states": round(read_wall, 3),
-            "seconds_reading_states_note": "the same per-trajectory reads timed alone afterwards (an upper bound of the "
-                                           "reading share of the naive time; all reads, not only up to the first drop)",
-            "seconds_for_whole_store": round(nv_full_s, 3),
-            "seconds_for_whole_store_note": ("measured" if n_naive == len(meta)
-                                             else f"extrapolated from {n_naive} trajectories by trajectory count"),
-        },
+        "dropped_share": one["dropped_share"],
+        "probekit_what": "probekit.filtering.score_store (streams shards in their stored float16, converts 2048-row batches, "
+                         "φ with the input standardisation folded into its first layer, faiss inner product with the normalised "
+                         "goal; also scores the reward head) + apply_threshold (vectorised first drop); Q of every stored token; "
+                         f"median of {args.filter_repeats} repeats",
+        "naive_what": "per trajectory: read its states from the store; per token at position >= skip_first: φ of that one token "
+                      "(torch), torch.nn.functional.cosine_similarity with the goal, compare, break at the first drop "
+                      "(positions are given to it pre-loaded, untimed)",
+        "naive_seconds_reading_states": round(read_wall, 3),
+        "naive_seconds_reading_states_note": "the per-trajectory reads of the naive loop timed alone (all reads, not only up "
+                                             "to the first drop): an upper bound of the reading share of its time",
+        "by_threads": [runs[t] for t in settings],
+        "best_vs_best": ratios(best_pk, best_nv),
+        "one_thread_both": ratios(one, one),
         "decisions_identical": True,
-        "speedup_q_values_per_s": round(ratio_tokens, 1),
-        "speedup_time_to_decide_store": round(ratio_time, 1),
         "speedup_note": "Q-values/s: probekit scores every stored token (usable for any threshold); the naive loop stops at "
-                        "the first drop, so it computes fewer Q-values; the end-to-end ratio (same keep/drop decisions for "
-                        "the whole store) is the second number",
+                        "the first drop, so it computes fewer Q-values; time to decide the store compares the same keep/drop "
+                        "decisions end to end. Headline: best_vs_best (each method at its fastest measured thread count).",
         "target": f">= {FILTER_TARGET:g}x",
-        "target_met_q_values_per_s": bool(ratio_tokens >= FILTER_TARGET),
-        "target_met_time_to_decide_store": bool(ratio_time >= FILTER_TARGET),
-        "default_threads": {
-            "torch_threads": default_threads,
-            "note": "information only, not the headline: the naive loop on the first trajectories only",
-            "probekit_q_values_per_s": round(n_rows / pk_wall_d, 1),
-            "naive_q_values_per_s": round(n_q_d / nv_wall_d, 1),
-            "naive_n_trajectories": int(n_info),
-            "speedup_q_values_per_s": round((n_rows / pk_wall_d) / (n_q_d / nv_wall_d), 1),
-        },
     }
 
 
@@ -633,13 +620,14 @@ def print_table(result: dict) -> None:
     t.add_row(f"fit, λ sweep ({ft['sweep']['n_fits']} fits)", f"{ft['sweep']['seconds']:.1f} s", "-", "",
               f"< 10 min: {yn(ft['sweep']['target_met'])}")
     t.add_row("paper (context only)", "-", PAPER_CONTEXT, "", "")
-    t.add_row("filter, Q-values/s (1 thread both)", f"{fl['probekit']['q_values_per_s']:,.0f}", f"{fl['naive']['q_values_per_s']:,.0f}",
-              f"{fl['speedup_q_values_per_s']:.0f}x", f">= {FILTER_TARGET:g}x: {yn(fl['target_met_q_values_per_s'])}")
-    t.add_row("filter, time to decide the store (1 thread)", f"{fl['probekit']['seconds']:.3f} s", f"{fl['naive']['seconds_for_whole_store']:.2f} s",
-              f"{fl['speedup_time_to_decide_store']:.0f}x", f">= {FILTER_TARGET:g}x: {yn(fl['target_met_time_to_decide_store'])}")
-    d = fl["default_threads"]
-    t.add_row(f"filter, Q-values/s, {d['torch_threads']} threads (info)", f"{d['probekit_q_values_per_s']:,.0f}",
-              f"{d['naive_q_values_per_s']:,.0f} (first {d['naive_n_trajectories']} traj.)", f"{d['speedup_q_values_per_s']:.0f}x", "not the headline")
+    for label, r in (("best vs best", fl["best_vs_best"]), ("1 thread both", fl["one_thread_both"])):
+        pk = next(x for x in fl["by_threads"] if x["torch_threads"] == r["probekit_threads"])
+        nv = next(x for x in fl["by_threads"] if x["torch_threads"] == r["naive_threads"])
+        threads = f"{r['probekit_threads']} vs {r['naive_threads']} threads"
+        t.add_row(f"filter, Q-values/s ({label}: {threads})", f"{pk['probekit_q_values_per_s']:,.0f}", f"{nv['naive_q_values_per_s']:,.0f}",
+                  f"{r['speedup_q_values_per_s']:.1f}x", f">= {FILTER_TARGET:g}x: {yn(r['target_met_q_values_per_s'])}")
+        t.add_row(f"filter, time to decide the store ({label})", f"{pk['probekit_seconds']:.3f} s", f"{nv['naive_seconds_for_whole_store']:.2f} s",
+                  f"{r['speedup_time_to_decide_store']:.1f}x", f">= {FILTER_TARGET:g}x: {yn(r['target_met_time_to_decide_store'])}")
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)

@@ -76,8 +76,13 @@ def goal_prototypes(ckpt: Any, goal: str) -> np.ndarray:
     return np.asarray(protos, dtype=np.float32)
 
 
-def score_store(store: Any, ckpt: Any, goal: str = "mean", batch_rows: int = 8192) -> TokenScores:
-    """Q-values and rewards of every stored token; memory for states bounded by one shard."""
+def score_store(store: Any, ckpt: Any, goal: str = "mean", batch_rows: int = 2048) -> TokenScores:
+    """Q-values and rewards of every stored token; memory for states bounded by one shard.
+
+    Shards are read in their stored dtype and converted batch by batch (the batch
+    stays in cache for the matmuls), and φ runs with the input standardisation
+    folded into its first layer (`ProbeModel.folded_encoder`).
+    """
     import torch
 
     from probekit.goals import GoalIndex
@@ -90,6 +95,7 @@ def score_store(store: Any, ckpt: Any, goal: str = "mean", batch_rows: int = 819
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
+    encoder = model.folded_encoder()
     n_rows = int(store.n_rows)
     q = np.empty(n_rows, np.float32)
     reward = np.empty(n_rows, np.float32)
@@ -97,16 +103,14 @@ def score_store(store: Any, ckpt: Any, goal: str = "mean", batch_rows: int = 819
     t0 = time.perf_counter()
     row = 0
     with torch.inference_mode():
-        for block in store.iter_shards(layer):
+        for block in store.iter_shards(layer, as_float32=False):
             rows = len(block.states)
             positions[row : row + rows] = block.positions
             for i in range(0, rows, batch_rows):
-                x = torch.from_numpy(np.ascontiguousarray(block.states[i : i + batch_rows])).to(device)
-                z = model.encode(x)
-                r = model.reward(z).reshape(-1)
-                z_np = z.float().cpu().numpy()
-                q[row + i : row + i + len(x)] = index.q_values(z_np)
-                reward[row + i : row + i + len(x)] = r.float().cpu().numpy()
+                x = torch.from_numpy(block.states[i : i + batch_rows]).to(device=device, dtype=torch.float32)
+                z = encoder(x)
+                q[row + i : row + i + len(x)] = index.q_values(z.cpu().numpy())
+                reward[row + i : row + i + len(x)] = model.reward(z).reshape(-1).cpu().numpy()
             row += rows
     if row != n_rows:
         raise ProbekitError(f"{store.path}: shards hold {row} rows but the metadata says {n_rows}")

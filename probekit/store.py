@@ -121,7 +121,7 @@ class ShardBlock:
     trajectories: np.ndarray  # global trajectory indices
     offsets: np.ndarray  # local row offsets, [n + 1]
     positions: np.ndarray
-    states: np.ndarray  # float32 [rows, hidden]
+    states: np.ndarray  # float32 [rows, hidden] (stored dtype with as_float32=False)
 
 
 class Store:
@@ -255,19 +255,25 @@ class Store:
         start, end = int(self.meta.row_start[index]), int(self.meta.row_end[index])
         return self.read_rows(layer, np.arange(start, end))
 
-    def iter_shards(self, layer: int) -> Iterator[ShardBlock]:
-        """Yield one shard at a time: memory stays bounded by the largest shard."""
+    def iter_shards(self, layer: int, as_float32: bool = True) -> Iterator[ShardBlock]:
+        """Yield one shard at a time: memory stays bounded by the largest shard.
+
+        as_float32=False yields states in their stored dtype (float16 by default), for
+        callers that convert batch by batch themselves: numpy's whole-shard float16 ->
+        float32 cast costs about as much as scoring the rows.
+        """
         self.check_layer(layer)
         first = 0
         for path in self.shard_paths:
             with h5py.File(path, "r") as fh:
                 offsets = fh["offsets"][...]
+                states = fh["states"][f"L{layer}"][...]
                 n = len(offsets) - 1
                 yield ShardBlock(
                     trajectories=np.arange(first, first + n),
                     offsets=offsets,
                     positions=fh["positions"][...],
-                    states=fh["states"][f"L{layer}"][...].astype(np.float32),
+                    states=states.astype(np.float32, copy=False) if as_float32 else states,
                 )
             first += n
 

@@ -114,6 +114,10 @@ def test_float16_store_close_to_float32(tiny, traj_file, tmp_path):
     extract(_opts(traj_file, tmp_path / "f"), loaded=tiny)
     h, f = Store(tmp_path / "h"), Store(tmp_path / "f")
     np.testing.assert_allclose(h.load_layer(2), f.load_layer(2), atol=1e-2, rtol=1e-2)
+    # as_float32=False hands out the stored float16 itself, the same numbers before the cast
+    raw = list(h.iter_shards(2, as_float32=False))
+    assert {b.states.dtype for b in raw} == {np.dtype(np.float16)}
+    np.testing.assert_array_equal(np.concatenate([b.states for b in raw]).astype(np.float32), h.load_layer(2))
 
 
 def test_store_contents_match_trajectories(tiny, traj_file, tmp_path):

@@ -120,6 +120,28 @@ def test_input_normalisation_handles_outliers_and_constant_features():
     assert "in_mean" in model.state_dict() and "in_std" in model.state_dict()
 
 
+@pytest.mark.parametrize("encoder,widths", [("mlp", (16, 12)), ("linear", ())])
+@pytest.mark.parametrize("mean7,folds_mean", [(0.3, True), (5.0, False)])
+def test_folded_encoder_equals_encode(encoder, widths, mean7, folds_mean):
+    torch.manual_seed(0)
+    model = ProbeModel(8, encoder, widths, rep_size=4)
+    # feature 7 has std 0.01, so |mean|/std is 30 (folded) or 500 (centred first: folding would cancel badly)
+    std = torch.tensor([1000.0, 1, 1, 1, 50, 1, 1, 0.01])
+    x = torch.randn(64, 8) * std + torch.tensor([300.0, 0, 0, 0, -20, 0, 0, mean7])
+    model.set_normalization(x.mean(0).numpy(), x.std(0).numpy())
+    folded = model.folded_encoder()
+    assert (len(folded) == len(model.encoder)) == folds_mean  # an extra centring layer only when needed
+    with torch.no_grad():
+        expected = model.encode(x)
+        got = folded(x)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # an independent inference copy: no gradients, and changing it leaves the model alone
+    assert not any(p.requires_grad for p in folded.parameters())
+    with torch.no_grad():
+        folded[-1].weight.zero_()
+    assert list(model.encoder)[-1].weight.abs().sum() > 0
+
+
 def test_q_values_cosine_and_max_over_prototypes():
     z = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]])
     one = q_values(z, torch.tensor([[2.0, 0.0]]))

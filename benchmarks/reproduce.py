@@ -174,6 +174,18 @@ def prefix_curves(result: dict, layer: int) -> dict:
             **{k: [mean_ci(col)["mean"] for col in zip(*v)] for k, v in curves.items()}}
 
 
+def write_figure(report: dict, out: Path, layer: int) -> Path:
+    """The paper's prefix figure for this run: mean curves across seeds, trivial baselines as lines."""
+    from probekit.plots import plot_prefix_curves
+
+    pre = dict(report["gsm8k"]["prefix_auroc"])
+    fractions = pre.pop("fractions")
+    refs = {f"{b['baseline']} (full completion)": b["auroc_mean"] for b in report["gsm8k"]["baselines"]
+            if b["layer"] == layer and b["baseline"] != "random" and b["auroc_mean"] is not None}
+    title = f"GSM8K test problems, {report['model']} layer {layer}, mean of {len(report['seeds'])} seeds"
+    return plot_prefix_curves(fractions, pre, out.with_name(f"{out.stem}-prefix.png"), title, refs)
+
+
 def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]:
     from probekit.filtering import filter_store
     from probekit.probe.checkpoint import load_checkpoint
@@ -283,12 +295,17 @@ def main() -> None:
     ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
     ap.add_argument("--studies", default=",".join(STUDIES),
                     help="which studies to run (comma list of gsm8k, filter, transfer, hh; the GSM8K layer sweep always runs: the others build on it)")
+    ap.add_argument("--figure-only", action="store_true",
+                    help="only redraw the prefix-AUROC figure from the JSON at --out (same --layer as the run)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.studies = ["gsm8k"] + [s for s in args.studies.split(",") if s != "gsm8k"]
     if unknown := set(args.studies) - set(STUDIES):
         ap.error(f"unknown studies {sorted(unknown)}; choose from {', '.join(STUDIES)}")
+    if args.figure_only:
+        console.print(f"wrote {write_figure(read_json(args.out), args.out, args.layer)}")
+        return
     work = args.work.resolve()
     t0 = time.time()
 
@@ -324,6 +341,7 @@ def main() -> None:
         report["hh"] = {"table": summarise_sweep(h), "gain": paired_gain(h, "hh", "pairwise_acc"), "baselines": h["baselines"]}
     report["seconds"] = round(time.time() - t0, 1)
     write_json(args.out, report)
+    write_figure(report, args.out, args.layer)
     print_report(report)
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
 
 
-def plot_prefix_auroc(metrics: dict, path: str | Path) -> Path:
-    """Prefix AUROC curves (reward head and Q-values vs fraction of the completion seen), PNG.
+def plot_prefix_curves(
+    fractions: Sequence[float],
+    curves: Mapping[str, Sequence[float | None]],
+    path: str | Path,
+    title: str,
+    references: Mapping[str, float] | None = None,
+) -> Path:
+    """AUROC vs share of the completion seen (the paper's prefix figure), PNG written atomically.
 
-    Baselines that read the whole completion (length, logistic) are drawn as
-    horizontal reference lines at their full-completion AUROC.
+    `curves` maps a label to one AUROC per fraction (None = undefined, not drawn);
+    `references` are full-completion numbers (e.g. trivial baselines) drawn as
+    horizontal lines, so a curve can be read against what needs no probe at all.
     """
     import matplotlib
 
@@ -18,23 +26,18 @@ def plot_prefix_auroc(metrics: dict, path: str | Path) -> Path:
 
     from probekit.io import atomic_path
 
-    prefix = metrics["probe"]["prefix"]
-    xs = [100 * f for f in prefix["fractions"]]
+    xs = [100 * f for f in fractions]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    curves = [("reward_auroc", "probe reward")] + [(k, f"probe Q ({k[len('q_auroc_'):]} goal)") for k in prefix if k.startswith("q_auroc_")]
-    for key, label in curves:
-        ys = [float("nan") if v is None else v for v in prefix[key]]
-        ax.plot(xs, ys, marker="o", label=label)
+    for label, ys in curves.items():
+        ax.plot(xs, [float("nan") if v is None else v for v in ys], marker="o", label=label)
     styles = iter(["--", ":", "-."] * 3)
-    for name, b in (metrics.get("baselines") or {}).items():
-        auroc = (b or {}).get("auroc") or {}
-        if name != "random" and auroc.get("value") is not None:
-            ax.axhline(auroc["value"], linestyle=next(styles), color="gray", linewidth=1, label=f"{name} (full completion)")
+    for label, value in (references or {}).items():
+        ax.axhline(value, linestyle=next(styles), color="gray", linewidth=1, label=label)
     ax.axhline(0.5, color="black", linewidth=0.5)
     ax.set_xlabel("% of completion seen")
     ax.set_ylabel("AUROC (label 1 vs 0)")
     ax.set_ylim(0.0, 1.02)
-    ax.set_title(f"Prefix AUROC, {metrics.get('split', '')} split, layer {metrics.get('layer', '')}")
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = Path(path)
@@ -42,3 +45,21 @@ def plot_prefix_auroc(metrics: dict, path: str | Path) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def plot_prefix_auroc(metrics: dict, path: str | Path) -> Path:
+    """Prefix AUROC curves of one evaluation (reward head and Q-values), PNG.
+
+    Baselines that read the whole completion (length, logistic) are drawn as
+    horizontal reference lines at their full-completion AUROC.
+    """
+    prefix = metrics["probe"]["prefix"]
+    curves = {"probe reward": prefix["reward_auroc"]}
+    curves.update({f"probe Q ({k[len('q_auroc_'):]} goal)": prefix[k] for k in prefix if k.startswith("q_auroc_")})
+    references = {}
+    for name, b in (metrics.get("baselines") or {}).items():
+        auroc = (b or {}).get("auroc") or {}
+        if name != "random" and auroc.get("value") is not None:
+            references[f"{name} (full completion)"] = auroc["value"]
+    title = f"Prefix AUROC, {metrics.get('split', '')} split, layer {metrics.get('layer', '')}"
+    return plot_prefix_curves(prefix["fractions"], curves, path, title, references)

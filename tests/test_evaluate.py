@@ -148,3 +148,12 @@ def test_evaluate_all_split_and_foreign_store(tmp_path_factory, tmp_path):
     assert m2["baselines"]["logistic_last"]["note"].startswith("not fitted")
     with pytest.raises(ProbekitError, match="--split"):
         evaluate_checkpoint(ckpt, None, "nonsense")
+
+
+def test_plot_prefix_curves_draws_undefined_points_as_gaps(tmp_path):
+    from probekit.plots import plot_prefix_curves
+
+    out = plot_prefix_curves([0.5, 1.0], {"λ=0 reward": [None, 0.6], "λ=0.5 Q": [0.55, 0.7]}, tmp_path / "f.png",
+                             "title", {"length (full completion)": 0.64})
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # written under a temporary name, then renamed

@@ -1,4 +1,7 @@
-"""`make reproduce`: the paper's comparisons on real data with a frozen SmolLM2-135M.
+"""`make reproduce`: the paper's comparisons on real data with a frozen model.
+
+The default model is SmolLM2-135M with every study; `make reproduce` then runs
+this script again on Gemma-3-270M with `--studies gsm8k,filter` (see the Makefile).
 
 Stages (each cached under --work, so a second run only refits what is missing):
   data      GSM8K labelled solutions, GSM8K corrupted-gold pairs, HH-RLHF pairs (subsets: first N groups)

@@ -115,11 +115,12 @@ class ProbeModel(nn.Module):
 
         ((x − μ)/σ)·Wᵀ + b = x·(W/σ)ᵀ + (b − (W/σ)·μ), computed in float64 then cast
         back. Scoring a store is a few matmuls per row; the two elementwise passes
-        over the wide input were about a third of its time. Folding μ cancels
+        over the wide input were about a quarter of its time. Folding μ cancels
         x·(W/σ) against the bias, which loses precision when a feature's |μ|/σ is
-        large, so μ is folded only while max |μ|/σ <= FOLD_MEAN_LIMIT (frozen LM
-        states measured ~5-13); beyond it the inputs are centred first and only σ
-        is folded. Not for training: the returned layers are detached copies.
+        large, so μ is folded only while max |μ|/σ <= FOLD_MEAN_LIMIT (SmolLM2's
+        layers measured 5-13, Gemma-3's layer 3 83); beyond it the inputs are
+        centred first and only σ is folded. Not for training: the returned layers
+        are detached copies.
         """
         first = self.encoder[0]
         w = first.weight.double() / self.in_std.double()

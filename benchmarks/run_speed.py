@@ -420,10 +420,29 @@ def stage_extract(args, loaded, work: Path, subset: Path, mem_small: Path, mem_l
     return result, store_dir
 
 
+def time_sweep(args, store_dir: Path, layer: int, out: Path, lams: list, seeds: list, base: dict) -> dict:
+    """Seconds for a λ × seed sweep with `run_sweep` (every fit, its evaluation and checkpoint)."""
+    from probekit.sweep import SweepOptions, run_sweep
+
+    log(f"fit: λ sweep, {len(lams)} values x {len(seeds)} seeds = {len(lams) * len(seeds)} fits")
+    sweep_opts = SweepOptions(store=store_dir, out=out, lams=lams, layers=[layer], seeds=seeds, base=base)
+    sweep, sw_wall, sw_cpu = timed(lambda: run_sweep(sweep_opts))
+    n_fits = len(sweep["runs"])
+    log(f"  sweep {sw_wall:.1f}s for {n_fits} fits")
+    return {
+        "what": f"probekit.sweep.run_sweep: λ in {lams} x seeds {seeds}, K 8, layer {layer}, default fit options",
+        "n_fits": n_fits,
+        "seconds": round(sw_wall, 3),
+        "cpu_seconds": round(sw_cpu, 3),
+        "seconds_per_fit": round(sw_wall / max(n_fits, 1), 3),
+        "target": f"< {SWEEP_TARGET_S / 60:g} minutes on 2 cores",
+        "target_met": None if args.quick else bool(sw_wall < SWEEP_TARGET_S and n_fits == 18),
+    }
+
+
 def stage_fit(args, work: Path, store_dir: Path) -> tuple[dict, object]:
     from probekit.probe.train import FitOptions, fit
     from probekit.store import Store
-    from probekit.sweep import SweepOptions, run_sweep
 
     store = Store(store_dir)
     n_pairs = len(store.pairs())
@@ -434,13 +453,8 @@ def stage_fit(args, work: Path, store_dir: Path) -> tuple[dict, object]:
     log(f"  one fit {fit_wall:.1f}s")
     lams = [0.0, 0.5] if args.quick else SWEEP_LAMS
     seeds = [0] if args.quick else SWEEP_SEEDS
-    log(f"fit: λ sweep, {len(lams)} values x {len(seeds)} seeds = {len(lams) * len(seeds)} fits")
-    sweep_opts = SweepOptions(store=store_dir, out=work / "sweep", lams=lams, layers=[LAYER], seeds=seeds, base=base)
-    sweep, sw_wall, sw_cpu = timed(lambda: run_sweep(sweep_opts))
-    n_fits = len(sweep["runs"])
-    log(f"  sweep {sw_wall:.1f}s for {n_fits} fits")
     m = ckpt.metrics["train"]
-    return {
+    result = {
         "store": {"n_trajectories": len(store), "n_pairs": n_pairs, "n_train_pairs": m["n_train_pairs"], "n_valid_pairs": m["n_valid_pairs"],
                   "n_stored_states": int(store.n_rows), "layer": LAYER, "positions": "all"},
         "one_fit": {
@@ -452,17 +466,17 @@ def stage_fit(args, work: Path, store_dir: Path) -> tuple[dict, object]:
             "train_seconds": m["train_seconds"],
             "epochs_run": m["epochs_run"],
         },
-        "sweep": {
-            "what": f"probekit.sweep.run_sweep: λ in {lams} x seeds {seeds}, K 8, layer {LAYER}, default fit options",
-            "n_fits": n_fits,
-            "seconds": round(sw_wall, 3),
-            "cpu_seconds": round(sw_cpu, 3),
-            "seconds_per_fit": round(sw_wall / max(n_fits, 1), 3),
-            "target": f"< {SWEEP_TARGET_S / 60:g} minutes on 2 cores",
-            "target_met": None if args.quick else bool(sw_wall < SWEEP_TARGET_S and n_fits == 18),
-        },
+        "sweep": time_sweep(args, store_dir, LAYER, work / "sweep", lams, seeds, base),
         "paper_context": {"what": PAPER_CONTEXT, "measured": False},
-    }, ckpt
+    }
+    if args.fit_store is not None:
+        big = Store(args.fit_store)
+        log(f"fit: the same sweep on {args.fit_store} ({len(big)} trajectories, {len(big.pairs())} pairs, {big.n_rows:,} stored "
+            f"states, layer {args.fit_layer})")
+        result["sweep_fit_store"] = {"store": str(args.fit_store), "n_trajectories": len(big), "n_pairs": len(big.pairs()),
+                                     "n_stored_states": int(big.n_rows), "layer": args.fit_layer,
+                                     **time_sweep(args, args.fit_store, args.fit_layer, work / "sweep-fit-store", lams, seeds, base)}
+    return result, ckpt
 
 
 def stage_filter(args, store_dir: Path, ckpt) -> dict:
@@ -619,6 +633,10 @@ def print_table(result: dict) -> None:
     t.add_row("fit, one (λ=0.5)", f"{ft['one_fit']['seconds']:.1f} s", "-", "", "")
     t.add_row(f"fit, λ sweep ({ft['sweep']['n_fits']} fits)", f"{ft['sweep']['seconds']:.1f} s", "-", "",
               f"< 10 min: {yn(ft['sweep']['target_met'])}")
+    if "sweep_fit_store" in ft:
+        big = ft["sweep_fit_store"]
+        t.add_row(f"fit, λ sweep on --fit-store ({big['n_fits']} fits, {big['n_trajectories']:,} traj.)", f"{big['seconds']:.1f} s",
+                  "-", "", f"< 10 min: {yn(big['target_met'])}")
     t.add_row("paper (context only)", "-", PAPER_CONTEXT, "", "")
     for label, r in (("best vs best", fl["best_vs_best"]), ("1 thread both", fl["one_thread_both"])):
         pk = next(x for x in fl["by_threads"] if x["torch_threads"] == r["probekit_threads"])
@@ -648,6 +666,9 @@ def parse_args(argv=None):
     p.add_argument("--naive-mem-4n", action="store_true", help="also measure the naive baseline's memory at 4N (slower)")
     p.add_argument("--n-naive-filter", type=int, default=0, help="trajectories for the naive filter loop (0 = all; the rate is extrapolated otherwise)")
     p.add_argument("--filter-repeats", type=int, default=5, help="repeats of probekit's filter scoring (median reported)")
+    p.add_argument("--fit-store", type=Path, default=None,
+                   help="also time the λ sweep on this existing store (e.g. make reproduce's GSM8K store), beside the benchmark's own")
+    p.add_argument("--fit-layer", type=int, default=16, help="layer of --fit-store to fit on")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (stores, checkpoints)")
     p.add_argument("--_child", choices=("extract", "naive"), help=argparse.SUPPRESS)

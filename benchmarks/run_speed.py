@@ -400,11 +400,19 @@ def stage_extract(args, loaded, work: Path, subset: Path, mem_small: Path, mem_l
         "naive": [],
         "probekit": [],
     }
-    for n, path in ((n_mem, mem_small), (4 * n_mem, mem_large)):
-        r = run_child("extract", path, work / f"mem-pk-{n}", args.mem_shard_size)
-        r["n_trajectories"] = n
-        mem["probekit"].append(r)
-        log(f"  probekit N={n}: peak {r['peak_rss_mb']:.0f} MB, growth {r['peak_growth_mb']:.0f} MB")
+    # Peak RSS of one run moves by up to ~±80 MB between identical runs (allocator state), more than the
+    # float32 states the 4N data adds (~16 MB at N = 20): repeat, interleaved, and compare medians.
+    samples: dict[int, list[dict]] = {n_mem: [], 4 * n_mem: []}
+    for k in range(args.mem_repeats):
+        for n, path in ((n_mem, mem_small), (4 * n_mem, mem_large)):
+            r = run_child("extract", path, work / f"mem-pk-{n}-{k}", args.mem_shard_size)
+            samples[n].append(r)
+            log(f"  probekit N={n} (run {k + 1}/{args.mem_repeats}): peak {r['peak_rss_mb']:.0f} MB, growth {r['peak_growth_mb']:.0f} MB")
+    for n, runs in samples.items():
+        growths = [r["peak_growth_mb"] for r in runs]
+        median_run = sorted(runs, key=lambda r: r["peak_growth_mb"])[len(runs) // 2]
+        mem["probekit"].append({**median_run, "n_trajectories": n, "peak_growth_mb": round(statistics.median(growths), 1),
+                                "peak_growth_mb_samples": growths})
     naive_ns = [n_mem] if args.quick or not args.naive_mem_4n else [n_mem, 4 * n_mem]
     for n in naive_ns:
         r = run_child("naive", mem_small if n == n_mem else mem_large, work / f"mem-naive-{n}", args.mem_shard_size)
@@ -413,7 +421,8 @@ def stage_extract(args, loaded, work: Path, subset: Path, mem_small: Path, mem_l
         log(f"  naive N={n}: peak {r['peak_rss_mb']:.0f} MB, growth {r['peak_growth_mb']:.0f} MB")
     g_small, g_large = mem["probekit"][0]["peak_growth_mb"], mem["probekit"][1]["peak_growth_mb"]
     mem["probekit_growth_ratio_4n_over_n"] = round(g_large / g_small, 3) if g_small > 0 else None
-    mem["flat_criterion"] = "probekit's peak growth at 4N is at most 1.25x its growth at N (or within 32 MB of it)"
+    mem["flat_criterion"] = (f"median over {args.mem_repeats} runs of probekit's peak growth at 4N is at most 1.25x the median "
+                             f"at N (or within 32 MB of it)")
     mem["probekit_flat"] = bool(g_large <= 1.25 * g_small or g_large - g_small <= 32)
     mem["naive_over_probekit_peak_growth_at_n"] = (round(mem["naive"][0]["peak_growth_mb"] / g_small, 2) if g_small > 0 else None)
     result["memory"] = mem
@@ -663,6 +672,7 @@ def parse_args(argv=None):
     p.add_argument("--chunks", type=int, default=None, help="interleaved extraction chunks (default 4; quick 2)")
     p.add_argument("--n-mem", type=int, default=None, help="N of the memory runs (probekit at N and 4N; default n-extract/8)")
     p.add_argument("--mem-shard-size", type=int, default=None, help="shard size of the memory runs (small, so shards flush; default n-mem/2)")
+    p.add_argument("--mem-repeats", type=int, default=None, help="runs of each probekit memory measurement, medians compared (default 3; quick 1)")
     p.add_argument("--naive-mem-4n", action="store_true", help="also measure the naive baseline's memory at 4N (slower)")
     p.add_argument("--n-naive-filter", type=int, default=0, help="trajectories for the naive filter loop (0 = all; the rate is extrapolated otherwise)")
     p.add_argument("--filter-repeats", type=int, default=5, help="repeats of probekit's filter scoring (median reported)")
@@ -706,6 +716,9 @@ def run(args) -> int:
     if args.chunks < 1:
         raise ProbekitError("--chunks must be at least 1")
     n_mem = args.n_mem or max(args.n_extract // 8, 4)
+    args.mem_repeats = 1 if args.quick and args.mem_repeats is None else (args.mem_repeats or 3)
+    if args.mem_repeats < 1:
+        raise ProbekitError("--mem-repeats must be at least 1")
     args.mem_shard_size = args.mem_shard_size or max(n_mem // 2, 1)
     if args.n_extract < 24:
         raise ProbekitError("--n-extract must be at least 24 (6 problems), so that the fit has train and validation pairs")
@@ -722,6 +735,7 @@ def run(args) -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine_info(),
         "settings": {"model": MODEL, "layer": LAYER, "n_extract": args.n_extract, "n_mem": n_mem, "mem_shard_size": args.mem_shard_size,
+                     "mem_repeats": args.mem_repeats,
                      "quick": bool(args.quick), "data": str(src)},
         "notes": [
             "Ratios compare methods measured one after the other in the same process on the same inputs; absolute times "

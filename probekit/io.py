@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from probekit.errors import ProbekitError, where
+from probekit.outputs import apply_umask
 
 
 @contextlib.contextmanager
@@ -32,6 +33,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        apply_umask(tmp_path)  # mkstemp makes 0600; outputs get the user's usual mode
         os.replace(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -3,37 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from cli.app import app
 from cli.common import console, emit_json
+from cli.options import with_config
+from cli.progress import progress_for
+from cli.tables import demo_table
+from probekit.demo import DemoConfig
 
 
 @app.command()
+@with_config(DemoConfig)
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder for every stage's outputs (data, store, checkpoints, evals, filters, summary.json)."),
-    model: str = typer.Option("smollm2-135m", help="Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder or .gguf file."),
-    n_problems: int = typer.Option(300, help="Synthetic problems to generate; each gets --solutions sampled solutions."),
-    solutions: int = typer.Option(4, help="Solutions per problem (the majority-voting group)."),
-    lam: float = typer.Option(0.5, help="λ of the goal-conditioned probe (the baseline always uses λ = 0)."),
-    layers: Optional[str] = typer.Option(None, help="Layer to extract (default: the model's middle layer)."),
-    epochs: int = typer.Option(30, help="Maximum training epochs per probe (early stopping on validation pairwise accuracy)."),
-    seed: int = typer.Option(0, help="Seed for data generation, splits and training."),
+    overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    config: DemoConfig = None,
 ) -> None:
     """Generate data, extract, fit the baseline and goal-conditioned probes, evaluate, filter, and summarise."""
-    from probekit.demo import DemoOptions, run_demo, summary_table
+    from probekit.demo import run_demo
 
-    summary = run_demo(
-        DemoOptions(out=out, model=model, n_problems=n_problems, solutions=solutions, lam=lam, layers=layers,
-                    epochs=epochs, seed=seed, progress=progress),
-        console=console,
-    )
+    summary = run_demo(out, config, overwrite=overwrite, progress=progress_for(progress),
+                       log=lambda text: console.print(f"[bold cyan]demo[/] {text}", highlight=False))
     if json_out:
         emit_json(summary)
-    console.print(summary_table(summary))
+    console.print(demo_table(summary))
     console.print(f"plots: {', '.join(summary['plots'])}")
     console.print(f"everything is in {out}/ (summary.json); took {summary['seconds']['total']:.0f} s")

@@ -1,13 +1,19 @@
-"""Baselines reported beside every probe result, on the same split and bootstrap resamples.
+"""Baselines reported beside every probe result, on the same trajectories and bootstrap resamples.
 
 - length: completion length as the score, in the direction (longer or shorter
-  = better) that does best on a *selection* split: train when evaluating
-  valid (or train/all), valid when evaluating test;
+  = better) that does best on a *selection* split of the store the probe was
+  fitted on: its valid split when evaluating test, else its train split;
 - logistic_last / logistic_mean: a pointwise logistic-regression probe
   (standardised features, sklearn) on the same cached states — the last-token
-  state, or the mean over the stored states of the completion — trained on the
-  train split's labels (or on chosen = 1 / rejected = 0 when unlabelled);
+  state, or the mean over the stored states of the completion — fitted on the
+  training store's train split labels (or on chosen = 1 / rejected = 0 when
+  unlabelled), then applied to the evaluated store;
 - random: uniform random scores (AUROC ≈ 0.5, with its bootstrap interval).
+
+Fitting where the probe was fitted keeps a cross-store evaluation fair: the
+probe saw only its training store, and so do the baselines. When that store
+is gone, the fitted baselines are reported as not fitted rather than fitted on
+the evaluation data.
 
 `beats` compares the probe with them: `beats_baselines` is False when the
 probe's 95% interval does not clear the best trivial baseline (length, random).
@@ -17,55 +23,44 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.evaluate import EvalContext
+from probekit.metrics import EvalContext, pairwise_correct, point_auroc, split_mask, split_pairs
 
 TRIVIAL = ("length", "random")
+NO_FIT_STORE = "not fitted: the store the probe was trained on is not available"
 
 
-def _selection_split(which: str) -> str:
-    return "valid" if which == "test" else "train"
-
-
-def _split_traj_pairs(ctx: EvalContext, name: str) -> tuple[np.ndarray, np.ndarray]:
-    from probekit.probe.data import split_mask, split_pairs
-
-    store = ctx.store
-    groups = ctx.split.get(name, [])
-    mask = split_mask(store, groups)
-    pairs = split_pairs(store, store.pairs(), groups)
-    return np.flatnonzero(mask), pairs
+def _fit_split(ctx: EvalContext, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(trajectories, pairs) of split `name` of the training store."""
+    store, groups = ctx.fit_store, ctx.split.get(name, [])
+    return np.flatnonzero(split_mask(store, groups)), split_pairs(store, store.pairs(), groups)
 
 
 def _direction_score(store, traj: np.ndarray, pairs: np.ndarray, sign: float) -> float | None:
     """How well sign·length ranks on a selection set: AUROC on labels, else pairwise accuracy."""
-    from sklearn.metrics import roc_auc_score
-
     T = store.meta.completion_tokens.astype(np.float64) * sign
     labels = store.meta.label[traj].astype(int)
     lab = labels >= 0
-    if lab.any() and len(set(labels[lab].tolist())) == 2:
-        return float(roc_auc_score(labels[lab], T[traj][lab]))
-    if len(pairs):
-        d = T[pairs[:, 0]] - T[pairs[:, 1]]
-        return float(((d > 0) + 0.5 * (d == 0)).mean())
-    return None
+    auroc = point_auroc(T[traj][lab], labels[lab]) if lab.any() else None
+    if auroc is not None:
+        return auroc
+    return float(pairwise_correct(T[pairs[:, 0]] - T[pairs[:, 1]]).mean()) if len(pairs) else None
 
 
 def length_baseline(ctx: EvalContext) -> dict:
-    store = ctx.store
-    sel_name = _selection_split(ctx.which)
-    traj, pairs = _split_traj_pairs(ctx, sel_name)
+    if ctx.fit_store is None:
+        return {"note": NO_FIT_STORE}
+    sel_name = "valid" if ctx.which == "test" and ctx.same_store else "train"
+    traj, pairs = _fit_split(ctx, sel_name)
     if len(traj) == 0 and sel_name == "valid":
         sel_name = "train"
-        traj, pairs = _split_traj_pairs(ctx, sel_name)
-    longer, shorter = _direction_score(store, traj, pairs, 1.0), _direction_score(store, traj, pairs, -1.0)
+        traj, pairs = _fit_split(ctx, sel_name)
+    longer, shorter = _direction_score(ctx.fit_store, traj, pairs, 1.0), _direction_score(ctx.fit_store, traj, pairs, -1.0)
     if longer is None:
-        direction, selected_on = "longer", None
-    else:
-        direction, selected_on = ("shorter" if shorter > longer else "longer"), sel_name
+        return {"note": f"not fitted: the {sel_name} split of the training store has no labels or pairs to choose a direction on"}
+    direction = "shorter" if shorter > longer else "longer"
     sign = 1.0 if direction == "longer" else -1.0
-    res = ctx.summary(sign * store.meta.completion_tokens.astype(np.float64))
-    return {"direction": direction, "selected_on": selected_on, **res}
+    selected_on = sel_name if ctx.same_store else f"{sel_name} split of the training store {ctx.fit_store.path}"
+    return {"direction": direction, "selected_on": selected_on, **ctx.summary(sign * ctx.store.meta.completion_tokens.astype(np.float64))}
 
 
 def random_baseline(ctx: EvalContext) -> dict:
@@ -76,26 +71,21 @@ def random_baseline(ctx: EvalContext) -> dict:
 def trajectory_features(source, traj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(last-token state, mean of stored states) per trajectory of `traj` (sorted unique), float32 [n, hidden]."""
     traj = np.unique(np.asarray(traj, dtype=np.int64))
-    pos = {int(t): i for i, t in enumerate(traj)}
     last = np.zeros((len(traj), source.hidden_size), np.float32)
     mean = np.zeros_like(last)
-    for sel, offs, states in source.blocks(traj):
-        idx = np.asarray([pos[int(t)] for t in sel])
+    for block in source.blocks(traj):
+        idx = np.searchsorted(traj, block.trajectories)
+        states, offs = np.asarray(block.states, np.float32), block.offsets
         last[idx] = states[offs[1:] - 1]
         sums = np.add.reduceat(states.astype(np.float64), offs[:-1], axis=0)
         mean[idx] = (sums / np.diff(offs)[:, None]).astype(np.float32)
     return last, mean
 
 
-def logistic_baselines(ctx: EvalContext, source, C: float = 1.0) -> dict:
-    """Logistic-regression probes (last-token and mean-pooled states) trained on the train split."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    store = ctx.store
-    train_traj, train_pairs = _split_traj_pairs(ctx, "train")
-    labels = store.meta.label[train_traj].astype(int)
+def _logistic_training_set(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, str]:
+    """(trajectories, labels, how) of the training store's train split for the logistic probes."""
+    train_traj, train_pairs = _fit_split(ctx, "train")
+    labels = ctx.fit_store.meta.label[train_traj].astype(int)
     fit_traj, fit_y, how = train_traj[labels >= 0], labels[labels >= 0], "train labels"
     if len(set(fit_y.tolist())) < 2 and len(train_pairs):
         chosen, rejected = np.unique(train_pairs[:, 0]), np.unique(train_pairs[:, 1])
@@ -104,29 +94,48 @@ def logistic_baselines(ctx: EvalContext, source, C: float = 1.0) -> dict:
         fit_traj = np.concatenate([chosen, rejected])
         fit_y = np.concatenate([np.ones(len(chosen), int), np.zeros(len(rejected), int)])
         how = "train pairs (chosen = 1, rejected = 0)"
+    return fit_traj, fit_y, how
+
+
+def logistic_baselines(ctx: EvalContext, source, fit_source=None, C: float = 1.0) -> dict:
+    """Logistic-regression probes (last-token and mean-pooled states) fitted on the training store's train split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if ctx.fit_store is None:
+        return {"logistic_last": {"note": NO_FIT_STORE}, "logistic_mean": {"note": NO_FIT_STORE}}
+    fit_source = source if fit_source is None else fit_source
+    fit_traj, fit_y, how = _logistic_training_set(ctx)
     if len(set(fit_y.tolist())) < 2:
         note = "not fitted: the train split has no labels or pairs of both kinds"
         return {"logistic_last": {"note": note}, "logistic_mean": {"note": note}}
-    feats_traj = np.unique(np.concatenate([fit_traj, ctx.traj]))
-    last, mean = trajectory_features(source, feats_traj)
-    where = np.searchsorted(feats_traj, fit_traj)
+    if ctx.same_store:  # read each trajectory's states once for fitting and scoring
+        feats_traj = np.unique(np.concatenate([fit_traj, ctx.traj]))
+        fit_feats = eval_feats = trajectory_features(source, feats_traj)
+        fit_at, eval_traj = np.searchsorted(feats_traj, fit_traj), feats_traj
+    else:
+        order = np.argsort(fit_traj)
+        fit_traj, fit_y = fit_traj[order], fit_y[order]
+        fit_feats, eval_feats = trajectory_features(fit_source, fit_traj), trajectory_features(source, ctx.traj)
+        fit_at, eval_traj = np.arange(len(fit_traj)), ctx.traj
     out = {}
-    for name, X in (("logistic_last", last), ("logistic_mean", mean)):
+    for i, name in enumerate(("logistic_last", "logistic_mean")):
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-        clf.fit(X[where], fit_y)
-        scores = np.full(len(store), np.nan)
-        scores[feats_traj] = clf.decision_function(X)
-        note = f"fitted on {len(fit_traj)} {how}"
-        if ctx.which in ("train", "all"):
+        clf.fit(fit_feats[i][fit_at], fit_y)
+        scores = np.full(len(ctx.store), np.nan)
+        scores[eval_traj] = clf.decision_function(eval_feats[i])
+        note = f"fitted on {len(fit_traj)} {how}" + ("" if ctx.same_store else f" of the training store {ctx.fit_store.path}")
+        if ctx.same_store and ctx.which in ("train", "all"):
             note += "; evaluated on data it was fitted on"
         out[name] = {**ctx.summary(scores), "note": note}
     return out
 
 
-def run_baselines(ctx: EvalContext, source) -> dict:
-    """All baselines on the evaluation context's split."""
+def run_baselines(ctx: EvalContext, source, fit_source=None) -> dict:
+    """All baselines on the evaluation context's trajectories."""
     out = {"length": length_baseline(ctx)}
-    out.update(logistic_baselines(ctx, source))
+    out.update(logistic_baselines(ctx, source, fit_source))
     out["random"] = random_baseline(ctx)
     return out
 

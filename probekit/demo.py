@@ -13,74 +13,82 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
+from probekit.config import option
+from probekit.progress import Progress
 
-
-@dataclass
-class DemoOptions:
-    out: Path
-    model: str = "smollm2-135m"
-    n_problems: int = 300
-    solutions: int = 4
-    lam: float = 0.5
-    layers: str | None = None
-    epochs: int = 30
-    seed: int = 0
-    max_batch_tokens: int = 8192
-    n_boot: int = 1000
-    progress: bool = True
+STAGES = ("data", "store", "fit-baseline", "fit-goal", "eval-baseline", "eval-goal", "filter-baseline", "filter-goal", "summary.json")
 
 
-def _say(console, text: str) -> None:
-    if console is not None:
-        console.print(f"[bold cyan]demo[/] {text}")
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's few knobs; everything else is each stage's default."""
+
+    model: str = option("smollm2-135m", "Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder or .gguf file.")
+    n_problems: int = option(300, "Synthetic problems to generate; each gets --solutions sampled solutions.")
+    solutions: int = option(4, "Solutions per problem (the majority-voting group).")
+    lam: float = option(0.5, "λ of the goal-conditioned probe (the baseline always uses λ = 0).", flag="--lam")
+    layers: str | None = option(None, "Layer to extract (default: the model's middle layer).")
+    epochs: int = option(30, "Maximum training epochs per probe (early stopping on validation pairwise accuracy).")
+    seed: int = option(0, "Seed for data generation, splits and training.")
+    max_batch_tokens: int = option(8192, "Token budget of one extraction batch.")
+    n_boot: int = option(1000, "Bootstrap resamples for the intervals.")
 
 
-def run_demo(opts: DemoOptions, console=None, loaded=None) -> dict:
-    """Run every stage; return the summary (also written to out/summary.json)."""
+def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: bool = False, progress: Progress | None = None,
+             log: Callable[[str], None] = lambda text: None, loaded=None) -> dict:
+    """Run every stage into `out`; return the summary (also written to out/summary.json).
+
+    `log` receives one line per stage; `loaded` (a `probekit.models.LoadedModel`) skips loading the model.
+    """
+    from probekit.config import FitConfig
+    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
     from probekit.data.synth import synth_problems
-    from probekit.evaluate import evaluate_checkpoint
+    from probekit.evaluate import evaluate_checkpoint, write_evaluation
     from probekit.extract.run import ExtractOptions, extract
-    from probekit.filtering import filter_store
+    from probekit.filtering import FilterConfig, filter_store
     from probekit.io import write_json
-    from probekit.probe.train import FitOptions, fit
+    from probekit.outputs import claim_output
+    from probekit.pipeline import fit_probe
     from probekit.store import Store
 
-    out = Path(opts.out)
+    out_dir = claim_output(out, "demo", STAGES, overwrite=overwrite)
+    out_dir.record(*STAGES[:-1])
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    _say(console, f"1/5 generating {opts.n_problems} synthetic problems x {opts.solutions} solutions (seed {opts.seed})")
-    trajectories = synth_problems(opts.n_problems, solutions_per_problem=opts.solutions, seed=opts.seed)
-    data_file = out / "data" / "trajectories.jsonl"
+    log(f"1/5 generating {config.n_problems} synthetic problems x {config.solutions} solutions (seed {config.seed})")
+    trajectories = synth_problems(config.n_problems, solutions_per_problem=config.solutions, seed=config.seed)
+    data_dir = claim_output(out_dir.path / "data", "data", ("trajectories.jsonl", "pairs.jsonl"), overwrite=overwrite)
+    data_file, pairs_file = data_dir.file("trajectories.jsonl"), data_dir.file("pairs.jsonl")
     write_trajectories(data_file, trajectories)
-    write_pairs(data_file.with_name("pairs.jsonl"), derive_pairs(trajectories))
+    write_pairs(pairs_file, derive_pairs(trajectories))
     timings["data"] = time.perf_counter() - t0
 
-    _say(console, f"2/5 extracting hidden states with {opts.model} (resumes if interrupted)")
+    log(f"2/5 extracting hidden states with {config.model} (resumes if interrupted)")
     t = time.perf_counter()
-    extract(
-        ExtractOptions(trajectories=data_file, out=out / "store", pairs=data_file.with_name("pairs.jsonl"), model=opts.model,
-                       layers=opts.layers, max_batch_tokens=opts.max_batch_tokens, progress=opts.progress),
-        loaded=loaded,
-    )
-    store = Store(out / "store")
+    extract(ExtractOptions(trajectories=data_file, out=out_dir.path / "store", pairs=pairs_file, model=config.model,
+                           layers=config.layers, max_batch_tokens=config.max_batch_tokens, overwrite=overwrite),
+            loaded=loaded, progress=progress)
+    store = Store(out_dir.path / "store")
     timings["extract"] = time.perf_counter() - t
 
-    probes = {"baseline (λ=0)": 0.0, f"goal-conditioned (λ={opts.lam:g})": opts.lam}
+    probes = {"baseline (λ=0)": 0.0, f"goal-conditioned (λ={config.lam:g})": config.lam}
     rows, details = [], {}
-    for i, (name, lam) in enumerate(probes.items()):
+    for name, lam in probes.items():
         tag = "baseline" if lam == 0 else "goal"
-        _say(console, f"3/5 fitting the {name} probe")
+        log(f"3/5 fitting the {name} probe")
         t = time.perf_counter()
-        ckpt = fit(FitOptions(store=out / "store", out=out / f"fit-{tag}", lam=lam, epochs=opts.epochs, seed=opts.seed,
-                              n_boot=opts.n_boot, progress=opts.progress), console=console if opts.progress else None)
+        fit_cfg = FitConfig().vary(lam=lam, epochs=config.epochs, seed=config.seed, n_boot=config.n_boot)
+        ckpt = fit_probe(store, out_dir.path / f"fit-{tag}", fit_cfg, overwrite=overwrite, progress=progress)
         timings[f"fit_{tag}"] = time.perf_counter() - t
-        _say(console, f"4/5 evaluating the {name} probe on held-out problems")
-        ev = evaluate_checkpoint(ckpt, store, which="test", out_dir=out / f"eval-{tag}", n_boot=opts.n_boot, seed=opts.seed)
-        _say(console, f"5/5 Q-value filtering with the {name} probe (threshold chosen on validation problems)")
-        fl = filter_store(ckpt, store, out / f"filter-{tag}", threshold="auto", seed=opts.seed)
+        log(f"4/5 evaluating the {name} probe on held-out problems")
+        ev = evaluate_checkpoint(ckpt, store, "test", n_boot=config.n_boot, seed=config.seed, progress=progress)
+        write_evaluation(ev, claim_output(out_dir.path / f"eval-{tag}", "eval", ("metrics.json", "prefix_auroc.png"), overwrite=overwrite))
+        log(f"5/5 Q-value filtering with the {name} probe (threshold chosen on validation problems)")
+        fl = filter_store(ckpt, store, out_dir.path / f"filter-{tag}", FilterConfig(threshold="auto", seed=config.seed),
+                          overwrite=overwrite, progress=progress)
         details[tag] = {"eval": ev, "filter": fl}
         probe, report = ev["probe"], fl["report"]
         rows.append({
@@ -98,41 +106,14 @@ def run_demo(opts: DemoOptions, console=None, loaded=None) -> dict:
         })
     timings["total"] = time.perf_counter() - t0
     summary = {
-        "model": opts.model,
+        "model": config.model,
         "layer": store.layers[0],
         "n_trajectories": len(store),
         "rows": rows,
         "baselines": details["baseline"]["eval"].get("baselines"),
         "filter_baselines": details["goal"]["filter"]["report"].get("baselines"),
-        "plots": sorted(str(p) for p in out.glob("*/*.png")),
+        "plots": sorted(str(p) for p in out_dir.path.glob("*/*.png")),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
-    write_json(out / "summary.json", summary)
+    write_json(out_dir.file("summary.json"), summary)
     return summary
-
-
-def summary_table(summary: dict):
-    """A rich table: one row per probe, then the trivial baselines."""
-    from cli.common import rich_table
-
-    def ci(m) -> str:
-        if not m or m.get("value") is None:
-            return "-"
-        return f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]" if m.get("lo") is not None else f"{m['value']:.3f}"
-
-    def pct(x) -> str:
-        return "-" if x is None else f"{100 * x:.1f}%"
-
-    rows = [
-        [r["probe"], ci(r["auroc"]), ci(r["q_auroc"]), ci(r["pairwise_accuracy"]), pct(r["vote_accuracy"]),
-         pct(r["vote_accuracy_filtered"]), f"{pct(r['tokens_saved'])} / {pct(r['tokens_saved_effective'])}", "" if r["beats_baselines"] in (True, None) else "no"]
-        for r in summary["rows"]
-    ]
-    for name, b in (summary.get("baselines") or {}).items():
-        if b:
-            rows.append([f"[dim]{name}[/]", ci(b.get("auroc")), "-", ci(b.get("pairwise_accuracy")), "-", "-", "-", ""])
-    return rich_table(
-        f"probekit demo: {summary['model']} layer {summary['layer']}, {summary['n_trajectories']} trajectories (test problems)",
-        ["probe", "AUROC [95% CI]", "Q AUROC", "pairwise acc", "vote acc", "vote acc (filtered)", "tokens saved (official / effective)", "beats baselines"],
-        rows,
-    )

@@ -1,11 +1,14 @@
-"""Goal prototypes and Q-values: cosine similarity of a state's representation to a goal.
+"""Goals, in one place: which kinds exist, how they are built, and the Q-value search against them.
 
 The paper's Q-value of a (partial) trajectory is the cosine similarity between
 the probe representation φ(s_t) of its latest state and the goal state's
 representation (the mean representation of preferred completions). With K
-prototypes (e.g. k-means centres of preferred representations) the Q-value is
-the best cosine to any of them. An exact inner-product faiss index over
+prototypes (k-means centres of preferred representations) the Q-value is the
+best cosine to any of them. An exact inner-product faiss index over
 L2-normalised prototypes does the search.
+
+A checkpoint stores its goals as {kind: prototypes [G, rep]}: "mean" always,
+"kmeans" when fitted with more than one prototype.
 """
 
 from __future__ import annotations
@@ -15,6 +18,56 @@ import numpy as np
 from probekit.errors import ProbekitError
 
 _EPS = 1e-12
+GOAL_KINDS = ("mean", "kmeans")
+
+
+def build_goals(z: np.ndarray, n_prototypes: int, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Goals from the representations z [n, rep] of preferred completions' final states.
+
+    "mean" [1, rep] always; "kmeans" [k, rep] (k = min(n_prototypes, n), seeded)
+    when n_prototypes > 1. Returns (goals, info for the checkpoint's metrics).
+    """
+    z = np.asarray(z, dtype=np.float32)
+    if len(z) == 0:
+        raise ProbekitError("no preferred completions to build a goal from")
+    goals = {"mean": z.mean(axis=0, keepdims=True)}
+    info: dict = {"n_goal_states": int(len(z))}
+    if n_prototypes > 1:
+        k = min(n_prototypes, len(z))
+        goals["kmeans"] = kmeans(z, k, seed)
+        info["kmeans_k"] = int(k)
+    return goals, info
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray:
+    """Seeded faiss k-means centroids [k, d] (single-threaded for reproducibility)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed), verbose=False, min_points_per_centroid=1, max_points_per_centroid=1 << 20)
+        km.train(np.ascontiguousarray(x, dtype=np.float32))
+        return np.asarray(km.centroids, dtype=np.float32).copy()
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def goal_prototypes(goals: dict[str, np.ndarray], kind: str, where: object = "checkpoint") -> np.ndarray:
+    """The prototypes [G, rep] of one goal kind, with an error that says how to get a missing one."""
+    if kind not in GOAL_KINDS:
+        raise ProbekitError(f"unknown goal '{kind}' (choose from {', '.join(GOAL_KINDS)})")
+    protos = (goals or {}).get(kind)
+    if protos is None:
+        if kind == "kmeans":
+            raise ProbekitError(f"{where}: no kmeans goal prototypes; re-fit with --goal-prototypes K (K > 1)")
+        raise ProbekitError(f"{where}: no '{kind}' goal; re-fit the probe")
+    return np.asarray(protos, dtype=np.float32)
+
+
+def ordered_kinds(goals: dict[str, np.ndarray]) -> list[str]:
+    """The goal kinds present, the paper's mean goal first."""
+    return sorted(goals, key=lambda k: (k != "mean", k))
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

@@ -147,7 +147,8 @@ def claim_output(
                 "choose another folder or pass --overwrite to replace probekit's files there"
             )
     foreign = sorted(existing - owned)
-    if foreign and not overwrite:
+    same_command = marker is not None and marker["command"] == command
+    if foreign and not overwrite and not same_command:  # neighbours accepted once (--overwrite) stay accepted
         raise ProbekitError(
             f"{option} {out}: folder is not empty and is not a probekit {command} output (it holds {foreign[0]!r}"
             f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); choose an empty or new folder, "

@@ -15,66 +15,64 @@ from __future__ import annotations
 import csv
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from probekit.config import FitConfig, parse_widths_list, show_widths
 from probekit.errors import ProbekitError
+from probekit.goals import GOAL_KINDS
+from probekit.progress import Progress, or_null
 
-GOAL_KINDS = ("mean", "kmeans")
 METRICS = ("pairwise_acc", "auroc", "q_auroc", "err_token_auroc")
 
 
-@dataclass
-class SweepOptions:
-    store: Path
-    out: Path
-    lams: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0])
-    layers: list[int] | None = None  # default: every layer of the store
-    widths: list[tuple[int, ...]] = field(default_factory=lambda: [(256,)])  # () = linear encoder
-    ks: list[int] = field(default_factory=lambda: [8])
-    goals: list[str] = field(default_factory=lambda: ["mean"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+@dataclass(frozen=True)
+class SweepConfig:
+    """A template fit and the axes varied around it (every combination is one run)."""
+
+    template: FitConfig = field(default_factory=FitConfig)
+    lams: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0)
+    layers: tuple[int, ...] | None = None  # default: every layer of the store
+    widths: tuple[tuple[int, ...], ...] = ((256,),)  # () = linear encoder
+    ks: tuple[int, ...] = (8,)
+    goals: tuple[str, ...] = ("mean",)
+    seeds: tuple[int, ...] = (0, 1, 2)
     prototypes: int = 4
     split: str = "valid"
-    base: dict = field(default_factory=dict)  # other FitOptions fields (epochs, lr, rep_size, ...)
-    progress: bool = True
+
+    def validate(self) -> SweepConfig:
+        for g in self.goals:
+            if g not in GOAL_KINDS:
+                raise ProbekitError(f"--goal must be a comma list of {', '.join(GOAL_KINDS)}, got '{g}'")
+        if not self.seeds or not self.ks or not self.widths or not self.goals or not self.lams:
+            raise ProbekitError("sweep: --lam, --seeds, --k, --widths and --goal each need at least one value")
+        if "kmeans" in self.goals and self.prototypes < 2:
+            raise ProbekitError("--goal kmeans needs --prototypes of at least 2")
+        if self.split not in ("train", "valid", "test", "all"):
+            raise ProbekitError(f"--split must be train, valid, test or all, got '{self.split}'")
+        for run in self.runs([0]):  # every axis value through the one fit validation
+            self.fit_config(run).validate()
+        return self
+
+    def runs(self, layers: list[int]) -> list[dict]:
+        """λ = 0 is always included and ignores K (one run per layer, widths and seed)."""
+        lams = sorted(set(float(x) for x in self.lams) | {0.0})
+        out = []
+        for layer, lam, widths, seed in itertools.product(layers, lams, self.widths, self.seeds):  # layer outermost: load each once
+            for K in ([None] if lam == 0 else self.ks):
+                out.append({"lam": lam, "layer": int(layer), "widths": tuple(widths), "K": K, "seed": int(seed)})
+        return out
+
+    def fit_config(self, run: dict) -> FitConfig:
+        cfg = self.template.vary(lam=run["lam"], layer=run["layer"], widths=run["widths"], seed=run["seed"],
+                                 goal_prototypes=self.prototypes if "kmeans" in self.goals else 1)
+        return cfg.vary(K=run["K"]) if run["K"] is not None else cfg
 
 
 def widths_name(widths: tuple[int, ...]) -> str:
-    return "x".join(str(w) for w in widths) if widths else "linear"
-
-
-def parse_widths_list(spec: str) -> list[tuple[int, ...]]:
-    """'64,256,128x128,linear' -> [(64,), (256,), (128, 128), ()]."""
-    out = []
-    for item in spec.split(","):
-        item = item.strip().lower()
-        if not item:
-            continue
-        if item in ("linear", "0"):
-            out.append(())
-            continue
-        try:
-            ws = tuple(int(w) for w in item.split("x"))
-        except ValueError:
-            raise ProbekitError(f"--widths: '{item}' is not a width list like 256 or 128x128 (or 'linear')") from None
-        if any(w < 1 for w in ws):
-            raise ProbekitError(f"--widths: widths must be positive, got '{item}'")
-        out.append(ws)
-    if not out:
-        raise ProbekitError("--widths: give at least one encoder (e.g. 256 or 128x128 or linear)")
-    return out
-
-
-def _grid(opts: SweepOptions, layers: list[int]) -> list[dict]:
-    lams = sorted(set(float(x) for x in opts.lams) | {0.0})
-    runs = []
-    for layer, lam, widths, seed in itertools.product(layers, lams, opts.widths, opts.seeds):  # layer outermost: load each once
-        for K in ([None] if lam == 0 else opts.ks):
-            runs.append({"lam": lam, "layer": int(layer), "widths": tuple(widths), "K": K, "seed": int(seed)})
-    return runs
+    return show_widths(widths)
 
 
 def run_name(run: dict) -> str:
@@ -82,103 +80,78 @@ def run_name(run: dict) -> str:
     return f"lam{run['lam']:g}_L{run['layer']}_w{widths_name(run['widths'])}_K{k}_s{run['seed']}"
 
 
-def run_sweep(opts: SweepOptions, console=None) -> dict:
+def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, overwrite: bool = False, progress: Progress | None = None) -> dict:
+    from probekit.outputs import claim_output
+    from probekit.pipeline import fit_probe
     from probekit.probe.data import open_rows
-    from probekit.probe.train import FitOptions, fit, prepare
+    from probekit.probe.train import prepare
     from probekit.store import Store
 
-    for g in opts.goals:
-        if g not in GOAL_KINDS:
-            raise ProbekitError(f"--goal must be a comma list of {', '.join(GOAL_KINDS)}, got '{g}'")
-    if not opts.seeds or not opts.ks or not opts.widths or not opts.goals:
-        raise ProbekitError("sweep: --seeds, --k, --widths and --goal each need at least one value")
-    if any(k < 1 for k in opts.ks):
-        raise ProbekitError("--k values must be at least 1")
-    if "kmeans" in opts.goals and opts.prototypes < 2:
-        raise ProbekitError("--goal kmeans needs --prototypes of at least 2")
-    store = Store(opts.store)
-    layers = list(store.layers) if not opts.layers else [int(x) for x in opts.layers]
+    config.validate()
+    out_dir = claim_output(out, "sweep", ("runs", "results.csv", "results.json"), overwrite=overwrite, inputs=[store_path])
+    store = Store(store_path)
+    layers = list(store.layers) if not config.layers else [int(x) for x in config.layers]
     for layer in layers:
         store.check_layer(layer)
-    grid = _grid(opts, layers)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
+    grid = config.runs(layers)
+    runs_dir = out_dir.file("runs")
     rows: list[dict] = []
     baselines: dict = {}  # (layer, seed) -> baselines dict
     cache: dict = {}
     source = None
-    progress = _progress(console, len(grid)) if opts.progress else None
+    task = or_null(progress).task("sweep", len(grid), unit="runs")
     try:
         for run in grid:
             t0 = time.time()
-            fo = FitOptions(store=Path(opts.store), out=out / "runs" / run_name(run), **opts.base)
-            fo = replace(fo, layer=run["layer"], lam=run["lam"], K=run["K"] or fo.K, seed=run["seed"],
-                         encoder="mlp" if run["widths"] else "linear", widths=run["widths"],
-                         goal_prototypes=opts.prototypes if "kmeans" in opts.goals else 1, progress=False)
-            ckpt = _finished_run(fo, store, opts.split)
+            cfg = config.fit_config(run)
+            run_out = runs_dir / run_name(run)
+            ckpt = _finished_run(run_out, cfg, store, config.split)
             if ckpt is None:
                 if source is None or source.layer != run["layer"]:
-                    source = open_rows(store, run["layer"], fo.memory_budget_mb)
-                data = prepare(fo, store=store, source=source)
-                ckpt = fit(fo, data=data, eval_split=opts.split, baseline_cache=cache)
-            m = ckpt.metrics.get(opts.split)
+                    source = open_rows(store, run["layer"], cfg.compute.memory_budget_mb)
+                ckpt = fit_probe(store, run_out, cfg, overwrite=overwrite, data=prepare(store, cfg, source=source),
+                                 eval_split=config.split, baseline_cache=cache)
+            m = ckpt.metrics.get(config.split)
             if m is None:
-                raise ProbekitError(f"sweep: the '{opts.split}' split is empty; use --split with a non-empty split or change the fractions")
+                raise ProbekitError(f"sweep: the '{config.split}' split is empty; use --split with a non-empty split or change the fractions")
             baselines[(run["layer"], run["seed"])] = m.get("baselines", {})
-            for goal in opts.goals:
+            for goal in config.goals:
                 rows.append(_row(run, goal, m, ckpt, time.time() - t0))
-            if progress:
-                progress[0].update(progress[1], advance=1, last=f"{run_name(run)}  auroc {_fmt(m['probe']['auroc']['value'])}")
+            task.advance(1, note=f"{run_name(run)}  auroc {_fmt(m['probe']['auroc']['value'])}")
     finally:
-        if progress:
-            progress[0].stop()
-    summary = summarise(rows)
-    base_rows = summarise_baselines(baselines)
+        task.close()
     result = {
-        "options": {"store": str(opts.store), "out": str(opts.out), "lams": sorted(set(opts.lams) | {0.0}), "layers": layers,
-                    "widths": [widths_name(w) for w in opts.widths], "ks": opts.ks, "goals": opts.goals, "seeds": opts.seeds,
-                    "prototypes": opts.prototypes, "split": opts.split, **opts.base},
+        "options": {"store": str(store_path), "out": str(out), "lams": sorted(set(config.lams) | {0.0}), "layers": layers,
+                    "widths": [widths_name(w) for w in config.widths], "ks": list(config.ks), "goals": list(config.goals),
+                    "seeds": list(config.seeds), "prototypes": config.prototypes, "split": config.split,
+                    "template": config.template.to_dict()},
         "runs": rows,
-        "summary": summary,
-        "baselines": base_rows,
+        "summary": summarise(rows),
+        "baselines": summarise_baselines(baselines),
     }
-    write_results(out, rows, result)
+    write_results(out_dir, rows, result)
     return result
 
 
-def _finished_run(fo, store, split: str):
+def _finished_run(path: Path, cfg: FitConfig, store, split: str):
     """The checkpoint of an identical earlier run (same options, same store, evaluated on `split`), else None.
 
     This makes an interrupted or extended sweep resume: only missing runs are fit.
     """
     from probekit.probe.checkpoint import load_checkpoint, store_info
 
-    path = Path(fo.out)
     if not (path / "config.json").exists():
         return None
     try:
         ckpt = load_checkpoint(path)
     except ProbekitError:
         return None
-    want = {**fo.config(), "store": store_info(store)}
-    same = all(ckpt.config.get(k) == v for k, v in want.items() if k != "progress")
+    same = ckpt.config.get("fit") == cfg.to_dict() and ckpt.config.get("store") == store_info(store)
     return ckpt if same and split in ckpt.metrics else None
 
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
-
-
-def _progress(console, total):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if console is None:
-        from cli.common import console
-    p = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[last]}"),
-                 console=console, transient=True)
-    task = p.add_task("sweep", total=total, last="")
-    p.start()
-    return p, task
 
 
 def _row(run: dict, goal: str, m: dict, ckpt, seconds: float) -> dict:
@@ -240,36 +213,14 @@ def summarise_baselines(baselines: dict) -> list[dict]:
     return out
 
 
-def write_results(out: Path, rows: list[dict], result: dict) -> None:
+def write_results(out, rows: list[dict], result: dict) -> None:
+    """results.csv and results.json into the sweep's claimed output folder."""
     from probekit.io import atomic_path, write_json
 
     cols = list(rows[0].keys()) if rows else []
-    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(out.file("results.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: "" if v is None else v for k, v in r.items()})
-    write_json(out / "results.json", result)
-
-
-def _pm(mean, std) -> str:
-    return "-" if mean is None else f"{mean:.3f}±{std:.2f}"
-
-
-def sweep_table(result: dict):
-    """Rich table: one row per configuration (mean ± std over seeds), then the baselines."""
-    from cli.common import rich_table
-
-    rows = []
-    for s in result["summary"]:
-        rows.append([f"{s['lam']:g}", s["layer"], s["widths"], "-" if s["K"] is None else s["K"], s["goal"], s["n_seeds"],
-                     _pm(s["pairwise_acc_mean"], s["pairwise_acc_std"]), _pm(s["auroc_mean"], s["auroc_std"]),
-                     _pm(s["q_auroc_mean"], s["q_auroc_std"]), _pm(s["err_token_auroc_mean"], s["err_token_auroc_std"]),
-                     s["beats_baselines"] or "-"])
-    for b in result["baselines"]:
-        name = b["baseline"] + (f" ({b['direction']})" if b.get("direction") else "")
-        rows.append(["baseline", b["layer"], name, "", "", b["n_seeds"], _pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
-                     _pm(b["auroc_mean"], b["auroc_std"]), "", "", ""])
-    split = result["options"]["split"]
-    return rich_table(f"probekit sweep ({split} split, mean ± std over seeds)",
-                      ["λ", "layer", "encoder", "K", "goal", "seeds", "pair acc", "AUROC", "Q AUROC", "err AUROC", "beats"], rows)
+    write_json(out.file("results.json"), result)

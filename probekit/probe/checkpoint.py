@@ -3,22 +3,23 @@
 A checkpoint folder holds::
 
     weights.safetensors   the ProbeModel state dict (input mean/std buffers included)
-    config.json           every hyperparameter, "layer", "model" (ProbeModel arguments) and
-                          "store" {path, model_name, model_sha256, hidden_size, cache_key, layers}
     goals.safetensors     "mean" [1, rep]: mean φ of the preferred completions' last-token states
                           in the TRAIN split; "kmeans" [K, rep] when goal prototypes K > 1
     split.json            {"train": [groups], "valid": [...], "test": [...]}
     metrics.json          training history and the validation evaluation
+    config.json           "fit" (the nested FitConfig), "layer", "model" (ProbeModel arguments) and
+                          "store" {path, model_name, model_sha256, hidden_size, cache_key, layers}
 
-The folder is written under a temporary name next to its destination and
-renamed into place, so a crash never leaves a half checkpoint.
+The folder is claimed with `probekit.outputs.claim_output` (it never replaces a
+folder or file probekit did not write). Each file is written under a
+temporary name and renamed; config.json is removed first and written last, so
+it is the commit record: a crash mid-save leaves a folder that loads as "not a
+checkpoint" and that the same command may overwrite, never a mix of two runs.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,11 +30,12 @@ from probekit.errors import ProbekitError
 from probekit.io import read_json, write_json
 
 if TYPE_CHECKING:  # torch is imported lazily at run time
-    from probekit.probe.model import ProbeModel
+    from probekit.outputs import OutputDir
+    from probekit.probe.network import ProbeModel
 
 FORMAT = "probekit-probe"
 FORMAT_VERSION = 1
-FILES = ("weights.safetensors", "config.json", "goals.safetensors", "split.json", "metrics.json")
+FILES = ("weights.safetensors", "goals.safetensors", "split.json", "metrics.json", "config.json")
 
 
 @dataclass
@@ -49,12 +51,6 @@ class Checkpoint:
     def layer(self) -> int:
         return int(self.config["layer"])
 
-    def goal(self, kind: str = "mean") -> np.ndarray:
-        """Goal prototypes [G, rep] of one kind ("mean" or "kmeans")."""
-        if kind not in self.goals:
-            raise ProbekitError(f"{self.path}: no '{kind}' goal in this checkpoint (has: {', '.join(sorted(self.goals))}); fit with --goal-prototypes K > 1 for kmeans")
-        return self.goals[kind]
-
 
 def store_info(store) -> dict:
     """What a checkpoint remembers of the store it was trained on."""
@@ -69,49 +65,36 @@ def store_info(store) -> dict:
     }
 
 
-def save_checkpoint(out_dir, model, config: dict, goals: dict[str, np.ndarray], split: dict[str, list[str]], metrics: dict) -> Path:
-    """Write a checkpoint folder atomically and return its path.
-
-    An existing checkpoint at `out_dir` is replaced; any other non-empty folder is refused.
-    """
+def save_checkpoint(out: OutputDir, model, config: dict, goals: dict[str, np.ndarray], split: dict[str, list[str]], metrics: dict) -> Checkpoint:
+    """Write a checkpoint into a claimed output folder (see the module docstring) and return it."""
     import torch
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "config.json").exists())):
-        raise ProbekitError(f"{out_dir}: exists and is not a probekit checkpoint; choose another --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "weights.safetensors"))
-        save_file({k: torch.as_tensor(np.asarray(v, dtype=np.float32)).contiguous() for k, v in goals.items()}, str(tmp / "goals.safetensors"))
-        cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "model": model.config()}
-        write_json(tmp / "config.json", cfg)
-        write_json(tmp / "split.json", split)
-        write_json(tmp / "metrics.json", metrics)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    from probekit.io import atomic_path
+
+    out.file("config.json").unlink(missing_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(out.file("weights.safetensors")) as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(out.file("goals.safetensors")) as tmp:
+        save_file({k: torch.as_tensor(np.asarray(v, dtype=np.float32)).contiguous() for k, v in goals.items()}, str(tmp))
+    write_json(out.file("split.json"), split)
+    write_json(out.file("metrics.json"), metrics)
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "model": model.config()}
+    write_json(out.file("config.json"), full)
+    return Checkpoint(path=out.path, config=full, model=model, goals=goals, split=split, metrics=metrics)
 
 
-def _replace_dir(src: Path, dest: Path) -> None:
-    if not dest.exists():
-        os.replace(src, dest)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-    os.replace(dest, trash / "old")
-    os.replace(src, dest)
-    shutil.rmtree(trash, ignore_errors=True)
+def _damaged(path: Path, why: str) -> ProbekitError:
+    return ProbekitError(f"damaged checkpoint: {path}: {why}")
 
 
 def load_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint folder written by `save_checkpoint`."""
+    """Read a checkpoint folder written by `save_checkpoint`; any damage is one ProbekitError."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from probekit.probe.model import ProbeModel
+    from probekit.probe.network import ProbeModel
 
     path = Path(path)
     if not path.is_dir():
@@ -124,18 +107,29 @@ def load_checkpoint(path) -> Checkpoint:
         raise ProbekitError(f"{path}: not a probekit checkpoint (config.json has no format '{FORMAT}')")
     if config.get("format_version") != FORMAT_VERSION:
         raise ProbekitError(f"{path}: unsupported checkpoint format version {config.get('format_version')!r}")
-    args = dict(config["model"])
-    args["widths"] = tuple(args.get("widths", ()))
-    model = ProbeModel(**args)
     try:
+        args = dict(config["model"])
+        args["widths"] = tuple(args.get("widths", ()))
+        int(config["layer"])
+        dict(config["store"])
+        model = ProbeModel(**args)
         model.load_state_dict(load_file(str(path / "weights.safetensors")))
         goals = {k: v.numpy() for k, v in load_file(str(path / "goals.safetensors")).items()}
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise ProbekitError(f"{path}: damaged checkpoint ({str(exc).splitlines()[0]})") from None
+        split, metrics = read_json(path / "split.json"), read_json(path / "metrics.json")
+    except KeyError as exc:
+        raise _damaged(path, f"config.json has no {exc}") from None
+    except (SafetensorError, RuntimeError, OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise _damaged(path, (str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except ProbekitError as exc:
+        raise _damaged(path, str(exc)) from None
     if "mean" not in goals:
-        raise ProbekitError(f"{path}: damaged checkpoint (goals.safetensors has no 'mean')")
+        raise _damaged(path, "goals.safetensors has no 'mean' goal")
+    if not isinstance(split, dict) or not all(isinstance(split.get(k, []), list) for k in ("train", "valid", "test")):
+        raise _damaged(path, "split.json is not {train: [...], valid: [...], test: [...]}")
+    if not all(np.isfinite(g).all() for g in goals.values()):
+        raise _damaged(path, "goals.safetensors holds NaN or infinite values")
     model.eval()
-    return Checkpoint(path=path, config=config, model=model, goals=goals, split=read_json(path / "split.json"), metrics=read_json(path / "metrics.json"))
+    return Checkpoint(path=path, config=config, model=model, goals=goals, split=split, metrics=metrics)
 
 
 def check_compatible(ckpt: Checkpoint, store) -> None:
@@ -157,3 +151,17 @@ def check_compatible(ckpt: Checkpoint, store) -> None:
         raise ProbekitError(f"checkpoint {ckpt.path} reads layer {layer}, but store {store.path} has layers {store.layers}")
     if int(info.get("hidden_size", ckpt.model.hidden_size)) != int(store.hidden_size) or ckpt.model.hidden_size != int(store.hidden_size):
         raise ProbekitError(f"checkpoint {ckpt.path} expects hidden size {ckpt.model.hidden_size}, but store {store.path} has {store.hidden_size}")
+
+
+def training_store(ckpt: Checkpoint):
+    """The store the checkpoint was fitted on, or None when it is gone or changed since."""
+    from probekit.store import Store
+
+    path = Path(ckpt.config.get("store", {}).get("path", ""))
+    if not (path / "manifest.json").exists():
+        return None
+    try:
+        store = Store(path)
+    except ProbekitError:
+        return None
+    return store if store.cache_key == ckpt.config["store"].get("cache_key") else None

@@ -32,7 +32,7 @@ import numpy as np
 
 from probekit.errors import ProbekitError
 from probekit.io import read_json
-from probekit.store import Store
+from probekit.store import ShardBlock, Store
 
 SPLITS = ("train", "valid", "test")
 _BLOCK_ROWS = 1 << 16
@@ -77,6 +77,7 @@ class MemoryRows(RowSource):
 
     def blocks(self, trajectories):
         meta = self.store.meta
+        positions = self.store.positions()
         traj = np.unique(np.asarray(trajectories, dtype=np.int64))
         i = 0
         while i < len(traj):
@@ -85,7 +86,8 @@ class MemoryRows(RowSource):
                 n_rows += int(meta.stored_tokens[traj[j]])
                 j += 1
             chunk = traj[i:j]
-            yield chunk, _offsets(meta.stored_tokens[chunk]), self.states[_rows_of(meta.row_start[chunk], meta.row_end[chunk])]
+            rows = _rows_of(meta.row_start[chunk], meta.row_end[chunk])
+            yield ShardBlock(chunk, _offsets(meta.stored_tokens[chunk]), positions[rows], self.states[rows])
             i = j
 
 
@@ -97,26 +99,18 @@ class StreamRows(RowSource):
 
     def blocks(self, trajectories):
         meta = self.store.meta
+        positions = self.store.positions()
         want = np.zeros(len(meta), dtype=bool)
         want[np.asarray(trajectories, dtype=np.int64)] = True
-        needed = set(np.unique(meta.shard[want]).tolist())
-        for s, _path in enumerate(self.store.shard_paths):
-            if s not in needed:
-                continue
+        for s in np.unique(meta.shard[want]).tolist():
             first = int(np.searchsorted(meta.shard, s))
             n = int(np.searchsorted(meta.shard, s, side="right")) - first
             sel = np.flatnonzero(want[first:first + n]) + first
             base = int(meta.row_start[first])
-            rows = _rows_of(meta.row_start[sel], meta.row_end[sel]) - base
-            states = self.store.read_rows(self.layer, rows + base) if len(rows) < 4096 else _shard_layer(self.store, s, self.layer)[rows]
-            yield sel, _offsets(meta.stored_tokens[sel]), states
-
-
-def _shard_layer(store: Store, shard: int, layer: int) -> np.ndarray:
-    import h5py
-
-    with h5py.File(store.shard_paths[shard], "r") as fh:
-        return fh["states"][f"L{layer}"][...].astype(np.float32)
+            rows = _rows_of(meta.row_start[sel], meta.row_end[sel])
+            # Few rows: read just those; many: one contiguous read of the shard beats fancy indexing.
+            states = self.store.read_rows(self.layer, rows) if len(rows) < 4096 else self.store.shard_states(s, self.layer)[rows - base]
+            yield ShardBlock(sel, _offsets(meta.stored_tokens[sel]), positions[rows], states)
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -199,18 +193,6 @@ def read_split(path: str | Path, groups: np.ndarray) -> dict[str, list[str]]:
     if unknown:
         raise ProbekitError(f"{path}: {len(unknown)} group(s) not in the store (first: '{unknown[0]}')")
     return split
-
-
-def split_mask(store: Store, groups: list[str] | set[str]) -> np.ndarray:
-    """Boolean mask over trajectories whose group is in `groups`."""
-    return np.isin(store.meta.group.astype(str), np.asarray(sorted(groups), dtype=str)) if groups else np.zeros(len(store), bool)
-
-
-def split_pairs(store: Store, pairs: np.ndarray, groups: list[str] | set[str]) -> np.ndarray:
-    """The pairs whose (chosen) trajectory's group is in `groups`: a pair goes where its group goes."""
-    if len(pairs) == 0:
-        return pairs
-    return pairs[split_mask(store, groups)[pairs[:, 0]]]
 
 
 # ---- contrastive sampling ---------------------------------------------------

@@ -1,8 +1,7 @@
-"""The probe: an encoder φ over frozen LM states and a scalar reward head r(φ).
+"""The probe network: an encoder φ over frozen LM states and a scalar reward head r(φ).
 
-Q-value of a token (Nath et al. 2024): the cosine similarity between φ of its
-state and a goal representation (the mean φ of preferred completions' last
-tokens), or the maximum over several goal prototypes.
+(The frozen LM itself is `probekit.models`; goals and Q-values are `probekit.goals`,
+and `probekit.scoring` runs a fitted network over stored or live states.)
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from probekit.errors import ProbekitError
@@ -141,9 +139,3 @@ class ProbeModel(nn.Module):
         z = self.encode(x)
         return z, self.reward(z)
 
-
-def q_values(z: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
-    """Q = cosine(z, goal): z [..., rep], goals [G, rep] -> [...] (max over the G prototypes)."""
-    goals = torch.as_tensor(goals, dtype=z.dtype, device=z.device).reshape(-1, z.shape[-1])
-    cos = F.normalize(z, dim=-1) @ F.normalize(goals, dim=-1).T
-    return cos.max(dim=-1).values

@@ -1,0 +1,94 @@
+"""Typer options derived from probekit's config dataclasses: one source of truth for names, defaults and help.
+
+`with_config(FitConfig)` turns every field of every group into a command-line
+option (`--rep-size`, `--lam`, ...) with the field's default and help text, and
+calls the command with the built, validated config as `config=`. A field may
+name its flag (`metadata["flag"]`) and convert to and from text
+(`metadata["parse"]`, `metadata["show"]`, e.g. encoder widths `256x128`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from typing import Any, Callable, Iterable
+
+import typer
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+
+
+def _leaf_fields(cls: type) -> list[tuple[str | None, dataclasses.Field, Any]]:
+    """(group name or None, field, resolved type) for a flat config or a config made of groups."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            sub = hints[f.name]
+            sub_hints = typing.get_type_hints(sub)
+            out += [(f.name, g, sub_hints[g.name]) for g in dataclasses.fields(sub)]
+        else:
+            out.append((None, f, hints[f.name]))
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def config_parameters(cls: type, exclude: Iterable[str] = (), overrides: dict[str, dict] | None = None) -> list[inspect.Parameter]:
+    """One keyword-only Typer option per config field (minus `exclude`); `overrides` change help/default/flag per field."""
+    overrides = overrides or {}
+    params = []
+    for _group, f, typ in _leaf_fields(cls):
+        if f.name in exclude:
+            continue
+        meta = {**f.metadata, **overrides.get(f.name, {})}
+        default = meta.get("default", _default(f))
+        if meta.get("parse") is not None:  # edited as text on the command line
+            typ, default = str, (meta["show"](default) if meta.get("show") else str(default))
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        decls = [flag] if typ is not bool else [f"{flag}/--no-{flag[2:]}"]
+        params.append(inspect.Parameter(f.name, _KW, default=typer.Option(default, *decls, help=meta.get("help", "")), annotation=typ))
+    return params
+
+
+def build_config(cls: type, values: dict[str, Any], base: Any = None) -> Any:
+    """The config `cls` from option values by field name (parsed where a field says so); missing fields keep `base`'s."""
+    base = cls() if base is None else base
+    groups: dict[str | None, dict[str, Any]] = {}
+    for group, f, _typ in _leaf_fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            if f.metadata.get("parse") is not None and isinstance(v, str):
+                v = f.metadata["parse"](v)
+            groups.setdefault(group, {})[f.name] = v
+    flat = groups.pop(None, {})
+    nested = {g: dataclasses.replace(getattr(base, g), **vals) for g, vals in groups.items()}
+    return dataclasses.replace(base, **flat, **nested)
+
+
+def with_config(cls: type, *, exclude: Iterable[str] = (), overrides: dict[str, dict] | None = None,
+                param: str = "config", base: Callable[[], Any] | None = None) -> Callable:
+    """Decorator: add `cls`'s fields as options to a Typer command, which receives `config=cls(...)`."""
+    exclude = set(exclude)
+
+    def decorate(fn: Callable) -> Callable:
+        hints = typing.get_type_hints(fn)
+        own = [p.replace(kind=_KW, annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(fn).parameters.values() if p.name != param]
+        extra = config_parameters(cls, exclude, overrides)
+        names = [p.name for p in extra]
+
+        def command(**kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in names}
+            kwargs[param] = build_config(cls, values, base() if base else None)
+            return fn(**kwargs)
+
+        command.__name__, command.__doc__, command.__module__ = fn.__name__, fn.__doc__, fn.__module__
+        command.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in own + extra}
+        return command
+
+    return decorate

@@ -1,0 +1,243 @@
+"""Configuration with one source of truth: grouped dataclasses, validated in one place.
+
+Each field carries its help text (`metadata["help"]`), so the CLI derives its
+options from these classes (`cli/options.py`) and the checkpoint records them
+as nested JSON (`FitConfig.to_dict`). A sweep holds one `FitConfig` as a
+template and varies fields with `FitConfig.vary` (dataclasses.replace under
+the hood); nothing is copied by hand.
+
+Encoder widths are written the same way everywhere: `256x128` is ONE encoder
+with two hidden layers, `linear` is a single Linear layer, and a comma
+separates several encoders (only a sweep takes several).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from probekit.errors import ProbekitError
+
+HEADS = ("linear", "mlp")
+
+
+def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
+           show: Callable[[Any], str] | None = None) -> Any:
+    """A config field with its CLI help; `parse`/`show` convert to and from the CLI's text form."""
+    return field(default=default, metadata={"help": help, "flag": flag, "parse": parse, "show": show})
+
+
+def parse_widths(spec: str) -> tuple[int, ...]:
+    """One encoder: '256' -> (256,), '256x128' -> (256, 128), 'linear' -> ()."""
+    text = str(spec).strip().lower()
+    if "," in text:
+        raise ProbekitError(f"--widths '{spec}': one encoder is written like 256 or 256x128 (x between layers); "
+                            "comma lists of encoders are for `probekit sweep`")
+    if text in ("linear", "0"):
+        return ()
+    try:
+        widths = tuple(int(w) for w in text.split("x"))
+    except ValueError:
+        raise ProbekitError(f"--widths '{spec}': expected widths like 256 or 256x128, or linear") from None
+    if any(w < 1 for w in widths):
+        raise ProbekitError(f"--widths '{spec}': widths must be positive")
+    return widths
+
+
+def show_widths(widths: tuple[int, ...]) -> str:
+    return "x".join(str(w) for w in widths) if widths else "linear"
+
+
+def parse_widths_list(spec: str) -> list[tuple[int, ...]]:
+    """Several encoders: '64,256,128x128,linear' -> [(64,), (256,), (128, 128), ()]."""
+    out = [parse_widths(item) for item in str(spec).split(",") if item.strip()]
+    if not out:
+        raise ProbekitError("--widths: give at least one encoder (e.g. 256 or 128x128 or linear)")
+    return out
+
+
+@dataclass(frozen=True)
+class ProbeArch:
+    """The probe network: φ (an MLP or one Linear layer) and the reward head on φ."""
+
+    widths: tuple[int, ...] = option((256,), "Hidden widths of the encoder φ: 256, 256x128 (two hidden layers), or linear (one Linear layer).",
+                                     parse=parse_widths, show=show_widths)
+    rep_size: int = option(128, "Size of the representation φ (the goal space).")
+    head: str = option("linear", "Reward head on φ: linear or mlp (the official value_head_strategy).")
+    head_hidden: int = option(64, "Hidden width of the mlp reward head.")
+
+    @property
+    def encoder(self) -> str:
+        return "mlp" if self.widths else "linear"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L = Bradley-Terry + λ · goal-conditioned contrastive (Nath et al. 2024)."""
+
+    lam: float = option(0.5, "Weight λ of the contrastive loss; 0 = pure Bradley-Terry (the contrastive term is not computed).", flag="--lam")
+    K: int = option(8, "Contrastive (source, goal) and negative position pairs sampled per preference pair.", flag="--k")
+    goal_min_frac: float = option(0.0, "Goals are sampled from positions >= this fraction of the chosen completion.")
+    late_frac: float | None = option(None, "Draw negatives only from the last LATE_FRAC of each completion (default: uniform).")
+    margin: float = option(0.0, "Margin in the Bradley-Terry loss: −log σ(r_c − r_r − margin).")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with early stopping on validation pairwise accuracy."""
+
+    epochs: int = option(30, "Maximum training epochs.")
+    batch_size: int = option(32, "Preference pairs per batch.")
+    lr: float = option(1e-3, "AdamW learning rate.")
+    weight_decay: float = option(0.01, "AdamW weight decay.")
+    patience: int = option(5, "Stop after this many epochs without a better validation pairwise accuracy.")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Which GROUPS (prompts) train, validate and test; all answers to one prompt stay on one side."""
+
+    valid_frac: float = option(0.2, "Fraction of groups held out for validation (early stopping, reported metrics).")
+    test_frac: float = option(0.2, "Fraction of groups held out for the final test (`probekit eval --split test`).")
+    split_file: Path | None = option(None, "Explicit split JSON {train: [groups], valid: [...], test: [...]} instead of a random one.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What one fit reads and how it is seeded."""
+
+    layer: int | None = option(None, "Layer of the store to read. Default: the store's first layer.")
+    seed: int = option(0, "Seed of the split, initialisation, batch order, sampling and bootstrap.")
+    goal_prototypes: int = option(1, "K > 1 also stores K k-means goal prototypes (Q = best cosine over them).")
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Where the probe runs and how much of a layer may sit in memory."""
+
+    memory_budget_mb: float = option(2048.0, "Load the layer into memory when it fits this budget (MB), else stream rows from the shards.")
+    device: str = option("cpu", "Torch device for the probe: cpu, cuda or cuda:N.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How results are reported."""
+
+    n_boot: int = option(1000, "Bootstrap resamples (of groups) for the 95% intervals.")
+    baselines: bool = option(True, "Also report the length, logistic-regression and random baselines.")
+    q_threshold: float | None = option(None, "Q threshold for error localisation. Default: midpoint of the mean last-token Q of label 1 and 0.")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ProbekitError(msg)
+
+
+def _finite_floats(group: Any) -> None:
+    for f in fields(group):
+        v = getattr(group, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            raise ProbekitError(f"{flag} {v}: must be a finite number")
+
+
+def _check_ints(group: Any) -> None:
+    for f in fields(group):
+        v = getattr(group, f.name)
+        if isinstance(v, bool) and f.type not in ("bool", bool):
+            raise ProbekitError(f"{f.name}: expected a number, got {v!r}")
+
+
+def validate_device(device: str) -> None:
+    _check(device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()) or device == "mps",
+           f"--device '{device}': expected cpu, cuda, cuda:N or mps")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything a fit needs besides its store and output folder."""
+
+    probe: ProbeArch = field(default_factory=ProbeArch)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def groups(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def validate(self) -> FitConfig:
+        """Refuse any setting that cannot train (the one place fit options are checked); returns self."""
+        for group in self.groups().values():
+            _finite_floats(group)
+            _check_ints(group)
+        p, loss, o, s, r = self.probe, self.loss, self.optim, self.split, self.run
+        _check(all(w >= 1 for w in p.widths), f"--widths {show_widths(p.widths)}: widths must be positive")
+        _check(p.rep_size >= 1 and p.head_hidden >= 1, "--rep-size and --head-hidden must be at least 1")
+        _check(p.head in HEADS, f"--head '{p.head}': choose from {', '.join(HEADS)}")
+        _check(loss.lam >= 0, f"--lam {loss.lam}: must be >= 0")
+        _check(loss.K >= 1, f"--k {loss.K}: must be at least 1")
+        _check(0 <= loss.goal_min_frac < 1, f"--goal-min-frac {loss.goal_min_frac}: must be in [0, 1)")
+        _check(loss.late_frac is None or 0 < loss.late_frac <= 1, f"--late-frac {loss.late_frac}: must be in (0, 1]")
+        _check(o.epochs >= 1, f"--epochs {o.epochs}: must be at least 1")
+        _check(o.batch_size >= 1, f"--batch-size {o.batch_size}: must be at least 1")
+        _check(o.lr > 0, f"--lr {o.lr}: must be positive")
+        _check(o.weight_decay >= 0, f"--weight-decay {o.weight_decay}: must be >= 0")
+        _check(o.patience >= 1, f"--patience {o.patience}: must be at least 1")
+        _check(0 <= s.valid_frac < 1 and 0 <= s.test_frac < 1 and s.valid_frac + s.test_frac < 1,
+               f"--valid-frac and --test-frac must be in [0, 1) with a sum below 1, got {s.valid_frac} and {s.test_frac}")
+        _check(r.layer is None or r.layer >= 0, f"--layer {r.layer}: must be >= 0")
+        _check(r.goal_prototypes >= 1, f"--goal-prototypes {r.goal_prototypes}: must be at least 1")
+        _check(self.compute.memory_budget_mb > 0, f"--memory-budget-mb {self.compute.memory_budget_mb}: must be positive")
+        validate_device(self.compute.device)
+        _check(self.eval.n_boot >= 1, f"--n-boot {self.eval.n_boot}: must be at least 1")
+        return self
+
+    def vary(self, **changes: Any) -> FitConfig:
+        """A copy with fields changed by their (unique) names, e.g. vary(lam=0, seed=2, widths=(128,))."""
+        where = field_groups(type(self))
+        unknown = sorted(set(changes) - set(where))
+        if unknown:
+            raise ProbekitError(f"unknown fit option(s): {', '.join(unknown)}")
+        groups = self.groups()
+        for name, value in changes.items():
+            g = where[name]
+            groups[g] = dataclasses.replace(groups[g], **{name: value})
+        return dataclasses.replace(self, **groups)
+
+    def to_dict(self) -> dict:
+        """Nested, JSON-ready (paths as strings, widths as a list)."""
+        def plain(v: Any) -> Any:
+            return str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        return {g: {k: plain(v) for k, v in dataclasses.asdict(obj).items()} for g, obj in self.groups().items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitConfig:
+        """Inverse of `to_dict` (unknown keys are an error: they mean another probekit version)."""
+        kwargs = {}
+        for f in fields(cls):
+            group_cls = f.default_factory  # type: ignore[misc]
+            values = dict(d.get(f.name, {}))
+            if "widths" in values:
+                values["widths"] = tuple(values["widths"])
+            if values.get("split_file") is not None:
+                values["split_file"] = Path(values["split_file"])
+            try:
+                kwargs[f.name] = group_cls(**values)
+            except TypeError as exc:
+                raise ProbekitError(f"fit options: {exc}") from None
+        return cls(**kwargs)
+
+
+def field_groups(cls: type) -> dict[str, str]:
+    """Field name -> name of the group that holds it, for a config made of groups."""
+    out = {}
+    for g in fields(cls):
+        for f in fields(g.default_factory):  # type: ignore[arg-type]
+            out[f.name] = g.name
+    return out

@@ -1,0 +1,179 @@
+"""Metric primitives with group-bootstrap intervals, and the set of trajectories an evaluation reads.
+
+Pure numpy (plus scikit-learn's AUROC): no probe, no torch. Evaluation of a
+probe (`probekit.evaluate`) and the trivial baselines (`probekit.baselines`)
+both score trajectories and hand the scores to one `EvalContext`, so they are
+compared on the same trajectories, pairs and bootstrap resamples.
+
+Intervals resample GROUPS (prompts), not trajectories: answers to one prompt
+are correlated, and a trajectory-level bootstrap would be too narrow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from probekit.errors import ProbekitError
+
+SPLIT_NAMES = ("train", "valid", "test")
+_BOOT_CHUNK = 100
+
+
+def pairwise_correct(diff: np.ndarray) -> np.ndarray:
+    """Per pair, 1 when score(chosen) > score(rejected), 1/2 on a tie, else 0 (diff = chosen − rejected)."""
+    diff = np.asarray(diff, dtype=np.float64)
+    return (diff > 0) + 0.5 * (diff == 0)
+
+
+def bootstrap_counts(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n_groups] multiplicities of each group in each bootstrap resample (seeded)."""
+    rng = np.random.default_rng(seed)
+    if n_groups == 0:
+        return np.zeros((n_boot, 0), dtype=np.int32)
+    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(np.int32)
+
+
+def weighted_auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC (Mann-Whitney, ties 1/2) under each row of item weights [B, n] -> [B] (NaN if one class missing)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    order = np.argsort(scores, kind="stable")
+    s, y, w = scores[order], labels[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    pos_at = np.add.reduceat(w * y, starts, axis=1)
+    neg_at = np.add.reduceat(w * ~y, starts, axis=1)
+    neg_below = np.cumsum(neg_at, axis=1) - neg_at
+    num = (pos_at * (neg_below + 0.5 * neg_at)).sum(axis=1)
+    den = pos_at.sum(axis=1) * neg_at.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def percentile_interval(samples: np.ndarray, alpha: float = 0.05) -> tuple[float | None, float | None]:
+    samples = samples[np.isfinite(samples)]
+    if len(samples) == 0:
+        return None, None
+    lo, hi = np.percentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def point_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """AUROC of label 1 vs 0, None when one class is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).astype(int)
+    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
+
+
+def auroc_ci(scores, labels, group_ids, counts: np.ndarray) -> dict:
+    """AUROC with a group-bootstrap 95% interval; `counts` from `bootstrap_counts` over the group ids."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+    out = {"value": None, "lo": None, "hi": None, "n_pos": n_pos, "n_neg": n_neg}
+    if n_pos == 0 or n_neg == 0:
+        return out
+    out["value"] = point_auroc(scores, labels)
+    group_ids = np.asarray(group_ids, dtype=np.int64)
+    boots = [weighted_auroc(scores, labels, counts[i:i + _BOOT_CHUNK][:, group_ids]) for i in range(0, len(counts), _BOOT_CHUNK)]
+    out["lo"], out["hi"] = percentile_interval(np.concatenate(boots) if boots else np.zeros(0))
+    return out
+
+
+def pairwise_ci(diff, pair_group_ids, counts: np.ndarray) -> dict:
+    """Pairwise accuracy (`pairwise_correct`) with a group-bootstrap 95% interval."""
+    diff = np.asarray(diff, dtype=np.float64)
+    out = {"value": None, "lo": None, "hi": None, "n": int(len(diff))}
+    if len(diff) == 0:
+        return out
+    correct = pairwise_correct(diff)
+    out["value"] = float(correct.mean())
+    g = np.asarray(pair_group_ids, dtype=np.int64)
+    G = counts.shape[1]
+    sums = np.bincount(g, weights=correct, minlength=G)
+    ns = np.bincount(g, minlength=G).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (counts @ sums) / (counts @ ns)
+    out["lo"], out["hi"] = percentile_interval(boot)
+    return out
+
+
+# ---- which trajectories an evaluation reads ---------------------------------------
+def split_groups(store, split: dict, which: str) -> list[str]:
+    """Group names of split `which` ("all": every group of the store)."""
+    if which == "all":
+        return sorted(set(store.meta.group.astype(str).tolist()))
+    if which not in SPLIT_NAMES:
+        raise ProbekitError(f"--split must be train, valid, test or all, got '{which}'")
+    return list(split.get(which, []))
+
+
+def split_mask(store, groups) -> np.ndarray:
+    """Boolean mask over the store's trajectories whose group is in `groups`."""
+    return np.isin(store.meta.group.astype(str), np.asarray(sorted(groups), dtype=str)) if groups else np.zeros(len(store), bool)
+
+
+def split_pairs(store, pairs: np.ndarray, groups) -> np.ndarray:
+    """The pairs whose (chosen) trajectory's group is in `groups`: a pair goes where its group goes."""
+    if len(pairs) == 0:
+        return pairs
+    return pairs[split_mask(store, groups)[pairs[:, 0]]]
+
+
+@dataclass
+class EvalContext:
+    """The evaluated trajectories and pairs of one store, shared by the probe and every baseline.
+
+    `fit_store` and `split` are where the probe was fitted: baselines that need
+    fitting (length direction, logistic probes) are fitted there too, so that a
+    cross-store evaluation compares like with like. `fit_store` is None when
+    the training store is not available.
+    """
+
+    store: object
+    which: str
+    traj: np.ndarray  # evaluated trajectory indices (sorted)
+    pairs: np.ndarray  # [P, 2] global indices, both inside `traj`
+    group_ids: np.ndarray  # per evaluated trajectory, index into the bootstrap groups
+    pair_group_ids: np.ndarray
+    counts: np.ndarray  # bootstrap multiplicities [n_boot, n_groups]
+    split: dict
+    fit_store: object | None
+    seed: int = 0
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.store.meta.label[self.traj].astype(int)
+
+    @property
+    def same_store(self) -> bool:
+        return self.fit_store is self.store
+
+    def summary(self, traj_scores: np.ndarray) -> dict:
+        """AUROC (labelled trajectories) and pairwise accuracy of one score per store trajectory."""
+        s = np.asarray(traj_scores, dtype=np.float64)
+        labels = self.labels
+        lab = labels >= 0
+        res = {"auroc": auroc_ci(s[self.traj][lab], labels[lab], self.group_ids[lab], self.counts)}
+        res["pairwise_accuracy"] = pairwise_ci(s[self.pairs[:, 0]] - s[self.pairs[:, 1]], self.pair_group_ids, self.counts)
+        return res
+
+
+def make_context(store, split: dict, which: str, n_boot: int = 1000, seed: int = 0, fit_store=None) -> EvalContext:
+    """The context for split `which` of `store` (`fit_store` defaults to `store` itself)."""
+    groups = split_groups(store, split, which)
+    mask = split_mask(store, groups) & (store.meta.stored_tokens > 0)
+    traj = np.flatnonzero(mask)
+    if len(traj) == 0:
+        hint = " (this store may not be the one the probe was trained on: try --split all)" if which != "all" else ""
+        raise ProbekitError(f"{store.path}: no trajectories in the '{which}' split{hint}")
+    pairs = split_pairs(store, store.pairs(), groups)
+    pairs = pairs[mask[pairs[:, 1]]] if len(pairs) else pairs.reshape(0, 2)
+    uniq, gid = np.unique(store.meta.group[traj].astype(str), return_inverse=True)
+    lookup = {g: i for i, g in enumerate(uniq)}
+    pair_gid = np.asarray([lookup[str(g)] for g in store.meta.group[pairs[:, 0]]], dtype=np.int64)
+    return EvalContext(store, which, traj, pairs, gid.astype(np.int64), pair_gid, bootstrap_counts(len(uniq), n_boot, seed), split,
+                       store if fit_store is None else fit_store, seed)

@@ -1,0 +1,144 @@
+"""The one scorer: a fitted probe's per-token reward and Q-values.
+
+Evaluation, filtering and generation all turn states into (reward, Q) here, so
+the same token gets the same number whichever command reads it:
+
+* φ runs with the input standardisation folded into its first layer
+  (`ProbeModel.folded_encoder`), in float32, a batch at a time;
+* the reward is the head on φ; Q for each goal kind is the best cosine of φ to
+  that kind's prototypes, by an exact faiss inner-product search
+  (`probekit.goals.GoalIndex`).
+
+`Scorer` scores one batch of states (numpy in any float dtype, or a torch
+tensor: generation passes live hidden states). `score_blocks` runs it over an
+iterator of whole-trajectory blocks that the caller supplies (a store's
+shards, or the selected trajectories of a row source), so memory is bounded
+by one block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from probekit.goals import GoalIndex, goal_prototypes, ordered_kinds
+from probekit.progress import Progress, or_null
+from probekit.store import ShardBlock
+
+SIGNALS = ("q", "reward")
+
+
+@dataclass
+class Scores:
+    """Per-token probe outputs of some trajectories, rows concatenated trajectory by trajectory."""
+
+    traj: np.ndarray  # int64 [n]: store index of each scored trajectory (increasing)
+    offsets: np.ndarray  # int64 [n + 1]: rows of the i-th are offsets[i]:offsets[i+1]
+    positions: np.ndarray  # int64 [rows]: token index in the full completion
+    reward: np.ndarray  # float32 [rows]
+    q: dict[str, np.ndarray]  # goal kind -> float32 [rows]
+    seconds: float = field(default=0.0, compare=False)
+
+    def last(self, values: np.ndarray) -> np.ndarray:
+        """Value at each trajectory's last stored row (its last completion token); NaN when it has none."""
+        out = np.full(len(self.offsets) - 1, np.nan, dtype=np.float64)
+        nonempty = self.offsets[1:] > self.offsets[:-1]
+        out[nonempty] = values[self.offsets[1:][nonempty] - 1]
+        return out
+
+    def signal(self, kind: str, goal: str = "mean") -> np.ndarray:
+        """The per-row values a filter compares with its threshold: "q" (toward `goal`) or "reward"."""
+        from probekit.errors import ProbekitError
+
+        if kind not in SIGNALS:
+            raise ProbekitError(f"unknown signal '{kind}' (choose from {', '.join(SIGNALS)})")
+        if kind == "reward":
+            return self.reward
+        if goal not in self.q:
+            raise ProbekitError(f"goal '{goal}' was not scored (scored: {', '.join(self.q)})")
+        return self.q[goal]
+
+
+class Scorer:
+    """Reward and Q-values of a batch of states under one fitted probe and its goals."""
+
+    def __init__(self, model, goals: dict[str, np.ndarray], kinds: Sequence[str] | None = None, where: object = "checkpoint"):
+        import torch
+
+        self.model = model.eval()
+        self.encoder = model.folded_encoder()
+        self.kinds = ordered_kinds(goals) if kinds is None else list(kinds)
+        self.indexes = {k: GoalIndex(goal_prototypes(goals, k, where)) for k in self.kinds}
+        try:
+            self.device = next(model.parameters()).device
+        except StopIteration:
+            self.device = torch.device("cpu")
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, kinds: Sequence[str] | None = None) -> Scorer:
+        return cls(ckpt.model, ckpt.goals, kinds, where=ckpt.path)
+
+    def __call__(self, states) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(reward float32 [n], {kind: Q float32 [n]}) for states [n, hidden]."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.as_tensor(states).to(device=self.device, dtype=torch.float32)
+            z = self.encoder(x)
+            reward = self.model.reward(z).reshape(-1).float().cpu().numpy()
+            zn = z.float().cpu().numpy()
+        return reward, {k: index.q_values(zn) for k, index in self.indexes.items()}
+
+
+def score_blocks(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | None = None, batch_rows: int = 2048,
+                 progress: Progress | None = None) -> Scores:
+    """Score every row of every block; `n_rows` (when known) sizes the outputs and the progress bar.
+
+    Blocks may hold states in their stored dtype: each batch is converted to
+    float32 on its own, which keeps it in cache for the matmuls.
+    """
+    t0 = time.perf_counter()
+    parts: dict[str, list[np.ndarray]] = {"traj": [], "lengths": [], "positions": [], "reward": []}
+    q_parts: dict[str, list[np.ndarray]] = {k: [] for k in scorer.kinds}
+    task = or_null(progress).task("score", n_rows, unit="rows")
+    try:
+        for block in blocks:
+            parts["traj"].append(np.asarray(block.trajectories, np.int64))
+            parts["lengths"].append(np.diff(block.offsets))
+            parts["positions"].append(np.asarray(block.positions, np.int64))
+            for i in range(0, len(block.states), batch_rows):
+                reward, q = scorer(block.states[i:i + batch_rows])
+                parts["reward"].append(reward)
+                for k, v in q.items():
+                    q_parts[k].append(v)
+                task.advance(len(reward))
+    finally:
+        task.close()
+
+    def cat(xs: list[np.ndarray], dtype) -> np.ndarray:
+        return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
+
+    lengths = cat(parts["lengths"], np.int64)
+    return Scores(
+        traj=cat(parts["traj"], np.int64),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        positions=cat(parts["positions"], np.int64),
+        reward=cat(parts["reward"], np.float32),
+        q={k: cat(v, np.float32) for k, v in q_parts.items()},
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def score_store(store, scorer: Scorer, layer: int, progress: Progress | None = None) -> Scores:
+    """Every stored token of a store, one shard in memory at a time (in its stored dtype)."""
+    return score_blocks(scorer, store.iter_shards(layer, as_float32=False), store.n_rows, progress=progress)
+
+
+def score_trajectories(source, scorer: Scorer, traj: np.ndarray, progress: Progress | None = None) -> Scores:
+    """Every stored row of the trajectories `traj` of a row source (`probekit.probe.data.open_rows`)."""
+    traj = np.unique(np.asarray(traj, dtype=np.int64))
+    n_rows = int(source.store.meta.stored_tokens[traj].sum())
+    return score_blocks(scorer, source.blocks(traj), n_rows, progress=progress)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.subsets import concatenate, first_groups  # noqa: E402
-from cli.common import console, rich_table  # noqa: E402
+from benchmarks.report import console, table as rich_table  # noqa: E402
 from probekit.io import read_json, write_json  # noqa: E402
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -132,11 +132,12 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
 
 # ---- studies -------------------------------------------------------------------------------------------
 def sweep(store: Path, out: Path, args, layers=None, goals=("mean",)) -> dict:
-    from probekit.sweep import SweepOptions, run_sweep
+    from probekit.config import FitConfig
+    from probekit.sweep import SweepConfig, run_sweep
 
-    return run_sweep(SweepOptions(store=store, out=out, lams=[0.0, args.lam], layers=layers, seeds=args.seeds, goals=list(goals),
-                                  prototypes=4, split="test", base={"epochs": args.epochs, "n_boot": args.n_boot},
-                                  progress=not args.no_progress), console=console)
+    config = SweepConfig(template=FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot), lams=(0.0, args.lam),
+                         layers=tuple(layers) if layers else None, seeds=tuple(args.seeds), goals=tuple(goals), prototypes=4, split="test")
+    return run_sweep(store, out, config, overwrite=True)
 
 
 def summarise_sweep(result: dict) -> list[dict]:
@@ -190,7 +191,7 @@ def write_figure(report: dict, out: Path, layer: int) -> Path:
 
 
 def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]:
-    from probekit.filtering import filter_store
+    from probekit.filtering import FilterConfig, filter_store
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 
@@ -201,8 +202,8 @@ def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]
             continue
         ckpt = load_checkpoint(r["checkpoint"])
         for goal in ("mean", "kmeans"):
-            m = filter_store(ckpt, st, out / f"lam{r['lam']:g}_{goal}_s{r['seed']}", threshold="auto", goal=goal,
-                             seed=r["seed"], plots=r["seed"] == 0)
+            m = filter_store(ckpt, st, out / f"lam{r['lam']:g}_{goal}_s{r['seed']}",
+                             FilterConfig(threshold="auto", goal=goal, seed=r["seed"], plots=r["seed"] == 0))
             rows.setdefault((r["lam"], goal), []).append(m["report"])
     out = []
     for (lam, goal), reps in sorted(rows.items()):
@@ -218,9 +219,19 @@ def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]
     return out
 
 
+def evaluate_on(ckpt, store, layer: int, split: dict, seed: int) -> dict:
+    """A checkpoint's probe on the test split of `split` in `store` (no baselines: the studies report them once)."""
+    from probekit.evaluate import evaluate
+    from probekit.metrics import make_context
+    from probekit.probe.data import open_rows
+    from probekit.scoring import Scorer
+
+    ctx = make_context(store, split, "test", n_boot=200, seed=seed)
+    return evaluate(Scorer.from_checkpoint(ckpt), ctx, open_rows(store, layer, 2048), layer=layer, baselines=False)
+
+
 def transfer_study(corrupt_result: dict, gsm8k_result: dict, gsm8k_store: Path, layer: int) -> list[dict]:
     """Probes fit on corrupted-gold pairs, evaluated on the same real test problems as the in-domain probes."""
-    from probekit.evaluate import evaluate
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 
@@ -231,7 +242,7 @@ def transfer_study(corrupt_result: dict, gsm8k_result: dict, gsm8k_store: Path, 
         if r["goal"] != "mean":
             continue
         ckpt = load_checkpoint(r["checkpoint"])
-        m = evaluate(ckpt.model, ckpt.goals, st, layer, split_of[r["seed"]], "test", n_boot=200, seed=r["seed"], baselines=False)
+        m = evaluate_on(ckpt, st, layer, split_of[r["seed"]], r["seed"])
         rows.setdefault(r["lam"], []).append(m["probe"])
     return [{"lam": lam, "trained_on": "corrupted gold pairs", "n_seeds": len(ps),
              "auroc": mean_ci(p["auroc"]["value"] for p in ps), "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in ps),
@@ -245,9 +256,9 @@ def both_study(gsm8k_result: dict, both_store: Path, out: Path, args) -> list[di
     corrupted-gold group added to its training part, so the three arms (real only,
     corrupted only, both) are tested on exactly the same problems.
     """
-    from probekit.evaluate import evaluate
+    from probekit.config import FitConfig
+    from probekit.pipeline import fit_probe
     from probekit.probe.checkpoint import load_checkpoint
-    from probekit.probe.train import FitOptions, fit
     from probekit.store import Store
 
     st = Store(both_store)
@@ -261,9 +272,9 @@ def both_study(gsm8k_result: dict, both_store: Path, out: Path, args) -> list[di
         split_file = out / f"split_s{r['seed']}.json"
         write_json(split_file, split)
         for lam in (0.0, args.lam):
-            ckpt = fit(FitOptions(store=both_store, out=out / f"lam{lam:g}_s{r['seed']}", layer=args.layer, lam=lam, seed=r["seed"],
-                                  split_file=split_file, epochs=args.epochs, n_boot=args.n_boot, progress=False))
-            m = evaluate(ckpt.model, ckpt.goals, st, args.layer, split, "test", n_boot=200, seed=r["seed"], baselines=False)
+            cfg = FitConfig().vary(layer=args.layer, lam=lam, seed=r["seed"], split_file=split_file, epochs=args.epochs, n_boot=args.n_boot)
+            ckpt = fit_probe(st, out / f"lam{lam:g}_s{r['seed']}", cfg)
+            m = evaluate_on(ckpt, st, args.layer, split, r["seed"])
             rows.setdefault(lam, []).append(m["probe"])
     return [{"lam": lam, "trained_on": "corrupted gold + real pairs", "n_seeds": len(ps),
              "auroc": mean_ci(p["auroc"]["value"] for p in ps), "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in ps),

@@ -65,7 +65,7 @@ PAPER_CONTEXT = "full fine-tuning of a 7B model on GPUs (per the paper); not mea
 
 
 def log(msg: str) -> None:
-    from cli.common import console
+    from benchmarks.report import console
 
     console.log(msg)
 
@@ -431,11 +431,12 @@ def stage_extract(args, loaded, work: Path, subset: Path, mem_small: Path, mem_l
 
 def time_sweep(args, store_dir: Path, layer: int, out: Path, lams: list, seeds: list, base: dict) -> dict:
     """Seconds for a λ × seed sweep with `run_sweep` (every fit, its evaluation and checkpoint)."""
-    from probekit.sweep import SweepOptions, run_sweep
+    from probekit.config import FitConfig
+    from probekit.sweep import SweepConfig, run_sweep
 
     log(f"fit: λ sweep, {len(lams)} values x {len(seeds)} seeds = {len(lams) * len(seeds)} fits")
-    sweep_opts = SweepOptions(store=store_dir, out=out, lams=lams, layers=[layer], seeds=seeds, base=base)
-    sweep, sw_wall, sw_cpu = timed(lambda: run_sweep(sweep_opts))
+    sweep_cfg = SweepConfig(template=FitConfig().vary(**base), lams=tuple(lams), layers=(layer,), seeds=tuple(seeds))
+    sweep, sw_wall, sw_cpu = timed(lambda: run_sweep(store_dir, out, sweep_cfg))
     n_fits = len(sweep["runs"])
     log(f"  sweep {sw_wall:.1f}s for {n_fits} fits")
     return {
@@ -450,15 +451,16 @@ def time_sweep(args, store_dir: Path, layer: int, out: Path, lams: list, seeds: 
 
 
 def stage_fit(args, work: Path, store_dir: Path) -> tuple[dict, object]:
-    from probekit.probe.train import FitOptions, fit
+    from probekit.config import FitConfig
+    from probekit.pipeline import fit_probe
     from probekit.store import Store
 
     store = Store(store_dir)
     n_pairs = len(store.pairs())
     base = {"epochs": 3, "n_boot": 100} if args.quick else {}
     log(f"fit: one fit, λ = 0.5, default options ({len(store)} trajectories, {n_pairs} pairs, {store.n_rows:,} stored states)")
-    opts = FitOptions(store=store_dir, out=work / "fit-lam0.5", lam=0.5, layer=LAYER, **base)
-    ckpt, fit_wall, fit_cpu = timed(lambda: fit(opts))
+    cfg = FitConfig().vary(lam=0.5, layer=LAYER, **base)
+    ckpt, fit_wall, fit_cpu = timed(lambda: fit_probe(store, work / "fit-lam0.5", cfg, overwrite=True))
     log(f"  one fit {fit_wall:.1f}s")
     lams = [0.0, 0.5] if args.quick else SWEEP_LAMS
     seeds = [0] if args.quick else SWEEP_SEEDS
@@ -467,7 +469,7 @@ def stage_fit(args, work: Path, store_dir: Path) -> tuple[dict, object]:
         "store": {"n_trajectories": len(store), "n_pairs": n_pairs, "n_train_pairs": m["n_train_pairs"], "n_valid_pairs": m["n_valid_pairs"],
                   "n_stored_states": int(store.n_rows), "layer": LAYER, "positions": "all"},
         "one_fit": {
-            "what": "probekit.probe.train.fit, λ = 0.5, default FitOptions" + (" (quick: epochs 3, n_boot 100)" if args.quick else "")
+            "what": "probekit.pipeline.fit_probe, λ = 0.5, default FitConfig" + (" (quick: epochs 3, n_boot 100)" if args.quick else "")
                     + "; includes training with early stopping, goal prototypes, validation evaluation with bootstrap CIs and "
                       "trivial baselines, checkpoint writing",
             "seconds": round(fit_wall, 3),
@@ -497,16 +499,18 @@ def stage_filter(args, store_dir: Path, ckpt) -> dict:
     """
     import torch
 
-    from probekit.filtering import apply_threshold, min_signal, score_store
+    from probekit.early_stop import apply_threshold, min_signal
+    from probekit.scoring import Scorer, score_store
     from probekit.store import Store
 
     store = Store(store_dir)
     meta = store.meta
-    scores = score_store(store, ckpt, "mean")  # warm-up run; also gives the Q-values to place the threshold
+    scorer = Scorer.from_checkpoint(ckpt, kinds=["mean"])
+    scores = score_store(store, scorer, ckpt.layer)  # warm-up run; also gives the Q-values to place the threshold
     positions = store.positions()
     eligible = positions >= SKIP_FIRST
-    mins = min_signal(scores.offsets, scores.positions, scores.q, SKIP_FIRST)
-    thr, margin = separated_threshold(scores.q, eligible, float(np.median(mins[np.isfinite(mins)])))
+    mins = min_signal(scores.offsets, scores.positions, scores.q["mean"], SKIP_FIRST)
+    thr, margin = separated_threshold(scores.q["mean"], eligible, float(np.median(mins[np.isfinite(mins)])))
     n_rows = int(store.n_rows)
     n_naive = len(meta) if args.n_naive_filter <= 0 else min(args.n_naive_filter, len(meta))
     default_threads = torch.get_num_threads()
@@ -518,8 +522,8 @@ def stage_filter(args, store_dir: Path, ckpt) -> dict:
             raise AssertionError(f"naive and probekit filter decisions differ on {len(bad)} trajectories (first: {meta.id[idx[bad[0]]]})")
 
     def probekit_once():
-        sc = score_store(store, ckpt, "mean")
-        return apply_threshold(sc.offsets, sc.positions, sc.q, meta.completion_tokens, thr, SKIP_FIRST)
+        sc = score_store(store, Scorer.from_checkpoint(ckpt, kinds=["mean"]), ckpt.layer)
+        return apply_threshold(sc.offsets, sc.positions, sc.q["mean"], meta.completion_tokens, thr, SKIP_FIRST)
 
     runs: dict[int, dict] = {}
     try:
@@ -564,7 +568,7 @@ def stage_filter(args, store_dir: Path, ckpt) -> dict:
                           f"(margin {margin:.2e}) so that faiss-vs-torch rounding cannot flip a decision",
         "skip_first": SKIP_FIRST,
         "dropped_share": one["dropped_share"],
-        "probekit_what": "probekit.filtering.score_store (streams shards in their stored float16, converts 2048-row batches, "
+        "probekit_what": "probekit.scoring.score_store (streams shards in their stored float16, converts 2048-row batches, "
                          "φ with the input standardisation folded into its first layer, faiss inner product with the normalised "
                          "goal; also scores the reward head) + apply_threshold (vectorised first drop); Q of every stored token; "
                          f"median of {args.filter_repeats} repeats",
@@ -693,7 +697,7 @@ def main(argv=None) -> int:
     if args._child:
         child_main(args)
         return 0
-    from cli.common import console
+    from benchmarks.report import console
 
     try:
         return run(args)

@@ -12,9 +12,9 @@ frozen model (SmolLM2-135M, loaded once) and the same layer (15):
                Peak memory of each is measured in a child process (ru_maxrss),
                and probekit's at N and 4N trajectories (small shards) to show
                that it stays flat as the data grows.
-2. fit         one fit (λ = 0.5, default FitOptions) and a λ sweep
+2. fit         one fit (λ = 0.5, default FitConfig) and a λ sweep
                (6 values × 3 seeds = 18 fits, probekit.sweep.run_sweep).
-3. filter      Q-value scoring + threshold (probekit.filtering.score_store +
+3. filter      Q-value scoring + threshold (probekit.scoring.score_store +
                apply_threshold) against a per-trajectory, per-token Python loop
                (φ of one token, torch cosine_similarity with the goal, compare,
                break at the first drop); the keep/drop decisions must agree.

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.subsets import concatenate, first_groups  # noqa: E402
 from cli.common import console, rich_table  # noqa: E402
+from cli.progress import progress_for  # noqa: E402
 from probekit.io import read_json, write_json  # noqa: E402
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -125,7 +126,7 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
         out = work / "stores" / f"{name}-{args.model_tag}"
         console.print(f"[bold]extract[/] {name} -> {out}")
         extract(ExtractOptions(trajectories=files[name], pairs=files[name].with_name("pairs.jsonl"), out=out, model=args.model,
-                               dtype=args.store_dtype, progress=not args.no_progress, **spec), loaded=loaded)
+                               dtype=args.store_dtype, **spec), loaded=loaded, progress=progress_for(not args.no_progress))
         stores[name] = out
     return stores
 

@@ -125,7 +125,7 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
         out = work / "stores" / f"{name}-{args.model_tag}"
         console.print(f"[bold]extract[/] {name} -> {out}")
         extract(ExtractOptions(trajectories=files[name], pairs=files[name].with_name("pairs.jsonl"), out=out, model=args.model,
-                               dtype=args.store_dtype, progress=not args.no_progress, **spec), loaded=loaded)
+                               dtype=args.store_dtype, **spec), loaded=loaded)
         stores[name] = out
     return stores
 
@@ -311,7 +311,6 @@ def main() -> None:
                     help="which studies to run (comma list of gsm8k, filter, transfer, hh; the GSM8K layer sweep always runs: the others build on it)")
     ap.add_argument("--figure-only", action="store_true",
                     help="only redraw the prefix-AUROC figure from the JSON at --out (same --layer as the run)")
-    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.studies = ["gsm8k"] + [s for s in args.studies.split(",") if s != "gsm8k"]

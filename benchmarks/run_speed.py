@@ -146,7 +146,7 @@ def probekit_extract(loaded, trajectories_path: Path, out: Path, shard_size: int
     from probekit.extract.run import ExtractOptions, extract
 
     opts = ExtractOptions(trajectories=trajectories_path, out=out, model=MODEL, layers=str(LAYER), positions=positions,
-                          shard_size=shard_size, shard=shard, progress=False)
+                          shard_size=shard_size, shard=shard)
     return extract(opts, loaded=loaded)
 
 

@@ -1,8 +1,10 @@
 """`probekit data ...`: write and check trajectory/pair JSONL files.
 
-Every writer puts `trajectories.jsonl` and `pairs.jsonl` into `--out` (both
-written atomically) and prints one summary line, or the summary as JSON with
-`--json`. The adapters live in `probekit.data.*`; this module only wires them.
+Every writer claims `--out` first (before reading its input: a refused or
+read-only folder fails at once), puts `trajectories.jsonl` and `pairs.jsonl`
+there (both written atomically) and prints one summary line, or the summary as
+JSON with `--json`. The adapters live in `probekit.data.*`; this module only
+wires them.
 """
 
 from __future__ import annotations
@@ -18,8 +20,17 @@ from cli.common import console, emit_json
 
 if TYPE_CHECKING:
     from probekit.data.schema import Pair, Trajectory
+    from probekit.outputs import OutputDir
 
-OUT_HELP = "Output folder; trajectories.jsonl and pairs.jsonl are written there (replacing earlier ones)."
+OUTPUTS = ("trajectories.jsonl", "pairs.jsonl")
+OUT_HELP = (
+    "Output folder for trajectories.jsonl and pairs.jsonl: a new or empty folder, or an earlier output of "
+    "`probekit data` (whose two files are replaced)."
+)
+OVERWRITE_HELP = (
+    "Write into a folder that holds other files too (they are never replaced; a file of yours named "
+    "trajectories.jsonl or pairs.jsonl is always refused)."
+)
 JSON_HELP = "Print the summary as JSON on stdout instead of a line on stderr."
 
 
@@ -52,20 +63,29 @@ def report(title: str, summary: dict, json_out: bool) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
-def write_out(title: str, out: Path, trajectories: list[Trajectory], pairs: list[Pair] | None, skipped: Counter | None, json_out: bool) -> None:
+def claim(out: Path, overwrite: bool, source: Path | None = None) -> OutputDir:
+    """Claim `out` for a data writer before any work; its input file may not live inside it."""
+    from probekit.outputs import claim_output
+
+    return claim_output(out, "data", OUTPUTS, overwrite=overwrite, inputs=[source])
+
+
+def write_out(title: str, out: OutputDir, trajectories: list[Trajectory], pairs: list[Pair] | None, skipped: Counter | None, json_out: bool) -> None:
     """Write both files (pairs derived within groups when the adapter gives none) and report."""
     from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
 
     if pairs is None:
         pairs = derive_pairs(trajectories)
-    write_trajectories(out / "trajectories.jsonl", trajectories)
-    write_pairs(out / "pairs.jsonl", pairs)
-    report(title, {**summarize(trajectories, pairs, skipped), "out": str(out)}, json_out)
+    traj_name, pairs_name = OUTPUTS
+    write_trajectories(out.file(traj_name), trajectories)
+    write_pairs(out.file(pairs_name), pairs)
+    report(title, {**summarize(trajectories, pairs, skipped), "out": str(out.path)}, json_out)
 
 
 @data_app.command()
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     n_problems: int = typer.Option(200, min=1, help="Number of word problems (groups)."),
     solutions: int = typer.Option(4, min=1, help="Sampled solutions per problem."),
     p_correct: float = typer.Option(0.5, min=0.0, max=1.0, help="Probability that a solution is correct; otherwise one step is wrong and carried forward."),
@@ -80,39 +100,45 @@ def synth(
 
     if min_steps > max_steps:
         raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
+    out_dir = claim(out, overwrite)
     trajectories = synth_problems(n_problems, solutions, p_correct, min_steps, max_steps, seed)
-    write_out("synth", out, trajectories, None, None, json_out)
+    write_out("synth", out_dir, trajectories, None, None, json_out)
 
 
 @data_app.command()
 def gsm8k(
     solutions: Path = typer.Option(..., help="gsm8k/example_model_solutions.jsonl (4 labelled model solutions per test problem)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     strip_calculator: bool = typer.Option(False, help="Remove the <<expr=result>> calculator annotations from the solutions (gold/corrupted data never shows them)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Labelled GSM8K model solutions: one group per test problem, pairs = every (correct, incorrect) combination."""
     from probekit.data.gsm8k import labelled_solutions
 
-    write_out("gsm8k", out, labelled_solutions(solutions, strip_calculator), None, None, json_out)
+    out_dir = claim(out, overwrite, solutions)
+    write_out("gsm8k", out_dir, labelled_solutions(solutions, strip_calculator), None, None, json_out)
 
 
 @data_app.command("gsm8k-gold")
 def gsm8k_gold(
     source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl or gsm8k/test.jsonl ({question, answer} with '#### n')."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """GSM8K gold solutions as label-1 trajectories, rewritten as 'A: n' solutions without calculator annotations."""
     from probekit.data.gsm8k import gold_solutions
 
-    write_out("gsm8k-gold", out, gold_solutions(source), None, None, json_out)
+    out_dir = claim(out, overwrite, source)
+    write_out("gsm8k-gold", out_dir, gold_solutions(source), None, None, json_out)
 
 
 @data_app.command("gsm8k-corrupt")
 def gsm8k_corrupt(
     source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl (gold answers with <<expr=result>> annotations)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     per_problem: int = typer.Option(1, min=1, help="Corrupted copies per problem (fewer when fewer distinct ones exist)."),
     seed: int = typer.Option(0, help="Random seed for the choice of step and wrong value."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N problems."),
@@ -121,23 +147,26 @@ def gsm8k_corrupt(
     """Gold solutions paired with copies that have one arithmetic result changed and carried forward (known error position)."""
     from probekit.data.corrupt import corrupt_gold
 
+    out_dir = claim(out, overwrite, source)
     skipped: Counter = Counter()
     trajectories, pairs = corrupt_gold(source, per_problem, seed, limit, skipped)
-    write_out("gsm8k-corrupt", out, trajectories, pairs, skipped, json_out)
+    write_out("gsm8k-corrupt", out_dir, trajectories, pairs, skipped, json_out)
 
 
 @data_app.command()
 def hh(
     source: Path = typer.Option(..., "--input", "-i", help="hh_rlhf/harmless-base/test.jsonl.gz ({chosen, rejected} dialogues; .gz or plain)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """HH-RLHF preference pairs: prompt = shared dialogue, completions = the chosen and rejected last Assistant turns."""
     from probekit.data.hh import hh_pairs
 
+    out_dir = claim(out, overwrite, source)
     skipped: Counter = Counter()
     trajectories, pairs = hh_pairs(source, skipped)
-    write_out("hh", out, trajectories, pairs, skipped, json_out)
+    write_out("hh", out_dir, trajectories, pairs, skipped, json_out)
 
 
 @data_app.command()

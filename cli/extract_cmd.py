@@ -33,6 +33,7 @@ def extract(
     json_out: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
 ) -> None:
     """Run a frozen causal LM once over prompt + completion trajectories and store completion-token hidden states."""
+    from cli.progress import progress_for
     from probekit.extract.run import ExtractOptions, extract as run_extract
 
     result = run_extract(
@@ -40,14 +41,16 @@ def extract(
             trajectories=trajectories, out=out, pairs=pairs, model=model, layers=layers, template=template,
             positions=positions, max_length=max_length, dtype=dtype, model_dtype=model_dtype, device=device,
             max_batch_tokens=max_batch_tokens, shard_size=shard_size, shard=shard, overwrite=overwrite,
-            skip_invalid=skip_invalid, progress=progress,
-        )
+            skip_invalid=skip_invalid,
+        ),
+        progress=progress_for(progress),
     )
     summary = {
         "out": str(result.out),
         "complete": result.complete,
         "shards_written": result.shards_done,
         "shards_already_complete": result.shards_skipped,
+        "shards_held_by_another_process": result.shards_busy,
         "n_skipped_invalid": result.n_skipped_invalid,
         **result.manifest.get("stats", {}),
     }
@@ -55,6 +58,9 @@ def extract(
         console.print(f"[yellow]warning:[/] skipped {result.n_skipped_invalid} invalid records (--skip-invalid)")
     if result.n_truncated:
         console.print(f"[yellow]warning:[/] {result.n_truncated} trajectories were longer than --max-length {max_length} and were truncated from the left (counted in manifest.json)")
+    if result.shards_busy:
+        console.print(f"[yellow]warning:[/] shards {result.shards_busy} are being written by another live process and were left to it; "
+                      "the store is complete once that process finishes (or re-run this command after it stops)")
     if not result.complete:
         console.print("This rank's shards are done; the store is complete once every rank has finished.")
     if json_out:

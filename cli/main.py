@@ -1,7 +1,10 @@
 """Entry point of the `probekit` console script.
 
 A `ProbekitError` (bad input, mismatching store, missing model) is printed as
-one line and exits with status 2; anything else is a bug and keeps its traceback.
+one line and exits with status 2, and so is an `OSError` that no command
+turned into one (a full disk, a permission problem): the user's environment,
+not a bug. Ctrl-C prints `interrupted` and exits with status 130. Anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,14 +25,39 @@ for _name in COMMAND_MODULES:
             raise
 
 
+def _fail(label: str, message: str, status: int) -> None:
+    """Print one line on stderr (the message escaped: file names may hold [brackets]) and exit."""
+    from rich.markup import escape
+
+    from cli.common import console
+
+    console.print(f"[bold red]{label}[/]{escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(status)
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """True when a KeyboardInterrupt is among the causes of `exc` (typer turns Ctrl-C into `Exit(130)`)."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main() -> None:
     try:
         app()
     except ProbekitError as exc:
-        from cli.common import console
-
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail("error: ", str(exc), 2)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail("error: ", f"{where}{exc.strerror or exc}", 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", "", 130)
+    except SystemExit as exc:
+        if exc.code == 130 and _interrupted(exc):
+            _fail("interrupted", "", 130)
+        raise
 
 
 if __name__ == "__main__":

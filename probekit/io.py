@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from probekit.errors import ProbekitError, where
 from probekit.outputs import apply_umask
@@ -68,28 +68,73 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _check_readable_file(path: Path) -> None:
+    """Name the path in the one-line error a missing file or a folder would otherwise raise as OSError."""
+    if not path.exists():
+        raise ProbekitError(f"{path}: file not found")
+    if path.is_dir():
+        raise ProbekitError(f"{path}: is a folder, not a file")
+
+
 def open_text(path: str | os.PathLike):
     """Open a text file, transparently decompressing `.gz`."""
     path = Path(path)
-    if not path.exists():
-        raise ProbekitError(f"{path}: file not found")
+    _check_readable_file(path)
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
     return open(path, "r", encoding="utf-8")
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, object) for each non-blank line; bad JSON is a ProbekitError."""
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProbekitError(f"{where(path, lineno)}: malformed JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ProbekitError(f"{where(path, lineno)}: expected a JSON object, got {type(obj).__name__}")
+def _open_binary(path: Path):
+    _check_readable_file(path)
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line_number, bytes) of a file; read errors (a corrupt .gz, an I/O error) name the file."""
+    try:
+        with _open_binary(path) as fh:
+            yield from enumerate(fh, start=1)
+    except (OSError, EOFError) as exc:
+        raise ProbekitError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _parse_line(raw: bytes, loc: str) -> dict | None:
+    """The JSON object on one line, None for a blank line; a ProbekitError naming `loc` otherwise."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProbekitError(f"{loc}: not UTF-8") from None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProbekitError(f"{loc}: malformed JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise ProbekitError(f"{loc}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def iter_jsonl(path: str | os.PathLike, on_invalid: Callable[[ProbekitError], None] | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, object) for each non-blank line.
+
+    A line that is not UTF-8, not JSON or not an object is a ProbekitError naming
+    `file:line`; with `on_invalid` it is handed to that callback and skipped
+    instead, so `--skip-invalid` callers can count it. Lines are decoded one by
+    one (not by a text-mode reader) so that a bad byte names its line and does
+    not end the file.
+    """
+    path = Path(path)
+    for lineno, raw in _raw_lines(path):
+        try:
+            obj = _parse_line(raw, where(path, lineno))
+        except ProbekitError as exc:
+            if on_invalid is None:
+                raise
+            on_invalid(exc)
+            continue
+        if obj is not None:
             yield lineno, obj
 
 

@@ -106,6 +106,15 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
+def _is_temporary_of(name: str, owned: set[str]) -> bool:
+    """True for the temporary file of an owned output (`probekit.io.atomic_path` names it `.{name}.*.tmp`).
+
+    Another process writing the same folder (extract's ranks) has such files
+    open while this one claims the folder; they are probekit's, not the user's.
+    """
+    return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{o}.") for o in owned)
+
+
 def check_not_input(out: Path, inputs: Iterable[str | os.PathLike | None], option: str = "--out") -> None:
     """Refuse an output folder that is, or contains, one of the inputs (files or folders)."""
     out_r = Path(out).resolve()
@@ -141,6 +150,7 @@ def claim_output(
     owned: set[str] = set()
     if marker is not None:
         owned = marker["files"] & existing
+        existing = {name for name in existing if not _is_temporary_of(name, marker["files"] | {MARKER})}
         if marker["command"] != command and not overwrite:
             raise ProbekitError(
                 f"{option} {out}: holds the output of `probekit {marker['command']}`, not of `probekit {command}`; "

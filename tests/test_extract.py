@@ -53,7 +53,7 @@ def traj_file(tmp_path):
 
 
 def _opts(traj_file, out, **kw) -> ExtractOptions:
-    base = dict(trajectories=traj_file, out=out, model="tiny", layers="1,2,4", shard_size=4, progress=False, dtype="float32")
+    base = dict(trajectories=traj_file, out=out, model="tiny", layers="1,2,4", shard_size=4, dtype="float32")
     base.update(kw)
     return ExtractOptions(**base)
 
@@ -263,8 +263,8 @@ def test_real_smollm2_extraction(tmp_path):
     loaded = load_model("smollm2-135m", device="cpu")
     path = tmp_path / "t.jsonl"
     write_trajectories(path, _trajectories(5))
-    batched = extract(ExtractOptions(trajectories=path, out=tmp_path / "b", progress=False), loaded=loaded)
-    single = extract(ExtractOptions(trajectories=path, out=tmp_path / "s", progress=False, max_batch_tokens=1), loaded=loaded)
+    batched = extract(ExtractOptions(trajectories=path, out=tmp_path / "b"), loaded=loaded)
+    single = extract(ExtractOptions(trajectories=path, out=tmp_path / "s", max_batch_tokens=1), loaded=loaded)
     store = Store(tmp_path / "b")
     assert store.layers == [15] and store.hidden_size == 576 and loaded.num_layers == 30
     assert batched.manifest["template"] == "chat" and batched.manifest["model"]["file_sha256"] == loaded.file_sha256

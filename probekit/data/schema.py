@@ -18,6 +18,7 @@ from probekit.errors import ProbekitError, where
 from probekit.io import iter_jsonl, write_jsonl
 
 TRAJECTORY_FIELDS = ("id", "group", "prompt", "completion", "label", "answer", "error_char", "meta")
+STORED_STRING_FIELDS = ("id", "group", "answer")  # kept as strings in every store shard
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,18 @@ class Pair:
     rejected: str
 
 
+def _refuse_nul(obj: dict, loc: str) -> None:
+    """Refuse NUL in the fields a store keeps as HDF5 strings, which cannot hold it.
+
+    Caught here, at read time, rather than when the first shard is written after
+    a whole forward pass.
+    """
+    for key in STORED_STRING_FIELDS:
+        value = obj.get(key)
+        if isinstance(value, str) and "\x00" in value:
+            raise ProbekitError(f"{loc}: field '{key}' contains a NUL character")
+
+
 def _parse_trajectory(obj: dict, loc: str) -> Trajectory:
     for key in ("id", "group", "prompt", "completion"):
         if key not in obj or obj[key] is None:
@@ -63,10 +76,12 @@ def _parse_trajectory(obj: dict, loc: str) -> Trajectory:
     answer = obj.get("answer")
     if answer is not None and not isinstance(answer, (str, int, float)):
         raise ProbekitError(f"{loc}: field 'answer' must be a string or number")
+    _refuse_nul(obj, loc)
     error_char = obj.get("error_char")
     if error_char is not None:
-        if not isinstance(error_char, int) or not 0 <= error_char < len(obj["completion"]):
-            raise ProbekitError(f"{loc}: field 'error_char' must be a character offset inside the completion")
+        # bool is an int in Python: `true` would silently become offset 1.
+        if isinstance(error_char, bool) or not isinstance(error_char, int) or not 0 <= error_char < len(obj["completion"]):
+            raise ProbekitError(f"{loc}: field 'error_char' must be a character offset (an integer) inside the completion")
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise ProbekitError(f"{loc}: field 'meta' must be an object")
@@ -87,21 +102,27 @@ def read_trajectories(path: str | Path, skip_invalid: bool = False) -> tuple[lis
     """Read a trajectories JSONL file.
 
     Returns the trajectories and the number of invalid records skipped (always 0
-    unless `skip_invalid`). Duplicate ids are an error either way, since every
-    later stage addresses trajectories by id.
+    unless `skip_invalid`): lines that are not UTF-8 or not JSON count as invalid
+    records too. Duplicate ids are an error either way, since every later stage
+    addresses trajectories by id.
     """
     out: list[Trajectory] = []
     seen: dict[str, int] = {}
     skipped = 0
-    for lineno, obj in iter_jsonl(path):
+
+    def skip(_exc: ProbekitError) -> None:
+        nonlocal skipped
+        skipped += 1
+
+    for lineno, obj in iter_jsonl(path, on_invalid=skip if skip_invalid else None):
         loc = where(path, lineno)
         try:
             traj = _parse_trajectory(obj, loc)
-        except ProbekitError:
-            if skip_invalid:
-                skipped += 1
-                continue
-            raise
+        except ProbekitError as exc:
+            if not skip_invalid:
+                raise
+            skip(exc)
+            continue
         if traj.id in seen:
             raise ProbekitError(f"{loc}: duplicate id '{traj.id}' (first seen on line {seen[traj.id]})")
         seen[traj.id] = lineno

@@ -5,17 +5,25 @@ Work is cut into shards of `shard_size` trajectories in input order. A rank
 shard layout does not depend on the number of ranks, so one process and N
 processes write byte-for-byte the same set of shard files. A shard that is
 already complete is skipped, which is what makes re-running a command resume.
+
+Each shard is written while holding its lock file (`.shard-NNNNN.h5.lock`), so
+two processes pointed at one `--out` never write, or clean up after, the same
+shard: a shard locked by another live process is skipped and reported, and a
+dead process's lock is released by the operating system.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
 from probekit.errors import ProbekitError
@@ -25,7 +33,9 @@ from probekit.extract.plan import length_buckets, parse_positions, select_positi
 from probekit.extract.render import Encoded, encode, resolve_template
 from probekit.io import sha256_file, write_json
 from probekit.models import LoadedModel, load_model, resolve_layers
-from probekit.store import MANIFEST, PAIRS, ShardData, shard_is_complete, shard_name, write_shard
+from probekit.outputs import OutputDir, claim_output
+from probekit.progress import Progress, or_null
+from probekit.store import MANIFEST, PAIRS, ShardData, read_shard_attrs, shard_is_complete, shard_name, write_shard
 
 STORE_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
 
@@ -49,7 +59,6 @@ class ExtractOptions:
     shard: str | None = None
     overwrite: bool = False
     skip_invalid: bool = False
-    progress: bool = True
 
 
 @dataclass
@@ -58,6 +67,7 @@ class ExtractResult:
     manifest: dict
     shards_done: list[int] = field(default_factory=list)
     shards_skipped: list[int] = field(default_factory=list)
+    shards_busy: list[int] = field(default_factory=list)  # held by another live process, left to it
     complete: bool = False
     n_truncated: int = 0
     n_skipped_invalid: int = 0
@@ -85,7 +95,19 @@ def _device_for_rank(loaded: LoadedModel, rank: int) -> None:
         loaded.model.to(loaded.device)
 
 
-def extract(opts: ExtractOptions, loaded: LoadedModel | None = None) -> ExtractResult:
+def lock_name(index: int) -> str:
+    """The lock file of shard `index`: a dot file next to it, named after it."""
+    return f".{shard_name(index)}.lock"
+
+
+def store_outputs(n_shards: int) -> list[str]:
+    """Every name extract may write in --out, the same for every process writing the store."""
+    shards = [name for s in range(n_shards) for name in (shard_name(s), lock_name(s))]
+    return [MANIFEST, PAIRS, *shards]
+
+
+def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: Progress | None = None) -> ExtractResult:
+    """Extract `opts.trajectories` into the store `opts.out`, resuming it; `progress` reports tokens done."""
     if opts.dtype not in STORE_DTYPES:
         raise ProbekitError(f"--dtype must be float16 or float32, got '{opts.dtype}'")
     if opts.padding_side not in ("left", "right"):
@@ -96,12 +118,16 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None) -> ExtractR
     rank, world = parse_rank(opts.shard)
     trajectories, n_invalid = read_trajectories(opts.trajectories, skip_invalid=opts.skip_invalid)
     pairs = read_pairs(opts.pairs, trajectories) if opts.pairs else derive_pairs(trajectories)
+    n_shards = (len(trajectories) + opts.shard_size - 1) // opts.shard_size
+    # Claimed before the model loads: a refused or read-only --out fails in a second.
+    outputs = store_outputs(n_shards)
+    out_dir = claim_output(opts.out, "extract", outputs, overwrite=opts.overwrite, inputs=[opts.trajectories, opts.pairs])
+    out_dir.record(*outputs)
 
     loaded = loaded or load_model(opts.model, device=opts.device, dtype=opts.model_dtype)
     _device_for_rank(loaded, rank)
     layers = resolve_layers(opts.layers, loaded.num_layers)
     template = resolve_template(opts.template, loaded.tokenizer)
-    n_shards = (len(trajectories) + opts.shard_size - 1) // opts.shard_size
 
     key_fields = {
         "model_sha256": loaded.file_sha256 or loaded.source,
@@ -143,51 +169,73 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None) -> ExtractR
             "shards": {"n": n_shards, "size": opts.shard_size},
         },
     )
-    out = Path(opts.out)
+    out = out_dir.path
     resume = check_existing(out, manifest, opts.overwrite)
-    if not resume and (out / MANIFEST).exists():  # --overwrite of a different store
-        for old in out.glob("shard-*.h5"):
-            old.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _remove_old_shards(out_dir)
     if not resume or rank == 0:
-        write_json(out / MANIFEST, manifest)
-    write_pairs(out / PAIRS, pairs)
+        write_json(out_dir.file(MANIFEST), manifest)
+    write_pairs(out_dir.file(PAIRS), pairs)
 
     mine = list(range(rank, n_shards, world))
     todo = [s for s in mine if not shard_is_complete(out / shard_name(s), manifest["cache_key"])]
     result = ExtractResult(out=out, manifest=manifest, shards_skipped=[s for s in mine if s not in todo], n_skipped_invalid=n_invalid)
 
     encoded = {s: _encode_shard(trajectories, s, opts, loaded, template) for s in todo}
-    total_tokens = sum(len(e.input_ids) for enc in encoded.values() for e in enc)
-    with _TokenProgress(opts.progress, total_tokens) as advance:
-        for s in todo:
-            lo = s * opts.shard_size
-            batch_trajs = trajectories[lo : lo + opts.shard_size]
-            for stale in out.glob(f".{shard_name(s)}.*.tmp"):
-                stale.unlink()  # left by a killed run; never read as a shard
-            t0 = time.perf_counter()
-            data = build_shard(batch_trajs, encoded[s], loaded, layers, stride, opts, advance)
-            data.attrs.update(
-                cache_key=manifest["cache_key"],
-                shard_index=s,
-                seconds=time.perf_counter() - t0,
-                model_dtype=str(loaded.dtype).replace("torch.", ""),
-            )
-            write_shard(out / shard_name(s), data)
-            result.shards_done.append(s)
+    task = or_null(progress).task("extract", sum(len(e.input_ids) for enc in encoded.values() for e in enc), "tokens")
+    try:
+        with _InterruptGuard() as guard:
+            for s in todo:
+                with _ShardLock(out, s) as held:
+                    if not held:
+                        result.shards_busy.append(s)
+                    elif shard_is_complete(out / shard_name(s), manifest["cache_key"]):
+                        result.shards_skipped.append(s)  # finished by another process since `todo` was made
+                    else:
+                        _write_one_shard(out, s, trajectories, encoded[s], loaded, layers, stride, opts, manifest, task, guard)
+                        result.shards_done.append(s)
+    finally:
+        task.close()
 
     all_paths = [out / shard_name(s) for s in range(n_shards)]
     if all(shard_is_complete(p, manifest["cache_key"]) for p in all_paths):
-        import h5py
-
-        attrs = []
-        for p in all_paths:
-            with h5py.File(p, "r") as fh:
-                attrs.append(dict(fh.attrs))
-        result.manifest = finalize(out, manifest, attrs)
+        result.manifest = finalize(out, manifest, [read_shard_attrs(p) for p in all_paths])
         result.complete = True
         result.n_truncated = result.manifest["stats"]["n_truncated"]
     return result
+
+
+def _remove_old_shards(out_dir: OutputDir) -> None:
+    """Before writing a new store over a different one (--overwrite): delete the old shards probekit wrote, nothing else."""
+    for name in sorted(out_dir.owned):
+        path = out_dir.path / name
+        if path.match("shard-*.h5") and path.is_file():
+            path.unlink()
+
+
+def _write_one_shard(
+    out: Path, s: int, trajectories: list[Trajectory], encoded: list[Encoded], loaded: LoadedModel,
+    layers: list[int], stride: int, opts: ExtractOptions, manifest: dict, task, guard: "_InterruptGuard",
+) -> None:
+    """Compute and write shard `s`; the caller holds its lock, so temporary files of this shard are stale."""
+    for stale in out.glob(f".{shard_name(s)}.*.tmp"):
+        stale.unlink()  # left by a killed run; never read as a shard
+
+    def advance(n: int) -> None:
+        task.advance(n)
+        guard.check()
+
+    lo = s * opts.shard_size
+    t0 = time.perf_counter()
+    data = build_shard(trajectories[lo : lo + opts.shard_size], encoded, loaded, layers, stride, opts, advance)
+    data.attrs.update(
+        cache_key=manifest["cache_key"],
+        shard_index=s,
+        seconds=time.perf_counter() - t0,
+        model_dtype=str(loaded.dtype).replace("torch.", ""),
+    )
+    write_shard(out / shard_name(s), data)
+    guard.check()
 
 
 def _encode_shard(trajectories: list[Trajectory], s: int, opts: ExtractOptions, loaded: LoadedModel, template: str) -> list[Encoded]:
@@ -201,44 +249,64 @@ def _encode_shard(trajectories: list[Trajectory], s: int, opts: ExtractOptions, 
     return out
 
 
-class _TokenProgress:
-    """A rich progress bar over tokens, with tokens/s; a no-op when disabled."""
+class _ShardLock:
+    """Hold shard `s`'s lock file without waiting; `__enter__` says whether it is held.
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
+    Another live process holding it is writing that shard, so this one leaves
+    it alone rather than waiting for work that is already being done.
+    """
 
-    def __enter__(self):
-        if not self.enabled or self.total == 0:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def __init__(self, out: Path, s: int):
+        self._lock = FileLock(out / lock_name(s), timeout=0)
+        self._held = False
 
-        from cli.common import console
+    def __enter__(self) -> bool:
+        try:
+            self._lock.acquire()
+            self._held = True
+        except Timeout:
+            self._held = False
+        return self._held
 
-        self._bar = Progress(
-            TextColumn("extract"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("tokens"),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self._bar.start()
-        task = self._bar.add_task("extract", total=self.total, rate="")
-        t0 = time.perf_counter()
-        done = [0]
+    def __exit__(self, *exc) -> None:
+        if self._held:
+            self._lock.release()
 
-        def advance(n: int) -> None:
-            done[0] += n
-            rate = done[0] / max(time.perf_counter() - t0, 1e-9)
-            self._bar.update(task, advance=n, rate=f"{rate:,.0f} tok/s")
 
-        return advance
+class _InterruptGuard:
+    """Make Ctrl-C stop extraction even when Python swallows the KeyboardInterrupt.
 
-    def __exit__(self, *exc):
-        if hasattr(self, "_bar"):
-            self._bar.stop()
-        return False
+    SIGINT raises KeyboardInterrupt in whatever Python code runs next; when that
+    is a weakref callback or a finalizer (h5py and torch run them during a shard
+    write), Python prints "Exception ignored" and carries on, and the run used
+    to finish with status 0. The handler installed here also records the
+    interrupt, and `check()` (after every batch and shard) raises it again.
+    It is installed only where Python's own handler is (the main thread, SIGINT
+    not ignored), so a caller's or shell's choice is respected.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_InterruptGuard":
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        if exc_type is None:
+            self.check()
 
 
 def build_shard(

@@ -54,6 +54,12 @@ def config_parameters(cls: type, exclude: Iterable[str] = (), overrides: dict[st
     return params
 
 
+def _parsed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Option values with text-form fields (e.g. widths) converted by their `parse`."""
+    fields = {f.name: f for _g, f, _t in _leaf_fields(cls)}
+    return {k: fields[k].metadata["parse"](v) if fields[k].metadata.get("parse") and isinstance(v, str) else v for k, v in values.items()}
+
+
 def build_config(cls: type, values: dict[str, Any], base: Any = None) -> Any:
     """The config `cls` from option values by field name (parsed where a field says so); missing fields keep `base`'s."""
     base = cls() if base is None else base
@@ -70,8 +76,12 @@ def build_config(cls: type, values: dict[str, Any], base: Any = None) -> Any:
 
 
 def with_config(cls: type, *, exclude: Iterable[str] = (), overrides: dict[str, dict] | None = None,
-                param: str = "config", base: Callable[[], Any] | None = None) -> Callable:
-    """Decorator: add `cls`'s fields as options to a Typer command, which receives `config=cls(...)`."""
+                param: str = "config", base: Callable[[], Any] | None = None, partial: bool = False) -> Callable:
+    """Decorator: add `cls`'s fields as options to a Typer command, which receives `config=cls(...)`.
+
+    With `partial=True` the command receives a builder instead, to be called with
+    the excluded fields it fills itself (e.g. paths): `config(trajectories=..., out=...)`.
+    """
     exclude = set(exclude)
 
     def decorate(fn: Callable) -> Callable:
@@ -83,7 +93,10 @@ def with_config(cls: type, *, exclude: Iterable[str] = (), overrides: dict[str, 
 
         def command(**kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in names}
-            kwargs[param] = build_config(cls, values, base() if base else None)
+            if partial:
+                kwargs[param] = lambda **rest: cls(**_parsed(cls, values), **rest)
+            else:
+                kwargs[param] = build_config(cls, values, base() if base else None)
             return fn(**kwargs)
 
         command.__name__, command.__doc__, command.__module__ = fn.__name__, fn.__doc__, fn.__module__

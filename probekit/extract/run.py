@@ -29,6 +29,7 @@ from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_traj
 from probekit.errors import ProbekitError
 from probekit.extract.forward import forward_layers
 from probekit.extract.manifest import build_manifest, check_existing, finalize
+from probekit.extract.options import ExtractOptions
 from probekit.extract.plan import length_buckets, parse_positions, select_positions
 from probekit.extract.render import Encoded, encode, resolve_template
 from probekit.io import sha256_file, write_json
@@ -38,27 +39,6 @@ from probekit.progress import Progress, or_null
 from probekit.store import MANIFEST, PAIRS, ShardData, read_shard_attrs, shard_is_complete, shard_name, write_shard
 
 STORE_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
-
-
-@dataclass
-class ExtractOptions:
-    trajectories: Path
-    out: Path
-    pairs: Path | None = None
-    model: str = "smollm2-135m"
-    layers: str | None = None
-    template: str = "auto"
-    positions: str = "all"
-    max_length: int = 1024
-    dtype: str = "float16"
-    model_dtype: str = "auto"
-    device: str = "auto"
-    max_batch_tokens: int = 8192
-    shard_size: int = 512
-    padding_side: str = "right"
-    shard: str | None = None
-    overwrite: bool = False
-    skip_invalid: bool = False
 
 
 @dataclass

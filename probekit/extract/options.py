@@ -1,0 +1,31 @@
+"""The options of an extraction, importable without torch (the CLI builds its options from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from probekit.config import option
+
+
+@dataclass
+class ExtractOptions:
+    """What to extract and how; the help texts are the CLI's (`probekit extract --help`)."""
+
+    trajectories: Path = option(None, "Trajectories JSONL (see data/README.md), e.g. from `probekit data synth`.")
+    out: Path = option(None, "Store folder: manifest.json, pairs.jsonl and shard-*.h5 go here. Re-running the same command resumes.")
+    pairs: Path | None = option(None, "Pairs JSONL ({chosen, rejected} ids). Default: every (label 1, label 0) combination within a group.")
+    model: str = option("smollm2-135m", "smollm2-135m (bundled), gemma3-270m, a local model folder, a local .gguf file, or a Hugging Face hub id (needs network).")
+    layers: str | None = option(None, "Layer(s) in Hugging Face hidden_states numbering, e.g. 15 or 10,15,20. Default: the middle layer.")
+    template: str = option("auto", "Prompt rendering: chat (the model's chat template), raw (prompt + completion), auto (chat when the tokenizer has one).")
+    positions: str = option("all", "Completion positions to store: all, last, or stride:K (every K-th token; the last token is always kept).")
+    max_length: int = option(1024, "Maximum tokens per trajectory; longer ones lose tokens from the prompt's left side first (counted and reported).")
+    dtype: str = option("float16", "Storage dtype of the states: float16 (half the disk; overflow fails loudly) or float32.")
+    model_dtype: str = option("auto", "Dtype the model runs in: auto (bfloat16 on CUDA, float32 on CPU), float32, float16, bfloat16.")
+    device: str = option("auto", "auto (CUDA when available), cpu or cuda.")
+    max_batch_tokens: int = option(8192, "Token budget of one length-bucketed batch (padded length x batch size).")
+    shard_size: int = option(512, "Trajectories per HDF5 shard (the unit of resumption and of multi-process splitting).")
+    padding_side: str = option("right", "Padding side of the batches (results do not depend on it; tested).")
+    shard: str | None = option(None, "Process only part i of N (e.g. 0/4) for job arrays; under torchrun RANK/WORLD_SIZE are used.")
+    overwrite: bool = option(False, "Replace a store in --out made with other settings or data (otherwise refused); never a file probekit did not write.")
+    skip_invalid: bool = option(False, "Skip invalid records (and report their count) instead of stopping at the first.")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from probekit.baselines import beats, length_baseline, logistic_baselines, random_baseline, run_baselines, trajectory_features
-from probekit.evaluate import make_context
+from probekit.metrics import make_context
 from probekit.probe.data import MemoryRows, StreamRows
 from probekit.store import Store
 from tests.store_factory import make_store

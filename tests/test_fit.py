@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,10 @@ import torch
 from probekit.errors import ProbekitError
 from probekit.probe import data as pdata
 from probekit.probe import losses
+from probekit.config import FitConfig
+from probekit.pipeline import fit_probe
 from probekit.probe.checkpoint import check_compatible, load_checkpoint
-from probekit.probe.train import FitOptions, fit, prepare
+from probekit.probe.train import prepare
 from probekit.store import Store
 from tests.store_factory import make_store
 
@@ -59,10 +60,13 @@ def planted_store(path: Path, **kwargs) -> Path:
     return make_store(path, states, groups, labels, error_tokens=errors, layer=layer, model_name=model_name)
 
 
-def fast_options(store: Path, out: Path, **kw) -> FitOptions:
-    base = dict(store=store, out=out, widths=(32,), rep_size=16, epochs=10, lr=3e-3, progress=False, n_boot=200)
-    base.update(kw)
-    return FitOptions(**base)
+def fast_config(**kw) -> FitConfig:
+    return FitConfig().vary(**{**dict(widths=(32,), rep_size=16, epochs=10, lr=3e-3, n_boot=200), **kw})
+
+
+def fit(store: Path, out: Path, **kw):
+    """A quick fit of the planted store at `store` into `out` (options by field name)."""
+    return fit_probe(Store(store), out, fast_config(**kw))
 
 
 _CACHE: dict = {}
@@ -74,7 +78,7 @@ def trained(tmp_path_factory) -> tuple[Path, object]:
         root = tmp_path_factory.mktemp("planted")
         store = planted_store(root / "store")
         _CACHE["store"] = store
-        _CACHE["ckpt"] = fit(fast_options(store, root / "ckpt", goal_prototypes=3))
+        _CACHE["ckpt"] = fit(store, root / "ckpt", goal_prototypes=3)
     return _CACHE["store"], _CACHE["ckpt"]
 
 
@@ -174,11 +178,12 @@ def test_row_sources_agree(tmp_path):
     mem, stream = pdata.MemoryRows(store, 2), pdata.StreamRows(store, 2)
     assert np.array_equal(mem.rows(rows), stream.rows(rows))
     traj = np.array([1, 2, 9, 14])
-    got = [(s.tolist(), o.tolist(), x) for s, o, x in mem.blocks(traj)]
-    want = [(s.tolist(), o.tolist(), x) for s, o, x in stream.blocks(traj)]
-    assert sum(len(g[0]) for g in got) == 4
-    flat = lambda blocks: (sum((b[0] for b in blocks), []), np.concatenate([b[2] for b in blocks]))  # noqa: E731
-    assert flat(got)[0] == flat(want)[0] and np.array_equal(flat(got)[1], flat(want)[1])
+    got, want = list(mem.blocks(traj)), list(stream.blocks(traj))
+    assert sum(len(b.trajectories) for b in got) == 4
+    for field in ("trajectories", "positions", "states"):
+        assert np.array_equal(np.concatenate([getattr(b, field) for b in got]), np.concatenate([getattr(b, field) for b in want])), field
+    assert [np.diff(b.offsets).tolist() for b in got] != [] and np.array_equal(
+        np.concatenate([np.diff(b.offsets) for b in got]), np.concatenate([np.diff(b.offsets) for b in want]))
 
 
 # ---- training -------------------------------------------------------------------
@@ -192,7 +197,8 @@ def test_fit_separates_planted_signal_and_saves_a_checkpoint(tmp_path_factory):
         assert (ckpt.path / name).exists(), name
     loaded = load_checkpoint(ckpt.path)
     cfg = loaded.config
-    assert cfg["layer"] == 2 and cfg["lam"] == 0.5 and cfg["K"] == 8 and cfg["seed"] == 0
+    assert cfg["layer"] == 2 and cfg["fit"]["loss"]["lam"] == 0.5 and cfg["fit"]["loss"]["K"] == 8 and cfg["fit"]["run"]["seed"] == 0
+    assert FitConfig.from_dict(cfg["fit"]) == fast_config(goal_prototypes=3)
     assert cfg["store"]["model_sha256"] == "test-model" and cfg["store"]["hidden_size"] == HIDDEN and cfg["store"]["layers"] == [2]
     assert loaded.goals["mean"].shape == (1, 16) and loaded.goals["kmeans"].shape == (3, 16)
     x = torch.randn(5, HIDDEN) * 50
@@ -219,17 +225,17 @@ def test_goal_is_mean_phi_of_train_label1_last_states(tmp_path_factory):
 
 def test_fit_is_reproducible_and_memory_and_stream_agree(tmp_path):
     store = planted_store(tmp_path / "s", n_groups=12)
-    opts = fast_options(store, tmp_path / "a", epochs=4, n_boot=50, eval_baselines=False)
-    a = fit(opts)
-    b = fit(replace(opts, out=tmp_path / "b"))
-    c = fit(replace(opts, out=tmp_path / "c", memory_budget_mb=0))
+    opts = dict(epochs=4, n_boot=50, baselines=False)
+    a = fit(store, tmp_path / "a", **opts)
+    b = fit(store, tmp_path / "b", **opts)
+    c = fit(store, tmp_path / "c", **opts, memory_budget_mb=1e-6)
     assert a.metrics["train"]["row_source"] == "memory" and c.metrics["train"]["row_source"] == "stream"
     for other in (b, c):
         assert other.metrics["train"]["history"] == a.metrics["train"]["history"]
         assert other.metrics["valid"]["probe"] == a.metrics["valid"]["probe"]
         for k, v in a.model.state_dict().items():
             assert torch.equal(v, other.model.state_dict()[k]), k
-    d = fit(replace(opts, out=tmp_path / "d", seed=1))
+    d = fit(store, tmp_path / "d", **opts, seed=1)
     assert d.metrics["train"]["history"] != a.metrics["train"]["history"]
 
 
@@ -242,7 +248,7 @@ def test_lambda_zero_never_computes_the_contrastive_term(tmp_path, monkeypatch):
     monkeypatch.setattr(losses, "contrastive", boom)
     monkeypatch.setattr(pdata, "sample_positives", boom)
     monkeypatch.setattr(pdata, "sample_negatives", boom)
-    ckpt = fit(fast_options(store, tmp_path / "ck", lam=0.0, epochs=2, n_boot=20, eval_baselines=False))
+    ckpt = fit(store, tmp_path / "ck", lam=0.0, epochs=2, n_boot=20, baselines=False)
     assert all(h["loss_contrastive"] == 0.0 and h["loss_total"] == h["loss_bt"] for h in ckpt.metrics["train"]["history"])
 
 
@@ -250,7 +256,7 @@ def test_explicit_split_file_and_early_stopping(tmp_path):
     store = planted_store(tmp_path / "s", n_groups=8)
     split = {"train": [f"g{i:02d}" for i in range(5)], "valid": ["g05", "g06"], "test": ["g07"]}
     (tmp_path / "split.json").write_text(json.dumps(split))
-    ckpt = fit(fast_options(store, tmp_path / "ck", split_file=tmp_path / "split.json", epochs=30, patience=2, n_boot=20, eval_baselines=False))
+    ckpt = fit(store, tmp_path / "ck", split_file=tmp_path / "split.json", epochs=30, patience=2, n_boot=20, baselines=False)
     assert ckpt.split == split
     train = ckpt.metrics["train"]
     assert train["n_train_pairs"] == 5 * 4 and train["n_valid_pairs"] == 2 * 4
@@ -262,7 +268,7 @@ def test_store_without_pairs_is_refused(tmp_path):
     states, groups, labels, _ = planted_arrays(n_groups=3)
     store = make_store(tmp_path / "s", states, groups, labels, pairs=[])
     with pytest.raises(ProbekitError, match="no preference pairs"):
-        prepare(fast_options(store, tmp_path / "ck"))
+        prepare(Store(store), fast_config())
 
 
 def test_pair_with_missing_trajectory_is_refused(tmp_path):
@@ -270,23 +276,23 @@ def test_pair_with_missing_trajectory_is_refused(tmp_path):
     with open(store / "pairs.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"chosen": "t0", "rejected": "t999"}) + "\n")
     with pytest.raises(ProbekitError, match="t999"):
-        prepare(fast_options(store, tmp_path / "ck"))
+        prepare(Store(store), fast_config())
 
 
 def test_missing_layer_and_empty_train_split_are_refused(tmp_path):
     store = planted_store(tmp_path / "s", n_groups=4)
     with pytest.raises(ProbekitError, match="layer 7 not in this store"):
-        prepare(fast_options(store, tmp_path / "ck", layer=7))
+        prepare(Store(store), fast_config(layer=7))
     # Train groups whose trajectories are all correct: no pairs to train on.
     states, groups, labels, _ = planted_arrays(n_groups=4)
     labels = [1 if g in ("g00", "g01") else lab for lab, g in zip(labels, groups)]
     s2 = make_store(tmp_path / "s2", states, groups, labels)
     (tmp_path / "split.json").write_text(json.dumps({"train": ["g00", "g01"], "valid": ["g02"], "test": ["g03"]}))
     with pytest.raises(ProbekitError, match="empty train split"):
-        prepare(fast_options(s2, tmp_path / "ck", split_file=tmp_path / "split.json"))
+        prepare(Store(s2), fast_config(split_file=tmp_path / "split.json"))
     (tmp_path / "bad.json").write_text(json.dumps({"train": ["g00", "nope"], "valid": [], "test": []}))
     with pytest.raises(ProbekitError, match="not in the store"):
-        prepare(fast_options(s2, tmp_path / "ck", split_file=tmp_path / "bad.json"))
+        prepare(Store(s2), fast_config(split_file=tmp_path / "bad.json"))
 
 
 def test_checkpoint_refuses_stores_of_another_model_layer_or_width(tmp_path_factory, tmp_path):
@@ -317,9 +323,10 @@ def test_fit_refuses_to_overwrite_a_folder_that_is_not_a_checkpoint(tmp_path):
     store = planted_store(tmp_path / "s", n_groups=4)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(ProbekitError, match="not a probekit checkpoint"):
-        fit(fast_options(store, tmp_path / "busy", epochs=1, n_boot=10, eval_baselines=False))
+    with pytest.raises(ProbekitError, match="not a probekit fit output"):
+        fit(store, tmp_path / "busy", epochs=1, n_boot=10, baselines=False)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
 
 
 # ---- CLI ---------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from probekit.probe import losses
-from probekit.probe.model import ProbeModel, q_values
+from probekit.goals import GoalIndex
+from probekit.probe.network import ProbeModel
 
 
 def sig(x: float) -> float:
@@ -143,8 +144,8 @@ def test_folded_encoder_equals_encode(encoder, widths, mean7, folds_mean):
 
 
 def test_q_values_cosine_and_max_over_prototypes():
-    z = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]])
-    one = q_values(z, torch.tensor([[2.0, 0.0]]))
-    assert torch.allclose(one, torch.tensor([1.0, 0.0, -1.0]))
-    two = q_values(z, torch.tensor([[2.0, 0.0], [0.0, -1.0]]))
-    assert torch.allclose(two, torch.tensor([1.0, 0.0, 0.0]))
+    z = np.array([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]], dtype=np.float32)
+    one = GoalIndex(np.array([[2.0, 0.0]])).q_values(z)
+    np.testing.assert_allclose(one, [1.0, 0.0, -1.0], atol=1e-6)
+    two = GoalIndex(np.array([[2.0, 0.0], [0.0, -1.0]])).q_values(z)
+    np.testing.assert_allclose(two, [1.0, 0.0, 0.0], atol=1e-6)

@@ -7,11 +7,13 @@ import json
 
 import pytest
 
+from cli.tables import sweep_table
+from probekit.config import FitConfig, parse_widths, parse_widths_list
 from probekit.errors import ProbekitError
-from probekit.sweep import SweepOptions, parse_widths_list, run_name, run_sweep, sweep_table
+from probekit.sweep import SweepConfig, run_name, run_sweep
 from tests.test_fit import one_torch_thread, planted_store  # noqa: F401  (fixture)
 
-BASE = {"epochs": 3, "rep_size": 8, "lr": 3e-3, "n_boot": 50}
+BASE = FitConfig().vary(epochs=3, rep_size=8, lr=3e-3, n_boot=50)
 
 
 def test_parse_widths_list():
@@ -20,13 +22,16 @@ def test_parse_widths_list():
         parse_widths_list("12a")
     with pytest.raises(ProbekitError):
         parse_widths_list(",")
+    # one syntax everywhere: `x` joins the layers of one encoder, a comma lists encoders (which only a sweep takes)
+    assert parse_widths("256x128") == (256, 128) and parse_widths("linear") == ()
+    with pytest.raises(ProbekitError, match="sweep"):
+        parse_widths("256,128")
 
 
 def test_sweep_grid_outputs_and_summary(tmp_path):
     store = planted_store(tmp_path / "s", n_groups=12)
-    opts = SweepOptions(store=store, out=tmp_path / "sw", lams=[0.5], widths=[(8,)], ks=[2, 4], goals=["mean", "kmeans"],
-                        seeds=[0, 1], prototypes=2, base=BASE, progress=False)
-    result = run_sweep(opts)
+    opts = SweepConfig(template=BASE, lams=(0.5,), widths=((8,),), ks=(2, 4), goals=("mean", "kmeans"), seeds=(0, 1), prototypes=2)
+    result = run_sweep(store, tmp_path / "sw", opts)
     runs = result["runs"]
     # λ = 0 added; its runs ignore K (trained once per seed); λ = 0.5 runs for each K.
     assert sorted({r["lam"] for r in runs}) == [0.0, 0.5]
@@ -55,11 +60,13 @@ def test_sweep_grid_outputs_and_summary(tmp_path):
 def test_sweep_rejects_bad_options(tmp_path):
     store = planted_store(tmp_path / "s", n_groups=4)
     with pytest.raises(ProbekitError, match="--goal"):
-        run_sweep(SweepOptions(store=store, out=tmp_path / "o", goals=["median"], progress=False))
+        run_sweep(store, tmp_path / "o", SweepConfig(goals=("median",)))
     with pytest.raises(ProbekitError, match="prototypes"):
-        run_sweep(SweepOptions(store=store, out=tmp_path / "o", goals=["kmeans"], prototypes=1, progress=False))
+        run_sweep(store, tmp_path / "o", SweepConfig(goals=("kmeans",), prototypes=1))
     with pytest.raises(ProbekitError, match="layer 9"):
-        run_sweep(SweepOptions(store=store, out=tmp_path / "o", layers=[9], progress=False))
+        run_sweep(store, tmp_path / "o", SweepConfig(layers=(9,)))
+    with pytest.raises(ProbekitError, match="--lam"):
+        run_sweep(store, tmp_path / "o", SweepConfig(lams=(float("inf"),)))
 
 
 def test_cli_sweep_json(tmp_path):
@@ -77,16 +84,18 @@ def test_cli_sweep_json(tmp_path):
 
 
 def test_sweep_resumes_finished_runs_and_refits_changed_ones(tmp_path, monkeypatch):
-    import probekit.probe.train as train
+    import dataclasses
+
+    import probekit.pipeline as pipeline
 
     store = planted_store(tmp_path / "store")
-    opts = SweepOptions(store=store, out=tmp_path / "sw", lams=[0.5], seeds=[0], progress=False, base={"epochs": 2, "n_boot": 20})
-    first = run_sweep(opts)
+    opts = SweepConfig(template=FitConfig().vary(epochs=2, n_boot=20), lams=(0.5,), seeds=(0,))
+    first = run_sweep(store, tmp_path / "sw", opts)
     calls = []
-    real_fit = train.fit
-    monkeypatch.setattr(train, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
-    again = run_sweep(opts)
+    real_fit = pipeline.fit_probe
+    monkeypatch.setattr(pipeline, "fit_probe", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    again = run_sweep(store, tmp_path / "sw", opts)
     assert calls == []  # every run was loaded, none refit
     assert [r["auroc"] for r in again["runs"]] == [r["auroc"] for r in first["runs"]]
-    run_sweep(SweepOptions(**{**opts.__dict__, "base": {"epochs": 3, "n_boot": 20}}))
+    run_sweep(store, tmp_path / "sw", dataclasses.replace(opts, template=FitConfig().vary(epochs=3, n_boot=20)))
     assert len(calls) == len(first["runs"])  # a changed option refits every run

@@ -35,6 +35,8 @@ def filter_cmd(
     for warning in metrics["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     groups = metrics["groups"]
+    if groups["n_excluded_train"]:
+        console.print(f"{groups['n_excluded_train']} groups of the checkpoint's training split are excluded from the report.")
     if metrics["threshold_mode"] != "fixed":
         console.print(
             f"threshold {metrics['chosen_threshold']:.4g} chosen on {groups['n_selection']} selection groups "

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 
-from probekit.demo import DemoOptions, run_demo, summary_table
+from cli.tables import demo_table
+from probekit.demo import DemoConfig, run_demo
 from probekit.models import load_model
 
 
 def test_demo_pipeline_end_to_end(tiny_model_dir, tmp_path):
     loaded = load_model(str(tiny_model_dir), device="cpu")
-    opts = DemoOptions(out=tmp_path / "demo", model=str(tiny_model_dir), n_problems=40, epochs=3, n_boot=50, progress=False)
-    summary = run_demo(opts, loaded=loaded)
+    config = DemoConfig(model=str(tiny_model_dir), n_problems=40, epochs=3, n_boot=50)
     out = tmp_path / "demo"
+    summary = run_demo(out, config, loaded=loaded)
     for stage in ("store/manifest.json", "fit-baseline/config.json", "fit-goal/weights.safetensors", "eval-goal/metrics.json",
-                  "filter-goal/metrics.json", "filter-baseline/trajectories.jsonl", "summary.json"):
+                  "filter-goal/metrics.json", "filter-baseline/decisions.jsonl", "summary.json"):
         assert (out / stage).exists(), stage
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert [r["probe"].split(" ")[0] for r in summary["rows"]] == ["baseline", "goal-conditioned"]
@@ -23,13 +24,13 @@ def test_demo_pipeline_end_to_end(tiny_model_dir, tmp_path):
         assert 0.0 <= row["tokens_saved"] <= 1.0
         assert 0.0 <= row["vote_accuracy"] <= 1.0 and 0.0 <= row["vote_accuracy_filtered"] <= 1.0
     # λ = 0 really is the baseline: its config says so, and the goal probe's does not.
-    assert json.loads((out / "fit-baseline/config.json").read_text())["lam"] == 0.0
-    assert json.loads((out / "fit-goal/config.json").read_text())["lam"] == 0.5
+    assert json.loads((out / "fit-baseline/config.json").read_text())["fit"]["loss"]["lam"] == 0.0
+    assert json.loads((out / "fit-goal/config.json").read_text())["fit"]["loss"]["lam"] == 0.5
     assert any(p.endswith("frontier.png") for p in summary["plots"])
-    assert summary_table(summary).row_count >= 2
+    assert demo_table(summary).row_count >= 2
     # A second run resumes the extraction instead of recomputing it.
     shards = sorted((out / "store").glob("shard-*.h5"))
     stamps = [s.stat().st_mtime_ns for s in shards]
-    again = run_demo(opts, loaded=loaded)
+    again = run_demo(out, config, loaded=loaded)
     assert [s.stat().st_mtime_ns for s in shards] == stamps
     assert again["rows"][0]["auroc"] == summary["rows"][0]["auroc"]  # same seed, same numbers

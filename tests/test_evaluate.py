@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from cli.tables import metric_rows
 from probekit.errors import ProbekitError
-from probekit.evaluate import (
-    RowScores,
-    auroc_ci,
-    bootstrap_counts,
-    error_localisation,
-    evaluate_checkpoint,
-    pairwise_ci,
-    prefix_rows,
-    table_rows,
-    weighted_auroc,
-)
+from probekit.evaluate import error_localisation, evaluate_checkpoint, prefix_rows, write_evaluation
+from probekit.metrics import auroc_ci, bootstrap_counts, pairwise_ci, weighted_auroc
+from probekit.outputs import claim_output
 from probekit.probe.checkpoint import load_checkpoint
+from probekit.scoring import Scores
 from probekit.store import Store
 from tests.store_factory import make_store
 from tests.test_fit import one_torch_thread, planted_arrays, trained  # noqa: F401  (fixture)
@@ -71,7 +65,7 @@ def test_pairwise_ci_hand_values():
 
 def _scores(positions_per_traj, q_per_traj, r_per_traj=None):
     lengths = [len(p) for p in positions_per_traj]
-    return RowScores(
+    return Scores(
         traj=np.arange(len(lengths)),
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         positions=np.concatenate(positions_per_traj).astype(np.int64),
@@ -111,7 +105,8 @@ def test_error_localisation_on_hand_made_q_values():
 def test_evaluate_checkpoint_writes_metrics_plot_and_baselines(tmp_path_factory, tmp_path):
     store, ckpt = trained(tmp_path_factory)
     loaded = load_checkpoint(ckpt.path)
-    m = evaluate_checkpoint(loaded, None, "test", out_dir=tmp_path / "ev", n_boot=200)
+    m = evaluate_checkpoint(loaded, Store(store), "test", n_boot=200)
+    write_evaluation(m, claim_output(tmp_path / "ev", "eval"))
     assert m["split"] == "test" and m["n_groups"] == len(loaded.split["test"])
     probe = m["probe"]
     assert probe["auroc"]["value"] > 0.9 and probe["pairwise_accuracy"]["value"] > 0.9
@@ -128,7 +123,7 @@ def test_evaluate_checkpoint_writes_metrics_plot_and_baselines(tmp_path_factory,
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["probe"]["auroc"] == probe["auroc"] and saved["checkpoint"] == str(ckpt.path)
     assert (tmp_path / "ev" / "prefix_auroc.png").stat().st_size > 1000
-    rows = table_rows(m)
+    rows = metric_rows(m)
     assert rows[0][0] == "probe reward" and any(r[0] == "length" for r in rows)
     # Same seed, same numbers.
     again = evaluate_checkpoint(loaded, Store(store), "test", n_boot=200)
@@ -137,17 +132,19 @@ def test_evaluate_checkpoint_writes_metrics_plot_and_baselines(tmp_path_factory,
 
 def test_evaluate_all_split_and_foreign_store(tmp_path_factory, tmp_path):
     _store, ckpt = trained(tmp_path_factory)
-    m = evaluate_checkpoint(ckpt, None, "all", n_boot=50, baselines=False)
+    m = evaluate_checkpoint(ckpt, Store(_store), "all", n_boot=50, baselines=False)
     assert m["n_trajectories"] == 120 and "baselines" not in m
     states, groups, labels, errors = planted_arrays(n_groups=3, seed=5)  # same model, other prompts
-    other = make_store(tmp_path / "other", states, [f"other-{g}" for g in groups], labels, error_tokens=errors)
+    other = Store(make_store(tmp_path / "other", states, [f"other-{g}" for g in groups], labels, error_tokens=errors))
     with pytest.raises(ProbekitError, match="no trajectories in the 'valid' split"):
         evaluate_checkpoint(ckpt, other, "valid", n_boot=10)
     m2 = evaluate_checkpoint(ckpt, other, "all", n_boot=50)
     assert m2["n_trajectories"] == 12
-    assert m2["baselines"]["logistic_last"]["note"].startswith("not fitted")
+    # baselines are fitted on the checkpoint's training store, then scored on the other store
+    assert str(Store(_store).path) in m2["baselines"]["logistic_last"]["note"]
+    assert m2["baselines"]["logistic_last"]["auroc"]["value"] is not None  # other directions planted: fitted, not expected to transfer
     with pytest.raises(ProbekitError, match="--split"):
-        evaluate_checkpoint(ckpt, None, "nonsense")
+        evaluate_checkpoint(ckpt, Store(_store), "nonsense")
 
 
 def test_plot_prefix_curves_draws_undefined_points_as_gaps(tmp_path):

@@ -10,16 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from probekit.early_stop import apply_threshold, min_signal, segment_min
 from probekit.errors import ProbekitError
-from probekit.filtering import (
-    apply_threshold,
-    min_signal,
-    parse_thresholds,
-    segment_min,
-    split_groups,
-    sweep,
-    threshold_grid,
-)
+from probekit.filtering import FilterConfig
+from probekit.thresholds import parse_thresholds, selection_and_report_groups, threshold_grid
+from probekit.thresholds import threshold_sweep as sweep
 from probekit.voting import Ballot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,19 +132,19 @@ def test_threshold_grid_includes_zero_and_quantiles():
     assert grid == pytest.approx([0.0, 0.1, 0.2, 0.3])
 
 
-def test_split_groups():
+def test_selection_and_report_groups():
     groups = [f"g{i}" for i in range(10)]
     ck = {"train": ["g0", "g1"], "valid": ["g2", "g3"], "test": ["g4"]}
-    s = split_groups(groups, ck, need_selection=True)
+    s = selection_and_report_groups(groups, ck, need_selection=True)
     assert s["selection"] == ["g2", "g3"] and s["excluded_train"] == ["g0", "g1"]
     assert sorted(s["report"]) == [f"g{i}" for i in range(4, 10)] and s["selection_source"] == "checkpoint-valid"
-    s1 = split_groups(groups, {"train": ["zz"], "valid": ["yy"]}, need_selection=True, valid_frac=0.3, seed=1)
-    s2 = split_groups(groups, {"train": ["zz"], "valid": ["yy"]}, need_selection=True, valid_frac=0.3, seed=1)
+    s1 = selection_and_report_groups(groups, {"train": ["zz"], "valid": ["yy"]}, need_selection=True, valid_frac=0.3, seed=1)
+    s2 = selection_and_report_groups(groups, {"train": ["zz"], "valid": ["yy"]}, need_selection=True, valid_frac=0.3, seed=1)
     assert s1 == s2 and len(s1["selection"]) == 3 and not set(s1["selection"]) & set(s1["report"])
-    s = split_groups(groups, None, need_selection=False)
+    s = selection_and_report_groups(groups, None, need_selection=False)
     assert s["selection"] == [] and len(s["report"]) == 10
     with pytest.raises(ProbekitError, match="no groups left to report on"):
-        split_groups(["g0", "g1"], {"train": ["g0", "g1"]}, need_selection=False)
+        selection_and_report_groups(["g0", "g1"], {"train": ["g0", "g1"]}, need_selection=False)
 
 
 def _synthetic(seed, n_groups=40, per_group=6, t_len=20):
@@ -224,8 +219,9 @@ def _planted_store(path, model_name="test-model", answers=True, seed=0):
 def _identity_checkpoint(path, store, kmeans=False):
     import torch
 
+    from probekit.outputs import claim_output
     from probekit.probe.checkpoint import save_checkpoint, store_info
-    from probekit.probe.model import ProbeModel
+    from probekit.probe.network import ProbeModel
 
     model = ProbeModel(HIDDEN, encoder="linear", rep_size=HIDDEN, head="linear")
     with torch.no_grad():
@@ -240,7 +236,7 @@ def _identity_checkpoint(path, store, kmeans=False):
     if kmeans:
         goals["kmeans"] = np.concatenate([goal, -goal])
     split = {"train": ["g0", "g1", "g2"], "valid": ["g3", "g4", "g5"], "test": ["g6", "g7", "g8", "g9"]}
-    return save_checkpoint(path, model, {"layer": 2, "store": store_info(store)}, goals, split, {})
+    return save_checkpoint(claim_output(path, "fit"), model, {"layer": 2, "store": store_info(store)}, goals, split, {}).path
 
 
 @pytest.fixture(scope="module")
@@ -254,20 +250,21 @@ def planted(tmp_path_factory):
 
 
 def test_end_to_end_filter_store(planted):
-    from probekit.filtering import filter_store, score_store
+    from probekit.filtering import filter_store
     from probekit.io import iter_jsonl
     from probekit.probe.checkpoint import load_checkpoint
+    from probekit.scoring import Scorer, score_blocks
 
     root, store, ckpt_dir = planted
     ckpt = load_checkpoint(ckpt_dir)
-    scores = score_store(store, ckpt, batch_rows=7)  # batches smaller than a shard
-    assert scores.q.shape == (store.n_rows,)
+    scores = score_blocks(Scorer.from_checkpoint(ckpt), store.iter_shards(2, as_float32=False), store.n_rows, batch_rows=7)  # batches < a shard
+    assert scores.q["mean"].shape == (store.n_rows,)
     direct = store.load_layer(2)
-    np.testing.assert_allclose(scores.q, direct[:, 0] / np.linalg.norm(direct, axis=1), atol=1e-5)
+    np.testing.assert_allclose(scores.q["mean"], direct[:, 0] / np.linalg.norm(direct, axis=1), atol=1e-5)
     np.testing.assert_allclose(scores.reward, 3.0 * direct[:, 0], atol=1e-5)
 
     out = root / "out"
-    m = filter_store(ckpt, store, out, threshold="auto", skip_first=5, n_random_seeds=2)
+    m = filter_store(ckpt, store, out, FilterConfig(threshold="auto", skip_first=5, random_seeds=2))
     rep = m["report"]
     assert m["groups"]["selection_source"] == "checkpoint-valid"
     assert m["groups"]["selection"] == ["g3", "g4", "g5"] and m["groups"]["excluded_train"] == ["g0", "g1", "g2"]
@@ -286,11 +283,12 @@ def test_end_to_end_filter_store(planted):
 
     # threshold 0: exactly the wrong trajectories are dropped, at their error position
     out0 = root / "out0"
-    m0 = filter_store(ckpt, store, out0, threshold="0", skip_first=5, plots=False, n_random_seeds=2)
+    m0 = filter_store(ckpt, store, out0, FilterConfig(threshold="0", skip_first=5, plots=False, random_seeds=2))
     rep0 = m0["report"]
     assert m0["threshold_mode"] == "fixed" and m0["groups"]["n_report"] == 4 and m0["groups"]["n_selection"] == 3
     assert rep0["accuracy_filtered"] == 1.0 and rep0["dropped_share"] == pytest.approx(0.6)
-    recs = [r for _, r in iter_jsonl(out0 / "trajectories.jsonl")]
+    recs = [r for _, r in iter_jsonl(out0 / "decisions.jsonl")]
+    assert not (out0 / "trajectories.jsonl").exists()  # never an input file's name
     assert len(recs) == 50 and {r["split"] for r in recs} == {"train", "selection", "report"}
     lens = store.meta.completion_tokens
     for i, r in enumerate(recs):
@@ -306,7 +304,7 @@ def test_end_to_end_filter_store(planted):
     assert rep0["baselines"]["random"]["tokens_saved_share"] == pytest.approx(saved / total)
 
     # the reward head separates them too
-    m2 = filter_store(ckpt, store, root / "out2", threshold="0", signal="reward", plots=False, n_random_seeds=1)
+    m2 = filter_store(ckpt, store, root / "out2", FilterConfig(threshold="0", signal="reward", plots=False, random_seeds=1))
     assert m2["report"]["accuracy_filtered"] == 1.0 and m2["report"]["dropped_share"] == pytest.approx(0.6)
 
 
@@ -317,8 +315,8 @@ def test_filter_errors(planted, tmp_path):
 
     root, store, ckpt_dir = planted
     ckpt = load_checkpoint(ckpt_dir)
-    with pytest.raises(ProbekitError, match="checkpoint has no kmeans prototypes; re-fit with --goal-prototypes K"):
-        filter_store(ckpt, store, tmp_path / "o", goal="kmeans")
+    with pytest.raises(ProbekitError, match="no kmeans goal prototypes; re-fit with --goal-prototypes K"):
+        filter_store(ckpt, store, tmp_path / "o", FilterConfig(goal="kmeans"))
     no_answers = Store(_planted_store(tmp_path / "noans", answers=False))
     with pytest.raises(ProbekitError, match="store has no answers: voting needs the `answer` field"):
         filter_store(ckpt, no_answers, tmp_path / "o")

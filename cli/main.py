@@ -16,7 +16,7 @@ from cli.app import app
 from probekit.errors import ProbekitError
 
 # Each module registers its commands on `app` when imported.
-COMMAND_MODULES = ("cli.data_cmd", "cli.extract_cmd", "cli.fit_cmd", "cli.filter_cmd", "cli.demo_cmd")
+COMMAND_MODULES = ("cli.data_cmd", "cli.extract_cmd", "cli.fit_cmd", "cli.filter_cmd", "cli.demo_cmd", "cli.generate_cmd")
 for _name in COMMAND_MODULES:
     try:
         importlib.import_module(_name)

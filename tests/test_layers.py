@@ -19,14 +19,14 @@ ROOT = Path(probekit.__file__).resolve().parent
 
 # Floors, lowest first. A module may import its own floor and those below it.
 FLOORS = [
-    {"errors", "io", "outputs", "progress", "config", "metrics", "voting", "early_stop", "goals", "plots", "thresholds"},
+    {"errors", "io", "outputs", "progress", "config", "metrics", "voting", "early_stop", "goals", "plots", "thresholds", "sampling"},
     {"data", "models", "store"},
     {"extract"},
     {"probe"},
     {"scoring"},
     {"baselines"},
     {"evaluate"},
-    {"pipeline", "filtering", "sweep"},
+    {"pipeline", "filtering", "sweep", "generation", "steering", "custom_goals"},
     {"demo", "__main__"},
 ]
 

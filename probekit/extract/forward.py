@@ -1,15 +1,21 @@
-"""A forward pass that computes only up to the deepest requested layer.
+"""Forward hooks that capture decoder-layer outputs: one mechanism for extraction and generation.
 
-Forward hooks capture the outputs of the requested decoder blocks; the hook of
-the deepest one raises `_StopForward`, so no later block and no LM head run.
-This is why extraction never uses `output_hidden_states=True`, which would run
-and keep every layer plus the vocabulary projection.
+`capture_layers` registers hooks on the requested decoder blocks and collects
+their outputs during whatever forward pass runs inside it. Extraction
+(`forward_layers`) asks it to stop the pass after the deepest requested layer,
+so no later block and no LM head run (this is why extraction never uses
+`output_hidden_states=True`, which would run and keep every layer plus the
+vocabulary projection); generation lets the pass finish, since it needs the
+logits, and reads the same captured states token by token.
 
 Layer numbering follows Hugging Face's `hidden_states`: layer L is the output
 of decoder block L (1-based), and layer `num_layers` includes the final norm.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 
@@ -24,6 +30,42 @@ def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+@contextlib.contextmanager
+def capture_layers(model: torch.nn.Module, layers: list[int], stop_after_deepest: bool = False) -> Iterator[dict[int, torch.Tensor]]:
+    """Yield a dict that each forward pass inside the block fills with {layer: output [batch, seq, hidden]}.
+
+    With `stop_after_deepest`, the deepest layer's hook raises `_StopForward`;
+    the caller catches it (see `forward_layers`).
+    """
+    blocks = get_decoder_layers(model)
+    n = len(blocks)
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def make_hook(layer: int):
+        def hook(_module, _inputs, output):
+            captured[layer] = _hidden(output)
+            if stop_after_deepest and layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = []
+    try:
+        for layer in sorted(set(layers)):
+            module = get_final_norm(model) if layer == n else blocks[layer - 1]
+            handles.append(module.register_forward_hook(make_hook(layer)))
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token among the real tokens of its row (padding does not count), as extraction uses."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.inference_mode()
 def forward_layers(
     model: torch.nn.Module,
@@ -36,30 +78,9 @@ def forward_layers(
     Position ids come from the attention mask, so left- and right-padded
     batches give the same states for the real tokens.
     """
-    blocks = get_decoder_layers(model)
-    n = len(blocks)
-    captured: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
-    handles = []
-
-    def make_hook(layer: int):
-        def hook(_module, _inputs, output):
-            captured[layer] = _hidden(output)
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    try:
-        for layer in sorted(set(layers)):
-            module = get_final_norm(model) if layer == n else blocks[layer - 1]
-            handles.append(module.register_forward_hook(make_hook(layer)))
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with capture_layers(model, layers, stop_after_deepest=True) as captured:
         try:
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False)
         except _StopForward:
             pass
-    finally:
-        for h in handles:
-            h.remove()
     return {layer: captured[layer] for layer in layers}

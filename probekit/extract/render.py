@@ -3,7 +3,11 @@
 The prompt and the completion are tokenised *separately* and concatenated, so
 the completion's first token index is exact (no BPE merge across the
 boundary) and a character offset in the completion (`error_char`) maps to a
-token index through the tokenizer's offset mapping.
+token index through the tokenizer's offset mapping. A completion that carries
+its exact token ids (`meta.completion_token_ids`, written by `probekit
+generate`) is read with those ids: sampled tokens need not be what the
+tokenizer makes of their decoded text, and the states must be of the tokens
+the model produced.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from probekit.data.schema import Trajectory
 from probekit.errors import ProbekitError
 
 TEMPLATES = ("auto", "chat", "raw")
+COMPLETION_IDS = "completion_token_ids"  # meta field: the completion's exact token ids (written by `probekit generate`)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,15 @@ def prompt_ids(tokenizer, prompt: str, template: str) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
+def _given_ids(traj: Trajectory, ids: object, vocab_size: int) -> list[int]:
+    """The completion's token ids as recorded by `probekit generate` (decoding then re-encoding need not give them back)."""
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in ids):
+        raise ProbekitError(f"trajectory '{traj.id}': meta.{COMPLETION_IDS} must be a list of token ids below the vocabulary size {vocab_size}")
+    if traj.error_char is not None:
+        raise ProbekitError(f"trajectory '{traj.id}': error_char cannot be mapped onto given meta.{COMPLETION_IDS}; drop one of them")
+    return list(ids)
+
+
 def encode(traj: Trajectory, tokenizer, template: str, max_length: int) -> Encoded:
     """Encode prompt + completion, keeping the last `max_length` tokens.
 
@@ -54,13 +68,17 @@ def encode(traj: Trajectory, tokenizer, template: str, max_length: int) -> Encod
     is longer than `max_length` is its beginning cut too.
     """
     p_ids = prompt_ids(tokenizer, traj.prompt, template)
-    comp = tokenizer(traj.completion, add_special_tokens=False, return_offsets_mapping=True)
-    c_ids = list(comp["input_ids"])
+    given = traj.meta.get(COMPLETION_IDS)
+    error_token = -1
+    if given is not None:
+        c_ids = _given_ids(traj, given, len(tokenizer))
+    else:
+        comp = tokenizer(traj.completion, add_special_tokens=False, return_offsets_mapping=True)
+        c_ids = list(comp["input_ids"])
+        if traj.error_char is not None and c_ids:
+            error_token = next((i for i, (_, end) in enumerate(comp["offset_mapping"]) if end > traj.error_char), len(c_ids) - 1)
     if not c_ids:
         raise ProbekitError(f"trajectory '{traj.id}': completion encodes to zero tokens")
-    error_token = -1
-    if traj.error_char is not None:
-        error_token = next((i for i, (_, end) in enumerate(comp["offset_mapping"]) if end > traj.error_char), len(c_ids) - 1)
     cut = max(0, len(p_ids) + len(c_ids) - max_length)
     prompt_cut = min(cut, len(p_ids))
     completion_cut = cut - prompt_cut

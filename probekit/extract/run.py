@@ -319,7 +319,7 @@ def build_shard(
             e = encoded[i]
             pos = select_positions(e.completion_cut, e.completion_tokens, stride)
             cols = torch.as_tensor(starts[row] + e.completion_start + (pos - e.completion_cut), device=loaded.device)
-            per_traj[i] = {layer: _checked(states[layer][row, cols], torch_dtype, trajs[i].id, layer, opts.dtype) for layer in layers}
+            per_traj[i] = {layer: checked_states(states[layer][row, cols], torch_dtype, trajs[i].id, layer, opts.dtype) for layer in layers}
             per_pos[i] = pos
         advance(sum(len(encoded[i].input_ids) for i in batch))
 
@@ -346,7 +346,7 @@ def build_shard(
     )
 
 
-def _checked(x: torch.Tensor, dtype: torch.dtype, tid: str, layer: int, dtype_name: str) -> np.ndarray:
+def checked_states(x: torch.Tensor, dtype: torch.dtype, tid: str, layer: int, dtype_name: str) -> np.ndarray:
     """Cast to the storage dtype and refuse non-finite values (fp16 overflow, NaNs from the model)."""
     if not torch.isfinite(x).all():
         raise ProbekitError(f"trajectory '{tid}': the model produced non-finite hidden states at layer {layer}")

@@ -1,0 +1,128 @@
+"""`probekit generate`: sample completions with the frozen model, store their states, optionally stop bad ones early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.app import app
+from cli.common import console, emit_json, rich_table
+from cli.options import with_config
+from cli.progress import progress_for
+from probekit.generation import GenerateConfig
+from probekit.steering import SteerConfig
+
+
+def _threshold(spec: str) -> float:
+    """A number, or a `probekit filter` output folder whose chosen threshold (picked on validation problems) is used."""
+    from probekit.errors import ProbekitError
+    from probekit.io import read_json
+
+    try:
+        return float(spec)
+    except ValueError:
+        pass
+    metrics = Path(spec) / "metrics.json"
+    if not metrics.is_file():
+        raise ProbekitError(f"--threshold '{spec}': expected a number or a `probekit filter` output folder (with metrics.json)")
+    return float(read_json(metrics)["chosen_threshold"])
+
+
+@app.command()
+@with_config(GenerateConfig)
+def generate(
+    prompts: Path = typer.Argument(..., help="Prompts JSONL: one {\"id\", \"prompt\", \"gold\"?} per line; gold answers grade the samples."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: trajectories.jsonl, pairs.jsonl, store/ (the states) and generation.json."),
+    filter_ckpt: Optional[Path] = typer.Option(None, "--filter", help="Probe checkpoint: stop each sample at its first token whose Q-value falls below --threshold."),
+    threshold: str = typer.Option("0", help="Q threshold for --filter: a number in (-1, 1], or a `probekit filter` output folder (its chosen threshold)."),
+    skip_first: int = typer.Option(5, help="With --filter, never stop at completion positions below this."),
+    goal: str = typer.Option("mean", help="With --filter, the goal the Q-value points at: mean or kmeans."),
+    skip_invalid: bool = typer.Option(False, help="Skip invalid prompt records (and report their count) instead of stopping at the first."),
+    overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced) or another command's output."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print generation.json on stdout."),
+    config: GenerateConfig = None,
+) -> None:
+    """Sample N completions per prompt with the frozen model, grade them, and store their hidden states as they are generated."""
+    from probekit.data.prompts import read_prompts
+    from probekit.generation import OnlineStop, generate as run_generate
+
+    config.validate()
+    items, n_skipped = read_prompts(prompts, skip_invalid=skip_invalid)
+    stop = None
+    if filter_ckpt is not None:
+        from probekit.probe.checkpoint import load_checkpoint
+
+        stop = OnlineStop(load_checkpoint(filter_ckpt), _threshold(threshold), skip_first, goal)
+    result = run_generate(items, out, config, stop=stop, overwrite=overwrite, inputs=(prompts, filter_ckpt), progress=progress_for(progress))
+    stats = {**result.stats, "n_skipped_invalid": n_skipped}
+    if n_skipped:
+        console.print(f"[yellow]warning:[/] skipped {n_skipped} invalid prompt records (--skip-invalid)")
+    if json_out:
+        emit_json(stats)
+        return
+    keys = ("n_prompts", "n_trajectories", "tokens_generated", "seconds", "tokens_per_second", "accuracy_per_sample",
+            "n_hit_max_new_tokens", "n_stopped_early", "n_fallback_groups", "tokens_regenerated_for_fallback")
+    console.print(rich_table("probekit generate", ["field", "value"], [[k, stats[k]] for k in keys]))
+    console.print(f"wrote {out}/trajectories.jsonl, pairs.jsonl, store/ and generation.json")
+
+
+@app.command()
+@with_config(GenerateConfig, exclude=("layers", "batch_size", "shard_size"), param="gen")
+@with_config(SteerConfig, param="search")
+def steer(
+    prompts: Path = typer.Argument(..., help="Prompts JSONL: one {\"id\", \"prompt\", \"gold\"?} per line."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Probe checkpoint whose Q-values score the candidates."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: trajectories.jsonl (final beams, best first) and steering.json."),
+    goal_dir: Optional[Path] = typer.Option(None, "--goal-from", help="A goal folder from `probekit goal` (its name becomes a --goal choice)."),
+    skip_invalid: bool = typer.Option(False, help="Skip invalid prompt records (and report their count)."),
+    overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced) or another command's output."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print steering.json on stdout."),
+    gen: GenerateConfig = None,
+    search: SteerConfig = None,
+) -> None:
+    """Q-guided decoding: a step-wise beam search that keeps the candidates whose Q-value is closest to the goal."""
+    from probekit.custom_goals import read_goal
+    from probekit.data.prompts import read_prompts
+    from probekit.probe.checkpoint import load_checkpoint
+    from probekit.steering import steer as run_steer
+
+    items, _ = read_prompts(prompts, skip_invalid=skip_invalid)
+    extra = read_goal(goal_dir) if goal_dir is not None else None
+    result = run_steer(items, out, gen, search, load_checkpoint(ckpt), extra, overwrite=overwrite, inputs=(prompts, ckpt),
+                       progress=progress_for(progress))
+    if json_out:
+        emit_json(result.stats)
+        return
+    keys = ("n_prompts", "tokens_generated", "goal", "mean_q_best_beam", "accuracy_best_beam")
+    console.print(rich_table("probekit steer", ["field", "value"], [[k, result.stats[k]] for k in keys]))
+
+
+@app.command()
+def goal(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Probe checkpoint whose φ encodes the goal (and whose layer is read)."),
+    examples: Path = typer.Option(..., "--from", help="Trajectories JSONL of example completions that show the goal (see data/README.md)."),
+    name: str = typer.Option(..., help="Name of the goal, used as `probekit steer --goal NAME`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Goal folder to write: goal.safetensors and goal.json."),
+    model: str = typer.Option("smollm2-135m", help="The frozen model the checkpoint was trained on."),
+    template: str = typer.Option("auto", help="Prompt rendering, as for `probekit extract`."),
+    skip_invalid: bool = typer.Option(False, help="Skip invalid example records (and report their count)."),
+    overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced)."),
+) -> None:
+    """Build a goal prototype from example completions: the mean φ of their final states."""
+    from probekit.custom_goals import GOAL_FILES, goal_from_examples, write_goal
+    from probekit.errors import ProbekitError
+    from probekit.models import load_model
+    from probekit.outputs import claim_output
+    from probekit.probe.checkpoint import load_checkpoint
+
+    if not name.strip() or name in ("mean", "kmeans"):
+        raise ProbekitError(f"--name '{name}': choose a name other than the checkpoint's own goals (mean, kmeans)")
+    checkpoint = load_checkpoint(ckpt)
+    out_dir = claim_output(out, "goal", GOAL_FILES, overwrite=overwrite, inputs=[examples, ckpt])
+    prototype, info = goal_from_examples(checkpoint, examples, load_model(model), template, skip_invalid=skip_invalid)
+    write_goal(out_dir, name, prototype, info)
+    console.print(f"goal '{name}' from {info['n_examples']} examples written to {out}")

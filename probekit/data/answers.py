@@ -1,0 +1,78 @@
+"""Answer parsers for generated solutions, and grading against a gold answer.
+
+A parser turns a completion into its final answer, normalised like every
+other answer in probekit (`gsm8k.normalize_answer`: "$1,080." and "1080"
+agree), or None when it gives none. Parsers by name:
+
+* `synth`: the text after the last `A:` (the synthetic problems' format, and
+  the GSM8K model solutions'), first line only;
+* `gsm8k`: `#### n` when present, else `A: n`, else the last number;
+* `last-number`: the last number in the text;
+* `regex:PATTERN`: the first group of the last match of PATTERN.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from probekit.data.gsm8k import final_answer, normalize_answer
+from probekit.errors import ProbekitError
+
+NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+GSM8K_FINAL = re.compile(r"####\s*([^\n]*)")
+PARSERS = ("synth", "gsm8k", "last-number", "regex:PATTERN")
+
+Parser = Callable[[str], "str | None"]
+
+
+def last_number(text: str) -> str | None:
+    """The last number in the text (commas and `$` allowed), normalised."""
+    found = NUMBER.findall(text)
+    return normalize_answer(found[-1]) if found else None
+
+
+def synth_answer(text: str) -> str | None:
+    """The first line after the last `A:`, normalised."""
+    answer = final_answer(text)
+    return normalize_answer(answer.splitlines()[0]) if answer else None
+
+
+def gsm8k_answer(text: str) -> str | None:
+    """`#### n`, else `A: n`, else the last number."""
+    found = GSM8K_FINAL.findall(text)
+    if found and normalize_answer(found[-1]):
+        return normalize_answer(found[-1])
+    return synth_answer(text) or last_number(text)
+
+
+def _regex_parser(pattern: str) -> Parser:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ProbekitError(f"--answer regex:{pattern}: not a valid regular expression ({exc})") from None
+    if compiled.groups < 1:
+        raise ProbekitError(f"--answer regex:{pattern}: the pattern needs a group (...) around the answer")
+
+    def parse(text: str) -> str | None:
+        matches = list(compiled.finditer(text))
+        return normalize_answer(matches[-1].group(1)) if matches else None
+
+    return parse
+
+
+def get_parser(spec: str) -> Parser:
+    """The parser named by `spec` (see the module docstring)."""
+    if spec.startswith("regex:"):
+        return _regex_parser(spec[len("regex:"):])
+    named = {"synth": synth_answer, "gsm8k": gsm8k_answer, "last-number": last_number}
+    if spec not in named:
+        raise ProbekitError(f"--answer '{spec}': choose from {', '.join(PARSERS)}")
+    return named[spec]
+
+
+def grade(answer: str | None, gold: str | None) -> int | None:
+    """1 when the parsed answer equals the gold one (both normalised), 0 otherwise, None without gold."""
+    if gold is None:
+        return None
+    return int(answer is not None and answer == normalize_answer(str(gold)))

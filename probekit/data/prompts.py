@@ -1,0 +1,62 @@
+"""The prompts file `probekit generate` reads: one JSON object per line, {"id", "prompt", "gold"?}.
+
+`id` names the group the prompt's samples form; `gold`, when present, is the
+reference answer samples are graded against. Bad records fail with
+file:line like every other reader (or are skipped and counted with
+`skip_invalid`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from probekit.errors import ProbekitError, where
+from probekit.io import iter_jsonl
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    prompt: str
+    gold: str | None = None
+
+
+def _parse(obj: dict, loc: str) -> Prompt:
+    pid, text, gold = obj.get("id"), obj.get("prompt"), obj.get("gold")
+    if pid is None or isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        raise ProbekitError(f"{loc}: field 'id' must be a string or integer")
+    if not isinstance(text, str) or not text.strip():
+        raise ProbekitError(f"{loc}: field 'prompt' must be a non-empty string")
+    if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
+        raise ProbekitError(f"{loc}: field 'gold' must be a string or number")
+    if "\x00" in str(pid) or (gold is not None and "\x00" in str(gold)):
+        raise ProbekitError(f"{loc}: 'id' and 'gold' may not contain a NUL character")
+    return Prompt(str(pid), text, None if gold is None else str(gold))
+
+
+def read_prompts(path: str | Path, skip_invalid: bool = False) -> tuple[list[Prompt], int]:
+    """(prompts, number of invalid records skipped); duplicate ids are always an error."""
+    out: list[Prompt] = []
+    seen: dict[str, int] = {}
+    skipped = [0]
+
+    def bad_line(_error: ProbekitError) -> None:
+        skipped[0] += 1
+
+    for lineno, obj in iter_jsonl(path, on_invalid=bad_line if skip_invalid else None):
+        loc = where(path, lineno)
+        try:
+            p = _parse(obj, loc)
+        except ProbekitError:
+            if skip_invalid:
+                skipped[0] += 1
+                continue
+            raise
+        if p.id in seen:
+            raise ProbekitError(f"{loc}: duplicate id '{p.id}' (first seen on line {seen[p.id]})")
+        seen[p.id] = lineno
+        out.append(p)
+    if not out:
+        raise ProbekitError(f"{path}: no valid prompts")
+    return out, skipped[0]

@@ -1,0 +1,391 @@
+"""`probekit generate`: sample with the frozen LM, keep the states it computes, stop bad samples as they go.
+
+For every prompt, `samples` completions are decoded in batches with a KV
+cache. The hooks that extraction uses (`probekit.extract.forward.capture_layers`)
+capture each new token's hidden states at the requested layers during the
+same forward pass that produces the next token's logits, so the store is
+written without a second pass over the text, and equals (within the storage
+dtype) what `probekit extract` computes on the generated text.
+
+Online early stopping (`OnlineStop`) applies the filter's rule
+(`probekit.early_stop`) token by token: a sequence is stopped at its first
+token at position >= skip_first whose Q-value toward the goal is below the
+threshold, and leaves the batch (its rows of the KV cache are dropped), so its
+compute is really saved. Q is scored by the one scorer on the state rounded to
+the storage dtype, exactly the number `probekit filter` would read from the
+store, so online and after-the-fact decisions agree. A group whose samples
+are all stopped falls back, as in the filter, to voting over all of them: they
+are generated again in full (sampling is reproducible per sequence,
+`probekit.sampling`), and those tokens count as generated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probekit.config import option
+from probekit.data.prompts import Prompt
+from probekit.errors import ProbekitError
+from probekit.progress import Progress, or_null
+
+STORE_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How completions are sampled and what is kept of them."""
+
+    model: str = option("smollm2-135m", "Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder, a .gguf file or a hub id (needs network).")
+    samples: int = option(4, "Completions sampled per prompt (one majority-voting group).")
+    max_new_tokens: int = option(128, "Most tokens generated per completion (a completion cut there is counted in generation.json).")
+    temperature: float = option(0.7, "Sampling temperature; 0 = greedy.")
+    top_p: float = option(0.95, "Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p.")
+    seed: int = option(0, "Seed; each (prompt, sample) has its own generator, so outputs do not depend on batching.")
+    template: str = option("auto", "Prompt rendering: chat (the model's chat template), raw, or auto (chat when the tokenizer has one).")
+    layers: str | None = option(None, "Layers whose states are stored (HF numbering), e.g. 15 or 10,15. Default: the middle layer (plus the probe's layer with --filter).")
+    dtype: str = option("float16", "Storage dtype of the states: float16 or float32.")
+    answer: str = option("synth", "Answer parser: synth (A: n), gsm8k (#### n / A: n / last number), last-number, or regex:PATTERN.")
+    batch_size: int = option(32, "Sequences decoded together; memory is bounded by this, whatever the number of prompts.")
+    shard_size: int = option(512, "Trajectories per store shard.")
+    device: str = option("auto", "auto (CUDA when available), cpu or cuda.")
+    model_dtype: str = option("auto", "Dtype the model runs in: auto, float32, float16, bfloat16.")
+
+    def validate(self) -> None:
+        from probekit.sampling import check_sampling
+
+        check_sampling(self.temperature, self.top_p)
+        if self.samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1 or self.shard_size < 1:
+            raise ProbekitError("--samples, --max-new-tokens, --batch-size and --shard-size must be at least 1")
+        if self.dtype not in STORE_DTYPES:
+            raise ProbekitError(f"--dtype must be float16 or float32, got '{self.dtype}'")
+
+
+@dataclass
+class _Sequence:
+    """One (prompt, sample) being decoded."""
+
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    generator: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    states: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    dropped_at: int = -1  # completion position where online stopping cut it
+    hit_limit: bool = False
+
+
+class OnlineStop:
+    """The filter's drop rule, applied as tokens are produced (see the module docstring)."""
+
+    def __init__(self, ckpt, threshold: float, skip_first: int = 5, goal: str = "mean"):
+        from probekit.scoring import Scorer
+        from probekit.thresholds import check_threshold_range
+
+        check_threshold_range([threshold], "q")
+        if skip_first < 0:
+            raise ProbekitError(f"--skip-first {skip_first}: must be >= 0")
+        self.scorer = Scorer.from_checkpoint(ckpt, kinds=[goal])
+        self.layer, self.goal, self.threshold, self.skip_first = ckpt.layer, goal, float(threshold), int(skip_first)
+        self.checkpoint = str(ckpt.path)
+
+    def drops(self, stored_states: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """bool [n]: which sequences stop at this token (states as stored, positions in the completion)."""
+        _reward, q = self.scorer(stored_states)
+        return (positions >= self.skip_first) & (q[self.goal] < self.threshold)
+
+
+def _eos_ids(loaded) -> list[int]:
+    ids = set()
+    for source in (loaded.tokenizer.eos_token_id, getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)):
+        if source is None:
+            continue
+        ids |= set(source) if isinstance(source, (list, tuple)) else {int(source)}
+    return sorted(ids)
+
+
+def _cache_argument(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (the old name is deprecated from 5.x); use what this version takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.inference_mode()
+def _decode(loaded, seqs: list[_Sequence], layers: list[int], config: GenerateConfig, stop: OnlineStop | None, task) -> int:
+    """Decode one batch until every sequence ends; fills each sequence's tokens and states. Returns tokens fed."""
+    from transformers import DynamicCache
+
+    from probekit.extract.forward import capture_layers, position_ids_from_mask
+    from probekit.extract.run import checked_states
+    from probekit.sampling import sample_next
+
+    model, device = loaded.model, loaded.device
+    torch_dtype, _ = STORE_DTYPES[config.dtype]
+    eos = torch.tensor(_eos_ids(loaded), dtype=torch.long, device=device)
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    width = max(len(s.prompt_ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):  # left padding: every row's next token goes in the same column
+        ids[row, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+        mask[row, width - len(s.prompt_ids):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    live = list(range(len(seqs)))
+    fed = 0
+    with capture_layers(model, layers) as captured:
+        cache = DynamicCache()
+        kv = {_cache_argument(model): cache}
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True, **kv)
+        next_pos = mask.sum(dim=1)
+        logits = out.logits[:, -1]
+        for step in range(config.max_new_tokens):
+            if step == 0 and len(eos):  # at least one token: an empty completion is not a trajectory
+                logits = logits.index_fill(1, eos, float("-inf"))
+            tok = sample_next(logits, [seqs[i].generator for i in live], config.temperature, config.top_p)
+            going = ~torch.isin(tok, eos) if len(eos) else torch.ones_like(tok, dtype=torch.bool)
+            if not going.all():
+                keep = torch.nonzero(going).flatten()
+                live = [live[i] for i in keep.tolist()]
+                if not live:
+                    break
+                cache.batch_select_indices(keep)
+                tok, mask, next_pos = tok[keep], mask[keep], next_pos[keep]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
+            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True, **kv)
+            next_pos = next_pos + 1
+            fed += len(live)
+            task.advance(len(live))
+            stored = {}
+            for layer in layers:
+                stored[layer] = checked_states(captured[layer][:, -1], torch_dtype, f"#{seqs[live[0]].prompt_index + 1} (a generated sample)",
+                                               layer, config.dtype)
+            for row, i in enumerate(live):
+                seqs[i].tokens.append(int(tok[row]))
+                for layer in layers:
+                    seqs[i].states.setdefault(layer, []).append(stored[layer][row])
+            positions = np.asarray([len(seqs[i].tokens) - 1 for i in live])
+            done = np.zeros(len(live), bool)
+            if stop is not None:
+                dropped = stop.drops(stored[stop.layer], positions)
+                for row in np.flatnonzero(dropped):
+                    seqs[live[row]].dropped_at = int(positions[row])
+                done |= dropped
+            if step == config.max_new_tokens - 1:
+                for row in np.flatnonzero(~done):
+                    seqs[live[row]].hit_limit = True
+                break
+            if done.any():
+                keep = torch.from_numpy(np.flatnonzero(~done))
+                live = [live[i] for i in keep.tolist()]
+                if not live:
+                    break
+                cache.batch_select_indices(keep.to(device))
+                mask, next_pos = mask[keep.to(device)], next_pos[keep.to(device)]
+                out_logits = out.logits[keep.to(device), -1]
+            else:
+                out_logits = out.logits[:, -1]
+            logits = out_logits
+    return fed
+
+
+@dataclass
+class GenerateResult:
+    out: Path
+    stats: dict
+    trajectories: list  # probekit.data.schema.Trajectory, in (prompt, sample) order
+
+
+def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = GenerateConfig(), *, stop: OnlineStop | None = None,
+             loaded=None, overwrite: bool = False, inputs: tuple = (), progress: Progress | None = None) -> GenerateResult:
+    """Sample, grade and store: out/trajectories.jsonl, out/pairs.jsonl, out/store/ (a probekit store), out/generation.json.
+
+    Batches hold whole groups (prompts), so a group's fallback is decided and
+    re-generated right after its batch, and its states go to the store's
+    shards at once: memory is bounded by a batch and one shard.
+    """
+    from probekit.data.answers import get_parser
+    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
+    from probekit.extract.render import prompt_ids, resolve_template
+    from probekit.io import write_json
+    from probekit.models import load_model, resolve_layers
+    from probekit.outputs import claim_output
+    from probekit.sampling import sequence_generator
+
+    config.validate()
+    parse = get_parser(config.answer)
+    out_dir = claim_output(out, "generate", ("trajectories.jsonl", "pairs.jsonl", "store", "generation.json"), overwrite=overwrite, inputs=inputs)
+    loaded = loaded or load_model(config.model, device=config.device, dtype=config.model_dtype)
+    layers = resolve_layers(config.layers, loaded.num_layers)
+    if stop is not None and stop.layer not in layers:
+        layers = sorted(set(layers) | {stop.layer})
+    template = resolve_template(config.template, loaded.tokenizer)
+    _check_context(prompts, loaded, template, config.max_new_tokens)
+    writer = _StoreWriter(claim_output(out_dir.file("store"), "generate", (), overwrite=overwrite), prompts, layers, loaded, template, config, stop)
+    groups_per_batch = max(1, config.batch_size // config.samples)
+
+    t0 = time.perf_counter()
+    fed = regenerated = n_fallback = 0
+    trajectories, finals = [], []
+    task = or_null(progress).task("generate", len(prompts) * config.samples * config.max_new_tokens, unit="tokens")
+    try:
+        for g0 in range(0, len(prompts), groups_per_batch):
+            seqs = [_Sequence(pi, k, prompt_ids(loaded.tokenizer, prompts[pi].prompt, template), sequence_generator(config.seed, pi, k))
+                    for pi in range(g0, min(len(prompts), g0 + groups_per_batch)) for k in range(config.samples)]
+            fed += _decode(loaded, seqs, layers, config, stop, task)
+            fresh = _fallback(seqs, config) if stop is not None else []
+            if fresh:
+                regenerated += _decode(loaded, fresh, layers, config, None, task)
+                n_fallback += len({s.prompt_index for s in fresh})
+            batch = _final(seqs, fresh)
+            batch_trajectories = [_trajectory(prompts[s.prompt_index], s, loaded.tokenizer, parse, fallback) for s, fallback in batch]
+            writer.add([s for s, _ in batch], batch_trajectories)
+            trajectories += batch_trajectories
+            finals += [_summary(s) for s, _ in batch]
+    finally:
+        task.close()
+    seconds = time.perf_counter() - t0
+    manifest = writer.close(trajectories)
+    write_trajectories(out_dir.file("trajectories.jsonl"), trajectories)
+    write_pairs(out_dir.file("pairs.jsonl"), derive_pairs(trajectories))
+    labels = [t.label for t in trajectories if t.label is not None]
+    stats = {
+        "n_prompts": len(prompts), "n_trajectories": len(trajectories), "layers": layers, "template": template,
+        "tokens_generated": int(fed + regenerated), "tokens_regenerated_for_fallback": int(regenerated),
+        "seconds": round(seconds, 3), "tokens_per_second": round((fed + regenerated) / seconds, 1) if seconds > 0 else None,
+        "n_hit_max_new_tokens": sum(f["hit_limit"] for f in finals),
+        "n_stopped_early": sum(f["dropped_at"] >= 0 for f in finals),
+        "n_fallback_groups": n_fallback,
+        "n_labelled": len(labels), "accuracy_per_sample": float(np.mean(labels)) if labels else None,
+        "online_filter": None if stop is None else {"checkpoint": stop.checkpoint, "layer": stop.layer, "goal": stop.goal,
+                                                     "threshold": stop.threshold, "skip_first": stop.skip_first},
+        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "store_cache_key": manifest["cache_key"],
+    }
+    write_json(out_dir.file("generation.json"), stats)
+    return GenerateResult(out_dir.path, stats, trajectories)
+
+
+def _check_context(prompts: list[Prompt], loaded, template: str, max_new_tokens: int) -> None:
+    """Refuse, before any work, a prompt that cannot fit the model's context together with the new tokens."""
+    from probekit.extract.render import prompt_ids
+
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for p in prompts:
+        n = len(prompt_ids(loaded.tokenizer, p.prompt, template))
+        if n + max_new_tokens > limit:
+            raise ProbekitError(f"prompt '{p.id}': {n} tokens + --max-new-tokens {max_new_tokens} exceed the model's context of {limit} tokens")
+
+
+def _fallback(seqs: list[_Sequence], config: GenerateConfig) -> list[_Sequence]:
+    """Fresh sequences for every sample of each group whose samples were all stopped (to be re-generated in full)."""
+    from probekit.sampling import sequence_generator
+
+    groups: dict[int, list[_Sequence]] = {}
+    for s in seqs:
+        groups.setdefault(s.prompt_index, []).append(s)
+    fresh = []
+    for members in groups.values():
+        if all(m.dropped_at >= 0 for m in members):
+            for m in members:
+                fresh.append(_Sequence(m.prompt_index, m.sample_index, m.prompt_ids, sequence_generator(config.seed, m.prompt_index, m.sample_index),
+                                       dropped_at=m.dropped_at))
+    return fresh
+
+
+def _final(seqs: list[_Sequence], fresh: list[_Sequence]) -> list[tuple[_Sequence, bool]]:
+    """(sequence, is a fallback re-generation) in (prompt, sample) order: re-generations replace the stopped ones."""
+    again = {(s.prompt_index, s.sample_index): s for s in fresh}
+    return [(again.get((s.prompt_index, s.sample_index), s), (s.prompt_index, s.sample_index) in again) for s in seqs]
+
+
+def _summary(s: _Sequence) -> dict:
+    return {"dropped_at": s.dropped_at, "hit_limit": s.hit_limit}
+
+
+def _trajectory(p: Prompt, s: _Sequence, tokenizer, parse, fallback: bool):
+    """The record of one sample. A sample stopped early has no final answer and no label; a fallback one has both."""
+    from probekit.data.answers import grade
+    from probekit.data.schema import Trajectory
+    from probekit.extract.render import COMPLETION_IDS
+
+    text = tokenizer.decode(s.tokens, skip_special_tokens=True)
+    stopped = s.dropped_at >= 0 and not fallback
+    answer = None if stopped else parse(text)
+    label = None if stopped or p.gold is None else grade(answer, p.gold)
+    meta = {"sample": s.sample_index, "tokens": len(s.tokens), "hit_max_new_tokens": s.hit_limit, COMPLETION_IDS: list(s.tokens)}
+    if s.dropped_at >= 0:
+        meta.update(dropped_at=s.dropped_at, fallback=fallback)
+    return Trajectory(id=f"{p.id}-{s.sample_index}", group=p.id, prompt=p.prompt, completion=text, label=label, answer=answer, meta=meta)
+
+
+class _StoreWriter:
+    """Writes the captured states as a probekit store (the layout `probekit extract` writes), a shard as soon as it fills."""
+
+    def __init__(self, store_dir, prompts: list[Prompt], layers: list[int], loaded, template: str, config: GenerateConfig,
+                 stop: OnlineStop | None):
+        from probekit.extract.manifest import build_manifest
+        from probekit.io import write_json
+        from probekit.store import MANIFEST
+
+        self.dir, self.layers, self.config = store_dir, layers, config
+        self.np_dtype = STORE_DTYPES[config.dtype][1]
+        self.model_dtype = str(loaded.dtype).replace("torch.", "")
+        n = len(prompts) * config.samples
+        prompts_sha = hashlib.sha256("\x00".join(f"{p.id}\x00{p.prompt}" for p in prompts).encode()).hexdigest()
+        key = {"model_sha256": loaded.file_sha256 or loaded.source, "layers": layers, "template": template, "positions": "all",
+               "dtype": config.dtype, "shard_size": config.shard_size, "prompts_sha256": prompts_sha,
+               "generated": {k: getattr(config, k) for k in ("samples", "max_new_tokens", "temperature", "top_p", "seed", "answer")},
+               "online_filter": None if stop is None else [stop.checkpoint, stop.goal, stop.threshold, stop.skip_first]}
+        self.manifest = build_manifest(key, {
+            "model": {"name": loaded.name, "source": str(loaded.source), "file_sha256": loaded.file_sha256, "revision": loaded.revision,
+                      "num_layers": loaded.num_layers, "hidden_size": loaded.hidden_size},
+            "tokenizer": {"name_or_path": str(getattr(loaded.tokenizer, "name_or_path", "")), "vocab_size": len(loaded.tokenizer)},
+            "layers": layers, "dtype": config.dtype, "template": template, "positions": "all", "max_length": None,
+            "data": {"trajectories": "../trajectories.jsonl", "n_trajectories": n, "generated": True},
+            "shards": {"n": (n + config.shard_size - 1) // config.shard_size, "size": config.shard_size},
+        })
+        write_json(store_dir.file(MANIFEST), self.manifest)
+        self.pending: list[tuple[_Sequence, object]] = []
+        self.paths: list[Path] = []
+
+    def add(self, seqs: list[_Sequence], trajectories: list) -> None:
+        self.pending += list(zip(seqs, trajectories))
+        while len(self.pending) >= self.config.shard_size:
+            self._flush(self.config.shard_size)
+
+    def close(self, trajectories: list) -> dict:
+        from probekit.data.schema import derive_pairs, write_pairs
+        from probekit.extract.manifest import finalize
+        from probekit.store import PAIRS, read_shard_attrs
+
+        if self.pending:
+            self._flush(len(self.pending))
+        write_pairs(self.dir.file(PAIRS), derive_pairs(trajectories))
+        return finalize(self.dir.path, self.manifest, [read_shard_attrs(p) for p in self.paths])
+
+    def _flush(self, n: int) -> None:
+        from probekit.store import ShardData, shard_name, write_shard
+
+        part, self.pending = self.pending[:n], self.pending[n:]
+        counts = np.asarray([len(s.tokens) for s, _ in part], dtype=np.int64)
+        index = len(self.paths)
+        data = ShardData(
+            offsets=np.concatenate([[0], np.cumsum(counts)]),
+            positions=np.concatenate([np.arange(c) for c in counts]).astype(np.int32),
+            states={layer: np.stack([row for s, _ in part for row in s.states[layer]]).astype(self.np_dtype, copy=False) for layer in self.layers},
+            meta={"id": [t.id for _, t in part], "group": [t.group for _, t in part], "answer": [t.answer or "" for _, t in part],
+                  "label": [-1 if t.label is None else t.label for _, t in part],
+                  "completion_tokens": counts.tolist(), "truncated_tokens": [0] * len(part), "error_token": [-1] * len(part)},
+            attrs={"n_trajectories": len(part), "n_rows": int(counts.sum()), "n_tokens_processed": int(counts.sum()), "n_truncated": 0,
+                   "cache_key": self.manifest["cache_key"], "shard_index": index, "seconds": 0.0, "model_dtype": self.model_dtype},
+        )
+        self.paths.append(self.dir.file(shard_name(index)))
+        write_shard(self.paths[-1], data)

@@ -1,0 +1,48 @@
+"""Token sampling that is reproducible per sequence, whatever else is in the batch.
+
+Each sequence owns a `torch.Generator` seeded from (seed, prompt index, sample
+index) and draws exactly one uniform number per step, turned into a token by
+the inverse CDF of its temperature- and top-p-shaped distribution. So a
+sequence's tokens do not depend on the batch it was decoded in or on which
+other sequences were stopped early: online filtering, resumption and
+fallback re-generation all see the same samples as an unfiltered run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from probekit.errors import ProbekitError
+
+
+def sequence_generator(seed: int, prompt_index: int, sample_index: int) -> torch.Generator:
+    """The generator of one (prompt, sample) sequence."""
+    digest = hashlib.sha256(f"{seed}/{prompt_index}/{sample_index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    if not (temperature >= 0 and temperature < float("inf")):
+        raise ProbekitError(f"--temperature {temperature}: must be a finite number >= 0 (0 = greedy)")
+    if not 0 < top_p <= 1:
+        raise ProbekitError(f"--top-p {top_p}: must be in (0, 1]")
+
+
+def sample_next(logits: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
+    """Next token of each row of logits [B, V], one uniform draw per row from its own generator (greedy at temperature 0)."""
+    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(logits.device)  # draw even when greedy: same stream
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    cum = sorted_p.cumsum(dim=-1)
+    if top_p < 1:
+        keep = (cum - sorted_p) < top_p  # the smallest prefix whose mass reaches top_p (the top token always stays)
+        sorted_p = sorted_p * keep
+        cum = sorted_p.cumsum(dim=-1)
+    target = u * cum[:, -1]
+    idx = torch.searchsorted(cum, target[:, None]).clamp(max=cum.shape[1] - 1)
+    return order.gather(1, idx).squeeze(1)

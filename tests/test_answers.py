@@ -1,0 +1,39 @@
+"""Answer parsers and grading on hand-written completions."""
+
+from __future__ import annotations
+
+import pytest
+
+from probekit.data.answers import get_parser, grade
+from probekit.errors import ProbekitError
+
+
+@pytest.mark.parametrize("spec,text,want", [
+    ("synth", "Step 1: 12 + 7 = 19.\nA: 19", "19"),
+    ("synth", "A: 3\nwait, no.\nA: 1,080.", "1080"),
+    ("synth", "A: 18.00\nThanks!", "18"),
+    ("synth", "19 apples", None),
+    ("gsm8k", "She has 5 + 3 = 8.\n#### 8", "8"),
+    ("gsm8k", "#### -12\n", "-12"),
+    ("gsm8k", "so the total is $1,200.", "1200"),
+    ("gsm8k", "A: 7", "7"),
+    ("gsm8k", "no digits at all", None),
+    ("last-number", "3 apples, then 4.5 more", "4.5"),
+    ("last-number", "lost -6 points", "-6"),
+    ("last-number", "", None),
+    ("regex:answer is (\\d+)", "the answer is 4, no, the answer is 5", "5"),
+    ("regex:answer is (\\d+)", "nothing here", None),
+])
+def test_parsers(spec, text, want):
+    assert get_parser(spec)(text) == want
+
+
+def test_grade_normalises_gold():
+    assert grade("1080", "$1,080") == 1 and grade("5", 5) == 1 and grade("5", "6") == 0
+    assert grade(None, "6") == 0 and grade("6", None) is None
+
+
+@pytest.mark.parametrize("spec,match", [("nope", "choose from"), ("regex:(", "not a valid"), ("regex:\\d+", "needs a group")])
+def test_bad_specs_are_one_line_errors(spec, match):
+    with pytest.raises(ProbekitError, match=match):
+        get_parser(spec)

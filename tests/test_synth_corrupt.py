@@ -15,7 +15,7 @@ from probekit.data.corrupt import (
     NUMBER,
     corrupt_gold,
     corrupt_value,
-    evaluate,
+    evaluate_expression,
     first_difference,
     parse_annotated,
     wrong_op_results,
@@ -37,7 +37,7 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
      ("2**3", None), ("__import__('os')", None), ("1,000+2", None), ("x+1", None), ("3 +", None)],
 )
 def test_evaluate(expr, value):
-    assert evaluate(expr) == value
+    assert evaluate_expression(expr) == value
 
 
 def test_wrong_op_results():
@@ -248,9 +248,9 @@ def test_corrupt_gold_on_real_train_problems(data_dir, tmp_path):
                 assert (expr, result) == (old_expr, old_result)
             elif j == k:
                 assert expr == old_expr and result == bad.meta["wrong_value"] != old_result == bad.meta["original_value"]
-                assert evaluate(expr) != result and shown == result
-            elif evaluate(old_expr) == old_result:
-                assert evaluate(expr) == result
+                assert evaluate_expression(expr) != result and shown == result
+            elif evaluate_expression(old_expr) == old_result:
+                assert evaluate_expression(expr) == result
                 if old_shown == old_result:
                     assert shown == result
         # error_char is where the texts first differ.

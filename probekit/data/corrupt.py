@@ -38,7 +38,7 @@ _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _DRAWS_PER_STEP = 3
 
 
-def evaluate(expr: str) -> Fraction | None:
+def evaluate_expression(expr: str) -> Fraction | None:
     """Exactly evaluate `+ - * /` and parentheses over decimal literals; None if not such an expression.
 
     Literals are read from their source text into `Fraction`s, so `0.1*3` is 3/10.
@@ -174,7 +174,7 @@ class AnnotatedSolution:
                 if step.result in mapping:  # an independent step recomputes a carried value: ambiguous
                     return None
                 continue
-            value = evaluate(expr)
+            value = evaluate_expression(expr)
             places = None if value is None else _decimal_places(value)
             if value is None or value < 0 or places is None or places > _decimal_places(step.result):
                 return None  # e.g. a division that no longer comes out even
@@ -246,7 +246,7 @@ def parse_annotated(question: str, annotated: str) -> AnnotatedSolution | None:
             result = _number(m.group(2).strip())
         except ValueError:
             return None
-        if evaluate(m.group(1)) is None:
+        if evaluate_expression(m.group(1)) is None:
             return None
         shown = NUMBER.match(annotated, m.end())
         region = max(annotated.rfind("\n", 0, m.start()) + 1, steps[-1].end if steps else 0)

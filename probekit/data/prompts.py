@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from probekit.errors import ProbekitError, where
-from probekit.io import iter_jsonl
+from probekit.data.schema import read_records
+from probekit.errors import ProbekitError
 
 
 @dataclass(frozen=True)
@@ -37,26 +37,4 @@ def _parse(obj: dict, loc: str) -> Prompt:
 
 def read_prompts(path: str | Path, skip_invalid: bool = False) -> tuple[list[Prompt], int]:
     """(prompts, number of invalid records skipped); duplicate ids are always an error."""
-    out: list[Prompt] = []
-    seen: dict[str, int] = {}
-    skipped = [0]
-
-    def bad_line(_error: ProbekitError) -> None:
-        skipped[0] += 1
-
-    for lineno, obj in iter_jsonl(path, on_invalid=bad_line if skip_invalid else None):
-        loc = where(path, lineno)
-        try:
-            p = _parse(obj, loc)
-        except ProbekitError:
-            if skip_invalid:
-                skipped[0] += 1
-                continue
-            raise
-        if p.id in seen:
-            raise ProbekitError(f"{loc}: duplicate id '{p.id}' (first seen on line {seen[p.id]})")
-        seen[p.id] = lineno
-        out.append(p)
-    if not out:
-        raise ProbekitError(f"{path}: no valid prompts")
-    return out, skipped[0]
+    return read_records(path, _parse, skip_invalid, "prompts")

@@ -12,11 +12,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from probekit.errors import ProbekitError, where
 from probekit.io import iter_jsonl, write_jsonl
 
+R = TypeVar("R")
 TRAJECTORY_FIELDS = ("id", "group", "prompt", "completion", "label", "answer", "error_char", "meta")
 STORED_STRING_FIELDS = ("id", "group", "answer")  # kept as strings in every store shard
 
@@ -106,7 +107,18 @@ def read_trajectories(path: str | Path, skip_invalid: bool = False) -> tuple[lis
     records too. Duplicate ids are an error either way, since every later stage
     addresses trajectories by id.
     """
-    out: list[Trajectory] = []
+    return read_records(path, _parse_trajectory, skip_invalid, "trajectories")
+
+
+def read_records(path: str | Path, parse: Callable[[dict, str], R], skip_invalid: bool, noun: str) -> tuple[list[R], int]:
+    """Records of a JSONL file parsed by `parse(obj, "file:line")`, with unique `.id`s.
+
+    Returns the records and the number of invalid ones skipped (lines that are
+    not UTF-8 or not JSON count too); without `skip_invalid` the first invalid
+    one raises. Duplicate ids are an error either way, and so is a file with
+    no valid record.
+    """
+    out: list[R] = []
     seen: dict[str, int] = {}
     skipped = 0
 
@@ -117,18 +129,18 @@ def read_trajectories(path: str | Path, skip_invalid: bool = False) -> tuple[lis
     for lineno, obj in iter_jsonl(path, on_invalid=skip if skip_invalid else None):
         loc = where(path, lineno)
         try:
-            traj = _parse_trajectory(obj, loc)
+            record = parse(obj, loc)
         except ProbekitError as exc:
             if not skip_invalid:
                 raise
             skip(exc)
             continue
-        if traj.id in seen:
-            raise ProbekitError(f"{loc}: duplicate id '{traj.id}' (first seen on line {seen[traj.id]})")
-        seen[traj.id] = lineno
-        out.append(traj)
+        if record.id in seen:
+            raise ProbekitError(f"{loc}: duplicate id '{record.id}' (first seen on line {seen[record.id]})")
+        seen[record.id] = lineno
+        out.append(record)
     if not out:
-        raise ProbekitError(f"{path}: no valid trajectories")
+        raise ProbekitError(f"{path}: no valid {noun}")
     return out, skipped
 
 

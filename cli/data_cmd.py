@@ -17,6 +17,8 @@ import typer
 
 from cli.app import data_app
 from cli.common import console, emit_json
+from cli.options import with_config
+from probekit.data.samples import SampleFields
 
 if TYPE_CHECKING:
     from probekit.data.schema import Pair, Trajectory
@@ -167,6 +169,24 @@ def hh(
     skipped: Counter = Counter()
     trajectories, pairs = hh_pairs(source, skipped)
     write_out("hh", out_dir, trajectories, pairs, skipped, json_out)
+
+
+@data_app.command()
+@with_config(SampleFields, param="fields")
+def samples(
+    source: Path = typer.Argument(..., help="Samples JSONL from an outside generator: one record per prompt with a list of completions."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    skip_invalid: bool = typer.Option(False, help="Count and skip invalid records instead of stopping at the first."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    fields: SampleFields = None,
+) -> None:
+    """Bring your own samples: one record per prompt with N completions (vLLM-style) as trajectories and pairs."""
+    from probekit.data.samples import read_samples
+
+    target = claim(out, overwrite, source)
+    trajectories, n_skipped = read_samples(source, fields, skip_invalid=skip_invalid)
+    write_out("samples", target, trajectories, None, Counter({"invalid record": n_skipped}) if n_skipped else None, json_out)
 
 
 @data_app.command()

@@ -107,6 +107,30 @@ def synth(
     write_out("synth", out_dir, trajectories, None, None, json_out)
 
 
+@data_app.command("synth-prompts")
+def synth_prompts(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for prompts.jsonl (input of `probekit generate` and `probekit steer`)."),
+    n_problems: int = typer.Option(100, min=1, help="Number of problems (one prompt each)."),
+    min_steps: int = typer.Option(1, min=1, help="Fewest arithmetic steps per problem."),
+    max_steps: int = typer.Option(2, min=1, help="Most arithmetic steps per problem."),
+    shots: int = typer.Option(2, min=0, help="Worked examples shown before each problem (0 = zero-shot)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same file."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Synthetic word problems as prompts with gold answers, for generating samples with the frozen model."""
+    from probekit.data.synth import synth_prompts as build
+    from probekit.errors import ProbekitError
+    from probekit.io import write_jsonl
+    from probekit.outputs import claim_output
+
+    if min_steps > max_steps:
+        raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
+    target = claim_output(out, "data", ("prompts.jsonl",), overwrite=overwrite)
+    prompts = build(n_problems, min_steps, max_steps, shots, seed)
+    write_jsonl(target.file("prompts.jsonl"), ({"id": p.id, "prompt": p.prompt, "gold": p.gold} for p in prompts))
+    console.print(f"[bold]synth-prompts[/]: {len(prompts)} prompts ({shots}-shot, {min_steps}-{max_steps} steps) -> {out}/prompts.jsonl", highlight=False)
+
+
 @data_app.command()
 def gsm8k(
     solutions: Path = typer.Option(..., help="gsm8k/example_model_solutions.jsonl (4 labelled model solutions per test problem)."),

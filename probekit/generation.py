@@ -51,6 +51,7 @@ class GenerateConfig:
     layers: str | None = option(None, "Layers whose states are stored (HF numbering), e.g. 15 or 10,15. Default: the middle layer (plus the probe's layer with --filter).")
     dtype: str = option("float16", "Storage dtype of the states: float16 or float32.")
     answer: str = option("synth", "Answer parser: synth (A: n), gsm8k (#### n / A: n / last number), last-number, or regex:PATTERN.")
+    stop: str | None = option(None, "Stop a completion once its text contains this string (e.g. a blank line after a few-shot answer); it is kept.")
     batch_size: int = option(32, "Sequences decoded together; memory is bounded by this, whatever the number of prompts.")
     shard_size: int = option(512, "Trajectories per store shard.")
     device: str = option("auto", "auto (CUDA when available), cpu or cuda.")
@@ -107,6 +108,14 @@ def _eos_ids(loaded) -> list[int]:
             continue
         ids |= set(source) if isinstance(source, (list, tuple)) else {int(source)}
     return sorted(ids)
+
+
+def hit_stop(tokenizer, tokens: list[int], stop: str | None, window: int = 8) -> bool:
+    """Whether the last token completed the stop string (only the last few tokens are decoded: the stop is short)."""
+    if not stop:
+        return False
+    tail = tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+    return stop in tail and stop not in tokenizer.decode(tokens[-window:-1], skip_special_tokens=True)
 
 
 def _cache_argument(model) -> str:
@@ -170,12 +179,12 @@ def _decode(loaded, seqs: list[_Sequence], layers: list[int], config: GenerateCo
                 for layer in layers:
                     seqs[i].states.setdefault(layer, []).append(stored[layer][row])
             positions = np.asarray([len(seqs[i].tokens) - 1 for i in live])
-            done = np.zeros(len(live), bool)
+            done = np.asarray([hit_stop(loaded.tokenizer, seqs[i].tokens, config.stop) for i in live], dtype=bool)
             if stop is not None:
-                dropped = stop.drops(stored[stop.layer], positions)
+                dropped = stop.drops(stored[stop.layer], positions)  # the final token too, as the filter decides
                 for row in np.flatnonzero(dropped):
                     seqs[live[row]].dropped_at = int(positions[row])
-                done |= dropped
+                done = done | dropped
             if step == config.max_new_tokens - 1:
                 for row in np.flatnonzero(~done):
                     seqs[live[row]].hit_limit = True
@@ -342,7 +351,7 @@ class _StoreWriter:
         prompts_sha = hashlib.sha256("\x00".join(f"{p.id}\x00{p.prompt}" for p in prompts).encode()).hexdigest()
         key = {"model_sha256": loaded.file_sha256 or loaded.source, "layers": layers, "template": template, "positions": "all",
                "dtype": config.dtype, "shard_size": config.shard_size, "prompts_sha256": prompts_sha,
-               "generated": {k: getattr(config, k) for k in ("samples", "max_new_tokens", "temperature", "top_p", "seed", "answer")},
+               "generated": {k: getattr(config, k) for k in ("samples", "max_new_tokens", "temperature", "top_p", "seed", "answer", "stop")},
                "online_filter": None if stop is None else [stop.checkpoint, stop.goal, stop.threshold, stop.skip_first]}
         self.manifest = build_manifest(key, {
             "model": {"name": loaded.name, "source": str(loaded.source), "file_sha256": loaded.file_sha256, "revision": loaded.revision,

@@ -63,7 +63,7 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
 
     from probekit.extract.forward import capture_layers
     from probekit.extract.run import checked_states
-    from probekit.generation import STORE_DTYPES, _cache_argument, _eos_ids
+    from probekit.generation import STORE_DTYPES, _cache_argument, _eos_ids, hit_stop
     from probekit.sampling import sample_next
 
     model, device = loaded.model, loaded.device
@@ -108,7 +108,7 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
                 for r in np.flatnonzero(active):
                     cands[r].tokens.append(int(tok[r]))
                     cands[r].q = float(q[r])
-                    if len(cands[r].tokens) >= gen.max_new_tokens:
+                    if len(cands[r].tokens) >= gen.max_new_tokens or hit_stop(loaded.tokenizer, cands[r].tokens, gen.stop):
                         cands[r].done, active[r] = True, False
                     elif (cfg.step_tokens == 0 and int(tok[r]) in newline) or t == step_len - 1:
                         active[r] = False

@@ -183,3 +183,22 @@ def test_given_completion_ids_are_checked(tiny):
     for bad in ([5, "6"], [10**9], [True], "5 6"):
         with pytest.raises(ProbekitError, match="completion_token_ids"):
             encode(Trajectory("b", "g", "prompt", "text", meta={"completion_token_ids": bad}), tiny.tokenizer, "raw", 64)
+
+
+def test_stop_string_ends_a_sample_where_it_first_appears(unfiltered, tiny, tmp_path):
+    from collections import Counter
+
+    chars = Counter(ch for t in unfiltered.trajectories for ch in t.completion if ch.strip())
+    stop = chars.most_common(1)[0][0]  # a character the random model does produce
+    stopped = generate(PROMPTS, tmp_path / "st", config(stop=stop), loaded=tiny)
+    ended = 0
+    for full, cut in zip(unfiltered.trajectories, stopped.trajectories):
+        ids_full, ids_cut = full.meta["completion_token_ids"], cut.meta["completion_token_ids"]
+        assert ids_full[:len(ids_cut)] == ids_cut  # same sample, cut short
+        if stop in cut.completion:
+            ended += 1
+            assert stop not in tiny.tokenizer.decode(ids_cut[:-1], skip_special_tokens=True)  # cut at its first appearance
+        else:
+            assert ids_cut == ids_full
+    assert ended >= 3
+    assert Store(tmp_path / "st" / "store").meta.completion_tokens.sum() < Store(unfiltered.out / "store").meta.completion_tokens.sum()

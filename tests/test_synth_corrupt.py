@@ -307,3 +307,22 @@ def test_cli_data_gsm8k_corrupt(tmp_path, data_dir):
     summary = json.loads(result.stdout)
     assert summary["groups"] + summary["skipped"] == 40 and summary["pairs"] == summary["labels"]["0"]
     assert len(read_trajectories(out / "trajectories.jsonl")[0]) == summary["trajectories"]
+
+
+def test_synth_prompts_carry_gold_answers_and_worked_examples():
+    from probekit.data.answers import get_parser
+    from probekit.data.synth import INSTRUCTION, synth_prompts
+
+    prompts = synth_prompts(20, min_steps=1, max_steps=2, shots=2, seed=3)
+    assert prompts == synth_prompts(20, min_steps=1, max_steps=2, shots=2, seed=3)
+    assert len({p.id for p in prompts}) == 20 and all(p.prompt.startswith(INSTRUCTION) for p in prompts)
+    for p in prompts:
+        blocks = p.prompt.strip().split("\n\n")
+        assert len(blocks) == 1 + 2 + 1 and blocks[-1].startswith("Problem: ")
+        for example in blocks[1:3]:  # worked examples in the solution format, with a right final answer
+            steps = [line for line in example.splitlines() if line.startswith("Step")]
+            last = steps[-1].rstrip(".").split("= ")[-1]
+            assert get_parser("synth")(example) == last
+        assert p.gold.isdigit()
+    zero = synth_prompts(3, shots=0)
+    assert all(p.prompt.count("Problem:") == 1 for p in zero)

@@ -143,3 +143,28 @@ def synth_problems(
                 )
             )
     return out
+
+
+INSTRUCTION = "Solve the word problem step by step. Finish with a line 'A: <number>'."
+
+
+def synth_prompts(n_problems: int, min_steps: int = 1, max_steps: int = 2, shots: int = 2, seed: int = 0) -> list:
+    """Prompts (with gold answers) for `probekit generate`: synthetic problems, optionally with worked examples.
+
+    With `shots` > 0, each prompt shows that many other problems solved in the
+    `Step k: a op b = c.` / `A: n` format, then the problem to solve; a sampled
+    completion then ends its answer line with a blank line (use `--stop` with a
+    blank line so the model does not go on to invent the next problem).
+    """
+    from probekit.data.prompts import Prompt
+
+    if not 1 <= min_steps <= max_steps or shots < 0 or n_problems < 1:
+        raise ValueError("need n_problems >= 1, 1 <= min_steps <= max_steps and shots >= 0")
+    rng = random.Random(seed)
+    out = []
+    for i in range(n_problems):
+        examples = [_draw_problem(rng, rng.randint(min_steps, max_steps)) for _ in range(shots)]
+        problem, text = _draw_problem(rng, rng.randint(min_steps, max_steps))
+        parts = [INSTRUCTION] + [f"Problem: {t}\n{_render(p.chain())}" for p, t in examples] + [f"Problem: {text}"]
+        out.append(Prompt(id=f"synth-{i}", prompt="\n\n".join(parts) + "\n", gold=str(problem.chain()[-1][3])))
+    return out

@@ -118,6 +118,17 @@ def hit_stop(tokenizer, tokens: list[int], stop: str | None, window: int = 8) ->
     return stop in tail and stop not in tokenizer.decode(tokens[-window:-1], skip_special_tokens=True)
 
 
+def _last_logits_only(model) -> dict:
+    """Ask the prefill for the last position's logits only (the LM head over a long prompt is wasted work), where supported."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
 def _cache_argument(model) -> str:
     """transformers renamed `past_key_values` to `cache` (the old name is deprecated from 5.x); use what this version takes."""
     import inspect
@@ -138,21 +149,28 @@ def _decode(loaded, seqs: list[_Sequence], layers: list[int], config: GenerateCo
     torch_dtype, _ = STORE_DTYPES[config.dtype]
     eos = torch.tensor(_eos_ids(loaded), dtype=torch.long, device=device)
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    width = max(len(s.prompt_ids) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):  # left padding: every row's next token goes in the same column
-        ids[row, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
-        mask[row, width - len(s.prompt_ids):] = 1
+    # Samples of one prompt share its prefill: each distinct prompt runs once, then its KV cache is repeated.
+    firsts = sorted({s.prompt_index: i for i, s in reversed(list(enumerate(seqs)))}.values())
+    prompt_row = {seqs[i].prompt_index: r for r, i in enumerate(firsts)}
+    width = max(len(seqs[i].prompt_ids) for i in firsts)
+    ids = torch.full((len(firsts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(firsts), width), dtype=torch.long)
+    for row, i in enumerate(firsts):  # left padding: every row's next token goes in the same column
+        n = len(seqs[i].prompt_ids)
+        ids[row, width - n:] = torch.tensor(seqs[i].prompt_ids)
+        mask[row, width - n:] = 1
     ids, mask = ids.to(device), mask.to(device)
     live = list(range(len(seqs)))
     fed = 0
     with capture_layers(model, layers) as captured:
         cache = DynamicCache()
         kv = {_cache_argument(model): cache}
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True, **kv)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True, **kv,
+                    **_last_logits_only(model))
+        expand = torch.tensor([prompt_row[s.prompt_index] for s in seqs], device=device)
+        cache.batch_select_indices(expand)
+        mask, logits = mask[expand], out.logits[:, -1][expand]
         next_pos = mask.sum(dim=1)
-        logits = out.logits[:, -1]
         for step in range(config.max_new_tokens):
             if step == 0 and len(eos):  # at least one token: an empty completion is not a trajectory
                 logits = logits.index_fill(1, eos, float("-inf"))

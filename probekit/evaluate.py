@@ -127,7 +127,9 @@ def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000
 
     check_compatible(ckpt, store)
     ctx = make_context(store, ckpt.split, which, n_boot=n_boot, seed=seed)
-    fit_store = store if Path(store.path).resolve() == Path(ckpt.config["store"]["path"]) else training_store(ckpt)
+    trained_on = ckpt.config["store"]
+    same = Path(store.path).resolve() == Path(trained_on["path"]) and store.cache_key == trained_on.get("cache_key")
+    fit_store = store if same else training_store(ckpt)  # None when the training store is gone or was re-extracted
     source = open_rows(store, ckpt.layer, memory_budget_mb)
     fit_source = None
     if fit_store is None:

@@ -49,4 +49,6 @@ def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = Fa
                            result.goals, data.split, metrics)
     if eval_split in metrics:
         plot_prefix_auroc(metrics[eval_split], out_dir.file("prefix_auroc.png"))
+    else:  # nothing evaluated: an earlier run's plot must not sit beside this checkpoint
+        out_dir.file("prefix_auroc.png").unlink(missing_ok=True)
     return ckpt

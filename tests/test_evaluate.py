@@ -143,6 +143,8 @@ def test_evaluate_all_split_and_foreign_store(tmp_path_factory, tmp_path):
     # baselines are fitted on the checkpoint's training store, then scored on the other store
     assert str(Store(_store).path) in m2["baselines"]["logistic_last"]["note"]
     assert m2["baselines"]["logistic_last"]["auroc"]["value"] is not None  # other directions planted: fitted, not expected to transfer
+    assert m2["baselines"]["length"]["selected_on"] == f"train split of the training store {Store(_store).path}"
+    assert m2["baselines_fitted_on"] == str(Store(_store).path)
     with pytest.raises(ProbekitError, match="--split"):
         evaluate_checkpoint(ckpt, Store(_store), "nonsense")
 

@@ -186,6 +186,21 @@ def test_row_sources_agree(tmp_path):
         np.concatenate([np.diff(b.offsets) for b in got]), np.concatenate([np.diff(b.offsets) for b in want]))
 
 
+def test_stream_blocks_of_large_shards_agree_with_memory(tmp_path):
+    # >= 4096 selected rows per shard: StreamRows reads whole shards (`Store.shard_states`) and picks the rows.
+    rng = np.random.default_rng(0)
+    n, T = 800, 16
+    states = [rng.normal(size=(T, 4)).astype(np.float32) for _ in range(n)]
+    store = Store(make_store(tmp_path / "s", states, [f"g{i // 4}" for i in range(n)], [i % 2 for i in range(n)], shard_size=400))
+    traj = np.flatnonzero(np.arange(n) % 4 != 1)  # 300 of each shard's 400 trajectories: 4800 rows per shard
+    got, want = list(pdata.MemoryRows(store, 2).blocks(traj)), list(pdata.StreamRows(store, 2).blocks(traj))
+    assert len(want) == 2 and all(len(b.states) == 300 * T for b in want)
+    for field in ("trajectories", "positions", "states"):
+        assert np.array_equal(np.concatenate([getattr(b, field) for b in got]), np.concatenate([getattr(b, field) for b in want])), field
+    assert np.array_equal(np.concatenate([np.diff(b.offsets) for b in want]), np.full(len(traj), T))
+    assert np.array_equal(np.concatenate([b.trajectories for b in want]), traj)
+
+
 # ---- training -------------------------------------------------------------------
 def test_fit_separates_planted_signal_and_saves_a_checkpoint(tmp_path_factory):
     store_path, ckpt = trained(tmp_path_factory)

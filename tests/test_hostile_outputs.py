@@ -265,3 +265,32 @@ def test_cross_store_eval_without_the_training_store_says_so(tmp_path):
     assert "not available" in m["baselines"]["length"]["note"] and "direction" not in m["baselines"]["length"]
     assert "not available" in m["baselines"]["logistic_last"]["note"]
     assert m["baselines"]["random"]["auroc"]["value"] is not None
+
+
+def test_a_store_re_extracted_in_place_is_not_taken_for_the_training_store(tmp_path):
+    """Same path, other contents (cache key): the baselines must not be fitted on data the probe never saw."""
+    import shutil
+
+    from probekit.config import FitConfig
+    from probekit.evaluate import evaluate_checkpoint
+    from probekit.pipeline import fit_probe
+    from probekit.store import Store
+
+    path = tmp_path / "store"
+    ckpt = fit_probe(Store(planted(path, seed=5)), tmp_path / "ckpt", FitConfig().vary(epochs=1, n_boot=10, widths=(8,), rep_size=4))
+    shutil.rmtree(path)
+    again = Store(planted(path, n_groups=10, seed=6))
+    m = evaluate_checkpoint(ckpt, again, "all", n_boot=20)
+    assert "not available" in m["baselines"]["length"]["note"] and m["baselines_fitted_on"] is None
+
+
+def test_refit_without_an_evaluation_leaves_no_stale_plot(tmp_path, fitted):
+    from probekit.config import FitConfig
+    from probekit.pipeline import fit_probe
+
+    store, _ = fitted
+    out = tmp_path / "ck"
+    fit_probe(store, out, FitConfig().vary(epochs=1, n_boot=10, widths=(8,), rep_size=4))
+    assert (out / "prefix_auroc.png").exists()
+    ckpt = fit_probe(store, out, FitConfig().vary(epochs=1, n_boot=10, widths=(8,), rep_size=4, valid_frac=0.0))
+    assert "valid" not in ckpt.metrics and not (out / "prefix_auroc.png").exists()

@@ -31,6 +31,7 @@ def test_parsers(spec, text, want):
 def test_grade_normalises_gold():
     assert grade("1080", "$1,080") == 1 and grade("5", 5) == 1 and grade("5", "6") == 0
     assert grade(None, "6") == 0 and grade("6", None) is None
+    assert grade("7.50", "7.5") == 1 and grade("1/2", "0.5") == 1 and grade("seven", "seven") == 1 and grade("7", "seven") == 0
 
 
 @pytest.mark.parametrize("spec,match", [("nope", "choose from"), ("regex:(", "not a valid"), ("regex:\\d+", "needs a group")])

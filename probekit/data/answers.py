@@ -71,8 +71,21 @@ def get_parser(spec: str) -> Parser:
     return named[spec]
 
 
+def _as_number(text: str | None):
+    from fractions import Fraction
+
+    try:
+        return Fraction(text) if text is not None else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def grade(answer: str | None, gold: str | None) -> int | None:
-    """1 when the parsed answer equals the gold one (both normalised), 0 otherwise, None without gold."""
+    """1 when the parsed answer equals the gold one (numbers by value: 7.50 = 7.5), 0 otherwise, None without gold."""
     if gold is None:
         return None
-    return int(answer is not None and answer == normalize_answer(str(gold)))
+    gold_text = normalize_answer(str(gold))
+    if answer is None or gold_text is None:
+        return 0
+    a, g = _as_number(answer), _as_number(gold_text)
+    return int(a == g if a is not None and g is not None else answer == gold_text)

@@ -202,3 +202,19 @@ def test_stop_string_ends_a_sample_where_it_first_appears(unfiltered, tiny, tmp_
             assert ids_cut == ids_full
     assert ended >= 3
     assert Store(tmp_path / "st" / "store").meta.completion_tokens.sum() < Store(unfiltered.out / "store").meta.completion_tokens.sum()
+
+
+def test_generate_steer_and_goal_refuse_an_out_that_holds_their_inputs_or_other_files(tiny, tmp_path, probe):
+    from probekit.steering import SteerConfig, steer
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "prompts.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ProbekitError, match="holds the input"):
+        generate(PROMPTS, folder, config(), loaded=tiny, inputs=(folder / "prompts.jsonl",))
+    with pytest.raises(ProbekitError, match="not empty"):
+        steer(PROMPTS, folder, config(), SteerConfig(), probe, loaded=tiny)
+    with pytest.raises(ProbekitError, match="holds the input"):
+        steer(PROMPTS, probe.path, config(), SteerConfig(), probe, loaded=tiny, overwrite=True, inputs=(probe.path,))
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "prompts.jsonl"]

@@ -84,7 +84,7 @@ class _Sequence:
 class OnlineStop:
     """The filter's drop rule, applied as tokens are produced (see the module docstring)."""
 
-    def __init__(self, ckpt, threshold: float, skip_first: int = 5, goal: str = "mean"):
+    def __init__(self, ckpt, threshold: float, skip_first: int = 5, goal: str = "mean", chosen_on: str = "given"):
         from probekit.scoring import Scorer
         from probekit.thresholds import check_threshold_range
 
@@ -93,7 +93,7 @@ class OnlineStop:
             raise ProbekitError(f"--skip-first {skip_first}: must be >= 0")
         self.scorer = Scorer.from_checkpoint(ckpt, kinds=[goal])
         self.layer, self.goal, self.threshold, self.skip_first = ckpt.layer, goal, float(threshold), int(skip_first)
-        self.checkpoint = str(ckpt.path)
+        self.checkpoint, self.chosen_on = str(ckpt.path), chosen_on
 
     def drops(self, stored_states: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """bool [n]: which sequences stop at this token (states as stored, positions in the completion)."""
@@ -290,7 +290,8 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
         "n_fallback_groups": n_fallback,
         "n_labelled": len(labels), "accuracy_per_sample": float(np.mean(labels)) if labels else None,
         "online_filter": None if stop is None else {"checkpoint": stop.checkpoint, "layer": stop.layer, "goal": stop.goal,
-                                                     "threshold": stop.threshold, "skip_first": stop.skip_first},
+                                                     "threshold": stop.threshold, "threshold_chosen_on": stop.chosen_on,
+                                                     "skip_first": stop.skip_first},
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "store_cache_key": manifest["cache_key"],
     }

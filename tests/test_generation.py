@@ -218,3 +218,14 @@ def test_generate_steer_and_goal_refuse_an_out_that_holds_their_inputs_or_other_
     with pytest.raises(ProbekitError, match="holds the input"):
         steer(PROMPTS, probe.path, config(), SteerConfig(), probe, loaded=tiny, overwrite=True, inputs=(probe.path,))
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "prompts.jsonl"]
+
+
+def test_generate_threshold_auto_without_validation_groups_is_a_one_line_error(tiny_model_dir, probe, tmp_path, monkeypatch, capsys):
+    from tests.test_hostile_outputs import assert_one_line_error, run_cli
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Question: 2 + 2?", "gold": "4"}\n')
+    code, err = run_cli(monkeypatch, capsys, "generate", prompts, "--out", tmp_path / "o", "--model", tiny_model_dir,
+                        "--filter", probe.path, "--threshold", "auto", "--no-progress")
+    assert_one_line_error(code, err, "no validation groups")
+    assert not (tmp_path / "o").exists()

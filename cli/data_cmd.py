@@ -118,16 +118,16 @@ def synth_prompts(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Synthetic word problems as prompts with gold answers, for generating samples with the frozen model."""
+    from probekit.data.prompts import write_prompts
     from probekit.data.synth import synth_prompts as build
     from probekit.errors import ProbekitError
-    from probekit.io import write_jsonl
     from probekit.outputs import claim_output
 
     if min_steps > max_steps:
         raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
     target = claim_output(out, "data", ("prompts.jsonl",), overwrite=overwrite)
     prompts = build(n_problems, min_steps, max_steps, shots, seed)
-    write_jsonl(target.file("prompts.jsonl"), ({"id": p.id, "prompt": p.prompt, "gold": p.gold} for p in prompts))
+    write_prompts(target.file("prompts.jsonl"), prompts)
     console.print(f"[bold]synth-prompts[/]: {len(prompts)} prompts ({shots}-shot, {min_steps}-{max_steps} steps) -> {out}/prompts.jsonl", highlight=False)
 
 

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 CONSTRAINT := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constraints/cpu.txt")
 DATA_DIR ?= ../shared/data
 
-.PHONY: venv demo test bench reproduce clean
+.PHONY: venv demo test bench generation-study reproduce clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_speed.py --data-dir $(DATA_DIR)
+	$(BIN)/python benchmarks/run_generation.py
+
+# Online early stopping and Q-guided decoding measured on a task the bundled model can do (~30 min on 2 cores).
+generation-study: $(STAMP)
+	$(BIN)/python benchmarks/generation_study.py
 
 # SmolLM2-135M: every study. Gemma-3-270M (optional package, Gemma terms of use): the
 # GSM8K layer sweep and filtering; its residual stream overflows float16, so float32 states.

@@ -71,7 +71,7 @@ def generate(
         emit_json(stats)
         return
     keys = ("n_prompts", "n_trajectories", "tokens_generated", "seconds", "tokens_per_second", "accuracy_per_sample",
-            "n_hit_max_new_tokens", "n_stopped_early", "n_fallback_groups", "tokens_regenerated_for_fallback")
+            "n_hit_max_new_tokens", "n_stopped_early", "n_fallback_groups", "tokens_resumed_for_fallback")
     console.print(rich_table("probekit generate", ["field", "value"], [[k, stats[k]] for k in keys]))
     console.print(f"wrote {out}/trajectories.jsonl, pairs.jsonl, store/ and generation.json")
 

@@ -118,7 +118,7 @@ def test_online_stopping_decides_what_the_filter_decides_after_the_fact(unfilter
             assert t.completion == unfiltered.trajectories[i].completion
     stats = online.stats
     saved = int(offline.saved_tokens.sum())
-    assert stats["tokens_generated"] - stats["tokens_regenerated_for_fallback"] == int(store.meta.completion_tokens.sum()) - saved
+    assert stats["tokens_generated"] - stats["tokens_resumed_for_fallback"] == int(store.meta.completion_tokens.sum()) - saved
 
 
 def test_bad_inputs_are_one_line_errors(tiny, tmp_path, probe):

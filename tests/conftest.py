@@ -12,14 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def pytest_addoption(parser):
     parser.addoption(
         "--data-dir",
-        default=str(ROOT.parent / "shared" / "data"),
-        help="folder with the real public data (gsm8k/, hh_rlhf/); tests that need it skip when absent",
+        default=None,
+        help="folder with the real public data (gsm8k/, hh_rlhf/), or a data-set name meaning probekit's cache "
+        "(default: ../shared/data when present, else the cache); tests never download, and skip when it is absent",
     )
 
 
 @pytest.fixture(scope="session")
 def data_dir(request) -> Path:
-    path = Path(request.config.getoption("--data-dir")).resolve()
+    from probekit.data.fetch import resolve_data_dir
+
+    path = resolve_data_dir(request.config.getoption("--data-dir"), default=ROOT.parent / "shared" / "data", fetch=False).resolve()
     if not (path / "gsm8k").is_dir():
         pytest.skip(f"real data not found at {path} (pass --data-dir)")
     return path

@@ -134,7 +134,7 @@ def synth_prompts(
 
 @data_app.command()
 def gsm8k(
-    solutions: Path = typer.Option(..., help="gsm8k/example_model_solutions.jsonl (4 labelled model solutions per test problem)."),
+    solutions: Path = typer.Option(..., help="gsm8k/example_model_solutions.jsonl (4 labelled model solutions per test problem; `probekit data fetch gsm8k-model-solutions` puts it in probekit's cache)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     strip_calculator: bool = typer.Option(False, help="Remove the <<expr=result>> calculator annotations from the solutions (gold/corrupted data never shows them)."),
@@ -149,7 +149,7 @@ def gsm8k(
 
 @data_app.command("gsm8k-gold")
 def gsm8k_gold(
-    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl or gsm8k/test.jsonl ({question, answer} with '#### n')."),
+    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl or gsm8k/test.jsonl ({question, answer} with '#### n'; `probekit data fetch gsm8k` puts both in probekit's cache)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -163,7 +163,7 @@ def gsm8k_gold(
 
 @data_app.command("gsm8k-corrupt")
 def gsm8k_corrupt(
-    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl (gold answers with <<expr=result>> annotations)."),
+    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl (gold answers with <<expr=result>> annotations; `probekit data fetch gsm8k`)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     per_problem: int = typer.Option(1, min=1, help="Corrupted copies per problem (fewer when fewer distinct ones exist)."),
@@ -182,7 +182,7 @@ def gsm8k_corrupt(
 
 @data_app.command()
 def hh(
-    source: Path = typer.Option(..., "--input", "-i", help="hh_rlhf/harmless-base/test.jsonl.gz ({chosen, rejected} dialogues; .gz or plain)."),
+    source: Path = typer.Option(..., "--input", "-i", help="hh_rlhf/harmless-base/test.jsonl.gz ({chosen, rejected} dialogues; .gz or plain; `probekit data fetch hh-rlhf-harmless`, or hh-rlhf-helpful for helpful-base)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),

@@ -21,7 +21,8 @@ B. Steering toward the correct-answer goal (`probekit steer`, goal "mean": the
    unfiltered samples of A.
 C. Steering toward a length goal (`probekit goal --from`): prototypes from the
    shortest and the longest quarter of the training completions; success is
-   the completion length, measured without the probe, against plain sampling.
+   the completion length, measured without the probe, against plain sampling
+   (`--length-seeds` seeds; the interval is over problems).
 
     .venv/bin/python benchmarks/generation_study.py
 """
@@ -93,9 +94,11 @@ def main() -> int:
     ap.add_argument("--n-test", type=int, default=40)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--length-seeds", type=int, default=1, help="seeds of part C (the length goals)")
     ap.add_argument("--beams", type=int, default=2)
     ap.add_argument("--candidates", type=int, default=2)
     ap.add_argument("--model-dtype", default="bfloat16", help="bfloat16 runs ~2.5x faster than float32 on CPUs with avx512_bf16")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 avoids OpenMP spin-waits when the CPU is shared")
     ap.add_argument("--work", default="runs/generation-study")
     ap.add_argument("--out", default="benchmarks/results/generation_study.json")
     args = ap.parse_args()
@@ -113,6 +116,10 @@ def main() -> int:
     from probekit.steering import SteerConfig, steer
     from probekit.store import Store
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(args.work)
     t_start = time.perf_counter()
     loaded = load_model("smollm2-135m", device="cpu", dtype=args.model_dtype)
@@ -224,7 +231,7 @@ def main() -> int:
               "plain_tokens_per_sample": boot_ci(plain_tokens / args.samples)}
     for name in goals:
         lengths = []
-        for s in range(args.seeds):
+        for s in range(args.length_seeds):
             res = steer(test, work / f"steer-{name}-{s}", dataclasses.replace(cfg, seed=s), dataclasses.replace(search, goal=name), ckpt,
                         goals=goals, loaded=loaded, overwrite=True)
             best = {t.group: t for t in res.trajectories if t.meta["rank"] == 0}
@@ -236,7 +243,7 @@ def main() -> int:
     result = {
         "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-        "model": "smollm2-135m", "model_dtype": args.model_dtype, "layer": 15,
+        "model": "smollm2-135m", "model_dtype": args.model_dtype, "torch_threads": torch.get_num_threads(), "layer": 15,
         "task": {"kind": "synthetic 1-step, 2-shot, raw template", "n_train_problems": len(train), "n_test_problems": len(test),
                  "samples": args.samples, "seeds": args.seeds, "why": "the bundled model's per-sample accuracy is in 20-80 % here "
                  "(task_accuracy.json); zero-shot and 2-step tasks are ~0 %"},

@@ -256,3 +256,21 @@ def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, pro
     assert steered_q.mean() > np.nanmean(plain.last(plain.q["mine"])) + 0.05
     code, err = run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", probe.path, "--out", tmp_path / "s2", "--goal", "nothing", *common)
     assert code == 2 and "unknown goal 'nothing'" in err and "Traceback" not in err
+
+
+def test_states_stream_to_shards_so_memory_is_bounded_by_a_batch_and_a_shard(tiny, tmp_path, monkeypatch):
+    """Whatever the number of prompts, at most one batch plus one shard of states is held before it is written."""
+    from probekit import generation
+
+    held = []
+    add = generation._StoreWriter.add
+
+    def spy(self, seqs, trajectories):
+        add(self, seqs, trajectories)
+        held.append(len(self.pending))
+
+    monkeypatch.setattr(generation._StoreWriter, "add", spy)
+    many = [Prompt(f"q{i}", f"Question {i}: what is {i} + 1?", str(i + 1)) for i in range(12)]
+    res = generate(many, tmp_path / "o", config(samples=2, batch_size=4, shard_size=3, max_new_tokens=4), loaded=tiny)
+    assert len(held) == 6 and max(held) < 3  # 6 batches of 2 prompts; what is left after each write is less than a shard
+    assert len(Store(res.out / "store").shard_paths) == 8  # 24 samples in shards of 3, written as they filled

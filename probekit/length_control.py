@@ -96,8 +96,7 @@ class LengthControl:
         """What the controls were fitted on, for metrics.json."""
         if self.note:
             return {"note": self.note}
-        return {"bins": self.n_bins, "n_strata": int(len(self.edges) + 1), "edges": self.edges.tolist(), "fitted_on": self.fitted_on,
-                "n_train": int(len(self.train_traj)),
+        return {"bins": self.n_bins, "edges": self.edges.tolist(), "fitted_on": self.fitted_on, "n_train": int(len(self.train_traj)),
                 "stratified": "AUROC within completion-length strata, mean weighted by each stratum's positive-negative pair count",
                 "residualised": "AUROC of score minus its least-squares line on log(completion tokens) over the train split",
                 "beats_length": "both 95% lower bounds above 0.5"}

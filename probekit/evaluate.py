@@ -124,17 +124,28 @@ def evaluate(
     return metrics
 
 
-def train_scores(scorer: Scorer, ctx: EvalContext, fit_source) -> Callable[[str], np.ndarray]:
+def train_scores(scorer: Scorer, ctx: EvalContext, fit_source, batch_rows: int = 2048) -> Callable[[str], np.ndarray]:
     """signal ("reward" or a goal kind) -> its last-token value per trajectory of the training store, set on the
-    trajectories the length controls are fitted on (`ctx.length.train_traj`), NaN elsewhere."""
+    trajectories the length controls are fitted on (`ctx.length.train_traj`), NaN elsewhere.
+
+    Only the last stored state of each trajectory is scored, gathered first so that the batches (and so the
+    float rounding) do not depend on how the row source splits the store into blocks.
+    """
+    from probekit.baselines import trajectory_features
+
     lc = ctx.length
     n = 0 if ctx.fit_store is None else len(ctx.fit_store)
-    scores = score_trajectories(fit_source, scorer, lc.train_traj) if lc.note is None else None
+    values: dict[str, np.ndarray] = {}
+    if lc.note is None:
+        last, _mean = trajectory_features(fit_source, lc.train_traj)
+        parts = [scorer(last[i:i + batch_rows]) for i in range(0, len(last), batch_rows)]
+        values["reward"] = np.concatenate([r for r, _q in parts])
+        values.update({k: np.concatenate([q[k] for _r, q in parts]) for k in scorer.kinds})
 
     def per_fit_traj(signal: str) -> np.ndarray:
         full = np.full(n, np.nan)
-        if scores is not None:
-            full[scores.traj] = scores.last(scores.reward if signal == "reward" else scores.q[signal])
+        if values:
+            full[lc.train_traj] = values[signal]
         return full
 
     return per_fit_traj

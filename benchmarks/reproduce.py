@@ -144,6 +144,9 @@ def sweep(store: Path, out: Path, args, layers=None, goals=("mean",)) -> dict:
     return run_sweep(store, out, config, overwrite=True)
 
 
+LENGTH_CONTROLLED = ("auroc_strat", "auroc_resid")  # within length strata / log length regressed out (probekit.length_control)
+
+
 def summarise_sweep(result: dict) -> list[dict]:
     """Per (layer, λ, goal): mean and 95% t-interval across seeds of each metric."""
     rows: dict[tuple, list[dict]] = {}
@@ -152,8 +155,10 @@ def summarise_sweep(result: dict) -> list[dict]:
     out = []
     for (layer, lam, goal), rs in sorted(rows.items()):
         out.append({"layer": layer, "lam": lam, "goal": goal, "n_seeds": len(rs),
-                    **{m: mean_ci(r[m] for r in rs) for m in ("auroc", "pairwise_acc", "q_auroc", "err_token_auroc")},
-                    "beats_baselines": f"{sum(bool(r['beats_baselines']) for r in rs)}/{len(rs)}"})
+                    **{m: mean_ci(r.get(m) for r in rs) for m in ("auroc", *LENGTH_CONTROLLED, "pairwise_acc", "q_auroc",
+                                                                   *(f"q_{m}" for m in LENGTH_CONTROLLED), "err_token_auroc")},
+                    "beats_baselines": f"{sum(bool(r['beats_baselines']) for r in rs)}/{len(rs)}",
+                    "beats_length": f"{sum(bool(r.get('beats_length')) for r in rs)}/{len(rs)}"})
     return out
 
 
@@ -223,6 +228,19 @@ def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]
     return out
 
 
+def probe_summary(probes: list[dict]) -> dict:
+    """Mean and 95% t-interval across seeds of the reward AUROC (raw and length-controlled), pairwise accuracy and Q AUROC."""
+    def controlled(p: dict, name: str) -> float | None:
+        return ((p["auroc"].get("length_controlled") or {}).get(name) or {}).get("value")
+
+    return {"n_seeds": len(probes), "auroc": mean_ci(p["auroc"]["value"] for p in probes),
+            "auroc_strat": mean_ci(controlled(p, "stratified") for p in probes),
+            "auroc_resid": mean_ci(controlled(p, "residualised") for p in probes),
+            "beats_length": f"{sum(bool((p['auroc'].get('length_controlled') or {}).get('beats_length')) for p in probes)}/{len(probes)}",
+            "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in probes),
+            "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in probes)}
+
+
 def evaluate_on(ckpt, store, layer: int, split: dict, seed: int) -> dict:
     """A checkpoint's probe on the test split of `split` in `store` (no baselines: the studies report them once)."""
     from probekit.evaluate import evaluate
@@ -248,9 +266,7 @@ def transfer_study(corrupt_result: dict, gsm8k_result: dict, gsm8k_store: Path, 
         ckpt = load_checkpoint(r["checkpoint"])
         m = evaluate_on(ckpt, st, layer, split_of[r["seed"]], r["seed"])
         rows.setdefault(r["lam"], []).append(m["probe"])
-    return [{"lam": lam, "trained_on": "corrupted gold pairs", "n_seeds": len(ps),
-             "auroc": mean_ci(p["auroc"]["value"] for p in ps), "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in ps),
-             "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in ps)} for lam, ps in sorted(rows.items())]
+    return [{"lam": lam, "trained_on": "corrupted gold pairs", **probe_summary(ps)} for lam, ps in sorted(rows.items())]
 
 
 def both_study(gsm8k_result: dict, both_store: Path, out: Path, args) -> list[dict]:
@@ -280,15 +296,13 @@ def both_study(gsm8k_result: dict, both_store: Path, out: Path, args) -> list[di
             ckpt = fit_probe(st, out / f"lam{lam:g}_s{r['seed']}", cfg)
             m = evaluate_on(ckpt, st, args.layer, split, r["seed"])
             rows.setdefault(lam, []).append(m["probe"])
-    return [{"lam": lam, "trained_on": "corrupted gold + real pairs", "n_seeds": len(ps),
-             "auroc": mean_ci(p["auroc"]["value"] for p in ps), "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in ps),
-             "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in ps)} for lam, ps in sorted(rows.items())]
+    return [{"lam": lam, "trained_on": "corrupted gold + real pairs", **probe_summary(ps)} for lam, ps in sorted(rows.items())]
 
 
 def real_only(gsm8k_result: dict, layer: int) -> list[dict]:
     """The in-domain arm at the transfer layer, in the transfer table's shape."""
     return [{"lam": x["lam"], "trained_on": "real labelled pairs", "n_seeds": x["n_seeds"], "auroc": x["auroc"],
-             "pairwise_acc": x["pairwise_acc"], "q_auroc": x["q_auroc"]}
+             **{m: x[m] for m in LENGTH_CONTROLLED}, "beats_length": x["beats_length"], "pairwise_acc": x["pairwise_acc"], "q_auroc": x["q_auroc"]}
             for x in summarise_sweep(gsm8k_result) if x["layer"] == layer and x["goal"] == "mean"]
 
 
@@ -372,19 +386,30 @@ def main() -> None:
     print_report(report)
 
 
+def fmt_length(r: dict, prefix: str = "") -> str:
+    """'strat / resid' of a row's length-controlled AUROCs (means across seeds)."""
+    means = [(r.get(f"{prefix}{m}") or {}).get("mean") for m in LENGTH_CONTROLLED]
+    return "-" if all(m is None for m in means) else " / ".join("-" if m is None else f"{m:.3f}" for m in means)
+
+
 def print_report(report: dict) -> None:
-    rows = [[r["layer"], f"{r['lam']:g}", r["goal"], fmt(r["auroc"]), fmt(r["pairwise_acc"]), fmt(r["q_auroc"]), r["beats_baselines"]]
+    rows = [[r["layer"], f"{r['lam']:g}", r["goal"], fmt(r["auroc"]), fmt_length(r), fmt(r["pairwise_acc"]), fmt(r["q_auroc"]),
+             fmt_length(r, "q_"), f"{r['beats_baselines']} ; {r.get('beats_length', '-')}"]
             for r in report["gsm8k"]["table"]]
-    console.print(rich_table("GSM8K labelled solutions, test problems (mean [95% CI over seeds])",
-                             ["layer", "λ", "goal", "reward AUROC", "pairwise acc", "Q AUROC", "beats baselines"], rows))
+    console.print(rich_table("GSM8K labelled solutions, test problems (mean [95% CI over seeds]; length-controlled: "
+                             "within length strata / log length regressed out)",
+                             ["layer", "λ", "goal", "reward AUROC", "length-controlled", "pairwise acc", "Q AUROC", "Q length-controlled",
+                              "beats baselines ; length"], rows))
     gains = report["gsm8k"]["gain"] + report.get("hh", {}).get("gain", [])
     rows = [[r["dataset"], r["layer"], f"{r['lam']:g}", r["metric"], fmt(r["gain"])] for r in gains]
     console.print(rich_table("Gain of the goal-conditioned probe over λ = 0, paired by seed",
                              ["data", "layer", "λ", "metric", "gain [95% CI]"], rows))
     rows = [[b["layer"], b["baseline"], "-" if b["auroc_mean"] is None else f"{b['auroc_mean']:.3f}",
+             " / ".join("-" if b.get(f"{m}_mean") is None else f"{b[f'{m}_mean']:.3f}" for m in LENGTH_CONTROLLED),
              "-" if b["pairwise_acc_mean"] is None else f"{b['pairwise_acc_mean']:.3f}", b.get("direction") or ""]
             for b in report["gsm8k"]["baselines"]]
-    console.print(rich_table("GSM8K trivial baselines (mean over seeds)", ["layer", "baseline", "AUROC", "pairwise acc", "note"], rows))
+    console.print(rich_table("GSM8K trivial baselines (mean over seeds; length-controlled AUROC of length itself should be ≈ 0.5)",
+                             ["layer", "baseline", "AUROC", "length-controlled", "pairwise acc", "note"], rows))
     if "filter" in report:
         print_filter(report)
     if "transfer" in report:
@@ -401,8 +426,9 @@ def print_filter(report: dict) -> None:
 
 
 def print_transfer(report: dict) -> None:
-    rows = [[r["trained_on"], f"{r['lam']:g}", fmt(r["auroc"]), fmt(r["pairwise_acc"]), fmt(r["q_auroc"])] for r in report["transfer"]]
-    console.print(rich_table("Training data vs real test solutions (same test problems)", ["trained on", "λ", "reward AUROC", "pairwise acc", "Q AUROC"], rows))
+    rows = [[r["trained_on"], f"{r['lam']:g}", fmt(r["auroc"]), fmt_length(r), fmt(r["pairwise_acc"]), fmt(r["q_auroc"])] for r in report["transfer"]]
+    console.print(rich_table("Training data vs real test solutions (same test problems)",
+                             ["trained on", "λ", "reward AUROC", "length-controlled (strat / resid)", "pairwise acc", "Q AUROC"], rows))
 
 
 def print_hh(report: dict) -> None:

@@ -95,7 +95,8 @@ def eval_cmd(
                            overwrite=overwrite, inputs=[st.path, ckpt])
     checkpoint.model.to(compute.device)
     metrics = evaluate_checkpoint(checkpoint, st, split, n_boot=eval_config.n_boot, seed=seed, baselines=eval_config.baselines,
-                                  q_threshold=eval_config.q_threshold, memory_budget_mb=compute.memory_budget_mb,
+                                  q_threshold=eval_config.q_threshold, length_bins=eval_config.length_bins,
+                                  memory_budget_mb=compute.memory_budget_mb,
                                   progress=progress_for(progress))
     write_evaluation(metrics, out_dir)
     if json_out:

@@ -38,6 +38,31 @@ def metric_rows(metrics: dict) -> list[list[str]]:
         if name == "length" and b.get("direction"):
             note = f"{b['direction']} = better (chosen on {b.get('selected_on')})"
         rows.append([name, fmt_ci(b.get("auroc")), fmt_ci(b.get("pairwise_accuracy")), note])
+    return rows + length_rows(metrics)
+
+
+def length_rows(metrics: dict) -> list[list[str]]:
+    """The row group of length-controlled AUROCs: per signal, within length strata and with log length regressed out."""
+    probe = metrics["probe"]
+    signals = [("probe reward", probe["auroc"], "")]
+    signals += [(f"probe Q ({k[len('q_auroc_'):]} goal)", probe[k], "") for k in sorted(
+        (k for k in probe if k.startswith("q_auroc_")), key=lambda k: (k != "q_auroc_mean", k))]
+    length = (metrics.get("baselines") or {}).get("length") or {}
+    if length.get("auroc"):
+        signals.append(("length", length["auroc"], "check: ≈ 0.5 when the controls remove length"))
+    rows = []
+    for name, auroc, check in signals:
+        lc = auroc.get("length_controlled")
+        if not lc:
+            continue
+        if "note" in lc:
+            rows.append([f"{name}, length-controlled", "-", "-", lc["note"]])
+            continue
+        verdict = {True: "beats length", False: "does not beat length (a lower bound <= 0.5)", None: ""}[lc["beats_length"]]
+        strata = lc["stratified"]
+        rows.append([f"{name}, within length strata", fmt_ci(strata), "-",
+                     check or f"{strata.get('n_strata', 0)} strata, {strata.get('n_pairs', 0)} same-stratum pairs"])
+        rows.append([f"{name}, log length regressed out", fmt_ci(lc["residualised"]), "-", check or verdict])
     return rows
 
 
@@ -47,21 +72,30 @@ def metrics_table(metrics: dict, title: str | None = None):
     return rich_table(title, ["method", "AUROC [95% CI]", "pairwise acc [95% CI]", "note"], metric_rows(metrics))
 
 
+def fmt_length(s: dict, prefix: str) -> str:
+    """'strat / resid' mean ± std of an AUROC's length controls, from a sweep summary row."""
+    if s.get(f"{prefix}_strat_mean") is None and s.get(f"{prefix}_resid_mean") is None:
+        return "-"
+    return " / ".join(fmt_pm(s.get(f"{prefix}_{k}_mean"), s.get(f"{prefix}_{k}_std")) for k in ("strat", "resid"))
+
+
 def sweep_table(result: dict):
     """One row per configuration (mean ± std over seeds), then the baselines."""
     rows: list[list[Any]] = []
     for s in result["summary"]:
         rows.append([f"{s['lam']:g}", s["layer"], s["widths"], "-" if s["K"] is None else s["K"], s["goal"], s["n_seeds"],
                      fmt_pm(s["pairwise_acc_mean"], s["pairwise_acc_std"]), fmt_pm(s["auroc_mean"], s["auroc_std"]),
-                     fmt_pm(s["q_auroc_mean"], s["q_auroc_std"]), fmt_pm(s["err_token_auroc_mean"], s["err_token_auroc_std"]),
-                     s["beats_baselines"] or "-"])
+                     fmt_length(s, "auroc"), fmt_pm(s["q_auroc_mean"], s["q_auroc_std"]), fmt_length(s, "q_auroc"),
+                     fmt_pm(s["err_token_auroc_mean"], s["err_token_auroc_std"]),
+                     f"{s['beats_baselines'] or '-'} ; {s['beats_length'] or '-'}"])
     for b in result["baselines"]:
         name = b["baseline"] + (f" ({b['direction']})" if b.get("direction") else "")
         rows.append(["baseline", b["layer"], name, "", "", b["n_seeds"], fmt_pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
-                     fmt_pm(b["auroc_mean"], b["auroc_std"]), "", "", ""])
+                     fmt_pm(b["auroc_mean"], b["auroc_std"]), fmt_length(b, "auroc"), "", "", "", ""])
     split = result["options"]["split"]
-    return rich_table(f"probekit sweep ({split} split, mean ± std over seeds)",
-                      ["λ", "layer", "encoder", "K", "goal", "seeds", "pair acc", "AUROC", "Q AUROC", "err AUROC", "beats"], rows)
+    return rich_table(f"probekit sweep ({split} split, mean ± std over seeds; length-controlled: within length strata / log length regressed out)",
+                      ["λ", "layer", "encoder", "K", "goal", "seeds", "pair acc", "AUROC", "AUROC, length-controlled", "Q AUROC",
+                       "Q, length-controlled", "err AUROC", "beats baselines ; length"], rows)
 
 
 def filter_table(metrics: dict):

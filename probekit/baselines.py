@@ -2,7 +2,9 @@
 
 - length: completion length as the score, in the direction (longer or shorter
   = better) that does best on a *selection* split of the store the probe was
-  fitted on: its valid split when evaluating test, else its train split;
+  fitted on: its valid split when evaluating test, else its train split; its
+  length-controlled AUROC (`probekit.length_control`) is the check that the
+  controls remove length (near 0.5);
 - logistic_last / logistic_mean: a pointwise logistic-regression probe
   (standardised features, sklearn) on the same cached states — the last-token
   state, or the mean over the stored states of the completion — fitted on the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from probekit.length_control import log_tokens
 from probekit.metrics import EvalContext, pairwise_correct, point_auroc, split_mask, split_pairs
 
 TRIVIAL = ("length", "random")
@@ -60,7 +63,9 @@ def length_baseline(ctx: EvalContext) -> dict:
     direction = "shorter" if shorter > longer else "longer"
     sign = 1.0 if direction == "longer" else -1.0
     selected_on = sel_name if ctx.same_store else f"{sel_name} split of the training store {ctx.fit_store.path}"
-    return {"direction": direction, "selected_on": selected_on, **ctx.summary(sign * ctx.store.meta.completion_tokens.astype(np.float64))}
+    # log length ranks as length does; through the length controls it must come out near 0.5 (a check of them)
+    return {"direction": direction, "selected_on": selected_on,
+            **ctx.summary(sign * log_tokens(ctx.store), sign * log_tokens(ctx.fit_store))}
 
 
 def random_baseline(ctx: EvalContext) -> dict:

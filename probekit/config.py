@@ -129,6 +129,7 @@ class EvalConfig:
     n_boot: int = option(1000, "Bootstrap resamples (of groups) for the 95% intervals.")
     baselines: bool = option(True, "Also report the length, logistic-regression and random baselines.")
     q_threshold: float | None = option(None, "Q threshold for error localisation. Default: midpoint of the mean last-token Q of label 1 and 0.")
+    length_bins: int = option(5, "Length-controlled AUROC: number of completion-length strata (quantile bins fitted on the training split).")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -196,6 +197,7 @@ class FitConfig:
         _check(self.compute.memory_budget_mb > 0, f"--memory-budget-mb {self.compute.memory_budget_mb}: must be positive")
         validate_device(self.compute.device)
         _check(self.eval.n_boot >= 1, f"--n-boot {self.eval.n_boot}: must be at least 1")
+        _check(self.eval.length_bins >= 2, f"--length-bins {self.eval.length_bins}: must be at least 2")
         return self
 
     def vary(self, **changes: Any) -> FitConfig:

@@ -12,6 +12,10 @@ Metrics (all written to metrics.json):
 - error localisation (synthetic data with `error_token` >= 0): on incorrect
   trajectories, the AUROC of token Q-values before vs at/after the error, and
   the mean |first token whose Q drops below a threshold − error_token|;
+- length-controlled AUROC beside each AUROC of the reward and of Q
+  (`length_controlled`: within length strata and after regressing out
+  log length, see `probekit.length_control`), and `beats_length`: whether the
+  reward still ranks correctly once length is held fixed;
 - baselines on the same split and the same bootstrap resamples (see
   `probekit.baselines`), fitted where the probe was fitted, and
   `beats_baselines`: whether the probe's interval clears the best trivial baseline.
@@ -24,11 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from probekit.errors import ProbekitError
-from probekit.metrics import EvalContext, auroc_ci, make_context, point_auroc
+from probekit.config import EvalConfig
+from probekit.metrics import EvalContext, make_context, point_auroc
 from probekit.progress import Progress
 from probekit.scoring import Scorer, Scores, score_trajectories
 
@@ -76,11 +82,12 @@ def evaluate(
         full[ctx.traj] = values_at_eval
         return full
 
-    probe = ctx.summary(per_traj(scores.last(scores.reward)))
+    train = train_scores(scorer, ctx, source if fit_source is None else fit_source)
+    probe = ctx.summary(per_traj(scores.last(scores.reward)), train("reward"))
     labels = ctx.labels
     lab = labels >= 0
     for kind, q in scores.q.items():
-        probe[f"q_auroc_{kind}"] = auroc_ci(scores.last(q)[lab], labels[lab], ctx.group_ids[lab], ctx.counts)
+        probe[f"q_auroc_{kind}"] = ctx.auroc(per_traj(scores.last(q)), train(kind))
     prefix = {"fractions": list(FRACTIONS), "reward_auroc": [], **{f"q_auroc_{k}": [] for k in scores.q}}
     for f in FRACTIONS:
         rows = prefix_rows(scores, meta.completion_tokens, f)
@@ -100,11 +107,13 @@ def evaluate(
         "n_pairs": int(len(ctx.pairs)),
         "n_boot": int(len(ctx.counts)),
         "probe": probe,
+        "length_control": ctx.length.describe(),
+        "beats_length": probe["auroc"]["length_controlled"].get("beats_length"),
     }
     if baselines:
         from probekit.baselines import beats, run_baselines
 
-        key = (str(store.path), ctx.which, int(layer), tuple(sorted(ctx.split.get("train", []))), len(ctx.counts), ctx.seed)
+        key = (str(store.path), ctx.which, int(layer), tuple(sorted(ctx.split.get("train", []))), len(ctx.counts), ctx.seed, ctx.length_bins)
         if baseline_cache is not None and key in baseline_cache:
             metrics["baselines"] = baseline_cache[key]
         else:
@@ -115,8 +124,36 @@ def evaluate(
     return metrics
 
 
+def train_scores(scorer: Scorer, ctx: EvalContext, fit_source, batch_rows: int = 2048) -> Callable[[str], np.ndarray]:
+    """signal ("reward" or a goal kind) -> its last-token value per trajectory of the training store, set on the
+    trajectories the length controls are fitted on (`ctx.length.train_traj`), NaN elsewhere.
+
+    Only the last stored state of each trajectory is scored, gathered first so that the batches (and so the
+    float rounding) do not depend on how the row source splits the store into blocks.
+    """
+    from probekit.baselines import trajectory_features
+
+    lc = ctx.length
+    n = 0 if ctx.fit_store is None else len(ctx.fit_store)
+    values: dict[str, np.ndarray] = {}
+    if lc.note is None:
+        last, _mean = trajectory_features(fit_source, lc.train_traj)
+        parts = [scorer(last[i:i + batch_rows]) for i in range(0, len(last), batch_rows)]
+        values["reward"] = np.concatenate([r for r, _q in parts])
+        values.update({k: np.concatenate([q[k] for _r, q in parts]) for k in scorer.kinds})
+
+    def per_fit_traj(signal: str) -> np.ndarray:
+        full = np.full(n, np.nan)
+        if values:
+            full[lc.train_traj] = values[signal]
+        return full
+
+    return per_fit_traj
+
+
 def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000, seed: int = 0, baselines: bool = True,
-                        q_threshold: float | None = None, memory_budget_mb: float = 2048, progress: Progress | None = None) -> dict:
+                        q_threshold: float | None = None, length_bins: int = EvalConfig.length_bins, memory_budget_mb: float = 2048,
+                        progress: Progress | None = None) -> dict:
     """Evaluate a loaded checkpoint on a store (its training store or another compatible one).
 
     Baselines are fitted on the checkpoint's training store and split, then
@@ -126,7 +163,7 @@ def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000
     from probekit.probe.data import open_rows
 
     check_compatible(ckpt, store)
-    ctx = make_context(store, ckpt.split, which, n_boot=n_boot, seed=seed)
+    ctx = make_context(store, ckpt.split, which, n_boot=n_boot, seed=seed, length_bins=length_bins)
     trained_on = ckpt.config["store"]
     same = Path(store.path).resolve() == Path(trained_on["path"]) and store.cache_key == trained_on.get("cache_key")
     fit_store = store if same else training_store(ckpt)  # None when the training store is gone or was re-extracted

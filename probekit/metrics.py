@@ -12,9 +12,11 @@ are correlated, and a trajectory-level bootstrap would be too narrow.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from probekit.config import EvalConfig
 from probekit.errors import ProbekitError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -68,17 +70,54 @@ def point_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
 
 
-def auroc_ci(scores, labels, group_ids, counts: np.ndarray) -> dict:
-    """AUROC with a group-bootstrap 95% interval; `counts` from `bootstrap_counts` over the group ids."""
+def stratified_auroc(scores: np.ndarray, labels: np.ndarray, strata: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC within each stratum, averaged with weights = the stratum's positive-negative pair count, per row of `weights`.
+
+    Pair-count weights make the mean the fraction of SAME-stratum (positive,
+    negative) pairs that are ranked correctly (ties 1/2), so a stratum with
+    one class adds nothing and a large stratum counts as much as its pairs.
+    NaN when no stratum has both classes.
+    """
+    labels = np.asarray(labels).astype(bool)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    num = np.zeros(len(weights))
+    den = np.zeros(len(weights))
+    for s in np.unique(strata):
+        m = strata == s
+        w = weights[:, m]
+        n_pairs = (w * labels[m]).sum(axis=1) * (w * ~labels[m]).sum(axis=1)
+        num += np.where(n_pairs > 0, np.nan_to_num(weighted_auroc(scores[m], labels[m], w)) * n_pairs, 0.0)
+        den += n_pairs
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def auroc_ci(scores, labels, group_ids, counts: np.ndarray, strata: np.ndarray | None = None) -> dict:
+    """AUROC with a group-bootstrap 95% interval; `counts` from `bootstrap_counts` over the group ids.
+
+    With `strata`, the AUROC is `stratified_auroc` (within strata, pair-weighted),
+    on the same resamples; the result also counts the strata with both classes
+    (`n_strata`) and the same-stratum pairs (`n_pairs`).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
     out = {"value": None, "lo": None, "hi": None, "n_pos": n_pos, "n_neg": n_neg}
+    if strata is None:
+        statistic = weighted_auroc
+    else:
+        strata = np.asarray(strata)
+        both = [s for s in np.unique(strata) if 0 < labels[strata == s].sum() < (strata == s).sum()]
+        out["n_strata"] = len(both)
+        out["n_pairs"] = int(sum((labels[strata == s] == 1).sum() * (labels[strata == s] == 0).sum() for s in both))
+        statistic = lambda sc, lab, w: stratified_auroc(sc, lab, strata, w)  # noqa: E731
+        if not both:
+            return out
     if n_pos == 0 or n_neg == 0:
         return out
-    out["value"] = point_auroc(scores, labels)
+    out["value"] = point_auroc(scores, labels) if strata is None else float(statistic(scores, labels, np.ones((1, len(scores))))[0])
     group_ids = np.asarray(group_ids, dtype=np.int64)
-    boots = [weighted_auroc(scores, labels, counts[i:i + _BOOT_CHUNK][:, group_ids]) for i in range(0, len(counts), _BOOT_CHUNK)]
+    boots = [statistic(scores, labels, counts[i:i + _BOOT_CHUNK][:, group_ids]) for i in range(0, len(counts), _BOOT_CHUNK)]
     out["lo"], out["hi"] = percentile_interval(np.concatenate(boots) if boots else np.zeros(0))
     return out
 
@@ -143,6 +182,7 @@ class EvalContext:
     split: dict
     fit_store: object | None
     seed: int = 0
+    length_bins: int = EvalConfig.length_bins
 
     @property
     def labels(self) -> np.ndarray:
@@ -152,17 +192,34 @@ class EvalContext:
     def same_store(self) -> bool:
         return self.fit_store is self.store
 
-    def summary(self, traj_scores: np.ndarray) -> dict:
-        """AUROC (labelled trajectories) and pairwise accuracy of one score per store trajectory."""
+    @cached_property
+    def length(self):
+        """Length strata and the training trajectories of the length controls (`probekit.length_control`)."""
+        from probekit.length_control import LengthControl
+
+        return LengthControl.fit(self)
+
+    def auroc(self, traj_scores: np.ndarray, fit_scores: np.ndarray | None = None) -> dict:
+        """AUROC of one score per store trajectory on the labelled ones, with its length controls when `fit_scores`
+        (the same score per trajectory of `fit_store`, read on its train split) is given."""
         s = np.asarray(traj_scores, dtype=np.float64)
         labels = self.labels
         lab = labels >= 0
-        res = {"auroc": auroc_ci(s[self.traj][lab], labels[lab], self.group_ids[lab], self.counts)}
+        res = auroc_ci(s[self.traj][lab], labels[lab], self.group_ids[lab], self.counts)
+        if fit_scores is not None:
+            res["length_controlled"] = self.length.controlled(self, s, fit_scores)
+        return res
+
+    def summary(self, traj_scores: np.ndarray, fit_scores: np.ndarray | None = None) -> dict:
+        """AUROC (`auroc`) and pairwise accuracy of one score per store trajectory."""
+        s = np.asarray(traj_scores, dtype=np.float64)
+        res = {"auroc": self.auroc(s, fit_scores)}
         res["pairwise_accuracy"] = pairwise_ci(s[self.pairs[:, 0]] - s[self.pairs[:, 1]], self.pair_group_ids, self.counts)
         return res
 
 
-def make_context(store, split: dict, which: str, n_boot: int = 1000, seed: int = 0, fit_store=None) -> EvalContext:
+def make_context(store, split: dict, which: str, n_boot: int = 1000, seed: int = 0, fit_store=None,
+                 length_bins: int = EvalConfig.length_bins) -> EvalContext:
     """The context for split `which` of `store` (`fit_store` defaults to `store` itself)."""
     groups = split_groups(store, split, which)
     mask = split_mask(store, groups) & (store.meta.stored_tokens > 0)
@@ -176,4 +233,4 @@ def make_context(store, split: dict, which: str, n_boot: int = 1000, seed: int =
     lookup = {g: i for i, g in enumerate(uniq)}
     pair_gid = np.asarray([lookup[str(g)] for g in store.meta.group[pairs[:, 0]]], dtype=np.int64)
     return EvalContext(store, which, traj, pairs, gid.astype(np.int64), pair_gid, bootstrap_counts(len(uniq), n_boot, seed), split,
-                       store if fit_store is None else fit_store, seed)
+                       store if fit_store is None else fit_store, seed, length_bins)

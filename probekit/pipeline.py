@@ -41,7 +41,8 @@ def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = Fa
                   "train_seconds": round(time.time() - t0, 3)}
     metrics: dict = {"train": train_info}
     if eval_split == "all" or data.split.get(eval_split):
-        ctx = make_context(data.store, data.split, eval_split, n_boot=config.eval.n_boot, seed=config.run.seed)
+        ctx = make_context(data.store, data.split, eval_split, n_boot=config.eval.n_boot, seed=config.run.seed,
+                           length_bins=config.eval.length_bins)
         metrics[eval_split] = evaluate(Scorer(result.model, result.goals), ctx, data.source, layer=data.layer,
                                        baselines=config.eval.baselines, q_threshold=config.eval.q_threshold, baseline_cache=baseline_cache)
     train_info["seconds"] = round(time.time() - t0, 3)

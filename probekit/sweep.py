@@ -25,7 +25,7 @@ from probekit.errors import ProbekitError
 from probekit.goals import GOAL_KINDS
 from probekit.progress import Progress, or_null
 
-METRICS = ("pairwise_acc", "auroc", "q_auroc", "err_token_auroc")
+METRICS = ("pairwise_acc", "auroc", "auroc_strat", "auroc_resid", "q_auroc", "q_auroc_strat", "q_auroc_resid", "err_token_auroc")
 
 
 @dataclass(frozen=True)
@@ -162,12 +162,32 @@ def _row(run: dict, goal: str, m: dict, ckpt, seconds: float) -> dict:
         "lam": run["lam"], "layer": run["layer"], "widths": widths_name(run["widths"]), "K": run["K"], "goal": goal, "seed": run["seed"],
         "pairwise_acc": probe["pairwise_accuracy"]["value"], "pairwise_lo": probe["pairwise_accuracy"]["lo"], "pairwise_hi": probe["pairwise_accuracy"]["hi"],
         "auroc": probe["auroc"]["value"], "auroc_lo": probe["auroc"]["lo"], "auroc_hi": probe["auroc"]["hi"],
+        **_length_fields("auroc", probe["auroc"]),
         "q_auroc": q.get("value"), "q_auroc_lo": q.get("lo"), "q_auroc_hi": q.get("hi"),
+        **_length_fields("q_auroc", q),
         "err_token_auroc": err.get("token_auroc") if goal == "mean" else None,
         "err_mean_abs": err.get("mean_abs_error") if goal == "mean" else None,
-        "beats_baselines": m.get("beats_baselines"), "beats_logistic": m.get("beats_logistic"),
+        "beats_baselines": m.get("beats_baselines"), "beats_logistic": m.get("beats_logistic"), "beats_length": m.get("beats_length"),
         "best_epoch": ckpt.metrics["train"]["best_epoch"], "seconds": round(seconds, 3), "checkpoint": str(ckpt.path),
     }
+
+
+def _length_fields(prefix: str, auroc: dict) -> dict:
+    """{prefix}_strat / _resid (value, lo, hi) and {prefix}_beats_length from an AUROC's length controls (None when absent)."""
+    lc = auroc.get("length_controlled") or {}
+    out = {}
+    for key, name in (("strat", "stratified"), ("resid", "residualised")):
+        m = lc.get(name) or {}
+        out.update({f"{prefix}_{key}": m.get("value"), f"{prefix}_{key}_lo": m.get("lo"), f"{prefix}_{key}_hi": m.get("hi")})
+    if prefix != "auroc":  # the reward's verdict is the run's `beats_length`
+        out[f"{prefix}_beats_length"] = lc.get("beats_length")
+    return out
+
+
+def _count(flags) -> str | None:
+    """'k/n' of the True among the defined flags."""
+    flags = [f for f in flags if f is not None]
+    return f"{sum(flags)}/{len(flags)}" if flags else None
 
 
 def _mean_std(values) -> tuple[float | None, float | None]:
@@ -189,8 +209,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         item["n_seeds"] = len(rs)
         for metric in METRICS:
             item[f"{metric}_mean"], item[f"{metric}_std"] = _mean_std(r[metric] for r in rs)
-        flags = [r["beats_baselines"] for r in rs if r["beats_baselines"] is not None]
-        item["beats_baselines"] = f"{sum(flags)}/{len(flags)}" if flags else None
+        item["beats_baselines"] = _count(r["beats_baselines"] for r in rs)
+        item["beats_length"] = _count(r["beats_length"] for r in rs)
         out.append(item)
     return out
 
@@ -206,6 +226,9 @@ def summarise_baselines(baselines: dict) -> list[dict]:
         item = {"layer": layer, "baseline": name, "n_seeds": len(bs)}
         item["pairwise_acc_mean"], item["pairwise_acc_std"] = _mean_std((b.get("pairwise_accuracy") or {}).get("value") for b in bs)
         item["auroc_mean"], item["auroc_std"] = _mean_std((b.get("auroc") or {}).get("value") for b in bs)
+        lcs = [_length_fields("auroc", b.get("auroc") or {}) for b in bs]
+        for key in ("auroc_strat", "auroc_resid"):
+            item[f"{key}_mean"], item[f"{key}_std"] = _mean_std(lc[key] for lc in lcs)
         dirs = sorted({b.get("direction") for b in bs if b.get("direction")})
         if dirs:
             item["direction"] = ",".join(dirs)

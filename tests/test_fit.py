@@ -362,6 +362,12 @@ def test_cli_fit_and_eval_json(tmp_path_factory, tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.stdout)
     assert metrics["split"] == "test" and (tmp_path / "ck" / "eval-test" / "metrics.json").exists()
+    assert metrics["probe"]["auroc"]["length_controlled"]["stratified"]["value"] is not None and "beats_length" in metrics
+    res = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "ck"), "--split", "test", "--n-boot", "20", "--length-bins", "3",
+                              "--out", str(tmp_path / "ev3"), "--no-progress"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "within length strata" in res.output and "log length regressed out" in res.output
+    assert len(json.loads((tmp_path / "ev3" / "metrics.json").read_text())["length_control"]["edges"]) <= 2
     assert (tmp_path / "ck" / "eval-test" / "prefix_auroc.png").exists()
     res = runner.invoke(app, ["fit", "--store", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert isinstance(res.exception, ProbekitError)

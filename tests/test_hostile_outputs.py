@@ -265,6 +265,12 @@ def test_cross_store_eval_without_the_training_store_says_so(tmp_path):
     assert "not available" in m["baselines"]["length"]["note"] and "direction" not in m["baselines"]["length"]
     assert "not available" in m["baselines"]["logistic_last"]["note"]
     assert m["baselines"]["random"]["auroc"]["value"] is not None
+    # the length controls are fitted on the training split too: not on the evaluated data
+    assert "not available" in m["length_control"]["note"] and m["beats_length"] is None
+    assert "not available" in m["probe"]["auroc"]["length_controlled"]["note"]
+    from cli.tables import metric_rows
+
+    assert any(r[0] == "probe reward, length-controlled" and "not available" in r[3] for r in metric_rows(m))
 
 
 def test_a_store_re_extracted_in_place_is_not_taken_for_the_training_store(tmp_path):

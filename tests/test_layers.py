@@ -19,7 +19,8 @@ ROOT = Path(probekit.__file__).resolve().parent
 
 # Floors, lowest first. A module may import its own floor and those below it.
 FLOORS = [
-    {"errors", "cache", "io", "outputs", "progress", "config", "metrics", "voting", "early_stop", "goals", "plots", "thresholds", "sampling"},
+    {"errors", "cache", "io", "outputs", "progress", "config", "metrics", "length_control", "voting", "early_stop", "goals", "plots", "thresholds",
+     "sampling"},
     {"data", "models", "store"},
     {"extract"},
     {"probe"},

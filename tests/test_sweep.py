@@ -41,11 +41,23 @@ def test_sweep_grid_outputs_and_summary(tmp_path):
     km_row = next(r for r in runs if r["goal"] == "kmeans" and r["checkpoint"] == mean_row["checkpoint"])
     assert km_row["auroc"] == mean_row["auroc"]  # same training run, only Q differs
     assert mean_row["err_token_auroc"] is not None
+    # beside each AUROC, its length controls, as in the run's metrics.json
+    m = json.loads((tmp_path / "sw" / "runs" / run_name({"lam": 0.0, "layer": 2, "widths": (8,), "K": None, "seed": 0}) / "metrics.json").read_text())
+    row0 = next(r for r in runs if r["lam"] == 0 and r["seed"] == 0 and r["goal"] == "mean")
+    lc = m["valid"]["probe"]["auroc"]["length_controlled"]
+    assert (row0["auroc_strat"], row0["auroc_resid_lo"]) == (lc["stratified"]["value"], lc["residualised"]["lo"])
+    assert row0["beats_length"] == lc["beats_length"] and row0["q_auroc_beats_length"] is not None
+    assert row0["q_auroc_strat"] == m["valid"]["probe"]["q_auroc_mean"]["length_controlled"]["stratified"]["value"]
     summary = result["summary"]
     assert len(summary) == (1 + 2) * 2 and all(s["n_seeds"] == 2 for s in summary)
     s0 = next(s for s in summary if s["lam"] == 0 and s["goal"] == "mean")
     vals = [r["auroc"] for r in runs if r["lam"] == 0 and r["goal"] == "mean"]
     assert s0["auroc_mean"] == pytest.approx(sum(vals) / 2)
+    strat = [r["auroc_strat"] for r in runs if r["lam"] == 0 and r["goal"] == "mean"]
+    assert s0["auroc_strat_mean"] == pytest.approx(sum(strat) / 2)
+    assert s0["beats_length"] == f"{sum(r['beats_length'] for r in runs if r['lam'] == 0 and r['goal'] == 'mean')}/2"
+    length = next(b for b in result["baselines"] if b["baseline"] == "length")
+    assert length["auroc_resid_mean"] == pytest.approx(0.5)  # the check: log length, regressed on log length
     assert {b["baseline"] for b in result["baselines"]} == {"length", "logistic_last", "logistic_mean", "random"}
     with open(tmp_path / "sw" / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cli.common import rich_table
+from probekit.sweep import ablation_name
 
 
 def fmt_ci(m: dict | None) -> str:
@@ -51,17 +52,17 @@ def sweep_table(result: dict):
     """One row per configuration (mean ± std over seeds), then the baselines."""
     rows: list[list[Any]] = []
     for s in result["summary"]:
-        rows.append([f"{s['lam']:g}", s["layer"], s["widths"], "-" if s["K"] is None else s["K"], s["goal"], s["n_seeds"],
+        rows.append([f"{s['lam']:g}", s["layer"], s["widths"], "-" if s["K"] is None else s["K"], ablation_name(s) or "-", s["goal"], s["n_seeds"],
                      fmt_pm(s["pairwise_acc_mean"], s["pairwise_acc_std"]), fmt_pm(s["auroc_mean"], s["auroc_std"]),
                      fmt_pm(s["q_auroc_mean"], s["q_auroc_std"]), fmt_pm(s["err_token_auroc_mean"], s["err_token_auroc_std"]),
                      s["beats_baselines"] or "-"])
     for b in result["baselines"]:
         name = b["baseline"] + (f" ({b['direction']})" if b.get("direction") else "")
-        rows.append(["baseline", b["layer"], name, "", "", b["n_seeds"], fmt_pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
+        rows.append(["baseline", b["layer"], name, "", "", "", b["n_seeds"], fmt_pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
                      fmt_pm(b["auroc_mean"], b["auroc_std"]), "", "", ""])
     split = result["options"]["split"]
     return rich_table(f"probekit sweep ({split} split, mean ± std over seeds)",
-                      ["λ", "layer", "encoder", "K", "goal", "seeds", "pair acc", "AUROC", "Q AUROC", "err AUROC", "beats"], rows)
+                      ["λ", "layer", "encoder", "K", "ablation", "goal", "seeds", "pair acc", "AUROC", "Q AUROC", "err AUROC", "beats"], rows)
 
 
 def filter_table(metrics: dict):

@@ -150,8 +150,9 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
     reward_rows = trajectory_rows(data.store, sides) if pooled else data.index.row_end[sides] - 1
     parts = [reward_rows]
     if lam > 0:
+        positives = sample_positives(data.index, chosen, K, rng)  # positives first: the seeded stream is the original's
         negatives = sample_negatives(data.index, chosen, rejected, K, rng)
-        parts += [r.ravel() for r in (*sample_positives(data.index, chosen, K, rng), *negatives)]
+        parts += [r.ravel() for r in (*positives, *negatives)]
     rows = np.concatenate(parts)
     uniq, inverse = np.unique(rows, return_inverse=True)
     x = torch.from_numpy(data.source.rows(uniq)).to(device)

@@ -214,6 +214,8 @@ class FitConfig:
                f"--feature-layers {show_layers(p.feature_layers)}: needs --features concat or mix (single reads --layer)")
         _check(all(x >= 0 for x in p.feature_layers) and len(set(p.feature_layers)) == len(p.feature_layers),
                f"--feature-layers {show_layers(p.feature_layers)}: layers must be distinct and >= 0")
+        _check(p.features == "single" or r.layer is None,
+               f"--layer {r.layer}: --features {p.features} reads --feature-layers (default: every layer of the store), not --layer")
         _check(p.pooling in POOLINGS, f"--pooling '{p.pooling}': choose from {', '.join(POOLINGS)}")
         _check(loss.contrastive in CONTRASTIVES, f"--contrastive '{loss.contrastive}': choose from {', '.join(CONTRASTIVES)}")
         _check(loss.temperature > 0, f"--temperature {loss.temperature}: must be positive")

@@ -286,6 +286,7 @@ def test_online_filtering_and_steering_refuse_multi_layer_probes(mixed_pooled):
     (dict(features="stack"), "--features"),
     (dict(feature_layers=(1, 2)), "--feature-layers"),
     (dict(features="concat", feature_layers=(1, 1)), "distinct"),
+    (dict(features="mix", layer=3), "--layer"),
     (dict(pooling="max"), "--pooling"),
     (dict(contrastive="triplet"), "--contrastive"),
     (dict(temperature=0.0), "--temperature"),

@@ -110,8 +110,9 @@ def with_config(cls: type, *, exclude: Iterable[str] = (), overrides: dict[str, 
 
     def decorate(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn)
+        filled = {param, "axes"} if axes else {param}  # parameters the decorator fills, not options
         own = [p.replace(kind=_KW, annotation=hints.get(p.name, p.annotation))
-               for p in inspect.signature(fn).parameters.values() if p.name not in (param, "axes" if axes else param)]
+               for p in inspect.signature(fn).parameters.values() if p.name not in filled]
         extra = config_parameters(cls, exclude, overrides) + axis_parameters(cls, axes)
         names = [p.name for p in extra if p.name not in axes]
 

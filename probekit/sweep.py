@@ -172,6 +172,8 @@ def _finished_run(path: Path, cfg: FitConfig, store, split: str):
     """The checkpoint of an identical earlier run (same options, same store, evaluated on `split`), else None.
 
     This makes an interrupted or extended sweep resume: only missing runs are fit.
+    Options are compared as configs, so a run saved before an option existed
+    counts as that option's default (which is what it did).
     """
     from probekit.probe.checkpoint import load_checkpoint, store_info
 
@@ -181,7 +183,10 @@ def _finished_run(path: Path, cfg: FitConfig, store, split: str):
         ckpt = load_checkpoint(path)
     except ProbekitError:
         return None
-    same = ckpt.config.get("fit") == cfg.to_dict() and ckpt.config.get("store") == store_info(store)
+    try:
+        same = FitConfig.from_dict(ckpt.config.get("fit") or {}) == cfg and ckpt.config.get("store") == store_info(store)
+    except ProbekitError:  # options of another probekit version
+        return None
     return ckpt if same and split in ckpt.metrics else None
 
 

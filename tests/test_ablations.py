@@ -371,3 +371,23 @@ def test_attention_pooling_is_a_softmax_of_the_query_over_each_prefix():
             assert torch.allclose(got[t], (w[:, None] * z[start:t + 1]).sum(0), atol=1e-6)
     mean = ProbeModel(H, "linear", rep_size=4, pooling="mean").pool(z, offsets)
     assert torch.allclose(mean[6], z[3:7].mean(0), atol=1e-6) and torch.allclose(mean[1], z[:2].mean(0), atol=1e-6)
+
+
+def test_a_sweep_resumes_runs_saved_before_the_ablation_options(tmp_path, monkeypatch):
+    import probekit.pipeline as pipeline
+    from probekit.sweep import SweepConfig, run_sweep
+
+    store = averaged_store(tmp_path / "s", n=24)
+    opts = SweepConfig(template=quick(epochs=1, baselines=False), lams=(0.0,), seeds=(0,))
+    first = run_sweep(store, tmp_path / "sw", opts)
+    cfg_path = Path(first["runs"][0]["checkpoint"]) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["fit"]["probe"]["pooling"], cfg["fit"]["split"]["pairs"]
+    cfg_path.write_text(json.dumps(cfg))
+    calls = []
+    real_fit = pipeline.fit_probe
+    monkeypatch.setattr(pipeline, "fit_probe", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    again = run_sweep(store, tmp_path / "sw", opts)
+    assert calls == [] and [r["auroc"] for r in again["runs"]] == [r["auroc"] for r in first["runs"]]
+    run_sweep(store, tmp_path / "sw", SweepConfig(template=quick(epochs=1, baselines=False), lams=(0.0,), seeds=(0,), axes={"pooling": ("mean",)}))
+    assert calls == [1]  # another pooling is another run

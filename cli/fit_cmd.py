@@ -17,6 +17,7 @@ from cli.progress import progress_for
 from cli.tables import metrics_table, sweep_table
 from probekit.config import ComputeConfig, EvalConfig, FitConfig, parse_widths_list
 from probekit.errors import ProbekitError
+from probekit.sweep import ABLATION_AXES
 
 OVERWRITE_HELP = "Write into an --out that holds other files (they are never replaced) or another command's output."
 PROGRESS_HELP = "Show progress bars."
@@ -113,7 +114,7 @@ SWEEP_AXES = ("lam", "K", "widths", "layer", "seed", "goal_prototypes")
 
 
 @app.command()
-@with_config(FitConfig, exclude=SWEEP_AXES, param="template")
+@with_config(FitConfig, exclude=SWEEP_AXES, param="template", axes=ABLATION_AXES)
 def sweep(
     store: Path = typer.Option(..., "--store", "-s", help="Store folder written by `probekit extract`."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for runs/ (one checkpoint per run), results.csv and results.json."),
@@ -129,13 +130,14 @@ def sweep(
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
     json_out: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
     template: FitConfig = None,
+    axes: dict = None,
 ) -> None:
-    """Grid of fits over λ, layer, encoder widths, K, goal kind and seeds; mean ± std over seeds beside the baselines."""
+    """Grid of fits over λ, layer, encoder widths, K, goal kind, seeds and the ablation axes; mean ± std over seeds beside the baselines."""
     from probekit.sweep import SweepConfig, run_sweep
 
     config = SweepConfig(template=template, lams=_list(lam, float, "--lam"), layers=_list(layers, int, "--layers") if layers else None,
                          widths=tuple(parse_widths_list(widths)), ks=_list(k, int, "--k"), goals=_list(goal, str, "--goal"),
-                         seeds=_list(seeds, int, "--seeds"), prototypes=prototypes, split=split)
+                         seeds=_list(seeds, int, "--seeds"), prototypes=prototypes, split=split, axes=axes)
     result = run_sweep(store, out, config, overwrite=overwrite, progress=progress_for(progress))
     if json_out:
         emit_json(result)

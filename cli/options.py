@@ -5,6 +5,8 @@ option (`--rep-size`, `--lam`, ...) with the field's default and help text, and
 calls the command with the built, validated config as `config=`. A field may
 name its flag (`metadata["flag"]`) and convert to and from text
 (`metadata["parse"]`, `metadata["show"]`, e.g. encoder widths `256x128`).
+Fields named in `axes` become comma-list options instead (a sweep's axes):
+same flag and help, and the command receives {name: tuple of values} as `axes=`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,26 @@ def config_parameters(cls: type, exclude: Iterable[str] = (), overrides: dict[st
     return params
 
 
+def axis_parameters(cls: type, names: Iterable[str]) -> list[inspect.Parameter]:
+    """One comma-list text option per named config field, with the field's flag, default and help."""
+    params = []
+    for _group, f, _typ in _leaf_fields(cls):
+        if f.name in names:
+            meta = f.metadata
+            default = meta["show"](_default(f)) if meta.get("show") else str(_default(f))
+            flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+            help_text = meta.get("help", "") + " Comma list: the sweep runs each value."
+            params.append(inspect.Parameter(f.name, _KW, default=typer.Option(default, flag, help=help_text), annotation=str))
+    return params
+
+
+def parse_axis(cls: type, name: str, text: str) -> tuple:
+    """A comma-list option's values, each converted by the field's `parse` where it has one."""
+    f = next(f for _g, f, _t in _leaf_fields(cls) if f.name == name)
+    parse = f.metadata.get("parse") or (lambda v: v)
+    return tuple(parse(item.strip()) for item in str(text).split(",") if item.strip())
+
+
 def _parsed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Option values with text-form fields (e.g. widths) converted by their `parse`."""
     fields = {f.name: f for _g, f, _t in _leaf_fields(cls)}
@@ -76,22 +98,27 @@ def build_config(cls: type, values: dict[str, Any], base: Any = None) -> Any:
 
 
 def with_config(cls: type, *, exclude: Iterable[str] = (), overrides: dict[str, dict] | None = None,
-                param: str = "config", base: Callable[[], Any] | None = None, partial: bool = False) -> Callable:
+                param: str = "config", base: Callable[[], Any] | None = None, partial: bool = False,
+                axes: Iterable[str] = ()) -> Callable:
     """Decorator: add `cls`'s fields as options to a Typer command, which receives `config=cls(...)`.
 
     With `partial=True` the command receives a builder instead, to be called with
     the excluded fields it fills itself (e.g. paths): `config(trajectories=..., out=...)`.
     """
-    exclude = set(exclude)
+    axes = tuple(axes)
+    exclude = set(exclude) | set(axes)
 
     def decorate(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn)
+        filled = {param, "axes"} if axes else {param}  # parameters the decorator fills, not options
         own = [p.replace(kind=_KW, annotation=hints.get(p.name, p.annotation))
-               for p in inspect.signature(fn).parameters.values() if p.name != param]
-        extra = config_parameters(cls, exclude, overrides)
-        names = [p.name for p in extra]
+               for p in inspect.signature(fn).parameters.values() if p.name not in filled]
+        extra = config_parameters(cls, exclude, overrides) + axis_parameters(cls, axes)
+        names = [p.name for p in extra if p.name not in axes]
 
         def command(**kwargs: Any) -> Any:
+            if axes:
+                kwargs["axes"] = {n: parse_axis(cls, n, kwargs.pop(n)) for n in axes}
             values = {n: kwargs.pop(n) for n in names}
             if partial:
                 kwargs[param] = lambda **rest: cls(**_parsed(cls, values), **rest)

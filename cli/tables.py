@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cli.common import rich_table
+from probekit.sweep import ablation_name
 
 
 def fmt_ci(m: dict | None) -> str:
@@ -83,18 +84,18 @@ def sweep_table(result: dict):
     """One row per configuration (mean ± std over seeds), then the baselines."""
     rows: list[list[Any]] = []
     for s in result["summary"]:
-        rows.append([f"{s['lam']:g}", s["layer"], s["widths"], "-" if s["K"] is None else s["K"], s["goal"], s["n_seeds"],
+        rows.append([f"{s['lam']:g}", s["layer"], s["widths"], "-" if s["K"] is None else s["K"], ablation_name(s) or "-", s["goal"], s["n_seeds"],
                      fmt_pm(s["pairwise_acc_mean"], s["pairwise_acc_std"]), fmt_pm(s["auroc_mean"], s["auroc_std"]),
                      fmt_length(s, "auroc"), fmt_pm(s["q_auroc_mean"], s["q_auroc_std"]), fmt_length(s, "q_auroc"),
                      fmt_pm(s["err_token_auroc_mean"], s["err_token_auroc_std"]),
                      f"{s['beats_baselines'] or '-'} ; {s['beats_length'] or '-'}"])
     for b in result["baselines"]:
         name = b["baseline"] + (f" ({b['direction']})" if b.get("direction") else "")
-        rows.append(["baseline", b["layer"], name, "", "", b["n_seeds"], fmt_pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
+        rows.append(["baseline", b["layer"], name, "", "", "", b["n_seeds"], fmt_pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
                      fmt_pm(b["auroc_mean"], b["auroc_std"]), fmt_length(b, "auroc"), "", "", "", ""])
     split = result["options"]["split"]
     return rich_table(f"probekit sweep ({split} split, mean ± std over seeds; length-controlled: within length strata / log length regressed out)",
-                      ["λ", "layer", "encoder", "K", "goal", "seeds", "pair acc", "AUROC", "AUROC, length-controlled", "Q AUROC",
+                      ["λ", "layer", "encoder", "K", "ablation", "goal", "seeds", "pair acc", "AUROC", "AUROC, length-controlled", "Q AUROC",
                        "Q, length-controlled", "err AUROC", "beats baselines ; length"], rows)
 
 

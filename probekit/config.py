@@ -22,6 +22,10 @@ from typing import Any, Callable
 from probekit.errors import ProbekitError
 
 HEADS = ("linear", "mlp")
+FEATURES = ("single", "concat", "mix")
+POOLINGS = ("last", "mean", "attention")
+CONTRASTIVES = ("official", "infonce", "token")
+PAIRINGS = ("group", "cross")
 
 
 def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
@@ -51,6 +55,18 @@ def show_widths(widths: tuple[int, ...]) -> str:
     return "x".join(str(w) for w in widths) if widths else "linear"
 
 
+def parse_layers(spec: str) -> tuple[int, ...]:
+    """'10,15,20' -> (10, 15, 20); '' -> () (every layer of the store)."""
+    try:
+        return tuple(int(x) for x in str(spec).split(",") if x.strip())
+    except ValueError:
+        raise ProbekitError(f"--feature-layers '{spec}': expected a comma list of layer numbers like 10,15,20") from None
+
+
+def show_layers(layers: tuple[int, ...]) -> str:
+    return ",".join(str(x) for x in layers)
+
+
 def parse_widths_list(spec: str) -> list[tuple[int, ...]]:
     """Several encoders: '64,256,128x128,linear' -> [(64,), (256,), (128, 128), ()]."""
     out = [parse_widths(item) for item in str(spec).split(",") if item.strip()]
@@ -68,6 +84,12 @@ class ProbeArch:
     rep_size: int = option(128, "Size of the representation φ (the goal space).")
     head: str = option("linear", "Reward head on φ: linear or mlp (the official value_head_strategy).")
     head_hidden: int = option(64, "Hidden width of the mlp reward head.")
+    features: str = option("single", "Input of φ: single (the --layer), concat (the --feature-layers side by side) or mix "
+                                     "(a learned softmax-weighted sum of the --feature-layers, each standardised).")
+    feature_layers: tuple[int, ...] = option((), "Layers read by --features concat or mix, e.g. 10,15,20. Default: every layer of the store.",
+                                             parse=parse_layers, show=show_layers)
+    pooling: str = option("last", "Reward of a (partial) completion: the head on φ of its last token (last), on the mean φ of its "
+                                  "tokens (mean), or on an attention-weighted mean with a learned query (attention). Q stays per token.")
 
     @property
     def encoder(self) -> str:
@@ -83,6 +105,10 @@ class LossConfig:
     goal_min_frac: float = option(0.0, "Goals are sampled from positions >= this fraction of the chosen completion.")
     late_frac: float | None = option(None, "Draw negatives only from the last LATE_FRAC of each completion (default: uniform).")
     margin: float = option(0.0, "Margin in the Bradley-Terry loss: −log σ(r_c − r_r − margin).")
+    contrastive: str = option("official", "Contrastive term: official (Nath et al.'s σ-cosine loss), infonce (cross-entropy of each "
+                                          "source over the goals of the batch's pairs) or token (official plus a per-token term on "
+                                          "rejected completions with a known first error: tokens before it near the chosen goal, after it away).")
+    temperature: float = option(0.1, "Temperature of --contrastive infonce (cosines are divided by it).")
 
 
 @dataclass(frozen=True)
@@ -103,6 +129,9 @@ class SplitConfig:
     valid_frac: float = option(0.2, "Fraction of groups held out for validation (early stopping, reported metrics).")
     test_frac: float = option(0.2, "Fraction of groups held out for the final test (`probekit eval --split test`).")
     split_file: Path | None = option(None, "Explicit split JSON {train: [groups], valid: [...], test: [...]} instead of a random one.")
+    pairs: str = option("group", "Training pairs: group (the store's pairs, within a prompt) or cross (every label-1 x label-0 "
+                                 "pair of the train split across prompts, subsampled to --max-pairs). Validation keeps the store's pairs.")
+    max_pairs: int = option(20000, "Cap on the training pairs of --pairs cross (a seeded subsample).")
 
 
 @dataclass(frozen=True)
@@ -181,6 +210,16 @@ class FitConfig:
         _check(all(w >= 1 for w in p.widths), f"--widths {show_widths(p.widths)}: widths must be positive")
         _check(p.rep_size >= 1 and p.head_hidden >= 1, "--rep-size and --head-hidden must be at least 1")
         _check(p.head in HEADS, f"--head '{p.head}': choose from {', '.join(HEADS)}")
+        _check(p.features in FEATURES, f"--features '{p.features}': choose from {', '.join(FEATURES)}")
+        _check(p.features != "single" or not p.feature_layers,
+               f"--feature-layers {show_layers(p.feature_layers)}: needs --features concat or mix (single reads --layer)")
+        _check(all(x >= 0 for x in p.feature_layers) and len(set(p.feature_layers)) == len(p.feature_layers),
+               f"--feature-layers {show_layers(p.feature_layers)}: layers must be distinct and >= 0")
+        _check(p.features == "single" or r.layer is None,
+               f"--layer {r.layer}: --features {p.features} reads --feature-layers (default: every layer of the store), not --layer")
+        _check(p.pooling in POOLINGS, f"--pooling '{p.pooling}': choose from {', '.join(POOLINGS)}")
+        _check(loss.contrastive in CONTRASTIVES, f"--contrastive '{loss.contrastive}': choose from {', '.join(CONTRASTIVES)}")
+        _check(loss.temperature > 0, f"--temperature {loss.temperature}: must be positive")
         _check(loss.lam >= 0, f"--lam {loss.lam}: must be >= 0")
         _check(loss.K >= 1, f"--k {loss.K}: must be at least 1")
         _check(0 <= loss.goal_min_frac < 1, f"--goal-min-frac {loss.goal_min_frac}: must be in [0, 1)")
@@ -192,6 +231,8 @@ class FitConfig:
         _check(o.patience >= 1, f"--patience {o.patience}: must be at least 1")
         _check(0 <= s.valid_frac < 1 and 0 <= s.test_frac < 1 and s.valid_frac + s.test_frac < 1,
                f"--valid-frac and --test-frac must be in [0, 1) with a sum below 1, got {s.valid_frac} and {s.test_frac}")
+        _check(s.pairs in PAIRINGS, f"--pairs '{s.pairs}': choose from {', '.join(PAIRINGS)}")
+        _check(s.max_pairs >= 1, f"--max-pairs {s.max_pairs}: must be at least 1")
         _check(r.layer is None or r.layer >= 0, f"--layer {r.layer}: must be >= 0")
         _check(r.goal_prototypes >= 1, f"--goal-prototypes {r.goal_prototypes}: must be at least 1")
         _check(self.compute.memory_budget_mb > 0, f"--memory-budget-mb {self.compute.memory_budget_mb}: must be positive")
@@ -220,13 +261,18 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
-        """Inverse of `to_dict` (unknown keys are an error: they mean another probekit version)."""
+        """Inverse of `to_dict` (unknown keys are an error: they mean another probekit version).
+
+        Keys that an older probekit did not write (e.g. `pooling`) take their
+        defaults, which are the behaviour of that older version.
+        """
         kwargs = {}
         for f in fields(cls):
             group_cls = f.default_factory  # type: ignore[misc]
             values = dict(d.get(f.name, {}))
-            if "widths" in values:
-                values["widths"] = tuple(values["widths"])
+            for name in ("widths", "feature_layers"):
+                if name in values:
+                    values[name] = tuple(values[name])
             if values.get("split_file") is not None:
                 values["split_file"] = Path(values["split_file"])
             try:

@@ -41,9 +41,10 @@ def goal_from_examples(ckpt, examples_path: str | Path, loaded, template: str = 
         except ProbekitError as exc:
             raise ProbekitError(f"{examples_path}: record {i + 1}: {exc}") from None
     opts = ExtractOptions(trajectories=Path(examples_path), out=Path("."), dtype="float32", max_length=max_length)
-    shard = build_shard(examples, encoded, loaded, [ckpt.layer], 0, opts)  # stride 0: the last token of each completion
+    shard = build_shard(examples, encoded, loaded, list(ckpt.layers), 0, opts)  # stride 0: the last token of each completion
+    states = np.concatenate([shard.states[layer] for layer in ckpt.layers], axis=1)  # a multi-layer probe reads them side by side
     with torch.no_grad():
-        z = ckpt.model.encode(torch.from_numpy(shard.states[ckpt.layer])).numpy()
+        z = ckpt.model.encode(torch.from_numpy(states)).numpy()
     info = {"examples": str(examples_path), "n_examples": len(examples), "n_skipped_invalid": n_skipped, "layer": ckpt.layer,
             "template": template, "checkpoint": str(ckpt.path), "n_truncated": int(shard.attrs["n_truncated"])}
     return z.mean(axis=0, keepdims=True).astype(np.float32), info

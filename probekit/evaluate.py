@@ -101,6 +101,7 @@ def evaluate(
         "split": ctx.which,
         "store": str(store.path),
         "layer": int(layer),
+        "layers": list(source.layers),
         "n_trajectories": int(len(ctx.traj)),
         "n_labelled": int(lab.sum()),
         "n_groups": int(ctx.counts.shape[1]),
@@ -113,7 +114,8 @@ def evaluate(
     if baselines:
         from probekit.baselines import beats, run_baselines
 
-        key = (str(store.path), ctx.which, int(layer), tuple(sorted(ctx.split.get("train", []))), len(ctx.counts), ctx.seed, ctx.length_bins)
+        key = (str(store.path), ctx.which, tuple(source.layers), tuple(sorted(ctx.split.get("train", []))), len(ctx.counts), ctx.seed,
+               ctx.length_bins)
         if baseline_cache is not None and key in baseline_cache:
             metrics["baselines"] = baseline_cache[key]
         else:
@@ -167,13 +169,13 @@ def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000
     trained_on = ckpt.config["store"]
     same = Path(store.path).resolve() == Path(trained_on["path"]) and store.cache_key == trained_on.get("cache_key")
     fit_store = store if same else training_store(ckpt)  # None when the training store is gone or was re-extracted
-    source = open_rows(store, ckpt.layer, memory_budget_mb)
+    source = open_rows(store, ckpt.layers, memory_budget_mb)
     fit_source = None
     if fit_store is None:
         ctx = dataclasses.replace(ctx, fit_store=None)
     elif fit_store is not store:
         ctx = dataclasses.replace(ctx, fit_store=fit_store)
-        fit_source = open_rows(fit_store, ckpt.layer, memory_budget_mb)
+        fit_source = open_rows(fit_store, ckpt.layers, memory_budget_mb)
     metrics = evaluate(Scorer.from_checkpoint(ckpt), ctx, source, layer=ckpt.layer, baselines=baselines, q_threshold=q_threshold,
                        fit_source=fit_source, progress=progress)
     metrics["checkpoint"] = str(ckpt.path)

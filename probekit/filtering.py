@@ -88,7 +88,7 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
     groups = selection_and_report_groups(meta.group, ckpt.split, thresholds is None or len(thresholds) > 1, config.valid_frac, seed)
     out_dir = claim_output(out, "filter", FILTER_OUTPUTS, overwrite=overwrite, inputs=[store.path, ckpt.path])
 
-    scores = score_store(store, scorer, ckpt.layer, progress)
+    scores = score_store(store, scorer, ckpt.layers, progress)
     t0 = time.perf_counter()
     sig = scores.signal(signal, config.goal)
     q = scores.q[config.goal]
@@ -148,7 +148,7 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
         },
         "store": {"path": str(store.path), "n_trajectories": len(meta), "n_rows": int(store.n_rows),
                   "n_without_answer": ballot.n_without_answer},
-        "checkpoint": {"path": str(getattr(ckpt, "path", "")), "layer": int(ckpt.config["layer"])},
+        "checkpoint": {"path": str(getattr(ckpt, "path", "")), "layer": int(ckpt.config["layer"]), "layers": list(ckpt.layers)},
         "definitions": {
             "drop": "a trajectory is dropped at its first stored token with position >= skip_first and signal < threshold",
             "saved_tokens": "completion tokens - (drop position + 1); 0 for kept trajectories",
@@ -197,7 +197,7 @@ def auto_threshold(ckpt, goal: str = "mean", skip_first: int = 5, progress: Prog
     if not sel_g.any():
         raise ProbekitError(f"--threshold auto: checkpoint {ckpt.path} has no validation groups to choose on (fit with --valid-frac > 0), "
                             "or pass a number")
-    scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=[goal]), ckpt.layer, progress)
+    scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=[goal]), ckpt.layers, progress)
     q = scores.q[goal]
     mins = min_signal(scores.offsets, scores.positions, q, skip_first)
     table = []

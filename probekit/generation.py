@@ -95,12 +95,12 @@ class OnlineStop:
         if skip_first < 0:
             raise ProbekitError(f"--skip-first {skip_first}: must be >= 0")
         self.scorer = Scorer.from_checkpoint(ckpt, kinds=[goal])
-        self.layer, self.goal, self.threshold, self.skip_first = ckpt.layer, goal, float(threshold), int(skip_first)
+        self.layer, self.goal, self.threshold, self.skip_first = ckpt.single_layer("online filtering"), goal, float(threshold), int(skip_first)
         self.checkpoint, self.chosen_on = str(ckpt.path), chosen_on
 
     def drops(self, stored_states: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """bool [n]: which sequences stop at this token (states as stored, positions in the completion)."""
-        _reward, q = self.scorer(stored_states)
+        q = self.scorer.q_values(stored_states)
         return (positions >= self.skip_first) & (q[self.goal] < self.threshold)
 
 

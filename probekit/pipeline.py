@@ -46,7 +46,7 @@ def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = Fa
         metrics[eval_split] = evaluate(Scorer(result.model, result.goals), ctx, data.source, layer=data.layer,
                                        baselines=config.eval.baselines, q_threshold=config.eval.q_threshold, baseline_cache=baseline_cache)
     train_info["seconds"] = round(time.time() - t0, 3)
-    ckpt = save_checkpoint(out_dir, result.model, {"fit": config.to_dict(), "layer": data.layer, "store": store_info(data.store)},
+    ckpt = save_checkpoint(out_dir, result.model, {"fit": config.to_dict(), "layer": data.layer, "layers": list(data.layers), "store": store_info(data.store)},
                            result.goals, data.split, metrics)
     if eval_split in metrics:
         plot_prefix_auroc(metrics[eval_split], out_dir.file("prefix_auroc.png"))

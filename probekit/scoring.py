@@ -5,12 +5,17 @@ the same token gets the same number whichever command reads it:
 
 * φ runs with the input standardisation folded into its first layer
   (`ProbeModel.folded_encoder`), in float32, a batch at a time;
-* the reward is the head on φ; Q for each goal kind is the best cosine of φ to
-  that kind's prototypes, by an exact faiss inner-product search
-  (`probekit.goals.GoalIndex`).
+* Q for each goal kind is the best cosine of φ to that kind's prototypes, by
+  an exact faiss inner-product search (`probekit.goals.GoalIndex`); Q is per
+  token whatever the probe;
+* the reward of a row is the reward of the completion's prefix that ends
+  there: the head on φ for a last-token probe, the head on the pooled φ of the
+  prefix for a mean- or attention-pooled one (`ProbeModel.pool`, the function
+  training uses), so a trajectory's last row holds its reward.
 
 `Scorer` scores one batch of states (numpy in any float dtype, or a torch
-tensor: generation passes live hidden states). `score_blocks` runs it over an
+tensor: generation passes live hidden states to `q_values`). A multi-layer
+probe reads its layers' states side by side. `score_blocks` runs it over an
 iterator of whole-trajectory blocks that the caller supplies (a store's
 shards, or the selected trajectories of a row source), so memory is bounded
 by one block.
@@ -18,6 +23,7 @@ by one block.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -69,6 +75,7 @@ class Scorer:
         import torch
 
         self.model = model.eval()
+        self.pooled = model.pooling != "last"
         self.encoder = model.folded_encoder()
         self.kinds = ordered_kinds(goals) if kinds is None else list(kinds)
         self.indexes = {k: GoalIndex(goal_prototypes(goals, k, where)) for k in self.kinds}
@@ -81,16 +88,38 @@ class Scorer:
     def from_checkpoint(cls, ckpt, kinds: Sequence[str] | None = None) -> Scorer:
         return cls(ckpt.model, ckpt.goals, kinds, where=ckpt.path)
 
-    def __call__(self, states) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(reward float32 [n], {kind: Q float32 [n]}) for states [n, hidden]."""
+    def __call__(self, states, offsets: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(reward float32 [n], {kind: Q float32 [n]}) for states [n, in_features].
+
+        A pooled probe needs `offsets` [m+1], the rows of whole trajectories in
+        `states`: each row's reward pools its trajectory's rows up to it.
+        """
+        z = self._encode(states)
+        return self._rewards(z, offsets), self._q(z)
+
+    def q_values(self, states) -> dict[str, np.ndarray]:
+        """{kind: Q float32 [n]} of states [n, in_features], each token on its own (live generation)."""
+        return self._q(self._encode(states))
+
+    def _encode(self, states):
         import torch
 
         with torch.inference_mode():
-            x = torch.as_tensor(states).to(device=self.device, dtype=torch.float32)
-            z = self.encoder(x)
-            reward = self.model.reward(z).reshape(-1).float().cpu().numpy()
-            zn = z.float().cpu().numpy()
-        return reward, {k: index.q_values(zn) for k, index in self.indexes.items()}
+            return self.encoder(torch.as_tensor(states).to(device=self.device, dtype=torch.float32))
+
+    def _rewards(self, z, offsets: np.ndarray | None) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            if self.pooled:
+                if offsets is None:
+                    raise ValueError("a pooled probe scores rewards of whole trajectories: pass their offsets")
+                z = self.model.pool(z, torch.as_tensor(np.asarray(offsets, np.int64), device=z.device))
+            return self.model.reward(z).reshape(-1).float().cpu().numpy()
+
+    def _q(self, z) -> dict[str, np.ndarray]:
+        zn = z.float().cpu().numpy()
+        return {k: index.q_values(zn) for k, index in self.indexes.items()}
 
 
 def score_blocks(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | None = None, batch_rows: int = 2048,
@@ -98,8 +127,11 @@ def score_blocks(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | Non
     """Score every row of every block; `n_rows` (when known) sizes the outputs and the progress bar.
 
     Blocks may hold states in their stored dtype: each batch is converted to
-    float32 on its own, which keeps it in cache for the matmuls.
+    float32 on its own, which keeps it in cache for the matmuls. A pooled
+    probe's rewards are computed once per block, from the φ of all its rows.
     """
+    import torch
+
     t0 = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {"traj": [], "lengths": [], "positions": [], "reward": []}
     q_parts: dict[str, list[np.ndarray]] = {k: [] for k in scorer.kinds}
@@ -109,12 +141,18 @@ def score_blocks(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | Non
             parts["traj"].append(np.asarray(block.trajectories, np.int64))
             parts["lengths"].append(np.diff(block.offsets))
             parts["positions"].append(np.asarray(block.positions, np.int64))
+            zs = []
             for i in range(0, len(block.states), batch_rows):
-                reward, q = scorer(block.states[i:i + batch_rows])
-                parts["reward"].append(reward)
-                for k, v in q.items():
+                z = scorer._encode(block.states[i:i + batch_rows])
+                if scorer.pooled:
+                    zs.append(z)
+                else:
+                    parts["reward"].append(scorer._rewards(z, None))
+                for k, v in scorer._q(z).items():
                     q_parts[k].append(v)
-                task.advance(len(reward))
+                task.advance(len(z))
+            if scorer.pooled:
+                parts["reward"].append(scorer._rewards(torch.cat(zs) if zs else torch.zeros(0, scorer.model.rep_size), block.offsets))
     finally:
         task.close()
 
@@ -132,9 +170,12 @@ def score_blocks(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | Non
     )
 
 
-def score_store(store, scorer: Scorer, layer: int, progress: Progress | None = None) -> Scores:
-    """Every stored token of a store, one shard in memory at a time (in its stored dtype)."""
-    return score_blocks(scorer, store.iter_shards(layer, as_float32=False), store.n_rows, progress=progress)
+def score_store(store, scorer: Scorer, layers: int | Sequence[int], progress: Progress | None = None) -> Scores:
+    """Every stored token of a store, one shard in memory at a time (in its stored dtype); several layers side by side."""
+    layers = (int(layers),) if np.isscalar(layers) else tuple(layers)
+    shards = zip(*(store.iter_shards(layer, as_float32=False) for layer in layers))
+    blocks = (b[0] if len(b) == 1 else dataclasses.replace(b[0], states=np.concatenate([x.states for x in b], axis=1)) for b in shards)
+    return score_blocks(scorer, blocks, store.n_rows, progress=progress)
 
 
 def score_trajectories(source, scorer: Scorer, traj: np.ndarray, progress: Progress | None = None) -> Scores:

@@ -104,7 +104,7 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
                 next_pos = next_pos + feeding.long()
                 fed += int(active.sum())
                 states = checked_states(captured[layer][:, -1], torch_dtype, "a steered sample", layer, gen.dtype)
-                q = scorer(states)[1][goal]
+                q = scorer.q_values(states)[goal]
                 for r in np.flatnonzero(active):
                     cands[r].tokens.append(int(tok[r]))
                     cands[r].q = float(q[r])
@@ -169,7 +169,7 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
             def seed_of(step: int, row: int, pi: int = pi) -> torch.Generator:
                 return sequence_generator(gen.seed, pi, step * 100_000 + row)
 
-            beams, fed = steer_prompt(loaded, prompt_ids(loaded.tokenizer, p.prompt, template), scorer, cfg.goal, ckpt.layer, gen, cfg,
+            beams, fed = steer_prompt(loaded, prompt_ids(loaded.tokenizer, p.prompt, template), scorer, cfg.goal, ckpt.single_layer("steer"), gen, cfg,
                                       seed_of, newline)
             fed_total += fed
             for rank, b in enumerate(beams):

@@ -1,9 +1,15 @@
-"""A grid of fits on one store: λ × layer × encoder widths × K × goal kind × seeds.
+"""A grid of fits on one store: λ × layer × encoder widths × K × goal kind × seeds × ablation axes.
 
-λ = 0 (pure Bradley-Terry) is always included; its runs ignore K, so they are
-trained once per (layer, widths, seed) and reported with K "-". The goal kind
-(mean goal or k-means prototypes) only changes the Q-values, so it does not
-need another training run: each run is evaluated with every goal kind.
+λ = 0 (pure Bradley-Terry) is always included; its runs ignore K and the
+contrastive variant, so they are trained once per (layer, widths, seed) and
+reported with K "-". The goal kind (mean goal or k-means prototypes) only
+changes the Q-values, so it does not need another training run: each run is
+evaluated with every goal kind.
+
+Ablation axes (`SweepConfig.axes`) vary fit options by name: `features`
+(single, concat, mix), `pooling`, `contrastive`, `pairs`; an axis not given
+keeps the template's value. Runs reading several layers (concat, mix) do not
+take the layer axis: they run once, on --feature-layers, with layer "a+b+…".
 
 Outputs in --out: runs/<name>/ (one checkpoint per run), results.csv (one
 row per run and goal kind), results.json (options, runs, the mean ± std
@@ -20,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit.config import FitConfig, parse_widths_list, show_widths
+from probekit.config import FitConfig, field_groups, show_widths
 from probekit.errors import ProbekitError
 from probekit.goals import GOAL_KINDS
 from probekit.progress import Progress, or_null
 
 METRICS = ("pairwise_acc", "auroc", "auroc_strat", "auroc_resid", "q_auroc", "q_auroc_strat", "q_auroc_resid", "err_token_auroc")
+ABLATION_AXES = ("features", "pooling", "contrastive", "pairs")
+_DEFAULTS = {name: getattr(getattr(FitConfig(), field_groups(FitConfig)[name]), name) for name in ABLATION_AXES}
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     prototypes: int = 4
     split: str = "valid"
+    axes: dict = field(default_factory=dict)  # ablation axis name -> tuple of values (default: the template's value)
 
     def validate(self) -> SweepConfig:
         for g in self.goals:
@@ -52,39 +61,61 @@ class SweepConfig:
             raise ProbekitError("--goal kmeans needs --prototypes of at least 2")
         if self.split not in ("train", "valid", "test", "all"):
             raise ProbekitError(f"--split must be train, valid, test or all, got '{self.split}'")
+        unknown = sorted(set(self.axes) - set(ABLATION_AXES))
+        if unknown or not all(self.axes.values()):
+            raise ProbekitError(f"sweep axes: {', '.join(unknown) or 'an empty axis'}; the ablation axes are {', '.join(ABLATION_AXES)}, each with values")
         for run in self.runs([0]):  # every axis value through the one fit validation
             self.fit_config(run).validate()
         return self
 
+    def axis(self, name: str) -> tuple:
+        """The values of an ablation axis: as given, else the template's value."""
+        return tuple(self.axes.get(name) or (getattr(getattr(self.template, field_groups(FitConfig)[name]), name),))
+
     def runs(self, layers: list[int]) -> list[dict]:
-        """λ = 0 is always included and ignores K (one run per layer, widths and seed)."""
+        """λ = 0 is always included and ignores K and the contrastive variant (one run per layer, widths and seed)."""
         lams = sorted(set(float(x) for x in self.lams) | {0.0})
         out = []
-        for layer, lam, widths, seed in itertools.product(layers, lams, self.widths, self.seeds):  # layer outermost: load each once
-            for K in ([None] if lam == 0 else self.ks):
-                out.append({"lam": lam, "layer": int(layer), "widths": tuple(widths), "K": K, "seed": int(seed)})
+        for features in self.axis("features"):
+            for layer, lam, widths, seed in itertools.product(layers if features == "single" else [None], lams, self.widths, self.seeds):
+                for K in ([None] if lam == 0 else self.ks):  # layer outermost: load each once
+                    for pooling, pairs in itertools.product(self.axis("pooling"), self.axis("pairs")):
+                        for contrastive in ([None] if lam == 0 else self.axis("contrastive")):
+                            out.append({"lam": lam, "layer": None if layer is None else int(layer), "widths": tuple(widths), "K": K,
+                                        "seed": int(seed), "features": features, "pooling": pooling, "contrastive": contrastive, "pairs": pairs})
         return out
 
     def fit_config(self, run: dict) -> FitConfig:
+        single = run["features"] == "single"
         cfg = self.template.vary(lam=run["lam"], layer=run["layer"], widths=run["widths"], seed=run["seed"],
-                                 goal_prototypes=self.prototypes if "kmeans" in self.goals else 1)
-        return cfg.vary(K=run["K"]) if run["K"] is not None else cfg
+                                 goal_prototypes=self.prototypes if "kmeans" in self.goals else 1, features=run["features"],
+                                 feature_layers=() if single else self.template.probe.feature_layers, pooling=run["pooling"], pairs=run["pairs"])
+        cfg = cfg.vary(K=run["K"]) if run["K"] is not None else cfg
+        return cfg.vary(contrastive=run["contrastive"]) if run["contrastive"] is not None else cfg
 
 
 def widths_name(widths: tuple[int, ...]) -> str:
     return show_widths(widths)
 
 
+def ablation_name(run: dict) -> str:
+    """The run's ablation values that differ from the defaults, e.g. 'mix pool-mean'; '' for none."""
+    return " ".join(f"{name}-{run[name]}" if name in ("pooling", "pairs") else str(run[name])
+                    for name in ABLATION_AXES if run.get(name) not in (None, _DEFAULTS[name]))
+
+
 def run_name(run: dict) -> str:
     k = "-" if run["K"] is None else run["K"]
-    return f"lam{run['lam']:g}_L{run['layer']}_w{widths_name(run['widths'])}_K{k}_s{run['seed']}"
+    layer = "-" if run["layer"] is None else run["layer"]
+    extra = ablation_name(run)
+    return f"lam{run['lam']:g}_L{layer}_w{widths_name(run['widths'])}_K{k}_s{run['seed']}" + ("_" + extra.replace(" ", "_") if extra else "")
 
 
 def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, overwrite: bool = False, progress: Progress | None = None) -> dict:
     from probekit.outputs import claim_output
     from probekit.pipeline import fit_probe
     from probekit.probe.data import open_rows
-    from probekit.probe.train import prepare
+    from probekit.probe.train import input_layers, prepare
     from probekit.store import Store
 
     config.validate()
@@ -105,10 +136,13 @@ def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, o
             t0 = time.time()
             cfg = config.fit_config(run)
             run_out = runs_dir / run_name(run)
+            needed = input_layers(store, cfg)
+            if run["layer"] is None:
+                run = {**run, "layer": "+".join(map(str, needed))}  # a multi-layer run is reported under its layers
             ckpt = _finished_run(run_out, cfg, store, config.split)
             if ckpt is None:
-                if source is None or source.layer != run["layer"]:
-                    source = open_rows(store, run["layer"], cfg.compute.memory_budget_mb)
+                if source is None or source.layers != needed:
+                    source = open_rows(store, needed, cfg.compute.memory_budget_mb)
                 ckpt = fit_probe(store, run_out, cfg, overwrite=overwrite, data=prepare(store, cfg, source=source),
                                  eval_split=config.split, baseline_cache=cache)
             m = ckpt.metrics.get(config.split)
@@ -124,6 +158,7 @@ def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, o
         "options": {"store": str(store_path), "out": str(out), "lams": sorted(set(config.lams) | {0.0}), "layers": layers,
                     "widths": [widths_name(w) for w in config.widths], "ks": list(config.ks), "goals": list(config.goals),
                     "seeds": list(config.seeds), "prototypes": config.prototypes, "split": config.split,
+                    "axes": {name: list(config.axis(name)) for name in ABLATION_AXES},
                     "template": config.template.to_dict()},
         "runs": rows,
         "summary": summarise(rows),
@@ -137,6 +172,8 @@ def _finished_run(path: Path, cfg: FitConfig, store, split: str):
     """The checkpoint of an identical earlier run (same options, same store, evaluated on `split`), else None.
 
     This makes an interrupted or extended sweep resume: only missing runs are fit.
+    Options are compared as configs, so a run saved before an option existed
+    counts as that option's default (which is what it did).
     """
     from probekit.probe.checkpoint import load_checkpoint, store_info
 
@@ -146,7 +183,10 @@ def _finished_run(path: Path, cfg: FitConfig, store, split: str):
         ckpt = load_checkpoint(path)
     except ProbekitError:
         return None
-    same = ckpt.config.get("fit") == cfg.to_dict() and ckpt.config.get("store") == store_info(store)
+    try:
+        same = FitConfig.from_dict(ckpt.config.get("fit") or {}) == cfg and ckpt.config.get("store") == store_info(store)
+    except ProbekitError:  # options of another probekit version
+        return None
     return ckpt if same and split in ckpt.metrics else None
 
 
@@ -160,6 +200,7 @@ def _row(run: dict, goal: str, m: dict, ckpt, seconds: float) -> dict:
     err = probe.get("error_localisation") or {}
     return {
         "lam": run["lam"], "layer": run["layer"], "widths": widths_name(run["widths"]), "K": run["K"], "goal": goal, "seed": run["seed"],
+        **{name: run[name] for name in ABLATION_AXES},
         "pairwise_acc": probe["pairwise_accuracy"]["value"], "pairwise_lo": probe["pairwise_accuracy"]["lo"], "pairwise_hi": probe["pairwise_accuracy"]["hi"],
         "auroc": probe["auroc"]["value"], "auroc_lo": probe["auroc"]["lo"], "auroc_hi": probe["auroc"]["hi"],
         **_length_fields("auroc", probe["auroc"]),
@@ -198,8 +239,8 @@ def _mean_std(values) -> tuple[float | None, float | None]:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean ± std over seeds per (λ, layer, widths, K, goal)."""
-    keys = ("lam", "layer", "widths", "K", "goal")
+    """Mean ± std over seeds per (λ, layer, widths, K, goal, ablation axes)."""
+    keys = ("lam", "layer", "widths", "K", "goal", *ABLATION_AXES)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
@@ -222,7 +263,7 @@ def summarise_baselines(baselines: dict) -> list[dict]:
         for name, b in (bs or {}).items():
             per.setdefault((layer, name), []).append(b or {})
     out = []
-    for (layer, name), bs in sorted(per.items()):
+    for (layer, name), bs in sorted(per.items(), key=lambda kv: (isinstance(kv[0][0], str), str(kv[0][0]).zfill(12), kv[0][1])):
         item = {"layer": layer, "baseline": name, "n_seeds": len(bs)}
         item["pairwise_acc_mean"], item["pairwise_acc_std"] = _mean_std((b.get("pairwise_accuracy") or {}).get("value") for b in bs)
         item["auroc_mean"], item["auroc_std"] = _mean_std((b.get("auroc") or {}).get("value") for b in bs)

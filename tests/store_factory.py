@@ -27,8 +27,9 @@ def make_store(
     layer: int = 2,
     shard_size: int = 8,
     model_name: str = "test-model",
+    more_layers: dict[int, list[np.ndarray]] | None = None,
 ) -> Path:
-    """`states[i]` is [T_i, hidden] for trajectory i (all positions stored)."""
+    """`states[i]` is [T_i, hidden] for trajectory i (all positions stored) at `layer`; `more_layers` adds layers of the same shapes."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     n = len(states)
@@ -36,12 +37,14 @@ def make_store(
     ids = [f"t{i}" for i in range(n)]
     answers = answers or [None] * n
     error_tokens = error_tokens or [-1] * n
-    key = {"model_sha256": model_name, "layers": [layer], "data_sha256": str(abs(hash((n, hidden, model_name)))), "shard_size": shard_size}
+    by_layer = {layer: states, **(more_layers or {})}
+    layers = sorted(by_layer)
+    key = {"model_sha256": model_name, "layers": layers, "data_sha256": str(abs(hash((n, hidden, model_name)))), "shard_size": shard_size}
     manifest = build_manifest(
         key,
         {
-            "model": {"name": model_name, "source": model_name, "file_sha256": model_name, "revision": None, "num_layers": layer, "hidden_size": hidden},
-            "layers": [layer],
+            "model": {"name": model_name, "source": model_name, "file_sha256": model_name, "revision": None, "num_layers": max(layers), "hidden_size": hidden},
+            "layers": layers,
             "dtype": "float32",
             "template": "raw",
             "positions": "all",
@@ -58,7 +61,7 @@ def make_store(
         data = ShardData(
             offsets=np.concatenate([[0], np.cumsum(counts)]),
             positions=np.concatenate([np.arange(c) for c in counts]),
-            states={layer: np.concatenate([states[i] for i in idx]).astype(np.float32)},
+            states={lay: np.concatenate([xs[i] for i in idx]).astype(np.float32) for lay, xs in by_layer.items()},
             meta={
                 "id": [ids[i] for i in idx],
                 "group": [groups[i] for i in idx],

@@ -7,8 +7,13 @@ A checkpoint folder holds::
                           in the TRAIN split; "kmeans" [K, rep] when goal prototypes K > 1
     split.json            {"train": [groups], "valid": [...], "test": [...]}
     metrics.json          training history and the validation evaluation
-    config.json           "fit" (the nested FitConfig), "layer", "model" (ProbeModel arguments) and
+    config.json           "fit" (the nested FitConfig), "layer", "layers" (the input layers, side by side),
+                          "model" (ProbeModel arguments) and
                           "store" {path, model_name, model_sha256, hidden_size, cache_key, layers}
+
+Checkpoints written before the ablation options lack "layers", the model's
+n_layers/mix/pooling and the fit options features/pooling/contrastive/pairs;
+they load with the defaults, which are what those versions did.
 
 The folder is claimed with `probekit.outputs.claim_output` (it never replaces a
 folder or file probekit did not write). Each file is written under a
@@ -50,6 +55,17 @@ class Checkpoint:
     @property
     def layer(self) -> int:
         return int(self.config["layer"])
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The probe's input layers, in the order their states sit side by side."""
+        return tuple(int(x) for x in self.config.get("layers", [self.config["layer"]]))
+
+    def single_layer(self, what: str) -> int:
+        """The input layer of a one-layer probe; `what` (a command reading live states of one layer) refuses others."""
+        if len(self.layers) != 1:
+            raise ProbekitError(f"checkpoint {self.path} reads layers {list(self.layers)} together; {what} supports one-layer probes only")
+        return self.layer
 
 
 def store_info(store) -> dict:
@@ -110,7 +126,7 @@ def load_checkpoint(path) -> Checkpoint:
     try:
         args = dict(config["model"])
         args["widths"] = tuple(args.get("widths", ()))
-        int(config["layer"])
+        [int(x) for x in config.get("layers", [config["layer"]])]
         dict(config["store"])
         model = ProbeModel(**args)
         model.load_state_dict(load_file(str(path / "weights.safetensors")))
@@ -146,9 +162,9 @@ def check_compatible(ckpt: Checkpoint, store) -> None:
             f"checkpoint {ckpt.path} was trained on states of model '{info.get('model_name')}' "
             f"(sha256 {str(ck_sha)[:12]}), but store {store.path} holds states of '{model.get('name')}' (sha256 {str(st_sha)[:12]})"
         )
-    layer = int(ckpt.config["layer"])
-    if layer not in store.layers:
-        raise ProbekitError(f"checkpoint {ckpt.path} reads layer {layer}, but store {store.path} has layers {store.layers}")
+    for layer in ckpt.layers:
+        if layer not in store.layers:
+            raise ProbekitError(f"checkpoint {ckpt.path} reads layer {layer}, but store {store.path} has layers {store.layers}")
     if int(info.get("hidden_size", ckpt.model.hidden_size)) != int(store.hidden_size) or ckpt.model.hidden_size != int(store.hidden_size):
         raise ProbekitError(f"checkpoint {ckpt.path} expects hidden size {ckpt.model.hidden_size}, but store {store.path} has {store.hidden_size}")
 

@@ -1,10 +1,13 @@
 """Everything training and evaluation read from a store: row sources, group splits, batches.
 
 Row sources
-    `MemoryRows` loads one layer into memory; `StreamRows` reads the rows a
+    `MemoryRows` loads the layers into memory; `StreamRows` reads the rows a
     batch needs with `Store.read_rows`. `open_rows` picks one from the memory
     budget. Both return identical float32 arrays, so a fit gives the same
-    result either way.
+    result either way. A source of several layers returns their states side by
+    side ([rows, n_layers·hidden], in the order of `layers`), which is the
+    input of a multi-layer probe; every layer goes through the store's
+    non-finite check.
 
 Splits
     By GROUP (all answers to one prompt go to one side), seeded, saved in the
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -40,15 +43,19 @@ _BLOCK_ROWS = 1 << 16
 
 # ---- row sources ------------------------------------------------------------
 class RowSource:
-    """States of global rows of one layer, as float32."""
+    """States of global rows of one layer (or several side by side), as float32."""
 
     in_memory: bool = False
 
-    def __init__(self, store: Store, layer: int):
-        store.check_layer(layer)
+    def __init__(self, store: Store, layers: int | Sequence[int]):
+        self.layers = (int(layers),) if np.isscalar(layers) else tuple(int(x) for x in layers)
+        for layer in self.layers:
+            store.check_layer(layer)
         self.store = store
-        self.layer = layer
-        self.hidden_size = store.hidden_size
+        self.hidden_size = store.hidden_size * len(self.layers)
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        return _side_by_side([self.store.read_rows(layer, rows) for layer in self.layers])
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), hidden], in the order asked."""
@@ -64,13 +71,13 @@ class RowSource:
 
 
 class MemoryRows(RowSource):
-    """The whole layer in memory (`Store.load_layer`)."""
+    """The whole layer(s) in memory (`Store.load_layer`)."""
 
     in_memory = True
 
-    def __init__(self, store: Store, layer: int):
-        super().__init__(store, layer)
-        self.states = store.load_layer(layer)
+    def __init__(self, store: Store, layers: int | Sequence[int]):
+        super().__init__(store, layers)
+        self.states = _side_by_side([store.load_layer(layer) for layer in self.layers])
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         return self.states[np.asarray(rows, dtype=np.int64)]
@@ -95,7 +102,7 @@ class StreamRows(RowSource):
     """Reads rows from the shards on demand: memory stays bounded by a batch (or one shard)."""
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        return self.store.read_rows(self.layer, rows)
+        return self._read(rows)
 
     def blocks(self, trajectories):
         meta = self.store.meta
@@ -109,8 +116,13 @@ class StreamRows(RowSource):
             base = int(meta.row_start[first])
             rows = _rows_of(meta.row_start[sel], meta.row_end[sel])
             # Few rows: read just those; many: one contiguous read of the shard beats fancy indexing.
-            states = self.store.read_rows(self.layer, rows) if len(rows) < 4096 else self.store.shard_states(s, self.layer)[rows - base]
+            states = self._read(rows) if len(rows) < 4096 else _side_by_side([self.store.shard_states(s, layer)[rows - base] for layer in self.layers])
             yield ShardBlock(sel, _offsets(meta.stored_tokens[sel]), positions[rows], states)
+
+
+def _side_by_side(parts: list[np.ndarray]) -> np.ndarray:
+    """One layer's array as it is (no copy), several concatenated along the features."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -127,11 +139,12 @@ def _rows_of(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.arange(offs[-1], dtype=np.int64) - np.repeat(offs[:-1] - starts, lengths)
 
 
-def open_rows(store: Store, layer: int, memory_budget_mb: float) -> RowSource:
-    """`MemoryRows` when the layer (`store.nbytes`) fits the budget, else `StreamRows`."""
-    if store.nbytes < memory_budget_mb * (1 << 20):
-        return MemoryRows(store, layer)
-    return StreamRows(store, layer)
+def open_rows(store: Store, layers: int | Sequence[int], memory_budget_mb: float) -> RowSource:
+    """`MemoryRows` when the layer(s) (`store.nbytes` each) fit the budget, else `StreamRows`."""
+    n_layers = 1 if np.isscalar(layers) else len(layers)
+    if store.nbytes * n_layers < memory_budget_mb * (1 << 20):
+        return MemoryRows(store, layers)
+    return StreamRows(store, layers)
 
 
 def trajectory_rows(store: Store, trajectories: np.ndarray) -> np.ndarray:
@@ -316,3 +329,19 @@ def ceil_frac_position(frac: float, T: np.ndarray) -> np.ndarray:
     """Token index of the prefix that covers `frac` of a completion: ceil(frac·T) − 1 (at least 0)."""
     return np.maximum(np.ceil(frac * np.asarray(T, dtype=np.float64) - 1e-9).astype(np.int64) - 1, 0)
 
+
+
+def cross_pairs(labels: np.ndarray, traj: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Every (label 1, label 0) pair among the trajectories `traj`, across groups; a seeded subsample of `cap` when more.
+
+    Pointwise-style training data: with few answers per prompt, within-group
+    pairs leave most labelled trajectories unpaired. int64 [n, 2] (chosen, rejected),
+    in (chosen, rejected) index order.
+    """
+    traj = np.asarray(traj, dtype=np.int64)
+    pos, neg = traj[labels[traj] == 1], traj[labels[traj] == 0]
+    n = len(pos) * len(neg)
+    if n == 0:
+        return np.zeros((0, 2), np.int64)
+    pick = np.arange(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+    return np.stack([pos[pick // len(neg)], neg[pick % len(neg)]], axis=1)

@@ -3,6 +3,10 @@
 Total loss (Nath et al. 2024): L = L_BT + λ · L_contrastive. With λ = 0 the
 contrastive term is not computed at all, so the objective is exactly the pure
 Bradley-Terry reward-model loss.
+
+L_contrastive is the official loss (`contrastive`) unless an ablation picks
+another (`--contrastive`): `info_nce` over the batch's goals, or the official
+loss plus `token_goal`, a per-token term where first errors are known.
 """
 
 from __future__ import annotations
@@ -32,6 +36,34 @@ def contrastive(pos_cos: torch.Tensor, neg_cos: torch.Tensor) -> torch.Tensor:
     return per_pair.mean()
 
 
+def info_nce(source: torch.Tensor, goal: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE over in-batch goals: each source must pick its own goal among the batch's.
+
+    source, goal [P, K, rep]: the (source, goal) rows of each pair's chosen
+    completion. For each k, the logits of source (p, k) are its cosines to the
+    goals (p', k) of every pair p', divided by `temperature`; the target is
+    p' = p. Mean cross-entropy over pairs and k (0 for a batch of one pair).
+    """
+    s = F.normalize(source, dim=-1).transpose(0, 1)  # [K, P, rep]
+    g = F.normalize(goal, dim=-1).transpose(0, 1)
+    logits = s @ g.transpose(1, 2) / temperature  # [K, P, P]
+    target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+def token_goal(cos: torch.Tensor, on_goal: torch.Tensor) -> torch.Tensor:
+    """Process-reward-style term: per-token σ(cosine to the goal) against on/off-goal labels.
+
+    cos: cosines of tokens of rejected completions with a known first error to
+    their chosen completion's final state; on_goal: True before the error,
+    False at and after it. Binary cross-entropy of σ(cos) (the official loss's
+    probability) with the labels, mean over tokens; 0 when there are none.
+    """
+    if cos.numel() == 0:
+        return cos.sum()
+    return F.binary_cross_entropy_with_logits(cos, on_goal.to(cos.dtype))
+
+
 def total_loss(
     r_chosen: torch.Tensor,
     r_rejected: torch.Tensor,
@@ -39,17 +71,20 @@ def total_loss(
     neg_cos: torch.Tensor | None = None,
     lam: float = 0.0,
     margin: float = 0.0,
+    contrastive_term: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """BT + λ·contrastive, and the terms as floats for logging.
 
     When `lam == 0` the contrastive term is skipped (not computed) and the
-    returned loss is the Bradley-Terry tensor itself.
+    returned loss is the Bradley-Terry tensor itself. `contrastive_term` is an
+    ablation's contrastive loss, computed by the caller, in place of the
+    official one on (pos_cos, neg_cos).
     """
     bt = bradley_terry(r_chosen, r_rejected, margin)
     if lam == 0:
         return bt, {"bt": float(bt.detach()), "contrastive": 0.0, "total": float(bt.detach())}
-    if pos_cos is None or neg_cos is None:
+    if contrastive_term is None and (pos_cos is None or neg_cos is None):
         raise ValueError("lam > 0 needs pos_cos and neg_cos")
-    c = contrastive(pos_cos, neg_cos)
+    c = contrastive(pos_cos, neg_cos) if contrastive_term is None else contrastive_term
     total = bt + lam * c
     return total, {"bt": float(bt.detach()), "contrastive": float(c.detach()), "total": float(total.detach())}

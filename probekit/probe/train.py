@@ -9,6 +9,12 @@ The run is deterministic on CPU for a given seed: torch.manual_seed for the
 weights, one numpy Generator for the split, the batch order and the
 contrastive sampling. Whether the layer is held in memory or streamed from
 the shards (`memory_budget_mb`) does not change the result.
+
+Ablations (`FitConfig`): the input may be several layers (concatenated or
+mixed), the reward may pool the completion's tokens (then a batch reads every
+row of its pairs' completions, not only the last), the contrastive term may be
+InfoNCE or add a token-level term, and the training pairs may cross groups.
+With the defaults every step is the original computation.
 """
 
 from __future__ import annotations
@@ -30,13 +36,18 @@ class FitData:
     """What one fit reads from the store, prepared once (a sweep reuses the row source)."""
 
     store: object
-    layer: int
+    layers: tuple[int, ...]  # the probe's input layers (one, or several side by side)
     source: object
     split: dict
     train_pairs: np.ndarray
     valid_pairs: np.ndarray
     train_traj: np.ndarray
     index: object
+
+    @property
+    def layer(self) -> int:
+        """The first input layer (the only one of a single-layer probe)."""
+        return self.layers[0]
 
 
 @dataclass
@@ -49,16 +60,29 @@ class FitResult:
     info: dict  # best_epoch, epochs_run, stopped_early, goal_source, n_goal_states, ...
 
 
+def input_layers(store, config: FitConfig) -> tuple[int, ...]:
+    """The layers a fit reads: --layer (default the store's first) for single features, else --feature-layers (default all)."""
+    arch = config.probe
+    if arch.features == "single":
+        layers = (store.layers[0] if config.run.layer is None else int(config.run.layer),)
+    else:
+        layers = tuple(arch.feature_layers) or tuple(store.layers)
+    for layer in layers:
+        store.check_layer(layer)
+    if arch.features != "single" and len(layers) < 2:
+        raise ProbekitError(f"--features {arch.features}: needs at least two layers; {store.path} has layers {store.layers}")
+    return layers
+
+
 def prepare(store, config: FitConfig, source=None) -> FitData:
     """Check the store, split it by group and build the row source and sampling index.
 
-    A row `source` of the right layer may be passed in (sweeps).
+    A row `source` of the right layers may be passed in (sweeps).
     """
-    from probekit.probe.data import build_sampling_index, make_split, open_rows, read_split
+    from probekit.probe.data import build_sampling_index, cross_pairs, make_split, open_rows, read_split
 
     config.validate()
-    layer = store.layers[0] if config.run.layer is None else int(config.run.layer)
-    store.check_layer(layer)
+    layers = input_layers(store, config)
     pairs = store.pairs()
     if len(pairs) == 0:
         raise ProbekitError(
@@ -66,66 +90,119 @@ def prepare(store, config: FitConfig, source=None) -> FitData:
             "extract labelled trajectories (pairs are derived within groups) or pass --pairs to `probekit extract`"
         )
     meta = store.meta
-    empty = np.flatnonzero(meta.stored_tokens[np.unique(pairs)] < 1)
-    if len(empty):
-        raise ProbekitError(f"{store.path}: trajectory '{meta.id[np.unique(pairs)[empty[0]]]}' of a pair has no stored states")
+    _check_stored(store, pairs)
     same = pairs[:, 0] == pairs[:, 1]
     if same.any():
         raise ProbekitError(f"{store.path}: pair {int(np.flatnonzero(same)[0]) + 1} names trajectory '{meta.id[pairs[same][0, 0]]}' twice")
     groups = meta.group.astype(str)
     sc = config.split
     split = read_split(sc.split_file, groups) if sc.split_file else make_split(groups, sc.valid_frac, sc.test_frac, config.run.seed)
-    train_pairs = split_pairs(store, pairs, split["train"])
+    train_traj = np.flatnonzero(split_mask(store, split["train"]))
+    if sc.pairs == "cross":
+        train_pairs = cross_pairs(meta.label, train_traj, sc.max_pairs, config.run.seed + 2)
+        _check_stored(store, train_pairs)
+    else:
+        train_pairs = split_pairs(store, pairs, split["train"])
     if len(train_pairs) == 0:
         raise ProbekitError(f"{store.path}: empty train split: none of the {len(pairs)} pairs belong to the {len(split['train'])} train group(s)")
     valid_pairs = split_pairs(store, pairs, split["valid"])
-    if source is None or source.layer != layer or source.store is not store:
-        source = open_rows(store, layer, config.compute.memory_budget_mb)
+    if source is None or source.layers != layers or source.store is not store:
+        source = open_rows(store, layers, config.compute.memory_budget_mb)
     index = build_sampling_index(meta.row_start, meta.row_end, store.positions(), meta.completion_tokens,
                                  config.loss.goal_min_frac, config.loss.late_frac)
-    train_traj = np.flatnonzero(split_mask(store, split["train"]))
-    return FitData(store, layer, source, split, train_pairs, valid_pairs, train_traj, index)
+    return FitData(store, layers, source, split, train_pairs, valid_pairs, train_traj, index)
+
+
+def _check_stored(store, pairs: np.ndarray) -> None:
+    """Refuse pairs naming a trajectory without stored states."""
+    meta = store.meta
+    used = np.unique(pairs)
+    empty = np.flatnonzero(meta.stored_tokens[used] < 1)
+    if len(empty):
+        raise ProbekitError(f"{store.path}: trajectory '{meta.id[used[empty[0]]]}' of a pair has no stored states")
+
+
+def _offsets_tensor(lengths: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)).to(device)
 
 
 def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig, rng: np.random.Generator):
-    """The loss of one batch of pairs: (total tensor, {"bt", "contrastive", "total"})."""
+    """The loss of one batch of pairs: (total tensor, {"bt", "contrastive", "total"}).
+
+    Rows read: the last row of each side (or, for a pooled reward, every row of
+    both sides' completions), then the contrastive samples; each distinct row is
+    read and encoded once.
+    """
     import torch
     import torch.nn.functional as F
 
     from probekit.probe import losses
-    from probekit.probe.data import sample_negatives, sample_positives
+    from probekit.probe.data import sample_negatives, sample_positives, trajectory_rows
 
-    lam, K, margin, device = config.loss.lam, config.loss.K, config.loss.margin, config.compute.device
+    loss_cfg, device = config.loss, config.compute.device
+    lam, K, margin = loss_cfg.lam, loss_cfg.K, loss_cfg.margin
     chosen, rejected = batch_pairs[:, 0], batch_pairs[:, 1]
     B = len(batch_pairs)
-    parts = [data.index.row_end[chosen] - 1, data.index.row_end[rejected] - 1]
+    sides = np.concatenate([chosen, rejected])
+    pooled = model.pooling != "last"
+    reward_rows = trajectory_rows(data.store, sides) if pooled else data.index.row_end[sides] - 1
+    parts = [reward_rows]
     if lam > 0:
-        parts += [r.ravel() for r in (*sample_positives(data.index, chosen, K, rng), *sample_negatives(data.index, chosen, rejected, K, rng))]
+        positives = sample_positives(data.index, chosen, K, rng)  # positives first: the seeded stream is the original's
+        negatives = sample_negatives(data.index, chosen, rejected, K, rng)
+        parts += [r.ravel() for r in (*positives, *negatives)]
     rows = np.concatenate(parts)
     uniq, inverse = np.unique(rows, return_inverse=True)
     x = torch.from_numpy(data.source.rows(uniq)).to(device)
     z = model.encode(x)[torch.from_numpy(inverse).to(device)]
-    r = model.reward(z[: 2 * B])
+    n_r = len(reward_rows)
+    if pooled:
+        offsets = _offsets_tensor(data.index.n_rows[sides], device)
+        last = offsets[1:] - 1
+        r = model.reward(model.pool(z[:n_r], offsets)[last])
+        chosen_final = z[last[:B]]
+    else:
+        r = model.reward(z[:n_r])
+        chosen_final = z[:B]
     if lam == 0:
         return losses.total_loss(r[:B], r[B:], lam=0.0, margin=margin)
-    zs = z[2 * B:].view(4, B, K, -1)
+    zs = z[n_r:].view(4, B, K, -1)
     pos = F.cosine_similarity(zs[0], zs[1], dim=-1)
     neg = F.cosine_similarity(zs[2], zs[3], dim=-1)
-    return losses.total_loss(r[:B], r[B:], pos, neg, lam=lam, margin=margin)
+    term = None
+    if loss_cfg.contrastive == "infonce":
+        term = losses.info_nce(zs[0], zs[1], loss_cfg.temperature)
+    elif loss_cfg.contrastive == "token":
+        meta = data.store.meta
+        err = meta.error_token[rejected].astype(np.int64)
+        known = (err >= 0) & (err < meta.completion_tokens[rejected])
+        on_goal = data.store.positions()[negatives[1]] < err[:, None]  # the rejected rows of the negatives, [B, K]
+        cos = F.cosine_similarity(zs[3], chosen_final[:, None, :], dim=-1)
+        mask = torch.from_numpy(known).to(device)
+        term = losses.contrastive(pos, neg) + losses.token_goal(cos[mask], torch.from_numpy(on_goal[known]).to(device))
+    return losses.total_loss(r[:B], r[B:], pos, neg, lam=lam, margin=margin, contrastive_term=term)
 
 
 class Monitor:
-    """Pairwise accuracy on fixed pair sets after each epoch; their last-token states are read once."""
+    """Pairwise accuracy on fixed pair sets after each epoch.
 
-    def __init__(self, data: FitData, pairs: dict[str, np.ndarray]):
+    A last-token reward reads the trajectories' last states once and keeps
+    them; a pooled reward streams their rows a block at a time each epoch
+    (memory stays bounded by a block).
+    """
+
+    def __init__(self, data: FitData, pairs: dict[str, np.ndarray], pooled: bool):
         self.names = list(pairs)
         allp = [p for p in pairs.values() if len(p)]
         self.traj = np.unique(np.concatenate(allp)) if allp else np.zeros(0, np.int64)
-        self.x = data.source.rows(data.index.row_end[self.traj] - 1)
+        self.source = data.source
+        self.x = None if pooled else data.source.rows(data.index.row_end[self.traj] - 1)
         self.pairs = {k: np.searchsorted(self.traj, p) for k, p in pairs.items()}
 
     def accuracy(self, model, device: str = "cpu") -> dict[str, float | None]:
-        r = _rewards(model, self.x, device)
+        r = _rewards(model, self.x, device) if self.x is not None else _pooled_rewards(model, self.source, self.traj, device)
         return {k: float(pairwise_correct(r[p[:, 0]] - r[p[:, 1]]).mean()) if len(p) else None for k, p in self.pairs.items()}
 
 
@@ -136,6 +213,19 @@ def _rewards(model, x: np.ndarray, device: str, batch: int = 4096) -> np.ndarray
     with torch.no_grad():
         for i in range(0, len(x), batch):
             r[i:i + batch] = model(torch.from_numpy(x[i:i + batch]).to(device))[1].float().cpu().numpy()
+    return r
+
+
+def _pooled_rewards(model, source, traj: np.ndarray, device: str) -> np.ndarray:
+    """Pooled reward of each whole trajectory of `traj` (sorted unique), read block by block."""
+    import torch
+
+    r = np.empty(len(traj), np.float32)
+    with torch.no_grad():
+        for block in source.blocks(traj):
+            offsets = torch.from_numpy(np.asarray(block.offsets, np.int64)).to(device)
+            z = model.encode(torch.from_numpy(np.asarray(block.states, np.float32)).to(device))
+            r[np.searchsorted(traj, block.trajectories)] = model.reward(model.pool(z, offsets)[offsets[1:] - 1]).float().cpu().numpy()
     return r
 
 
@@ -172,7 +262,8 @@ def train(data: FitData, config: FitConfig, progress: Progress | None = None) ->
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         arch = config.probe
-        model = ProbeModel(data.store.hidden_size, arch.encoder, arch.widths, arch.rep_size, arch.head, arch.head_hidden)
+        model = ProbeModel(data.store.hidden_size, arch.encoder, arch.widths, arch.rep_size, arch.head, arch.head_hidden,
+                           n_layers=len(data.layers), mix=arch.features == "mix", pooling=arch.pooling)
         mean, std = feature_stats(data.source, trajectory_rows(data.store, data.train_traj), seed=seed)
         model.set_normalization(mean, std)
         model.to(device)
@@ -181,7 +272,7 @@ def train(data: FitData, config: FitConfig, progress: Progress | None = None) ->
         n_batches = (len(data.train_pairs) + optim_cfg.batch_size - 1) // optim_cfg.batch_size
         # Train accuracy is monitored on a fixed seeded subset (its own Generator: the training stream is untouched).
         sub = np.random.default_rng(seed + 1).permutation(len(data.train_pairs))[:2000]
-        monitor = Monitor(data, {"train": data.train_pairs[np.sort(sub)], "valid": data.valid_pairs})
+        monitor = Monitor(data, {"train": data.train_pairs[np.sort(sub)], "valid": data.valid_pairs}, pooled=arch.pooling != "last")
         history: list[dict] = []
         best_acc, best_state, best_epoch, bad = -1.0, None, 0, 0
         task = or_null(progress).task("fit", optim_cfg.epochs * n_batches, unit="batches")
@@ -224,4 +315,6 @@ def train(data: FitData, config: FitConfig, progress: Progress | None = None) ->
         goals, goal_info = build_goals(z, config.run.goal_prototypes, seed)
     info = {"best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": len(history) < optim_cfg.epochs,
             "goal_source": goal_source, **goal_info}
+    if model.mix:
+        info["layer_weights"] = dict(zip(map(str, data.layers), model.layer_weights().detach().cpu().tolist()))
     return FitResult(model, goals, history, info)

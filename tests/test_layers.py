@@ -20,7 +20,7 @@ ROOT = Path(probekit.__file__).resolve().parent
 # Floors, lowest first. A module may import its own floor and those below it.
 FLOORS = [
     {"errors", "io", "outputs", "progress", "config", "metrics", "voting", "early_stop", "goals", "plots", "thresholds", "sampling"},
-    {"data", "models", "store"},
+    {"data", "models", "cpu_dtype", "store"},
     {"extract"},
     {"probe"},
     {"scoring"},

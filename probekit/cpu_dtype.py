@@ -53,10 +53,10 @@ class CpuDtypeChoice:
     speedup: float | None = None
 
 
-def cpu_info(path: Path = _CPUINFO) -> dict[str, object]:
+def cpu_info() -> dict[str, object]:
     """The CPU's model name and flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
     try:
-        text = path.read_text(errors="replace")
+        text = _CPUINFO.read_text(errors="replace")
     except OSError:
         return {}
     info: dict[str, object] = {}

@@ -7,9 +7,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINT := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constraints/cpu.txt")
-DATA_DIR ?= ../shared/data
+# Empty: ../shared/data when present, else probekit's cache (`make reproduce`/`bench` fetch into it; tests never do).
+DATA_DIR ?=
+DATA_ARG = $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: venv demo test bench reproduce clean
+.PHONY: venv demo test bench generation-study reproduce clean
 
 venv: $(STAMP)
 
@@ -25,17 +27,22 @@ demo: $(STAMP)
 	$(BIN)/probekit demo --out demo-output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --data-dir=$(DATA_DIR)
+	$(BIN)/python -m pytest -q $(if $(DATA_DIR),--data-dir=$(DATA_DIR))
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_speed.py --data-dir $(DATA_DIR)
+	$(BIN)/python benchmarks/run_speed.py $(DATA_ARG)
+	$(BIN)/python benchmarks/run_generation.py
+
+# Online early stopping and Q-guided decoding measured on a task the bundled model can do (~30 min on 2 cores).
+generation-study: $(STAMP)
+	$(BIN)/python benchmarks/generation_study.py
 
 # SmolLM2-135M: every study. Gemma-3-270M (optional package, Gemma terms of use): the
 # GSM8K layer sweep and filtering; its residual stream overflows float16, so float32 states.
 reproduce: $(STAMP)
-	$(BIN)/python benchmarks/reproduce.py --data-dir $(DATA_DIR)
+	$(BIN)/python benchmarks/reproduce.py $(DATA_ARG)
 	$(BIN)/pip install -q $(CONSTRAINT) -e '.[gemma]'
-	$(BIN)/python benchmarks/reproduce.py --data-dir $(DATA_DIR) --model gemma3-270m --model-tag gemma3 \
+	$(BIN)/python benchmarks/reproduce.py $(DATA_ARG) --model gemma3-270m --model-tag gemma3 \
 		--layers 3,6,9,12,15 --layer 9 --store-dtype float32 --studies gsm8k,filter \
 		--out benchmarks/results/reproduce-gemma3.json
 

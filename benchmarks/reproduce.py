@@ -68,6 +68,9 @@ def cached(path: Path, fn):
 
 
 # ---- data and stores ----------------------------------------------------------------------------------
+NEEDED = ("gsm8k", "gsm8k-model-solutions", "hh-rlhf-harmless")  # `probekit data fetch` names of the files read below
+
+
 def build_data(data_dir: Path, work: Path, args) -> dict[str, Path]:
     from probekit.data.corrupt import corrupt_gold
     from probekit.data.gsm8k import labelled_solutions
@@ -76,7 +79,8 @@ def build_data(data_dir: Path, work: Path, args) -> dict[str, Path]:
 
     for sub in ("gsm8k/example_model_solutions.jsonl", "gsm8k/train.jsonl", "hh_rlhf/harmless-base/test.jsonl.gz"):
         if not (data_dir / sub).exists():
-            raise SystemExit(f"error: {data_dir / sub} not found (pass --data-dir pointing at the shared data folder)")
+            raise SystemExit(f"error: {data_dir / sub} not found (pass --data-dir pointing at a data folder, or leave it "
+                             f"out to fetch {', '.join(NEEDED)} into probekit's cache)")
     out = {}
     full = work / "gsm8k-all" / "trajectories.jsonl"
     if not full.exists():
@@ -290,7 +294,9 @@ def real_only(gsm8k_result: dict, layer: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data", help="folder with gsm8k/ and hh_rlhf/")
+    ap.add_argument("--data-dir", default=None,
+                    help="folder with gsm8k/ and hh_rlhf/, or a data-set name (probekit's cache); default ../shared/data "
+                         f"when present, else probekit's cache with {', '.join(NEEDED)} fetched (verified by sha256)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "reproduce", help="cache folder for data, stores and runs")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reproduce.json")
     ap.add_argument("--model", default="smollm2-135m", help="frozen model (bundled name, folder or .gguf)")
@@ -326,7 +332,15 @@ def main() -> None:
 
     from probekit.models import load_model
 
-    files = build_data(args.data_dir.resolve(), work, args)
+    from probekit.data.fetch import resolve_data_dir
+    from probekit.errors import ProbekitError
+
+    try:
+        data_dir = resolve_data_dir(args.data_dir, default=ROOT.parent / "shared" / "data", need=NEEDED).resolve()
+    except ProbekitError as exc:  # offline, or a download that failed its sha256: one line, as the CLI does
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    files = build_data(data_dir, work, args)
     loaded = load_model(args.model, dtype=args.model_dtype)
     stores = build_stores(files, work, args, loaded)
     import torch

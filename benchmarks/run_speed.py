@@ -670,7 +670,9 @@ def print_table(result: dict) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=None, help="real data folder (default: ../shared/data from the repo root)")
+    p.add_argument("--data-dir", default=None,
+                   help="real data folder, or a data-set name (probekit's cache); default ../shared/data from the repo root "
+                        "when present, else probekit's cache with gsm8k-model-solutions fetched (verified by sha256)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     p.add_argument("--n-extract", type=int, default=None, help="GSM8K trajectories for extraction, fit and filter (default 160; quick 48)")
     p.add_argument("--chunks", type=int, default=None, help="interleaved extraction chunks (default 4; quick 2)")
@@ -710,11 +712,13 @@ def run(args) -> int:
     from probekit.data.gsm8k import labelled_solutions
     from probekit.data.schema import write_trajectories
 
-    data_dir = (args.data_dir if args.data_dir is not None else ROOT.parent / "shared" / "data").expanduser().resolve()
+    from probekit.data.fetch import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir, default=ROOT.parent / "shared" / "data", need=("gsm8k-model-solutions",)).resolve()
     src = data_dir / "gsm8k" / "example_model_solutions.jsonl"
     if not src.is_file():
-        raise ProbekitError(f"{src}: not found. Pass --data-dir pointing at the shared data folder "
-                            f"(it should hold gsm8k/example_model_solutions.jsonl); see its README.md")
+        raise ProbekitError(f"{src}: not found. Pass --data-dir pointing at a data folder that holds "
+                            f"gsm8k/example_model_solutions.jsonl, or `--data-dir gsm8k-model-solutions` to fetch it")
     args.n_extract = args.n_extract or (48 if args.quick else 160)
     args.chunks = args.chunks or (2 if args.quick else 4)
     if args.chunks < 1:

@@ -13,5 +13,5 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Write trajectory/pair JSONL files: adapters for public data and a synthetic generator.", no_args_is_help=True)
+data_app = typer.Typer(help="Fetch public data sets (pinned, sha256-verified) and write trajectory/pair JSONL files: adapters for public data and a synthetic generator.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -18,6 +18,7 @@ import typer
 from cli.app import data_app
 from cli.common import console, emit_json
 from cli.options import with_config
+from probekit.data.fetch import DATASETS, MIRROR_ENV
 from probekit.data.samples import SampleFields
 
 if TYPE_CHECKING:
@@ -118,22 +119,22 @@ def synth_prompts(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Synthetic word problems as prompts with gold answers, for generating samples with the frozen model."""
+    from probekit.data.prompts import write_prompts
     from probekit.data.synth import synth_prompts as build
     from probekit.errors import ProbekitError
-    from probekit.io import write_jsonl
     from probekit.outputs import claim_output
 
     if min_steps > max_steps:
         raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
     target = claim_output(out, "data", ("prompts.jsonl",), overwrite=overwrite)
     prompts = build(n_problems, min_steps, max_steps, shots, seed)
-    write_jsonl(target.file("prompts.jsonl"), ({"id": p.id, "prompt": p.prompt, "gold": p.gold} for p in prompts))
+    write_prompts(target.file("prompts.jsonl"), prompts)
     console.print(f"[bold]synth-prompts[/]: {len(prompts)} prompts ({shots}-shot, {min_steps}-{max_steps} steps) -> {out}/prompts.jsonl", highlight=False)
 
 
 @data_app.command()
 def gsm8k(
-    solutions: Path = typer.Option(..., help="gsm8k/example_model_solutions.jsonl (4 labelled model solutions per test problem)."),
+    solutions: Path = typer.Option(..., help="gsm8k/example_model_solutions.jsonl (4 labelled model solutions per test problem; `probekit data fetch gsm8k-model-solutions` puts it in probekit's cache)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     strip_calculator: bool = typer.Option(False, help="Remove the <<expr=result>> calculator annotations from the solutions (gold/corrupted data never shows them)."),
@@ -148,7 +149,7 @@ def gsm8k(
 
 @data_app.command("gsm8k-gold")
 def gsm8k_gold(
-    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl or gsm8k/test.jsonl ({question, answer} with '#### n')."),
+    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl or gsm8k/test.jsonl ({question, answer} with '#### n'; `probekit data fetch gsm8k` puts both in probekit's cache)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -162,7 +163,7 @@ def gsm8k_gold(
 
 @data_app.command("gsm8k-corrupt")
 def gsm8k_corrupt(
-    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl (gold answers with <<expr=result>> annotations)."),
+    source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl (gold answers with <<expr=result>> annotations; `probekit data fetch gsm8k`)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     per_problem: int = typer.Option(1, min=1, help="Corrupted copies per problem (fewer when fewer distinct ones exist)."),
@@ -181,7 +182,7 @@ def gsm8k_corrupt(
 
 @data_app.command()
 def hh(
-    source: Path = typer.Option(..., "--input", "-i", help="hh_rlhf/harmless-base/test.jsonl.gz ({chosen, rejected} dialogues; .gz or plain)."),
+    source: Path = typer.Option(..., "--input", "-i", help="hh_rlhf/harmless-base/test.jsonl.gz ({chosen, rejected} dialogues; .gz or plain; `probekit data fetch hh-rlhf-harmless`, or hh-rlhf-helpful for helpful-base)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -227,3 +228,27 @@ def check(
     pair_list = read_pairs(pairs, trajectories) if pairs is not None else derive_pairs(trajectories)
     skipped = Counter({"invalid record": n_skipped}) if n_skipped else None
     report(f"check {path}", summarize(trajectories, pair_list, skipped), json_out)
+
+
+@data_app.command()
+def fetch(
+    names: list[str] = typer.Argument(..., help=f"Data sets to fetch: {', '.join(DATASETS)}."),
+    mirror: Optional[str] = typer.Option(
+        None, help=f"Base URL of a copy laid out like a data folder (http(s):// or file://), instead of each file's "
+                   f"pinned public URL. Default: ${MIRROR_ENV} when set."),
+    progress: bool = typer.Option(True, help="Show a progress bar per download."),
+    json_out: bool = typer.Option(False, "--json", help="Print the data folder and every file (path, url, sha256, bytes, status) as JSON on stdout."),
+) -> None:
+    """Download public data sets from their pinned sources into the probekit cache, verified by sha256; prints the folder to pass as --data-dir."""
+    from cli.common import rich_table
+    from cli.progress import progress_for
+    from probekit.data.fetch import data_cache_dir, fetch_datasets
+
+    root = data_cache_dir()
+    done = fetch_datasets(names, root, mirror, progress_for(progress))
+    if json_out:
+        emit_json({"data_dir": str(root), "datasets": list(dict.fromkeys(names)), "files": [f.to_json() for f in done]})
+        return
+    rows = [[f.dataset, str(f.path.relative_to(root)), f.bytes, f.status] for f in done]
+    console.print(rich_table("probekit data fetch", ["data set", "file", "bytes", "status"], rows))
+    console.print(f"[bold]data fetch[/]: {len(done)} files verified by sha256 in {root} (pass it as --data-dir)", highlight=False, soft_wrap=True)

@@ -10,7 +10,7 @@ from cli.app import app
 from cli.common import console, emit_json
 from cli.options import with_config
 from cli.progress import progress_for
-from cli.tables import demo_table
+from cli.tables import demo_table, generation_table
 from probekit.demo import DemoConfig
 
 
@@ -31,5 +31,7 @@ def demo(
     if json_out:
         emit_json(summary)
     console.print(demo_table(summary))
+    if summary.get("generation"):
+        console.print(generation_table(summary["generation"]))
     console.print(f"plots: {', '.join(summary['plots'])}")
     console.print(f"everything is in {out}/ (summary.json); took {summary['seconds']['total']:.0f} s")

@@ -15,19 +15,23 @@ from probekit.generation import GenerateConfig
 from probekit.steering import SteerConfig
 
 
-def _threshold(spec: str) -> float:
-    """A number, or a `probekit filter` output folder whose chosen threshold (picked on validation problems) is used."""
+def _threshold(spec: str, ckpt, goal: str, skip_first: int) -> tuple[float, str]:
+    """(threshold, where it comes from): a number, `auto`, or a `probekit filter` output folder whose chosen threshold is used."""
     from probekit.errors import ProbekitError
+    from probekit.filtering import auto_threshold
     from probekit.io import read_json
 
+    if spec == "auto":
+        chosen = auto_threshold(ckpt, goal, skip_first)
+        return chosen["threshold"], chosen["chosen_on"]
     try:
-        return float(spec)
+        return float(spec), "given"
     except ValueError:
         pass
     metrics = Path(spec) / "metrics.json"
     if not metrics.is_file():
-        raise ProbekitError(f"--threshold '{spec}': expected a number or a `probekit filter` output folder (with metrics.json)")
-    return float(read_json(metrics)["chosen_threshold"])
+        raise ProbekitError(f"--threshold '{spec}': expected a number, auto, or a `probekit filter` output folder (with metrics.json)")
+    return float(read_json(metrics)["chosen_threshold"]), str(metrics)
 
 
 @app.command()
@@ -36,7 +40,8 @@ def generate(
     prompts: Path = typer.Argument(..., help="Prompts JSONL: one {\"id\", \"prompt\", \"gold\"?} per line; gold answers grade the samples."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: trajectories.jsonl, pairs.jsonl, store/ (the states) and generation.json."),
     filter_ckpt: Optional[Path] = typer.Option(None, "--filter", help="Probe checkpoint: stop each sample at its first token whose Q-value falls below --threshold."),
-    threshold: str = typer.Option("0", help="Q threshold for --filter: a number in (-1, 1], or a `probekit filter` output folder (its chosen threshold)."),
+    threshold: str = typer.Option("0", help="Q threshold for --filter: a number in (-1, 1]; auto (chosen as `probekit filter --threshold auto` "
+                                           "would, on the checkpoint's validation groups); or a `probekit filter` output folder (its chosen threshold)."),
     skip_first: int = typer.Option(5, help="With --filter, never stop at completion positions below this."),
     goal: str = typer.Option("mean", help="With --filter, the goal the Q-value points at: mean or kmeans."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid prompt records (and report their count) instead of stopping at the first."),
@@ -55,7 +60,9 @@ def generate(
     if filter_ckpt is not None:
         from probekit.probe.checkpoint import load_checkpoint
 
-        stop = OnlineStop(load_checkpoint(filter_ckpt), _threshold(threshold), skip_first, goal)
+        checkpoint = load_checkpoint(filter_ckpt)
+        value, chosen_on = _threshold(threshold, checkpoint, goal, skip_first)
+        stop = OnlineStop(checkpoint, value, skip_first, goal, chosen_on)
     result = run_generate(items, out, config, stop=stop, overwrite=overwrite, inputs=(prompts, filter_ckpt), progress=progress_for(progress))
     stats = {**result.stats, "n_skipped_invalid": n_skipped}
     if n_skipped:
@@ -64,7 +71,7 @@ def generate(
         emit_json(stats)
         return
     keys = ("n_prompts", "n_trajectories", "tokens_generated", "seconds", "tokens_per_second", "accuracy_per_sample",
-            "n_hit_max_new_tokens", "n_stopped_early", "n_fallback_groups", "tokens_regenerated_for_fallback")
+            "n_hit_max_new_tokens", "n_stopped_early", "n_fallback_groups", "tokens_resumed_for_fallback")
     console.print(rich_table("probekit generate", ["field", "value"], [[k, stats[k]] for k in keys]))
     console.print(f"wrote {out}/trajectories.jsonl, pairs.jsonl, store/ and generation.json")
 

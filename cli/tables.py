@@ -102,3 +102,13 @@ def demo_table(summary: dict):
         ["probe", "AUROC [95% CI]", "Q AUROC", "pairwise acc", "vote acc", "vote acc (filtered)", "tokens saved (official / effective)", "beats baselines"],
         rows,
     )
+
+
+def generation_table(generation: dict):
+    """The demo's generation stage: plain sampling vs online early stopping, as generated."""
+    rows = [[name, r["tokens_generated"], f"{r['seconds']:.1f}", fmt_pct(r["accuracy_per_sample"]), fmt_pct(r["vote_accuracy"]),
+             r["n_stopped_early"], r["n_fallback_groups"]] for name, r in ((k, generation[k]) for k in ("plain", "filtered"))]
+    return rich_table(
+        f"generation in the loop (threshold {generation['threshold']:.3f}): {fmt_pct(generation['tokens_saved'])} of tokens and "
+        f"{fmt_pct(generation['wall_clock_saved'])} of wall-clock saved",
+        ["run", "tokens", "seconds", "accuracy / sample", "vote accuracy", "stopped early", "fallback groups"], rows)

@@ -3,7 +3,9 @@
 Synthetic arithmetic problems (known first-error positions) -> extract with the
 frozen model -> fit the baseline reward probe (λ = 0) and the goal-conditioned
 probe (λ > 0) on the same group split -> evaluate both on held-out problems ->
-Q-value filtering with majority voting -> one summary table.
+Q-value filtering with majority voting -> generation in the loop (sample new
+problems with the frozen model, plainly and with online early stopping by the
+goal probe, same seeds) -> one summary table.
 Every stage writes its usual outputs under `out/`, so each can be inspected or
 re-run with the individual commands.
 """
@@ -18,7 +20,8 @@ from typing import Callable
 from probekit.config import option
 from probekit.progress import Progress
 
-STAGES = ("data", "store", "fit-baseline", "fit-goal", "eval-baseline", "eval-goal", "filter-baseline", "filter-goal", "summary.json")
+STAGES = ("data", "store", "fit-baseline", "fit-goal", "eval-baseline", "eval-goal", "filter-baseline", "filter-goal", "generate-plain",
+          "generate-filtered", "generate-prompts.jsonl", "summary.json")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,16 @@ class DemoConfig:
     seed: int = option(0, "Seed for data generation, splits and training.")
     max_batch_tokens: int = option(8192, "Token budget of one extraction batch.")
     n_boot: int = option(1000, "Bootstrap resamples for the intervals.")
+    generate_problems: int = option(12, "New problems sampled in the generation stage (plain vs online early stopping by the goal probe); 0 skips it.")
+    generate_tokens: int = option(48, "Most new tokens per sample in the generation stage.")
+
+    def validate(self) -> None:
+        from probekit.errors import ProbekitError
+
+        if self.n_problems < 2 or self.solutions < 1 or self.epochs < 1 or self.n_boot < 1:
+            raise ProbekitError("--n-problems must be at least 2, --solutions, --epochs and --n-boot at least 1")
+        if self.generate_problems < 0 or self.generate_tokens < 1:
+            raise ProbekitError("--generate-problems must be >= 0 and --generate-tokens >= 1")
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: bool = False, progress: Progress | None = None,
@@ -53,12 +66,13 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
     from probekit.pipeline import fit_probe
     from probekit.store import Store
 
+    config.validate()
     out_dir = claim_output(out, "demo", STAGES, overwrite=overwrite)
-    out_dir.record(*STAGES[:-1])
+    out_dir.record(*[s for s in STAGES[:-1] if "." not in s])
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    log(f"1/5 generating {config.n_problems} synthetic problems x {config.solutions} solutions (seed {config.seed})")
+    log(f"1/6 generating {config.n_problems} synthetic problems x {config.solutions} solutions (seed {config.seed})")
     trajectories = synth_problems(config.n_problems, solutions_per_problem=config.solutions, seed=config.seed)
     data_dir = claim_output(out_dir.path / "data", "data", ("trajectories.jsonl", "pairs.jsonl"), overwrite=overwrite)
     data_file, pairs_file = data_dir.file("trajectories.jsonl"), data_dir.file("pairs.jsonl")
@@ -66,7 +80,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
     write_pairs(pairs_file, derive_pairs(trajectories))
     timings["data"] = time.perf_counter() - t0
 
-    log(f"2/5 extracting hidden states with {config.model} (resumes if interrupted)")
+    log(f"2/6 extracting hidden states with {config.model} (resumes if interrupted)")
     t = time.perf_counter()
     extract(ExtractOptions(trajectories=data_file, out=out_dir.path / "store", pairs=pairs_file, model=config.model,
                            layers=config.layers, max_batch_tokens=config.max_batch_tokens, overwrite=overwrite),
@@ -78,18 +92,18 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
     rows, details = [], {}
     for name, lam in probes.items():
         tag = "baseline" if lam == 0 else "goal"
-        log(f"3/5 fitting the {name} probe")
+        log(f"3/6 fitting the {name} probe")
         t = time.perf_counter()
         fit_cfg = FitConfig().vary(lam=lam, epochs=config.epochs, seed=config.seed, n_boot=config.n_boot)
         ckpt = fit_probe(store, out_dir.path / f"fit-{tag}", fit_cfg, overwrite=overwrite, progress=progress)
         timings[f"fit_{tag}"] = time.perf_counter() - t
-        log(f"4/5 evaluating the {name} probe on held-out problems")
+        log(f"4/6 evaluating the {name} probe on held-out problems")
         ev = evaluate_checkpoint(ckpt, store, "test", n_boot=config.n_boot, seed=config.seed, progress=progress)
         write_evaluation(ev, claim_output(out_dir.path / f"eval-{tag}", "eval", ("metrics.json", "prefix_auroc.png"), overwrite=overwrite))
-        log(f"5/5 Q-value filtering with the {name} probe (threshold chosen on validation problems)")
+        log(f"5/6 Q-value filtering with the {name} probe (threshold chosen on validation problems)")
         fl = filter_store(ckpt, store, out_dir.path / f"filter-{tag}", FilterConfig(threshold="auto", seed=config.seed),
                           overwrite=overwrite, progress=progress)
-        details[tag] = {"eval": ev, "filter": fl}
+        details[tag] = {"eval": ev, "filter": fl, "checkpoint": ckpt}
         probe, report = ev["probe"], fl["report"]
         rows.append({
             "probe": name,
@@ -104,6 +118,15 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
             "threshold": fl["chosen_threshold"],
             "error_localisation": probe.get("error_localisation"),
         })
+    generation = None
+    if config.generate_problems:
+        log(f"6/6 generation in the loop: {config.generate_problems} new problems x {config.solutions} samples, plain and with online early "
+            "stopping by the goal probe (same seeds)")
+        t = time.perf_counter()
+        goal = details["goal"]
+        generation = _generation_stage(out_dir, config, goal["checkpoint"], goal["filter"]["chosen_threshold"], store.layers, loaded,
+                                       overwrite, progress)
+        timings["generate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     summary = {
         "model": config.model,
@@ -112,8 +135,41 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
         "rows": rows,
         "baselines": details["baseline"]["eval"].get("baselines"),
         "filter_baselines": details["goal"]["filter"]["report"].get("baselines"),
+        "generation": generation,
         "plots": sorted(str(p) for p in out_dir.path.glob("*/*.png")),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     write_json(out_dir.file("summary.json"), summary)
     return summary
+
+
+def _generation_stage(out_dir, config: DemoConfig, ckpt, threshold: float, layers: list[int], loaded, overwrite: bool,
+                      progress: Progress | None) -> dict:
+    """Sample new 1-step few-shot problems twice with the same seeds: plainly, and stopping samples online by the goal probe.
+
+    The probe was fitted on written solutions in the same `Step k: ... / A: n`
+    format the few-shot prompts ask for; the threshold is the one the filter
+    chose on validation problems. Reports what was generated and voted, not a
+    simulation.
+    """
+    from probekit.data.prompts import write_prompts
+    from probekit.data.synth import synth_prompts
+    from probekit.generation import GenerateConfig, OnlineStop, generate
+    from probekit.voting import Ballot, accuracy
+
+    prompts = synth_prompts(config.generate_problems, 1, 1, shots=2, seed=config.seed + 1)
+    write_prompts(out_dir.file("generate-prompts.jsonl"), prompts)
+    gen = GenerateConfig(model=config.model, samples=config.solutions, max_new_tokens=config.generate_tokens, seed=config.seed,
+                         template="raw", layers=",".join(map(str, layers)), answer="synth", stop="\n\n")
+    runs = {}
+    for name, stop in (("plain", None), ("filtered", OnlineStop(ckpt, threshold, chosen_on="the demo's filter (validation problems)"))):
+        res = generate(prompts, out_dir.path / f"generate-{name}", gen, stop=stop, loaded=loaded, overwrite=overwrite, progress=progress)
+        trajs = res.trajectories
+        ballot = Ballot([t.group for t in trajs], [t.answer or "" for t in trajs], [-1 if t.label is None else t.label for t in trajs],
+                        require_answers=False)
+        runs[name] = {k: res.stats[k] for k in ("tokens_generated", "seconds", "accuracy_per_sample", "n_stopped_early", "n_fallback_groups")}
+        runs[name]["vote_accuracy"] = accuracy(ballot.vote(None))
+    runs["threshold"] = threshold
+    runs["tokens_saved"] = 1 - runs["filtered"]["tokens_generated"] / runs["plain"]["tokens_generated"]
+    runs["wall_clock_saved"] = 1 - runs["filtered"]["seconds"] / runs["plain"]["seconds"]
+    return runs

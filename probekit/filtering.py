@@ -169,3 +169,39 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
         metrics["plots"] = ["frontier.png", "q_curves.png"]
         write_json(out_dir.file("metrics.json"), metrics)
     return metrics
+
+
+def auto_threshold(ckpt, goal: str = "mean", skip_first: int = 5, progress: Progress | None = None) -> dict:
+    """The Q threshold `probekit filter --threshold auto` chooses, computed before any sample exists (for online stopping).
+
+    The checkpoint's training store is scored and the filter's rule picks,
+    among the quantile grid of its validation groups' minimum Q, the
+    threshold with the best filtered-vote accuracy on those groups (ties:
+    more tokens effectively saved): the same candidates and the same choice
+    as `probekit filter --threshold auto` on that store. Validation groups
+    were not fitted on, so the choice is not tuned on training answers.
+    """
+    from probekit.early_stop import apply_threshold
+    from probekit.probe.checkpoint import training_store
+    from probekit.scoring import Scorer, score_store
+    from probekit.thresholds import choose_threshold, evaluate_filter, threshold_grid
+
+    store = training_store(ckpt)
+    if store is None:
+        raise ProbekitError(f"--threshold auto: the checkpoint's training store ({ckpt.config.get('store', {}).get('path')}) is gone or "
+                            "was re-extracted; pass a number or a `probekit filter` output folder")
+    valid = [str(g) for g in (ckpt.split or {}).get("valid", [])]
+    meta = store.meta
+    ballot = Ballot(meta.group, meta.answer, meta.label)
+    sel_g = ballot.group_mask(valid)
+    if not sel_g.any():
+        raise ProbekitError(f"--threshold auto: checkpoint {ckpt.path} has no validation groups to choose on (fit with --valid-frac > 0), "
+                            "or pass a number")
+    scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=[goal]), ckpt.layer, progress)
+    q = scores.q[goal]
+    mins = min_signal(scores.offsets, scores.positions, q, skip_first)
+    table = []
+    for t in threshold_grid(mins[sel_g[ballot.group]]):
+        res = apply_threshold(scores.offsets, scores.positions, q, meta.completion_tokens, t, skip_first)
+        table.append({"threshold": float(t), "selection": evaluate_filter(res, ballot, sel_g)})
+    return {"threshold": choose_threshold(table), "chosen_on": f"{int(sel_g.sum())} validation groups of {store.path}", "table": table}

@@ -14,9 +14,11 @@ threshold, and leaves the batch (its rows of the KV cache are dropped), so its
 compute is really saved. Q is scored by the one scorer on the state rounded to
 the storage dtype, exactly the number `probekit filter` would read from the
 store, so online and after-the-fact decisions agree. A group whose samples
-are all stopped falls back, as in the filter, to voting over all of them: they
-are generated again in full (sampling is reproducible per sequence,
-`probekit.sampling`), and those tokens count as generated.
+are all stopped falls back, as in the filter, to voting over all of them: each
+is resumed where it stopped (its prompt and tokens so far are prefilled in one
+batched forward, and its own random stream, `probekit.sampling`, continues
+from where it was), so it ends exactly as an unfiltered sample would, and only
+the tokens decoded after the stop count again.
 """
 
 from __future__ import annotations
@@ -78,13 +80,14 @@ class _Sequence:
     tokens: list[int] = field(default_factory=list)
     states: dict[int, list[np.ndarray]] = field(default_factory=dict)
     dropped_at: int = -1  # completion position where online stopping cut it
+    complete: bool = False  # stopped at a token that ended the sample anyway (stop string or max_new_tokens)
     hit_limit: bool = False
 
 
 class OnlineStop:
     """The filter's drop rule, applied as tokens are produced (see the module docstring)."""
 
-    def __init__(self, ckpt, threshold: float, skip_first: int = 5, goal: str = "mean"):
+    def __init__(self, ckpt, threshold: float, skip_first: int = 5, goal: str = "mean", chosen_on: str = "given"):
         from probekit.scoring import Scorer
         from probekit.thresholds import check_threshold_range
 
@@ -93,7 +96,7 @@ class OnlineStop:
             raise ProbekitError(f"--skip-first {skip_first}: must be >= 0")
         self.scorer = Scorer.from_checkpoint(ckpt, kinds=[goal])
         self.layer, self.goal, self.threshold, self.skip_first = ckpt.layer, goal, float(threshold), int(skip_first)
-        self.checkpoint = str(ckpt.path)
+        self.checkpoint, self.chosen_on = str(ckpt.path), chosen_on
 
     def drops(self, stored_states: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """bool [n]: which sequences stop at this token (states as stored, positions in the completion)."""
@@ -149,15 +152,17 @@ def _decode(loaded, seqs: list[_Sequence], layers: list[int], config: GenerateCo
     torch_dtype, _ = STORE_DTYPES[config.dtype]
     eos = torch.tensor(_eos_ids(loaded), dtype=torch.long, device=device)
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    # Samples of one prompt share its prefill: each distinct prompt runs once, then its KV cache is repeated.
-    firsts = sorted({s.prompt_index: i for i, s in reversed(list(enumerate(seqs)))}.values())
-    prompt_row = {seqs[i].prompt_index: r for r, i in enumerate(firsts)}
-    width = max(len(seqs[i].prompt_ids) for i in firsts)
+    # Samples that share a context (a prompt's fresh samples) share its prefill: each distinct context runs once, then its KV
+    # cache is repeated. A resumed sample's context is its prompt plus the tokens it already has.
+    contexts = [tuple(s.prompt_ids + s.tokens) for s in seqs]
+    firsts = sorted({c: i for i, c in reversed(list(enumerate(contexts)))}.values())
+    context_row = {contexts[i]: r for r, i in enumerate(firsts)}
+    width = max(len(contexts[i]) for i in firsts)
     ids = torch.full((len(firsts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(firsts), width), dtype=torch.long)
     for row, i in enumerate(firsts):  # left padding: every row's next token goes in the same column
-        n = len(seqs[i].prompt_ids)
-        ids[row, width - n:] = torch.tensor(seqs[i].prompt_ids)
+        n = len(contexts[i])
+        ids[row, width - n:] = torch.tensor(contexts[i])
         mask[row, width - n:] = 1
     ids, mask = ids.to(device), mask.to(device)
     live = list(range(len(seqs)))
@@ -167,13 +172,15 @@ def _decode(loaded, seqs: list[_Sequence], layers: list[int], config: GenerateCo
         kv = {_cache_argument(model): cache}
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True, **kv,
                     **_last_logits_only(model))
-        expand = torch.tensor([prompt_row[s.prompt_index] for s in seqs], device=device)
+        expand = torch.tensor([context_row[c] for c in contexts], device=device)
         cache.batch_select_indices(expand)
         mask, logits = mask[expand], out.logits[:, -1][expand]
         next_pos = mask.sum(dim=1)
-        for step in range(config.max_new_tokens):
-            if step == 0 and len(eos):  # at least one token: an empty completion is not a trajectory
-                logits = logits.index_fill(1, eos, float("-inf"))
+        empty = [r for r, i in enumerate(live) if not seqs[i].tokens]
+        if empty and len(eos):  # at least one token: an empty completion is not a trajectory
+            logits = logits.clone()
+            logits[torch.tensor(empty, device=device)[:, None], eos[None, :]] = float("-inf")
+        while live:
             tok = sample_next(logits, [seqs[i].generator for i in live], config.temperature, config.top_p)
             going = ~torch.isin(tok, eos) if len(eos) else torch.ones_like(tok, dtype=torch.bool)
             if not going.all():
@@ -197,16 +204,17 @@ def _decode(loaded, seqs: list[_Sequence], layers: list[int], config: GenerateCo
                 for layer in layers:
                     seqs[i].states.setdefault(layer, []).append(stored[layer][row])
             positions = np.asarray([len(seqs[i].tokens) - 1 for i in live])
-            done = np.asarray([hit_stop(loaded.tokenizer, seqs[i].tokens, config.stop) for i in live], dtype=bool)
+            ended = np.asarray([hit_stop(loaded.tokenizer, seqs[i].tokens, config.stop) for i in live], dtype=bool)
+            at_limit = positions + 1 >= config.max_new_tokens
+            dropped = np.zeros(len(live), dtype=bool)
             if stop is not None:
                 dropped = stop.drops(stored[stop.layer], positions)  # the final token too, as the filter decides
                 for row in np.flatnonzero(dropped):
                     seqs[live[row]].dropped_at = int(positions[row])
-                done = done | dropped
-            if step == config.max_new_tokens - 1:
-                for row in np.flatnonzero(~done):
-                    seqs[live[row]].hit_limit = True
-                break
+                    seqs[live[row]].complete = bool(ended[row] or at_limit[row])  # nothing would follow: a resume decodes nothing
+            for row in np.flatnonzero(at_limit & ~ended):
+                seqs[live[row]].hit_limit = True
+            done = ended | at_limit | dropped
             if done.any():
                 keep = torch.from_numpy(np.flatnonzero(~done))
                 live = [live[i] for i in keep.tolist()]
@@ -233,7 +241,7 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     """Sample, grade and store: out/trajectories.jsonl, out/pairs.jsonl, out/store/ (a probekit store), out/generation.json.
 
     Batches hold whole groups (prompts), so a group's fallback is decided and
-    re-generated right after its batch, and its states go to the store's
+    resumed right after its batch, and its states go to the store's
     shards at once: memory is bounded by a batch and one shard.
     """
     from probekit.data.answers import get_parser
@@ -257,7 +265,7 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     groups_per_batch = max(1, config.batch_size // config.samples)
 
     t0 = time.perf_counter()
-    fed = regenerated = n_fallback = 0
+    fed = resumed = n_fallback = 0
     trajectories, finals = [], []
     task = or_null(progress).task("generate", len(prompts) * config.samples * config.max_new_tokens, unit="tokens")
     try:
@@ -265,9 +273,10 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
             seqs = [_Sequence(pi, k, prompt_ids(loaded.tokenizer, prompts[pi].prompt, template), sequence_generator(config.seed, pi, k))
                     for pi in range(g0, min(len(prompts), g0 + groups_per_batch)) for k in range(config.samples)]
             fed += _decode(loaded, seqs, layers, config, stop, task)
-            fresh = _fallback(seqs, config) if stop is not None else []
+            fresh = _fallback(seqs) if stop is not None else []
             if fresh:
-                regenerated += _decode(loaded, fresh, layers, config, None, task)
+                resume = [s for s in fresh if not s.complete]
+                resumed += _decode(loaded, resume, layers, config, None, task) if resume else 0
                 n_fallback += len({s.prompt_index for s in fresh})
             batch = _final(seqs, fresh)
             batch_trajectories = [_trajectory(prompts[s.prompt_index], s, loaded.tokenizer, parse, fallback) for s, fallback in batch]
@@ -283,14 +292,15 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     labels = [t.label for t in trajectories if t.label is not None]
     stats = {
         "n_prompts": len(prompts), "n_trajectories": len(trajectories), "layers": layers, "template": template,
-        "tokens_generated": int(fed + regenerated), "tokens_regenerated_for_fallback": int(regenerated),
-        "seconds": round(seconds, 3), "tokens_per_second": round((fed + regenerated) / seconds, 1) if seconds > 0 else None,
+        "tokens_generated": int(fed + resumed), "tokens_resumed_for_fallback": int(resumed),
+        "seconds": round(seconds, 3), "tokens_per_second": round((fed + resumed) / seconds, 1) if seconds > 0 else None,
         "n_hit_max_new_tokens": sum(f["hit_limit"] for f in finals),
         "n_stopped_early": sum(f["dropped_at"] >= 0 for f in finals),
         "n_fallback_groups": n_fallback,
         "n_labelled": len(labels), "accuracy_per_sample": float(np.mean(labels)) if labels else None,
         "online_filter": None if stop is None else {"checkpoint": stop.checkpoint, "layer": stop.layer, "goal": stop.goal,
-                                                     "threshold": stop.threshold, "skip_first": stop.skip_first},
+                                                     "threshold": stop.threshold, "threshold_chosen_on": stop.chosen_on,
+                                                     "skip_first": stop.skip_first},
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "store_cache_key": manifest["cache_key"],
     }
@@ -311,24 +321,22 @@ def _check_context(prompts: list[Prompt], loaded, template: str, max_new_tokens:
             raise ProbekitError(f"prompt '{p.id}': {n} tokens + --max-new-tokens {max_new_tokens} exceed the model's context of {limit} tokens")
 
 
-def _fallback(seqs: list[_Sequence], config: GenerateConfig) -> list[_Sequence]:
-    """Fresh sequences for every sample of each group whose samples were all stopped (to be re-generated in full)."""
-    from probekit.sampling import sequence_generator
+def _fallback(seqs: list[_Sequence]) -> list[_Sequence]:
+    """Copies, to be resumed where they stopped, of every sample of each group whose samples were all stopped.
 
+    A copy keeps the tokens, states and random stream of its original, so
+    resuming it gives exactly the sample an unfiltered run would have produced.
+    """
     groups: dict[int, list[_Sequence]] = {}
     for s in seqs:
         groups.setdefault(s.prompt_index, []).append(s)
-    fresh = []
-    for members in groups.values():
-        if all(m.dropped_at >= 0 for m in members):
-            for m in members:
-                fresh.append(_Sequence(m.prompt_index, m.sample_index, m.prompt_ids, sequence_generator(config.seed, m.prompt_index, m.sample_index),
-                                       dropped_at=m.dropped_at))
-    return fresh
+    return [_Sequence(m.prompt_index, m.sample_index, m.prompt_ids, m.generator, list(m.tokens), {k: list(v) for k, v in m.states.items()},
+                      dropped_at=m.dropped_at, complete=m.complete, hit_limit=m.hit_limit)
+            for members in groups.values() if all(m.dropped_at >= 0 for m in members) for m in members]
 
 
 def _final(seqs: list[_Sequence], fresh: list[_Sequence]) -> list[tuple[_Sequence, bool]]:
-    """(sequence, is a fallback re-generation) in (prompt, sample) order: re-generations replace the stopped ones."""
+    """(sequence, is a fallback) in (prompt, sample) order: the resumed copies replace the stopped ones."""
     again = {(s.prompt_index, s.sample_index): s for s in fresh}
     return [(again.get((s.prompt_index, s.sample_index), s), (s.prompt_index, s.sample_index) in again) for s in seqs]
 

@@ -54,14 +54,18 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray:
 
 
 def goal_prototypes(goals: dict[str, np.ndarray], kind: str, where: object = "checkpoint") -> np.ndarray:
-    """The prototypes [G, rep] of one goal kind, with an error that says how to get a missing one."""
-    if kind not in GOAL_KINDS:
-        raise ProbekitError(f"unknown goal '{kind}' (choose from {', '.join(GOAL_KINDS)})")
+    """The prototypes [G, rep] of one goal: the checkpoint's kinds, or a named goal added beside them (`probekit goal`).
+
+    A missing goal gets an error that says how to get it.
+    """
     protos = (goals or {}).get(kind)
     if protos is None:
         if kind == "kmeans":
             raise ProbekitError(f"{where}: no kmeans goal prototypes; re-fit with --goal-prototypes K (K > 1)")
-        raise ProbekitError(f"{where}: no '{kind}' goal; re-fit the probe")
+        if kind == "mean":
+            raise ProbekitError(f"{where}: no '{kind}' goal; re-fit the probe")
+        known = sorted(set(GOAL_KINDS) | set(goals or {}))
+        raise ProbekitError(f"unknown goal '{kind}' (choose from {', '.join(known)}, or add one with `probekit goal` and --goal-from)")
     return np.asarray(protos, dtype=np.float32)
 
 

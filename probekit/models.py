@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from probekit.cache import cache_root
 from probekit.errors import ProbekitError
 from probekit.io import sha256_file, write_json
 
@@ -74,9 +75,8 @@ class LoadedModel:
 
 
 def default_cache_dir() -> Path:
-    """Where dequantised GGUF models are cached: $PROBEKIT_CACHE or ~/.cache/probekit/models."""
-    env = os.environ.get("PROBEKIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "probekit" / "models"
+    """Where dequantised GGUF models are cached: `models/` in the probekit cache folder (`probekit.cache`)."""
+    return cache_root() / "models"
 
 
 def load_model(

@@ -8,21 +8,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The files the real-data tests read (../shared/data/README.md lists them with their sha256).
+REAL_FILES = ("gsm8k/train.jsonl", "gsm8k/test.jsonl", "gsm8k/example_model_solutions.jsonl", "hh_rlhf/harmless-base/test.jsonl.gz")
 
 
 def pytest_addoption(parser):
     parser.addoption(
         "--data-dir",
-        default=str(ROOT.parent / "shared" / "data"),
-        help="folder with the real public data (gsm8k/, hh_rlhf/); tests that need it skip when absent",
+        default=None,
+        help="folder with the real public data (gsm8k/, hh_rlhf/), or a data-set name meaning probekit's cache "
+        "(default: ../shared/data when present, else the cache); tests never download, and skip when it is absent",
     )
 
 
 @pytest.fixture(scope="session")
 def data_dir(request) -> Path:
-    path = Path(request.config.getoption("--data-dir")).resolve()
-    if not (path / "gsm8k").is_dir():
-        pytest.skip(f"real data not found at {path} (pass --data-dir)")
+    from probekit.data.fetch import resolve_data_dir
+
+    path = resolve_data_dir(request.config.getoption("--data-dir"), default=ROOT.parent / "shared" / "data", fetch=False).resolve()
+    missing = [f for f in REAL_FILES if not (path / f).is_file()]
+    if missing:
+        pytest.skip(f"real data not found at {path}: no {', '.join(missing)} (pass --data-dir, or run "
+                    f"`probekit data fetch gsm8k gsm8k-model-solutions hh-rlhf-harmless` for probekit's cache)")
     return path
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from cli.tables import demo_table
+from cli.tables import demo_table, generation_table
 from probekit.demo import DemoConfig, run_demo
 from probekit.models import load_model
 
 
 def test_demo_pipeline_end_to_end(tiny_model_dir, tmp_path):
     loaded = load_model(str(tiny_model_dir), device="cpu")
-    config = DemoConfig(model=str(tiny_model_dir), n_problems=40, epochs=3, n_boot=50)
+    config = DemoConfig(model=str(tiny_model_dir), n_problems=40, epochs=3, n_boot=50, generate_problems=3, generate_tokens=8)
     out = tmp_path / "demo"
     summary = run_demo(out, config, loaded=loaded)
     for stage in ("store/manifest.json", "fit-baseline/config.json", "fit-goal/weights.safetensors", "eval-goal/metrics.json",
@@ -28,6 +28,19 @@ def test_demo_pipeline_end_to_end(tiny_model_dir, tmp_path):
     assert json.loads((out / "fit-goal/config.json").read_text())["fit"]["loss"]["lam"] == 0.5
     assert any(p.endswith("frontier.png") for p in summary["plots"])
     assert demo_table(summary).row_count >= 2
+    # the generation stage sampled new problems plainly and with online stopping by the goal probe, same seeds
+    from probekit.data.prompts import read_prompts
+    from probekit.store import Store
+
+    gen = summary["generation"]
+    prompts, _ = read_prompts(out / "generate-prompts.jsonl")
+    plain_store = Store(out / "generate-plain" / "store")
+    assert len(prompts) == 3 and len(plain_store) == 3 * config.solutions
+    assert gen["plain"]["tokens_generated"] == int(plain_store.meta.completion_tokens.sum()) and gen["plain"]["n_stopped_early"] == 0
+    assert gen["filtered"]["tokens_generated"] == json.loads((out / "generate-filtered" / "generation.json").read_text())["tokens_generated"]
+    assert gen["tokens_saved"] == 1 - gen["filtered"]["tokens_generated"] / gen["plain"]["tokens_generated"]
+    assert gen["threshold"] == summary["rows"][1]["threshold"]
+    assert generation_table(gen).row_count == 2
     # A second run resumes the extraction instead of recomputing it.
     shards = sorted((out / "store").glob("shard-*.h5"))
     stamps = [s.stat().st_mtime_ns for s in shards]

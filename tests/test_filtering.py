@@ -344,3 +344,27 @@ def test_cli_runs_with_json(planted, tmp_path):
     rep = json.loads(proc.stdout)
     assert rep["report"]["accuracy_filtered"] == 1.0
     assert "excluded from the report" in proc.stderr
+
+
+def test_auto_threshold_for_online_stopping_is_the_filters_auto_choice(planted, tmp_path):
+    """`generate --threshold auto` picks, before sampling, what `filter --threshold auto` picks on the checkpoint's training store."""
+    from probekit.filtering import auto_threshold, filter_store
+    from probekit.probe.checkpoint import load_checkpoint
+
+    root, store, ckpt_dir = planted
+    ckpt = load_checkpoint(ckpt_dir)
+    m = filter_store(ckpt, store, tmp_path / "f", FilterConfig(threshold="auto", skip_first=5, plots=False, random_seeds=1))
+    chosen = auto_threshold(ckpt, "mean", skip_first=5)
+    assert chosen["threshold"] == m["chosen_threshold"]
+    assert [r["threshold"] for r in chosen["table"]] == [r["threshold"] for r in m["thresholds"]]
+    assert [r["selection"] for r in chosen["table"]] == [r["selection"] for r in m["thresholds"]]
+    assert chosen["chosen_on"].startswith("3 validation groups")
+
+    no_valid = load_checkpoint(ckpt_dir)
+    no_valid.split = {**no_valid.split, "valid": []}
+    with pytest.raises(ProbekitError, match="no validation groups"):
+        auto_threshold(no_valid)
+    gone = load_checkpoint(ckpt_dir)
+    gone.config = {**gone.config, "store": {**gone.config["store"], "path": str(tmp_path / "nowhere")}}
+    with pytest.raises(ProbekitError, match="training store .* is gone"):
+        auto_threshold(gone)

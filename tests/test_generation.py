@@ -119,7 +119,7 @@ def test_online_stopping_decides_what_the_filter_decides_after_the_fact(unfilter
             assert t.completion == unfiltered.trajectories[i].completion
     stats = online.stats
     saved = int(offline.saved_tokens.sum())
-    assert stats["tokens_generated"] - stats["tokens_regenerated_for_fallback"] == int(store.meta.completion_tokens.sum()) - saved
+    assert stats["tokens_generated"] - stats["tokens_resumed_for_fallback"] == int(store.meta.completion_tokens.sum()) - saved
 
 
 def test_bad_inputs_are_one_line_errors(tiny, tmp_path, probe):
@@ -219,3 +219,41 @@ def test_generate_steer_and_goal_refuse_an_out_that_holds_their_inputs_or_other_
     with pytest.raises(ProbekitError, match="holds the input"):
         steer(PROMPTS, probe.path, config(), SteerConfig(), probe, loaded=tiny, overwrite=True, inputs=(probe.path,))
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "prompts.jsonl"]
+
+
+def test_generate_threshold_auto_without_validation_groups_is_a_one_line_error(tiny_model_dir, probe, tmp_path, monkeypatch, capsys):
+    from tests.test_hostile_outputs import assert_one_line_error, run_cli
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Question: 2 + 2?", "gold": "4"}\n')
+    code, err = run_cli(monkeypatch, capsys, "generate", prompts, "--out", tmp_path / "o", "--model", tiny_model_dir,
+                        "--filter", probe.path, "--threshold", "auto", "--no-progress")
+    assert_one_line_error(code, err, "no validation groups")
+    assert not (tmp_path / "o").exists()
+
+
+def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, probe, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`probekit goal --from` then `probekit steer --goal-from DIR --goal NAME`: the beams' Q toward that goal beats plain sampling's."""
+    from probekit.custom_goals import read_goal
+    from probekit.data.schema import write_trajectories
+    from probekit.scoring import Scorer, score_store
+    from tests.test_hostile_outputs import run_cli
+
+    examples = tmp_path / "examples.jsonl"
+    write_trajectories(examples, unfiltered.trajectories[-3:])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n" for p in PROMPTS))
+    code, err = run_cli(monkeypatch, capsys, "goal", "--ckpt", probe.path, "--from", examples, "--name", "mine", "--out", tmp_path / "goal",
+                        "--model", tiny_model_dir, "--template", "raw")
+    assert code == 0, err
+    common = ["--model", tiny_model_dir, "--template", "raw", "--samples", "3", "--max-new-tokens", "12", "--temperature", "1.0",
+              "--answer", "last-number", "--no-progress"]
+    code, err = run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", probe.path, "--out", tmp_path / "s", "--goal-from", tmp_path / "goal",
+                        "--goal", "mine", "--beams", "2", "--candidates", "4", "--step-tokens", "3", *common)
+    assert code == 0, err
+    steered = [json.loads(line) for line in (tmp_path / "s" / "trajectories.jsonl").read_text().splitlines()]
+    steered_q = np.array([t["meta"]["q"] for t in steered if t["meta"]["rank"] == 0])
+    plain = score_store(Store(unfiltered.out / "store"), Scorer(probe.model, {**probe.goals, **read_goal(tmp_path / "goal")}, kinds=["mine"]), 4)
+    assert steered_q.mean() > np.nanmean(plain.last(plain.q["mine"])) + 0.05
+    code, err = run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", probe.path, "--out", tmp_path / "s2", "--goal", "nothing", *common)
+    assert code == 2 and "unknown goal 'nothing'" in err and "Traceback" not in err

@@ -19,7 +19,7 @@ ROOT = Path(probekit.__file__).resolve().parent
 
 # Floors, lowest first. A module may import its own floor and those below it.
 FLOORS = [
-    {"errors", "io", "outputs", "progress", "config", "metrics", "voting", "early_stop", "goals", "plots", "thresholds", "sampling"},
+    {"errors", "cache", "io", "outputs", "progress", "config", "metrics", "voting", "early_stop", "goals", "plots", "thresholds", "sampling"},
     {"data", "models", "cpu_dtype", "store"},
     {"extract"},
     {"probe"},

@@ -241,7 +241,7 @@ def test_write_model_cache_keeps_a_finished_folder(tiny_model_dir, tmp_path):
 
 def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path))
-    assert models.default_cache_dir() == tmp_path
+    assert models.default_cache_dir() == tmp_path / "models"
     monkeypatch.delenv("PROBEKIT_CACHE")
     assert models.default_cache_dir() == Path.home() / ".cache" / "probekit" / "models"
 

@@ -38,3 +38,10 @@ def _parse(obj: dict, loc: str) -> Prompt:
 def read_prompts(path: str | Path, skip_invalid: bool = False) -> tuple[list[Prompt], int]:
     """(prompts, number of invalid records skipped); duplicate ids are always an error."""
     return read_records(path, _parse, skip_invalid, "prompts")
+
+
+def write_prompts(path: str | Path, prompts: list[Prompt]) -> None:
+    """Write prompts in the format `read_prompts` reads (gold omitted when unknown)."""
+    from probekit.io import write_jsonl
+
+    write_jsonl(path, ({"id": p.id, "prompt": p.prompt, **({} if p.gold is None else {"gold": p.gold})} for p in prompts))

@@ -319,6 +319,8 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=16, help="layer of the filter, transfer and HH studies (fixed in advance)")
     ap.add_argument("--store-dtype", default="float16", choices=("float16", "float32"),
                     help="dtype of the cached states (Gemma-3's residual stream overflows float16: use float32)")
+    ap.add_argument("--model-dtype", default="float32",
+                    help="dtype the model computes in (the recorded results and their cached stores are float32; auto may pick bfloat16 on a CPU)")
     ap.add_argument("--lam", type=float, default=0.5, help="λ of the goal-conditioned probe")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--epochs", type=int, default=30)
@@ -353,7 +355,7 @@ def main() -> None:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     files = build_data(data_dir, work, args)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, dtype=args.model_dtype)
     stores = build_stores(files, work, args, loaded)
     import torch
 

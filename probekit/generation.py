@@ -57,7 +57,7 @@ class GenerateConfig:
     batch_size: int = option(32, "Sequences decoded together; memory is bounded by this, whatever the number of prompts.")
     shard_size: int = option(512, "Trajectories per store shard.")
     device: str = option("auto", "auto (CUDA when available), cpu or cuda.")
-    model_dtype: str = option("auto", "Dtype the model runs in: auto, float32, float16, bfloat16.")
+    model_dtype: str = option("auto", "Dtype the model runs in: auto (as for extract: bfloat16 on CUDA, and on CPUs where it measures faster), float32, float16, bfloat16.")
 
     def validate(self) -> None:
         from probekit.sampling import check_sampling
@@ -366,22 +366,24 @@ class _StoreWriter:
 
     def __init__(self, store_dir, prompts: list[Prompt], layers: list[int], loaded, template: str, config: GenerateConfig,
                  stop: OnlineStop | None):
-        from probekit.extract.manifest import build_manifest
+        from probekit.extract.manifest import MODEL_DTYPE, build_manifest
         from probekit.io import write_json
+        from probekit.models import dtype_name
         from probekit.store import MANIFEST
 
         self.dir, self.layers, self.config = store_dir, layers, config
         self.np_dtype = STORE_DTYPES[config.dtype][1]
-        self.model_dtype = str(loaded.dtype).replace("torch.", "")
+        self.model_dtype = dtype_name(loaded.dtype)
         n = len(prompts) * config.samples
         prompts_sha = hashlib.sha256("\x00".join(f"{p.id}\x00{p.prompt}" for p in prompts).encode()).hexdigest()
-        key = {"model_sha256": loaded.file_sha256 or loaded.source, "layers": layers, "template": template, "positions": "all",
+        key = {"model_sha256": loaded.file_sha256 or loaded.source, MODEL_DTYPE: self.model_dtype, "layers": layers, "template": template, "positions": "all",
                "dtype": config.dtype, "shard_size": config.shard_size, "prompts_sha256": prompts_sha,
                "generated": {k: getattr(config, k) for k in ("samples", "max_new_tokens", "temperature", "top_p", "seed", "answer", "stop")},
                "online_filter": None if stop is None else [stop.checkpoint, stop.goal, stop.threshold, stop.skip_first]}
         self.manifest = build_manifest(key, {
             "model": {"name": loaded.name, "source": str(loaded.source), "file_sha256": loaded.file_sha256, "revision": loaded.revision,
-                      "num_layers": loaded.num_layers, "hidden_size": loaded.hidden_size},
+                      "num_layers": loaded.num_layers, "hidden_size": loaded.hidden_size, "dtype": self.model_dtype,
+                      "dtype_choice": loaded.dtype_choice},
             "tokenizer": {"name_or_path": str(getattr(loaded.tokenizer, "name_or_path", "")), "vocab_size": len(loaded.tokenizer)},
             "layers": layers, "dtype": config.dtype, "template": template, "positions": "all", "max_length": None,
             "data": {"trajectories": "../trajectories.jsonl", "n_trajectories": n, "generated": True},

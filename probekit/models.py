@@ -71,6 +71,7 @@ class LoadedModel:
     hidden_size: int
     device: torch.device
     dtype: torch.dtype
+    dtype_choice: str = "requested"  # why this dtype: "requested", or how auto decided
 
 
 def default_cache_dir() -> Path:
@@ -89,42 +90,44 @@ def load_model(
     `name` is a bundled name (smollm2-135m, gemma3-270m), a local folder with
     a config.json, a local .gguf file, or a hub id "org/name".
     device "auto" means cuda when available else cpu; dtype "auto" means
-    bfloat16 on cuda (float16 where the GPU lacks bfloat16) and float32 on cpu.
+    bfloat16 on cuda (float16 where the GPU lacks bfloat16) and, on a cpu,
+    bfloat16 where its matmuls are measured faster, else float32
+    (`probekit.cpu_dtype`; the measurement is cached in `cache_dir`).
     """
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    want = _DtypeRequest(dtype, torch_device, cache_dir)
 
     revision: str | None = None
     if name == "smollm2-135m":
         folder, source, sha, revision = _smollm2_cache(cache_dir)
-        model, tokenizer = _from_pretrained(str(folder), torch_dtype)
+        model, tokenizer = _from_pretrained(str(folder), want)
     elif name == "gemma3-270m":
         folder, source, sha, revision = _gemma3_cache(cache_dir)
-        model, tokenizer = _from_pretrained(str(folder), torch_dtype)
+        model, tokenizer = _from_pretrained(str(folder), want)
     else:
         path = Path(name).expanduser()
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise ProbekitError(f"{path}: folder has no config.json, so it is not a transformers model folder")
             source, sha = str(path.resolve()), _folder_weights_sha256(path)
-            model, tokenizer = _from_pretrained(source, torch_dtype)
+            model, tokenizer = _from_pretrained(source, want)
         elif path.is_file():
             if path.suffix.lower() != ".gguf":
                 raise ProbekitError(f"{path}: expected a model folder or a .gguf file")
             source, sha = str(path.resolve()), sha256_file(path)
             folder = _gguf_cache(path, sha, cache_dir)
-            model, tokenizer = _from_pretrained(str(folder), torch_dtype)
+            model, tokenizer = _from_pretrained(str(folder), want)
         elif _HUB_ID.match(name) and not name.lower().endswith(".gguf"):
             source = name
-            model, tokenizer, revision = _from_hub(name, torch_dtype)
+            model, tokenizer, revision = _from_hub(name, want)
             sha = revision
         else:
             raise ProbekitError(
                 f"model '{name}' not found: no such file or folder, and not a bundled name "
                 f"({', '.join(BUNDLED_MODELS)}) or an org/name hub id"
             )
-    return _freeze(model, tokenizer, name, source, sha, revision, torch_device, torch_dtype)
+    return _freeze(model, tokenizer, name, source, sha, revision, torch_device, want)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -140,15 +143,59 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """Map a dtype name to torch; "auto" is the fastest exact-enough choice per device."""
+def resolve_dtype(dtype: str, device: torch.device, hidden_size: int | None = None, cache_dir: Path | None = None) -> tuple[torch.dtype, str]:
+    """Map a dtype name to torch, with why; "auto" is the fastest exact-enough choice per device.
+
+    On a CPU, auto depends on the model's width (`hidden_size`, required
+    there) and is measured once per CPU and cached in `cache_dir`.
+    """
     if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), "auto: the CUDA default"
+        if device.type != "cpu":
+            return torch.float32, "auto: float32 off CUDA and CPU"
+        if hidden_size is None:
+            raise ValueError("auto on a CPU depends on the model: pass its hidden_size")
+        from probekit.cpu_dtype import cpu_auto_dtype
+
+        choice = cpu_auto_dtype(hidden_size, cache_dir if cache_dir is not None else default_cache_dir())
+        return _DTYPES[choice.dtype], f"auto: {choice.reason}"
     if dtype not in _DTYPES:
         raise ProbekitError(f"unknown dtype '{dtype}': use auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    return _DTYPES[dtype], "requested"
+
+
+@dataclass
+class _DtypeRequest:
+    """The requested model dtype, resolved once the model's config is read.
+
+    auto on a CPU depends on the model's hidden size, which is known only from
+    its config, and the weights must be loaded in the final dtype (casting
+    afterwards would also cast HF's float32 rotary buffers), so loaders read
+    the config first and ask `resolve(config)` for the dtype to load in.
+    Every other request is resolved (and a bad name refused) at once.
+    """
+
+    name: str
+    device: torch.device
+    cache_dir: Path
+    resolved: torch.dtype | None = None
+    choice: str = "requested"
+
+    def __post_init__(self) -> None:
+        if not (self.name == "auto" and self.device.type == "cpu"):
+            self.resolved, self.choice = resolve_dtype(self.name, self.device)
+
+    def resolve(self, config: Any) -> torch.dtype:
+        if self.resolved is None:
+            hidden = int(config.get_text_config().hidden_size)
+            self.resolved, self.choice = resolve_dtype(self.name, self.device, hidden, self.cache_dir)
+        return self.resolved
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16: how manifests and shards record a dtype."""
+    return str(dtype).replace("torch.", "")
 
 
 def resolve_layers(spec: str | None, num_layers: int) -> list[int]:
@@ -337,15 +384,21 @@ def _folder_weights_sha256(folder: Path) -> str | None:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.Module, Any]:
+def _from_pretrained(source: str, dtype: _DtypeRequest, **kwargs: Any) -> tuple[nn.Module, Any]:
     """Load tokenizer and model from a local folder; bad folders are user errors."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        return _config_then_model(source, dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise ProbekitError(f"{source}: could not load model ({_first_line(exc)})") from None
+
+
+def _config_then_model(source: str, dtype: _DtypeRequest, **kwargs: Any) -> tuple[nn.Module, Any]:
+    """Tokenizer and model of a folder or hub id, the model in the dtype its config resolves `dtype` to."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype.resolve(config), **kwargs)
     return model, tokenizer
 
 
@@ -367,7 +420,7 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _from_hub(repo_id: str, dtype: torch.dtype) -> tuple[nn.Module, Any, str | None]:
+def _from_hub(repo_id: str, dtype: _DtypeRequest) -> tuple[nn.Module, Any, str | None]:
     """Load a hub model: from the local HF cache if there, else download it.
 
     transformers retries unreachable hosts for about 45 s, so before a
@@ -382,24 +435,16 @@ def _from_hub(repo_id: str, dtype: torch.dtype) -> tuple[nn.Module, Any, str | N
         f"pass a local folder, a .gguf file, or one of the bundled names: {', '.join(BUNDLED_MODELS)}"
     )
     try:
-        model, tokenizer = _hub_from_pretrained(repo_id, dtype, local_files_only=True)
+        model, tokenizer = _config_then_model(repo_id, dtype, local_files_only=True)
         return model, tokenizer, _cached_commit(repo_id)
     except errors:
         pass
     try:
         commit = huggingface_hub.model_info(repo_id, timeout=_HUB_PROBE_TIMEOUT).sha
-        model, tokenizer = _hub_from_pretrained(repo_id, dtype, revision=commit)
+        model, tokenizer = _config_then_model(repo_id, dtype, revision=commit)
     except errors:
         raise failure from None
     return model, tokenizer, commit
-
-
-def _hub_from_pretrained(repo_id: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(repo_id, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, **kwargs)
-    return model, tokenizer
 
 
 def _cached_commit(repo_id: str) -> str | None:
@@ -420,11 +465,12 @@ def _freeze(
     sha: str | None,
     revision: str | None,
     device: torch.device,
-    dtype: torch.dtype,
+    request: _DtypeRequest,
 ) -> LoadedModel:
     # Cast only if from_pretrained ignored `dtype` (older transformers): a
     # blanket .to(dtype) would also cast the float32 rotary buffers that HF
     # deliberately keeps in full precision, changing the hidden states.
+    dtype = request.resolve(model.config)
     if model.dtype != dtype:
         model = model.to(dtype=dtype)
     model = model.to(device=device).eval()
@@ -444,6 +490,7 @@ def _freeze(
         hidden_size=int(model.config.get_text_config().hidden_size),
         device=device,
         dtype=dtype,
+        dtype_choice=request.choice,
     )
 
 

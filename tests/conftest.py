@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _float32_on_cpu():
+    """Models run in float32 unless a test asks otherwise, whatever this CPU's auto choice
+    (tests/test_cpu_dtype.py tests that choice; subprocesses inherit the variable)."""
+    from probekit.cpu_dtype import ENV
+
+    before = os.environ.get(ENV)
+    os.environ[ENV] = "float32"
+    yield
+    if before is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = before

@@ -101,12 +101,47 @@ def test_forward_stops_after_deepest_layer(tiny):
     assert calls == [0, 1]  # blocks 3 and 4 never ran
 
 
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny_model_dir):
+    return load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+
+
+def _state_arrays(path: Path) -> dict[str, np.ndarray]:
+    return {k: v for k, v in _read_store(path).items() if "/states/" in k}
+
+
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_batched_equals_one_at_a_time(tiny, traj_file, tmp_path, padding_side):
     batched = extract(_opts(traj_file, tmp_path / "b", padding_side=padding_side, max_batch_tokens=4096), loaded=tiny)
     single = extract(_opts(traj_file, tmp_path / "s", padding_side="right", max_batch_tokens=1), loaded=tiny)
     assert batched.complete and single.complete
     _assert_same_store(tmp_path / "b", tmp_path / "s", atol=2e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_bfloat16_batched_equals_one_at_a_time_within_its_rounding(tiny, tiny_bf16, traj_file, tmp_path, padding_side):
+    """bfloat16 is batch-invariant up to its own rounding, not exactly (measured on the tiny model): other
+    padded widths change the matmul blocking, and a different partial sum rounds to a neighbouring
+    bfloat16 in 0-2% of the elements; per row that stays below 2^-7 relative (measured up to 0.0036) and
+    below the largest change that computing in bfloat16 instead of float32 makes (0.004-0.008 per layer,
+    median 0.003-0.005). Positions and metadata are exact, and the states are bfloat16 values."""
+    batched = extract(_opts(traj_file, tmp_path / "b", padding_side=padding_side, max_batch_tokens=4096), loaded=tiny_bf16)
+    single = extract(_opts(traj_file, tmp_path / "s", padding_side="right", max_batch_tokens=1), loaded=tiny_bf16)
+    extract(_opts(traj_file, tmp_path / "f32", max_batch_tokens=1), loaded=tiny)
+    assert batched.complete and single.complete and batched.manifest["model"]["dtype"] == "bfloat16"
+    rb, rs = _read_store(tmp_path / "b"), _read_store(tmp_path / "s")
+    assert rb.keys() == rs.keys()
+    for key in rb:
+        if "/states/" not in key:
+            assert np.array_equal(rb[key], rs[key]), key
+    b, s, f = _state_arrays(tmp_path / "b"), _state_arrays(tmp_path / "s"), _state_arrays(tmp_path / "f32")
+    for key in s:
+        assert torch.equal(torch.from_numpy(s[key]).bfloat16().float(), torch.from_numpy(s[key])), key  # computed in bfloat16
+        batch_err = np.linalg.norm(b[key] - s[key], axis=1) / np.linalg.norm(s[key], axis=1)
+        dtype_err = np.linalg.norm(f[key] - s[key], axis=1) / np.linalg.norm(f[key], axis=1)
+        assert batch_err.max() < 2.0**-7, key
+        assert (b[key] == s[key]).mean() > 0.95, key
+        assert batch_err.max() < dtype_err.max() and np.median(dtype_err) > 2.0**-9, key
 
 
 def test_float16_store_close_to_float32(tiny, traj_file, tmp_path):
@@ -214,6 +249,83 @@ def test_mismatching_store_is_refused_unless_overwrite(tiny, traj_file, tmp_path
         extract(_opts(traj_file, tmp_path / "st", layers="3"), loaded=tiny)
     res = extract(_opts(traj_file, tmp_path / "st", layers="3", overwrite=True), loaded=tiny)
     assert res.complete and Store(tmp_path / "st").layers == [3]
+
+
+def test_store_is_not_resumed_in_another_compute_dtype(tiny, tiny_bf16, traj_file, tmp_path):
+    first = extract(_opts(traj_file, tmp_path / "st"), loaded=tiny)
+    assert first.manifest["key"]["model_dtype"] == first.manifest["model"]["dtype"] == "float32"
+    assert first.manifest["model"]["dtype_choice"] == "auto: forced by PROBEKIT_CPU_DTYPE"  # tests/conftest.py
+    with pytest.raises(ProbekitError, match=r"computed in float32 and this run computes in bfloat16; resume it with --model-dtype float32"):
+        extract(_opts(traj_file, tmp_path / "st"), loaded=tiny_bf16)
+    assert {str(h5py.File(p, "r").attrs["model_dtype"]) for p in (tmp_path / "st").glob("shard-*.h5")} == {"float32"}
+    again = extract(_opts(traj_file, tmp_path / "st"), loaded=tiny)  # its own dtype: resumed, nothing recomputed
+    assert again.complete and again.shards_skipped == [0, 1, 2] and not again.shards_done
+    redone = extract(_opts(traj_file, tmp_path / "st", overwrite=True), loaded=tiny_bf16)
+    assert redone.shards_done == [0, 1, 2] and Store(tmp_path / "st").manifest["key"]["model_dtype"] == "bfloat16"
+
+
+def _killed_run(traj_file, out: Path, loaded, monkeypatch, finished_shards: int) -> None:
+    """An extraction killed while computing shard `finished_shards` (the ones before it are written)."""
+    real_build = run_mod.build_shard
+    calls = {"n": 0}
+
+    def dying_build(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] > finished_shards:
+            raise KeyboardInterrupt
+        return real_build(*a, **kw)
+
+    monkeypatch.setattr(run_mod, "build_shard", dying_build)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_opts(traj_file, out), loaded=loaded)
+    monkeypatch.setattr(run_mod, "build_shard", real_build)
+
+
+def _as_written_before_dtype_was_keyed(store: Path) -> str:
+    """Rewrite a store as probekit wrote it before the compute dtype was keyed (no model_dtype in the key or
+    the model block, cache key of the other fields, in the manifest and every shard); return that key."""
+    from probekit.extract.manifest import cache_key
+
+    manifest = json.loads((store / "manifest.json").read_text())
+    key = {k: v for k, v in manifest["key"].items() if k != "model_dtype"}
+    manifest.update(key=key, cache_key=cache_key(key))
+    for field in ("dtype", "dtype_choice"):
+        del manifest["model"][field]
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    for shard in store.glob("shard-*.h5"):
+        with h5py.File(shard, "r+") as fh:
+            fh.attrs["cache_key"] = manifest["cache_key"]
+    return manifest["cache_key"]
+
+
+def test_store_written_before_dtype_was_keyed_resumes_only_in_its_shards_dtype(tiny, tiny_bf16, traj_file, tmp_path, monkeypatch):
+    from probekit.config import FitConfig
+    from probekit.pipeline import fit_probe
+
+    extract(_opts(traj_file, tmp_path / "ref"), loaded=tiny)
+    old = tmp_path / "old"
+    _killed_run(traj_file, old, tiny, monkeypatch, finished_shards=1)
+    legacy_key = _as_written_before_dtype_was_keyed(old)
+    with pytest.raises(ProbekitError, match="computed in float32 and this run computes in bfloat16"):
+        extract(_opts(traj_file, old), loaded=tiny_bf16)
+    resumed = extract(_opts(traj_file, old), loaded=tiny)
+    assert resumed.shards_skipped == [0] and resumed.shards_done == [1, 2] and resumed.complete
+    store = Store(old)  # keeps its old key, so the shard written before the change still counts
+    assert store.cache_key == legacy_key and "model_dtype" not in store.manifest["key"]
+    assert store.manifest["model"]["dtype"] == "float32"
+    _assert_same_store(tmp_path / "ref", old)
+    # ...and reads as any store: a probe fits and evaluates on it
+    ckpt = fit_probe(store, tmp_path / "ckpt", FitConfig().vary(layer=2, epochs=2, n_boot=10, widths=(8,), rep_size=4, baselines=False))
+    assert ckpt.config["store"]["cache_key"] == legacy_key and np.isfinite(ckpt.metrics["valid"]["probe"]["auroc"]["value"])
+
+
+def test_store_written_before_dtype_was_keyed_with_no_finished_shard_starts_afresh(tiny_bf16, traj_file, tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    _killed_run(traj_file, old, tiny_bf16, monkeypatch, finished_shards=0)
+    legacy_key = _as_written_before_dtype_was_keyed(old)
+    result = extract(_opts(traj_file, old), loaded=tiny_bf16)  # nothing computed yet, so nothing to mix
+    assert result.complete and result.shards_done == [0, 1, 2]
+    assert result.manifest["cache_key"] != legacy_key and result.manifest["key"]["model_dtype"] == "bfloat16"
 
 
 def test_float16_overflow_fails_loudly(tiny_model_dir, traj_file, tmp_path):

@@ -44,6 +44,7 @@ def test_outputs_are_a_store_and_trajectories_in_probekits_formats(unfiltered):
     read_pairs(out / "pairs.jsonl", trajs)
     store = Store(out / "store")
     assert store.layers == [2, 4] and len(store) == 15 and len(store.shard_paths) == 4
+    assert store.manifest["key"]["model_dtype"] == store.manifest["model"]["dtype"] == "float32"  # the compute dtype is keyed
     assert list(store.meta.id) == [t.id for t in trajs]
     assert (store.meta.completion_tokens == [t.meta["tokens"] for t in trajs]).all()
     assert (store.meta.completion_tokens >= 1).all() and (store.meta.completion_tokens <= 12).all()

@@ -21,7 +21,7 @@ ROOT = Path(probekit.__file__).resolve().parent
 FLOORS = [
     {"errors", "cache", "io", "outputs", "progress", "config", "metrics", "length_control", "voting", "early_stop", "goals", "plots", "thresholds",
      "sampling"},
-    {"data", "models", "store"},
+    {"data", "models", "cpu_dtype", "store"},
     {"extract"},
     {"probe"},
     {"scoring"},

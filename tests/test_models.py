@@ -334,8 +334,9 @@ def test_hub_id_from_local_hf_cache(tiny_model_dir, tmp_path, monkeypatch):
 
 def test_resolve_device_and_dtype():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    # auto on a CPU: float32 here because conftest forces it (tests/test_cpu_dtype.py tests the measured choice)
+    assert resolve_dtype("auto", torch.device("cpu"), hidden_size=32) == (torch.float32, "auto: forced by PROBEKIT_CPU_DTYPE")
+    assert resolve_dtype("float16", torch.device("cpu")) == (torch.float16, "requested")
     with pytest.raises(ProbekitError, match="unknown dtype 'int8'"):
         resolve_dtype("int8", torch.device("cpu"))
     with pytest.raises(ProbekitError, match="unknown device 'tpu9'"):

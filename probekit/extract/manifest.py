@@ -1,9 +1,17 @@
 """The store manifest and its cache key.
 
 The cache key hashes everything that changes the stored numbers or their
-layout (model file, layers, template, positions, max length, storage dtype,
-shard size, data fingerprint, format version) and nothing that does not
-(device, batch size, number of ranks), so any machine can resume any store.
+layout (model file, the dtype the model computes in, layers, template,
+positions, max length, storage dtype, shard size, data fingerprint, format
+version) and nothing that does not (device, batch size, number of ranks), so
+any machine can resume any store when it computes in the store's dtype: a
+store begun in float32 is never continued in bfloat16, whose states differ by
+about 1% (README, Models).
+
+Stores written before the compute dtype was part of the key (their key has
+no `model_dtype`) are still resumed when their finished shards, which each
+record the dtype they were computed in, match this run's dtype; they keep
+their old key, so their shards stay valid.
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ from pathlib import Path
 from probekit import __version__
 from probekit.errors import ProbekitError
 from probekit.io import read_json, write_json
-from probekit.store import FORMAT_VERSION, MANIFEST
+from probekit.store import FORMAT_VERSION, MANIFEST, read_shard_attrs, shard_is_complete
+
+# The key field of the dtype the model computes in (absent from stores written before it was keyed).
+MODEL_DTYPE = "model_dtype"
 
 
 def cache_key(key_fields: dict) -> str:
@@ -37,27 +48,45 @@ def build_manifest(key_fields: dict, extra: dict) -> dict:
     }
 
 
-def check_existing(out: Path, manifest: dict, overwrite: bool) -> bool:
-    """Return True when `out` holds a store to resume; refuse a mismatching one.
+def check_existing(out: Path, manifest: dict, overwrite: bool) -> dict | None:
+    """Return the manifest to resume `out` under (None: start a new store); refuse a mismatching one.
 
     A store made from another model, other data or other settings is never
     mixed with new shards: the user must pass --overwrite (or choose another
-    folder), and the error says which fields differ.
+    folder), and the error says which fields differ, and for the compute dtype
+    both dtypes.
     """
     path = out / MANIFEST
     if not path.exists():
-        return False
+        return None
     old = read_json(path)
     if old.get("cache_key") == manifest["cache_key"]:
-        return True
-    if overwrite:
-        return False
+        return manifest
     old_key, new_key = old.get("key", {}), manifest["key"]
-    diff = sorted(k for k in set(old_key) | set(new_key) if old_key.get(k) != new_key.get(k))
+    stored_dtype = old_key.get(MODEL_DTYPE)
+    if MODEL_DTYPE not in old_key and old.get("cache_key") == cache_key({k: v for k, v in new_key.items() if k != MODEL_DTYPE}):
+        stored = _shard_dtypes(out, old["cache_key"])
+        if stored <= {new_key[MODEL_DTYPE]}:
+            return {**manifest, "cache_key": old["cache_key"], "key": old_key} if stored else None
+        stored_dtype = ", ".join(sorted(stored))
+    if overwrite:
+        return None
+    diff = sorted(k for k in set(old_key) | set(new_key) if old_key.get(k) != new_key.get(k) and k != MODEL_DTYPE)
+    if stored_dtype is not None and stored_dtype != new_key[MODEL_DTYPE]:
+        others = f" (and differs in: {', '.join(diff)})" if diff else ""
+        raise ProbekitError(
+            f"{path}: this store was computed in {stored_dtype} and this run computes in {new_key[MODEL_DTYPE]}{others}; "
+            f"resume it with --model-dtype {stored_dtype}, or pass --overwrite to replace it or choose another --out"
+        )
     raise ProbekitError(
         f"{path}: this folder holds a store made with other settings (differs in: {', '.join(diff) or 'format'}); "
         "pass --overwrite to replace it or choose another --out"
     )
+
+
+def _shard_dtypes(out: Path, key: str) -> set[str]:
+    """The compute dtypes recorded by the finished shards of the store `key` in `out`."""
+    return {str(read_shard_attrs(p).get("model_dtype", "an unrecorded dtype")) for p in sorted(out.glob("shard-*.h5")) if shard_is_complete(p, key)}
 
 
 def finalize(out: Path, manifest: dict, shard_attrs: list[dict]) -> dict:

@@ -21,7 +21,7 @@ class ExtractOptions:
     positions: str = option("all", "Completion positions to store: all, last, or stride:K (every K-th token; the last token is always kept).")
     max_length: int = option(1024, "Maximum tokens per trajectory; longer ones lose tokens from the prompt's left side first (counted and reported).")
     dtype: str = option("float16", "Storage dtype of the states: float16 (half the disk; overflow fails loudly) or float32.")
-    model_dtype: str = option("auto", "Dtype the model runs in: auto (bfloat16 on CUDA, float32 on CPU), float32, float16, bfloat16.")
+    model_dtype: str = option("auto", "Dtype the model runs in: auto (bfloat16 on CUDA; on a CPU bfloat16 where its matmuls measure faster, else float32; PROBEKIT_CPU_DTYPE forces it), float32, float16, bfloat16. Part of the store's key: a store is resumed only in its dtype.")
     device: str = option("auto", "auto (CUDA when available), cpu or cuda.")
     max_batch_tokens: int = option(8192, "Token budget of one length-bucketed batch (padded length x batch size).")
     shard_size: int = option(512, "Trajectories per HDF5 shard (the unit of resumption and of multi-process splitting).")

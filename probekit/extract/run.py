@@ -28,12 +28,12 @@ from filelock import FileLock, Timeout
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
 from probekit.errors import ProbekitError
 from probekit.extract.forward import forward_layers
-from probekit.extract.manifest import build_manifest, check_existing, finalize
+from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, finalize
 from probekit.extract.options import ExtractOptions
 from probekit.extract.plan import length_buckets, parse_positions, select_positions
 from probekit.extract.render import Encoded, encode, resolve_template
 from probekit.io import sha256_file, write_json
-from probekit.models import LoadedModel, load_model, resolve_layers
+from probekit.models import LoadedModel, dtype_name, load_model, resolve_layers
 from probekit.outputs import OutputDir, claim_output
 from probekit.progress import Progress, or_null
 from probekit.store import MANIFEST, PAIRS, ShardData, read_shard_attrs, shard_is_complete, shard_name, write_shard
@@ -111,6 +111,7 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
 
     key_fields = {
         "model_sha256": loaded.file_sha256 or loaded.source,
+        MODEL_DTYPE: dtype_name(loaded.dtype),
         "layers": layers,
         "template": template,
         "positions": opts.positions,
@@ -131,6 +132,8 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
                 "revision": loaded.revision,
                 "num_layers": loaded.num_layers,
                 "hidden_size": loaded.hidden_size,
+                "dtype": dtype_name(loaded.dtype),
+                "dtype_choice": loaded.dtype_choice,
             },
             "tokenizer": {"name_or_path": str(getattr(loaded.tokenizer, "name_or_path", "")), "vocab_size": len(loaded.tokenizer)},
             "layers": layers,
@@ -150,7 +153,9 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
         },
     )
     out = out_dir.path
-    resume = check_existing(out, manifest, opts.overwrite)
+    resumed = check_existing(out, manifest, opts.overwrite)
+    resume = resumed is not None
+    manifest = resumed or manifest
     if not resume:
         _remove_old_shards(out_dir)
     if not resume or rank == 0:
@@ -212,7 +217,7 @@ def _write_one_shard(
         cache_key=manifest["cache_key"],
         shard_index=s,
         seconds=time.perf_counter() - t0,
-        model_dtype=str(loaded.dtype).replace("torch.", ""),
+        model_dtype=dtype_name(loaded.dtype),
     )
     write_shard(out / shard_name(s), data)
     guard.check()

@@ -131,7 +131,8 @@ def train_scores(scorer: Scorer, ctx: EvalContext, fit_source, batch_rows: int =
     trajectories the length controls are fitted on (`ctx.length.train_traj`), NaN elsewhere.
 
     Only the last stored state of each trajectory is scored, gathered first so that the batches (and so the
-    float rounding) do not depend on how the row source splits the store into blocks.
+    float rounding) do not depend on how the row source splits the store into blocks. A pooled probe's
+    reward needs every state of the trajectory, so it is scored through the one scorer on whole trajectories.
     """
     from probekit.baselines import trajectory_features
 
@@ -139,10 +140,15 @@ def train_scores(scorer: Scorer, ctx: EvalContext, fit_source, batch_rows: int =
     n = 0 if ctx.fit_store is None else len(ctx.fit_store)
     values: dict[str, np.ndarray] = {}
     if lc.note is None:
-        last, _mean = trajectory_features(fit_source, lc.train_traj)
-        parts = [scorer(last[i:i + batch_rows]) for i in range(0, len(last), batch_rows)]
-        values["reward"] = np.concatenate([r for r, _q in parts])
-        values.update({k: np.concatenate([q[k] for _r, q in parts]) for k in scorer.kinds})
+        if scorer.pooled:
+            whole = score_trajectories(fit_source, scorer, lc.train_traj)
+            values["reward"] = whole.last(whole.reward)
+            values.update({k: whole.last(whole.q[k]) for k in scorer.kinds})
+        else:
+            last, _mean = trajectory_features(fit_source, lc.train_traj)
+            parts = [scorer(last[i:i + batch_rows]) for i in range(0, len(last), batch_rows)]
+            values["reward"] = np.concatenate([r for r, _q in parts])
+            values.update({k: np.concatenate([q[k] for _r, q in parts]) for k in scorer.kinds})
 
     def per_fit_traj(signal: str) -> np.ndarray:
         full = np.full(n, np.nan)

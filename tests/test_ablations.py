@@ -240,7 +240,25 @@ def test_multi_layer_and_pooled_fits_stream_like_they_load(tmp_path):
     b = fit(store, tmp_path / "b", memory_budget_mb=1e-6, **opts)
     assert a.metrics["train"]["row_source"] == "memory" and b.metrics["train"]["row_source"] == "stream"
     assert a.metrics["train"]["history"] == b.metrics["train"]["history"]
-    assert a.metrics["valid"]["probe"] == b.metrics["valid"]["probe"]
+    # Equal, except the length regression's coefficients: a pooled probe's training rewards (that regression's
+    # input) pool rows read in blocks that differ between the two sources, so they agree to float rounding only.
+    assert_same(a.metrics["valid"]["probe"], b.metrics["valid"]["probe"])
+
+
+def assert_same(x, y, path: str = "") -> None:
+    """Equal nested metrics; floats under a 'residualised' fit's intercept/slope to float rounding."""
+    if isinstance(x, dict):
+        assert x.keys() == y.keys(), path
+        for k in x:
+            assert_same(x[k], y[k], f"{path}/{k}")
+    elif isinstance(x, list):
+        assert len(x) == len(y), path
+        for i, (u, v) in enumerate(zip(x, y)):
+            assert_same(u, v, f"{path}[{i}]")
+    elif "residualised/" in path and path.rsplit("/", 1)[-1] in ("intercept", "slope"):
+        assert x == pytest.approx(y, rel=1e-6, abs=1e-8), path
+    else:
+        assert x == y, path
 
 
 # ---- checkpoints: new options recorded, old checkpoints load with the old defaults ----------

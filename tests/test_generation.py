@@ -275,3 +275,15 @@ def test_states_stream_to_shards_so_memory_is_bounded_by_a_batch_and_a_shard(tin
     res = generate(many, tmp_path / "o", config(samples=2, batch_size=4, shard_size=3, max_new_tokens=4), loaded=tiny)
     assert len(held) == 6 and max(held) < 3  # 6 batches of 2 prompts; what is left after each write is less than a shard
     assert len(Store(res.out / "store").shard_paths) == 8  # 24 samples in shards of 3, written as they filled
+
+
+def test_capture_of_no_layers_is_a_plain_forward(tiny):
+    """The benchmark's decode loop without capture (capture_layers with no layers) runs the model unchanged."""
+    from probekit.extract.forward import capture_layers
+
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        plain = tiny.model(input_ids=ids).logits
+        with capture_layers(tiny.model, []) as captured:
+            hooked = tiny.model(input_ids=ids).logits
+    assert captured == {} and torch.equal(plain, hooked)

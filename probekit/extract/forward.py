@@ -35,12 +35,12 @@ def capture_layers(model: torch.nn.Module, layers: list[int], stop_after_deepest
     """Yield a dict that each forward pass inside the block fills with {layer: output [batch, seq, hidden]}.
 
     With `stop_after_deepest`, the deepest layer's hook raises `_StopForward`;
-    the caller catches it (see `forward_layers`).
+    the caller catches it (see `forward_layers`). No layers: no hooks (a plain forward).
     """
     blocks = get_decoder_layers(model)
     n = len(blocks)
     captured: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
+    deepest = max(layers, default=0)
 
     def make_hook(layer: int):
         def hook(_module, _inputs, output):

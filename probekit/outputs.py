@@ -147,10 +147,12 @@ def claim_output(
         raise ProbekitError(f"{option} {out}: exists and is a file, not a folder")
     marker = read_marker(out) if out.is_dir() else None
     existing = {p.name for p in out.iterdir()} - {MARKER} if out.is_dir() else set()
+    # Another process of the same run (extract's ranks) may be writing the marker or an output right now.
+    ours = set(outputs) | {MARKER} | (marker["files"] if marker is not None else set())
+    existing = {name for name in existing if not _is_temporary_of(name, ours)}
     owned: set[str] = set()
     if marker is not None:
         owned = marker["files"] & existing
-        existing = {name for name in existing if not _is_temporary_of(name, marker["files"] | {MARKER})}
         if marker["command"] != command and not overwrite:
             raise ProbekitError(
                 f"{option} {out}: holds the output of `probekit {marker['command']}`, not of `probekit {command}`; "

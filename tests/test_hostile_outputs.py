@@ -300,3 +300,20 @@ def test_refit_without_an_evaluation_leaves_no_stale_plot(tmp_path, fitted):
     assert (out / "prefix_auroc.png").exists()
     ckpt = fit_probe(store, out, FitConfig().vary(epochs=1, n_boot=10, widths=(8,), rep_size=4, valid_frac=0.0))
     assert "valid" not in ckpt.metrics and not (out / "prefix_auroc.png").exists()
+
+
+def test_a_folder_whose_marker_another_rank_is_writing_can_be_claimed(tmp_path):
+    """Two ranks of one extract claim the same --out: the other's in-flight marker (or output) temp file is probekit's own."""
+    from probekit.errors import ProbekitError
+    from probekit.outputs import MARKER, claim_output
+
+    racing = tmp_path / "racing"
+    racing.mkdir()
+    (racing / f".{MARKER}.k2j3.tmp").write_text("{")
+    (racing / ".manifest.json.x1.tmp").write_text("{")
+    claim_output(racing, "extract", ("manifest.json",))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".notes.txt.x1.tmp").write_text("user's editor swap")
+    with pytest.raises(ProbekitError, match="not empty"):
+        claim_output(mine, "extract", ("manifest.json",))

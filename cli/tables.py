@@ -116,9 +116,25 @@ def filter_table(metrics: dict):
         ["accuracy, best-of-n by reward", rep.get("best_of_n_accuracy", float("nan"))],
         ["accuracy, reward-weighted vote", rep.get("weighted_vote_accuracy", float("nan"))],
         ["oracle (any correct answer in group)", rep["oracle_accuracy"]],
+        *_signal_auroc_rows(metrics.get("signal_auroc")),
         ["trajectories without answer (no vote)", rep["n_without_answer"]],
     ]
     return rich_table(f"probekit filter ({metrics['signal']}, skip_first {metrics['skip_first']})", ["metric", "value"], rows)
+
+
+def _signal_auroc_rows(sa: dict | None) -> list[list[str]]:
+    """The filter signal's AUROC and its length controls, as table rows."""
+    if not sa:
+        return []
+    a = sa["auroc"]
+    lc = a.get("length_controlled") or {}
+    rows = [["AUROC of the per-solution minimum signal", fmt_ci(a)]]
+    if "stratified" in lc:
+        rows += [["  within length strata", fmt_ci(lc["stratified"])], ["  log length regressed out", fmt_ci(lc["residualised"])],
+                 ["  beats length", {True: "yes", False: "no", None: "-"}[lc["beats_length"]]]]
+    elif lc.get("note"):
+        rows.append(["  length-controlled", lc["note"]])
+    return rows
 
 
 def demo_table(summary: dict):

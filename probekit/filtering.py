@@ -159,6 +159,7 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
             "best_of_n": "the trajectory with the highest reward (reward head at the last token)",
             "weighted_vote": "each trajectory adds sigmoid(reward) to its answer",
         },
+        "signal_auroc": _signal_auroc(ckpt, store, scorer, signal, config.goal, skip_first, result["min_signal"], groups["report"], seed),
         "seconds": {"scoring": round(scores.seconds, 3), "evaluation": round(eval_seconds, 3)},
         "warnings": degenerate_warnings(res, np.isin(meta.group, groups["report"]), np.isfinite(result["min_signal"])),
     }
@@ -169,6 +170,36 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
         metrics["plots"] = ["frontier.png", "q_curves.png"]
         write_json(out_dir.file("metrics.json"), metrics)
     return metrics
+
+
+def _signal_auroc(ckpt, store, scorer, signal: str, goal: str, skip_first: int, min_sig: np.ndarray, report_groups, seed: int,
+                  n_boot: int = 1000) -> dict:
+    """How well the quantity the filter thresholds (each solution's minimum signal from skip_first on) ranks correct
+    above incorrect solutions of the report groups: AUROC with a group-bootstrap interval and its length controls
+    (`probekit.length_control`), fitted on the train split of the checkpoint's training store like `eval`'s.
+
+    A filter can only help majority voting as far as this ranking is right; the length controls say whether
+    it is right beyond "shorter solutions are more often correct".
+    """
+    from probekit.length_control import NO_FIT_STORE
+    from probekit.metrics import make_context
+    from probekit.probe.checkpoint import training_store
+    from probekit.scoring import score_store
+
+    score = f"minimum {signal} per solution from position {skip_first} on (report groups)"
+    fit = training_store(ckpt)
+    split = {"train": list((ckpt.split or {}).get("train", [])), "test": list(report_groups)}
+    if fit is None:  # raw AUROC only: the controls are never fitted on the evaluated data
+        auroc = make_context(store, split, "test", n_boot=n_boot, seed=seed).auroc(min_sig)
+        return {"score": score, "auroc": {**auroc, "length_controlled": {"note": NO_FIT_STORE}}, "length_control": {"note": NO_FIT_STORE}}
+    fit_store = store if fit.path.resolve() == store.path.resolve() else fit
+    ctx = make_context(store, split, "test", n_boot=n_boot, seed=seed, fit_store=fit_store)
+    if fit_store is store:
+        fit_min = min_sig
+    else:
+        fit_scores = score_store(fit_store, scorer, ckpt.layers)
+        fit_min = min_signal(fit_scores.offsets, fit_scores.positions, fit_scores.signal(signal, goal), skip_first)
+    return {"score": score, "auroc": ctx.auroc(min_sig, fit_min), "length_control": ctx.length.describe()}
 
 
 def auto_threshold(ckpt, goal: str = "mean", skip_first: int = 5, progress: Progress | None = None) -> dict:

@@ -368,3 +368,43 @@ def test_auto_threshold_for_online_stopping_is_the_filters_auto_choice(planted, 
     gone.config = {**gone.config, "store": {**gone.config["store"], "path": str(tmp_path / "nowhere")}}
     with pytest.raises(ProbekitError, match="training store .* is gone"):
         auto_threshold(gone)
+
+
+def test_filter_reports_how_well_its_signal_ranks_solutions_with_length_controls(planted, tmp_path):
+    """The per-solution minimum Q separates the planted wrong solutions (low Q after their error) from the right ones,
+    in raw AUROC and within length strata; the controls are fitted on the checkpoint's train groups."""
+    from probekit.filtering import filter_store
+    from probekit.probe.checkpoint import load_checkpoint
+
+    root, store, ckpt_dir = planted
+    m = filter_store(load_checkpoint(ckpt_dir), store, tmp_path / "f", FilterConfig(threshold="0", plots=False, random_seeds=1))
+    sa = m["signal_auroc"]
+    assert sa["auroc"]["value"] == 1.0 and sa["auroc"]["n_pos"] + sa["auroc"]["n_neg"] == 20  # the 4 report groups
+    lc = sa["auroc"]["length_controlled"]
+    assert lc["stratified"]["value"] == 1.0 and lc["residualised"]["value"] is not None
+    assert sa["length_control"]["fitted_on"] == "train split" and sa["length_control"]["n_train"] == 15
+    from cli.tables import filter_table
+
+    text = " ".join(str(c) for row in filter_table(m).columns[0]._cells for c in [row])
+    assert "within length strata" in text
+
+
+def test_filter_signal_auroc_on_another_store_fits_its_length_controls_on_the_training_store(planted, tmp_path):
+    import shutil
+
+    from probekit.filtering import filter_store
+    from probekit.probe.checkpoint import load_checkpoint
+    from probekit.store import Store
+
+    root, store, ckpt_dir = planted
+    shutil.copytree(store.path, tmp_path / "copy")
+    other = Store(tmp_path / "copy")
+    ckpt = load_checkpoint(ckpt_dir)
+    m = filter_store(ckpt, other, tmp_path / "f", FilterConfig(threshold="0", plots=False, random_seeds=1))
+    same = filter_store(ckpt, store, tmp_path / "g", FilterConfig(threshold="0", plots=False, random_seeds=1))
+    assert m["signal_auroc"]["length_control"]["fitted_on"].startswith("train split of the training store")
+    assert m["signal_auroc"]["auroc"] == same["signal_auroc"]["auroc"]  # same numbers, read through the training store
+    ckpt.config = {**ckpt.config, "store": {**ckpt.config["store"], "path": str(tmp_path / "gone")}}
+    gone = filter_store(ckpt, other, tmp_path / "h", FilterConfig(threshold="0", plots=False, random_seeds=1))
+    assert "not available" in gone["signal_auroc"]["auroc"]["length_controlled"]["note"]
+    assert gone["signal_auroc"]["auroc"]["value"] == 1.0

@@ -29,8 +29,9 @@ refuses non-finite states (a store written by other tools, or damaged on
 disk), naming the shard, the layer and the row, so that a NaN never reaches a
 probe's loss. HDF5 is read only through this module.
 
-Scattered rows (`read_rows`: a training batch's contrastive samples) are read
-with one `pread` per row at the byte offset HDF5 reports for the row's chunk,
+Rows by index (`read_rows`: a training batch's contrastive samples, an
+evaluation's trajectories) are read with one `pread` per run of rows that lie
+back to back, at the byte offsets HDF5 reports for the rows' chunks,
 where the layer is stored uncompressed with whole rows in each chunk (as
 `write_shard` writes it): h5py's fancy indexing costs ~65 µs per row, a pread
 ~2 µs, and that was most of a streamed fit's time (benchmarks/run_scale.py).
@@ -176,15 +177,25 @@ def row_layout(dataset: h5py.Dataset) -> RowLayout | None:
 
 
 def pread_rows(path: Path, layout: RowLayout, local_rows: np.ndarray) -> np.ndarray:
-    """Rows `local_rows` of the dataset described by `layout`, one pread each, in the order given."""
+    """Rows `local_rows` of the dataset described by `layout`, in the order given.
+
+    One pread per run of rows that lie back to back in the file (a
+    trajectory's rows within a chunk, or across adjacent chunks), so reading
+    whole trajectories costs about one call per chunk, and scattered rows one each.
+    """
     out = np.empty((len(local_rows), layout.width), layout.dtype)
-    offsets = layout.byte_offsets(np.asarray(local_rows, np.int64)).tolist()
-    view = memoryview(out).cast("B")
+    if len(local_rows) == 0:
+        return out
+    offsets = layout.byte_offsets(np.asarray(local_rows, np.int64))
     size = layout.row_bytes
+    breaks = np.flatnonzero(np.diff(offsets) != size) + 1
+    starts, ends = np.r_[0, breaks].tolist(), np.r_[breaks, len(offsets)].tolist()
+    view = memoryview(out).cast("B")
     fd = os.open(path, os.O_RDONLY)
     try:
-        for i, offset in enumerate(offsets):
-            if os.preadv(fd, [view[i * size:(i + 1) * size]], offset) != size:
+        for a, b in zip(starts, ends):
+            offset = int(offsets[a])
+            if os.preadv(fd, [view[a * size:b * size]], offset) != (b - a) * size:
                 raise OSError(f"short read at byte {offset}")
     finally:
         os.close(fd)
@@ -342,11 +353,7 @@ class Store:
     def _read_states(self, fh: h5py.File, shard: int, layer: int, as_float32: bool, local_rows: np.ndarray | None = None) -> np.ndarray:
         """States of one layer from an open shard (all rows, or the increasing `local_rows`), checked."""
         data = fh["states"][f"L{layer}"]
-        if local_rows is None:
-            block = data[...]
-        else:
-            self._layouts[(shard, layer)] = row_layout(data)
-            block = data[local_rows]
+        block = data[...] if local_rows is None else data[local_rows]
         if as_float32:
             block = block.astype(np.float32, copy=False)
         self._check_finite(block, shard, layer, local_rows)
@@ -355,7 +362,11 @@ class Store:
     def _shard_rows(self, shard: int, layer: int, local_rows: np.ndarray) -> np.ndarray:
         """float32 states of the increasing `local_rows` of one shard, checked: by pread once the
         shard's layout is known to allow it (no HDF5 open per call), else through h5py."""
-        layout = self._layouts.get((shard, layer))
+        key = (shard, layer)
+        if key not in self._layouts:
+            with h5py.File(self.shard_paths[shard], "r") as fh:
+                self._layouts[key] = row_layout(fh["states"][f"L{layer}"])
+        layout = self._layouts[key]
         if layout is None:
             with h5py.File(self.shard_paths[shard], "r") as fh:
                 return self._read_states(fh, shard, layer, as_float32=True, local_rows=local_rows)

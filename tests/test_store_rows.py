@@ -23,8 +23,8 @@ def test_read_rows_matches_the_layer_in_any_order_with_repeats(tmp_path):
     store = Store(path)
     rng = np.random.default_rng(1)
     rows = rng.integers(0, store.n_rows, size=3000)  # unordered, with repeats, across every shard (chunks of 256 rows)
-    first = store.read_rows(2, rows)  # first read of each shard: through h5py, learns the layout
-    second = store.read_rows(2, rows)  # then by pread
+    first = store.read_rows(2, rows)  # first read of each shard learns its layout
+    second = store.read_rows(2, rows)
     np.testing.assert_array_equal(first, full[rows])
     np.testing.assert_array_equal(second, full[rows])
     np.testing.assert_array_equal(store.read_rows(2, rows[::-1]), full[rows[::-1]])

@@ -308,7 +308,7 @@ def parse_args(argv=None):
     p.add_argument("--mean-len", type=int, default=200, help="mean stored rows per trajectory")
     p.add_argument("--memory-budget-mb", type=float, default=2048.0, help="fit/eval budget (FitConfig's --memory-budget-mb)")
     p.add_argument("--fit-epochs", type=int, default=3, help="epochs of the one fit (patience = epochs: no early stop)")
-    p.add_argument("--sweep-epochs", default="3", help="epochs per sweep fit: one number, or one per size (e.g. 3,3,1)")
+    p.add_argument("--sweep-epochs", default="1", help="epochs per sweep fit (each fit is also evaluated): one number, or one per size")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the evaluations")
     p.add_argument("--steps", default=",".join(STEPS), help="which measurements (fit is needed by score and eval)")
     p.add_argument("--keep-stores", action="store_true", help="keep the stores under --work (deleted by default)")

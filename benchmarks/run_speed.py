@@ -1,7 +1,7 @@
 """`make bench`: probekit's speed against naive baselines, side by side in one process.
 
 Three measurements on the same data (GSM8K labelled model solutions), the same
-frozen model (SmolLM2-135M, loaded once) and the same layer (15):
+frozen model (SmolLM2-135M; probekit's load and a float32 load) and the same layer (15):
 
 1. extraction  probekit.extract.run.extract (its defaults: --model-dtype auto,
                i.e. bfloat16 on a CPU whose bfloat16 matmuls measure faster;

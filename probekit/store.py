@@ -28,10 +28,19 @@ more than one shard's states unless asked to (`load_layer`). Every reader
 refuses non-finite states (a store written by other tools, or damaged on
 disk), naming the shard, the layer and the row, so that a NaN never reaches a
 probe's loss. HDF5 is read only through this module.
+
+Rows by index (`read_rows`: a training batch's contrastive samples, an
+evaluation's trajectories) are read with one `pread` per run of rows that lie
+back to back, at the byte offsets HDF5 reports for the rows' chunks,
+where the layer is stored uncompressed with whole rows in each chunk (as
+`write_shard` writes it): h5py's fancy indexing costs ~65 µs per row, a pread
+~2 µs, and that was most of a streamed fit's time (benchmarks/run_scale.py).
+Other layouts (compressed, written by other tools) are read through h5py.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -122,6 +131,77 @@ def _all_finite(block: np.ndarray) -> bool:
     return bool(block.view(signed).max() < pos_inf and block.view(unsigned).max() < neg_inf)
 
 
+@dataclass(frozen=True)
+class RowLayout:
+    """Where each row of one uncompressed 2-D dataset lies in its file, for direct reads."""
+
+    chunk_rows: int
+    chunk_offsets: np.ndarray  # int64 byte offset of chunk k (rows k*chunk_rows ...); one entry when contiguous
+    row_bytes: int
+    dtype: np.dtype
+    width: int
+
+    def byte_offsets(self, local_rows: np.ndarray) -> np.ndarray:
+        return self.chunk_offsets[local_rows // self.chunk_rows] + (local_rows % self.chunk_rows) * self.row_bytes
+
+
+def row_layout(dataset: h5py.Dataset) -> RowLayout | None:
+    """The byte layout of a [rows, width] dataset when every row is stored raw and whole, else None.
+
+    None (read through h5py instead) for filters (compression, checksums), chunks
+    narrower than a row, non-native byte order, or storage not yet allocated.
+    """
+    if dataset.ndim != 2 or len(dataset) == 0 or not hasattr(os, "preadv"):
+        return None
+    dtype = dataset.dtype
+    if dtype.kind != "f" or not dtype.isnative or dataset.id.get_create_plist().get_nfilters() > 0:
+        return None
+    width = int(dataset.shape[1])
+    row_bytes = width * dtype.itemsize
+    if dataset.chunks is None:
+        offset = dataset.id.get_offset()
+        if offset is None:
+            return None
+        return RowLayout(len(dataset), np.asarray([offset], np.int64), row_bytes, dtype, width)
+    chunk_rows, chunk_width = dataset.chunks
+    n_chunks = -(-len(dataset) // chunk_rows)
+    if chunk_width != width or dataset.id.get_num_chunks() != n_chunks:
+        return None
+    offsets = np.empty(n_chunks, np.int64)
+    for k in range(n_chunks):
+        info = dataset.id.get_chunk_info(k)
+        if info.byte_offset is None or info.filter_mask != 0:
+            return None
+        offsets[info.chunk_offset[0] // chunk_rows] = info.byte_offset
+    return RowLayout(int(chunk_rows), offsets, row_bytes, dtype, width)
+
+
+def pread_rows(path: Path, layout: RowLayout, local_rows: np.ndarray) -> np.ndarray:
+    """Rows `local_rows` of the dataset described by `layout`, in the order given.
+
+    One pread per run of rows that lie back to back in the file (a
+    trajectory's rows within a chunk, or across adjacent chunks), so reading
+    whole trajectories costs about one call per chunk, and scattered rows one each.
+    """
+    out = np.empty((len(local_rows), layout.width), layout.dtype)
+    if len(local_rows) == 0:
+        return out
+    offsets = layout.byte_offsets(np.asarray(local_rows, np.int64))
+    size = layout.row_bytes
+    breaks = np.flatnonzero(np.diff(offsets) != size) + 1
+    starts, ends = np.r_[0, breaks].tolist(), np.r_[breaks, len(offsets)].tolist()
+    view = memoryview(out).cast("B")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for a, b in zip(starts, ends):
+            offset = int(offsets[a])
+            if os.preadv(fd, [view[a * size:b * size]], offset) != (b - a) * size:
+                raise OSError(f"short read at byte {offset}")
+    finally:
+        os.close(fd)
+    return out
+
+
 @dataclass
 class TrajectoryTable:
     """Per-trajectory metadata of the whole store, in global order (shard by shard)."""
@@ -182,6 +262,7 @@ class Store:
         self._shard_starts = np.append(self.meta.row_start, self.n_rows)[firsts]  # global row of each shard's first row
         self._id_index: dict[str, int] | None = None
         self._positions: np.ndarray | None = None
+        self._layouts: dict[tuple[int, int], RowLayout | None] = {}  # (shard, layer) -> layout, read once
 
     # ---- metadata -------------------------------------------------------
     def _read_meta(self) -> TrajectoryTable:
@@ -278,6 +359,24 @@ class Store:
         self._check_finite(block, shard, layer, local_rows)
         return block
 
+    def _shard_rows(self, shard: int, layer: int, local_rows: np.ndarray) -> np.ndarray:
+        """float32 states of the increasing `local_rows` of one shard, checked: by pread once the
+        shard's layout is known to allow it (no HDF5 open per call), else through h5py."""
+        key = (shard, layer)
+        if key not in self._layouts:
+            with h5py.File(self.shard_paths[shard], "r") as fh:
+                self._layouts[key] = row_layout(fh["states"][f"L{layer}"])
+        layout = self._layouts[key]
+        if layout is None:
+            with h5py.File(self.shard_paths[shard], "r") as fh:
+                return self._read_states(fh, shard, layer, as_float32=True, local_rows=local_rows)
+        try:
+            block = pread_rows(self.shard_paths[shard], layout, local_rows).astype(np.float32, copy=False)
+        except OSError as exc:
+            raise ProbekitError(f"{self.shard_paths[shard]}: cannot read rows ({exc})") from None
+        self._check_finite(block, shard, layer, local_rows)
+        return block
+
     def shard_states(self, shard: int, layer: int, as_float32: bool = True) -> np.ndarray:
         """All states of one layer of one shard, [rows, hidden] (float32, or the stored dtype), checked finite."""
         self.check_layer(layer)
@@ -287,23 +386,22 @@ class Store:
     def read_rows(self, layer: int, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """States of arbitrary global rows, float32 [len(rows), hidden], in the order asked.
 
-        Rows are grouped by shard and read in sorted order (HDF5 fancy indexing
-        needs increasing indices), then put back in the caller's order.
+        Rows are sorted once, read shard by shard in increasing order (each
+        distinct row once), then put back in the caller's order.
         """
         self.check_layer(layer)
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.hidden_size), dtype=np.float32)
         if len(rows) == 0:
             return out
-        shard_starts = self._shard_starts
-        shard_of = np.searchsorted(shard_starts, rows, side="right") - 1
-        for s in np.unique(shard_of):
-            sel = np.flatnonzero(shard_of == s)
-            local = rows[sel] - shard_starts[s]
-            uniq, inverse = np.unique(local, return_inverse=True)
-            with h5py.File(self.shard_paths[s], "r") as fh:
-                block = self._read_states(fh, int(s), layer, as_float32=True, local_rows=uniq)
-            out[sel] = block[inverse]
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        shard_of = np.searchsorted(self._shard_starts, ordered, side="right") - 1
+        cuts = np.flatnonzero(np.diff(shard_of)) + 1
+        for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(rows)].tolist()):
+            s = int(shard_of[a])
+            uniq, inverse = np.unique(ordered[a:b] - self._shard_starts[s], return_inverse=True)
+            out[order[a:b]] = self._shard_rows(s, layer, uniq)[inverse]
         return out
 
     def last_rows(self) -> np.ndarray:

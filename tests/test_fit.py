@@ -187,7 +187,7 @@ def test_row_sources_agree(tmp_path):
 
 
 def test_stream_blocks_of_large_shards_agree_with_memory(tmp_path):
-    # >= 4096 selected rows per shard: StreamRows reads whole shards (`Store.shard_states`) and picks the rows.
+    # 4800 selected rows per shard, read as runs of rows (tests/test_stream_costs.py: only the selected ones).
     rng = np.random.default_rng(0)
     n, T = 800, 16
     states = [rng.normal(size=(T, 4)).astype(np.float32) for _ in range(n)]

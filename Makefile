@@ -42,6 +42,7 @@ bench-scale: $(STAMP)
 # Online early stopping and Q-guided decoding measured on a task the bundled model can do (~30 min on 2 cores).
 generation-study: $(STAMP)
 	$(BIN)/python benchmarks/generation_study.py
+	$(BIN)/python benchmarks/hh_steering.py $(DATA_ARG)
 
 # SmolLM2-135M: every study. Gemma-3-270M (optional package, Gemma terms of use): the
 # GSM8K layer sweep and filtering; its residual stream overflows float16, so float32 states.

@@ -1,0 +1,158 @@
+"""Steering toward the Helpful-Harmless "harmless" goal, judged by a probe fitted on other dialogues.
+
+Harmless-base test dialogues are split three ways: A fits the steering probe
+(its "mean" goal is the mean φ of the chosen, i.e. more harmless, answers'
+final states), B fits a judge probe of the same kind on disjoint dialogues,
+and C gives the prompts (each dialogue up to its last "Assistant:"). For each
+seed, Q-guided decoding toward A's goal is compared with plain sampling from
+the same prompts: a single sample, and best-of-n by A's reward at the same
+number of generated tokens. Success is B's reward on the final token of the
+response (higher = more like the chosen answers), never A's own scores.
+Intervals: 95 % bootstrap over prompts, seeds averaged within a prompt.
+
+    .venv/bin/python benchmarks/hh_steering.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.generation_study import boot_ci  # noqa: E402
+from benchmarks.report import console  # noqa: E402
+from probekit.io import write_json  # noqa: E402
+
+LAYER = 15
+SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 40, "stop": "\n\nHuman:"}
+
+
+def judge_rewards(trajectories, path: Path, judge, loaded) -> np.ndarray:
+    """The judge's reward on the last token of each trajectory, extracted from the exact generated token ids."""
+    from probekit.data.schema import write_trajectories
+    from probekit.extract.options import ExtractOptions
+    from probekit.extract.run import extract
+    from probekit.scoring import Scorer, score_store
+    from probekit.store import Store
+
+    data = path / "trajectories.jsonl"
+    path.mkdir(parents=True, exist_ok=True)
+    write_trajectories(data, trajectories)
+    extract(ExtractOptions(trajectories=data, out=path / "store", layers=str(LAYER), template="raw", positions="last", max_length=1024,
+                           overwrite=True), loaded=loaded)
+    store = Store(path / "store")
+    scores = score_store(store, Scorer.from_checkpoint(judge, kinds=["mean"]), judge.layers)
+    by_id = dict(zip(store.meta.id, scores.last(scores.reward)))
+    return np.asarray([by_id[t.id] for t in trajectories])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=None, help="folder with hh_rlhf/harmless-base/test.jsonl.gz, or a `probekit data fetch` name")
+    ap.add_argument("--n-fit", type=int, default=200, help="dialogues for each of the two probes")
+    ap.add_argument("--n-prompts", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--work", default="runs/hh-steering")
+    ap.add_argument("--out", default="benchmarks/results/hh_steering.json")
+    args = ap.parse_args()
+
+    from probekit.config import FitConfig
+    from probekit.data.fetch import resolve_data_dir
+    from probekit.data.hh import hh_pairs
+    from probekit.data.prompts import Prompt
+    from probekit.data.schema import write_pairs, write_trajectories
+    from probekit.extract.options import ExtractOptions
+    from probekit.extract.run import extract
+    from probekit.generation import GenerateConfig, generate
+    from probekit.models import load_model
+    from probekit.pipeline import fit_probe
+    from probekit.scoring import Scorer, score_store
+    from probekit.steering import SteerConfig, steer
+    from probekit.store import Store
+
+    t_start = time.perf_counter()
+    data_dir = resolve_data_dir(args.data_dir, default=Path(__file__).resolve().parents[2] / "shared" / "data", need=("hh-rlhf-harmless",))
+    trajs, pairs = hh_pairs(data_dir / "hh_rlhf/harmless-base/test.jsonl.gz")
+    groups = sorted({t.group for t in trajs}, key=lambda g: int(g.split("-")[1]))
+    rng = np.random.default_rng(0)
+    order = [groups[i] for i in rng.permutation(len(groups))]
+    parts = {"A": set(order[:args.n_fit]), "B": set(order[args.n_fit:2 * args.n_fit])}
+    prompt_groups = order[2 * args.n_fit:2 * args.n_fit + args.n_prompts]
+    work = Path(args.work)
+    loaded = load_model("smollm2-135m", device="cpu")
+    ckpts = {}
+    for name, members in parts.items():
+        folder = work / f"fit-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        sub = [t for t in trajs if t.group in members]
+        ids = {t.id for t in sub}
+        write_trajectories(folder / "trajectories.jsonl", sub)
+        write_pairs(folder / "pairs.jsonl", [p for p in pairs if p.chosen in ids])
+        extract(ExtractOptions(trajectories=folder / "trajectories.jsonl", pairs=folder / "pairs.jsonl", out=folder / "store",
+                               layers=str(LAYER), template="raw", positions="stride:2", max_length=512), loaded=loaded)
+        ckpts[name] = fit_probe(Store(folder / "store"), folder / "probe", FitConfig().vary(layer=LAYER), overwrite=True)
+        console.log(f"probe {name}: valid pairwise accuracy {ckpts[name].metrics['valid']['probe']['pairwise_accuracy']['value']:.3f}")
+    steer_ckpt, judge = ckpts["A"], ckpts["B"]
+    first = {t.group: t for t in trajs}
+    prompts = [Prompt(g, first[g].prompt) for g in prompt_groups]
+    cfg = GenerateConfig(samples=args.samples, template="raw", layers=str(LAYER), answer="last-number", **SAMPLING)
+
+    plain_judge, plain_best, plain_tokens, steered_judge, steered_tokens = [], [], [], [], []
+    for s in range(args.seeds):
+        plain = generate(prompts, work / f"plain-{s}", dataclasses.replace(cfg, seed=s), loaded=loaded, overwrite=True)
+        store = Store(plain.out / "store")
+        j = score_store(store, Scorer.from_checkpoint(judge, kinds=["mean"]), judge.layers)
+        a = score_store(store, Scorer.from_checkpoint(steer_ckpt, kinds=["mean"]), steer_ckpt.layers)
+        judge_r, steer_r = j.last(j.reward), a.last(a.reward)
+        tokens = store.meta.completion_tokens
+        res = steer(prompts, work / f"steer-{s}", dataclasses.replace(cfg, seed=s), SteerConfig(beams=2, candidates=2, goal="mean"),
+                    steer_ckpt, loaded=loaded, overwrite=True)
+        best = [t for t in res.trajectories if t.meta["rank"] == 0]
+        steered_judge.append(judge_rewards(best, work / f"judge-steer-{s}", judge, loaded))
+        steered_tokens.append(res.stats["tokens_generated"] / len(prompts))
+        plain_judge.append([judge_r[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))])
+        plain_best.append([steer_r[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))])
+        plain_tokens.append(float(tokens.mean()))
+        console.log(f"seed {s}: steered judge reward {np.mean(steered_judge[-1]):.3f}, plain {np.mean(judge_r):.3f}")
+
+    pj, pb = np.asarray(plain_judge), np.asarray(plain_best)  # [seeds, prompts, samples]
+    n_equal = int(np.clip(round(np.mean(steered_tokens) / np.mean(plain_tokens)), 1, args.samples))
+    # best-of-n by the steering probe's reward over the first n samples of each prompt (same budget as steering)
+    pick = np.argmax(pb[:, :, :n_equal], axis=2)
+    best_of_n = np.take_along_axis(pj[:, :, :n_equal], pick[:, :, None], axis=2)[:, :, 0]
+    steered = np.mean(steered_judge, axis=0)
+    result = {
+        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
+        "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "layer": LAYER,
+        "data": {"source": "hh_rlhf/harmless-base/test.jsonl.gz", "fit_dialogues_each": args.n_fit, "prompts": len(prompts),
+                 "split": "dialogues shuffled (seed 0): A fits the steering probe, B the judge, C gives the prompts; disjoint"},
+        "sampling": {**SAMPLING, "stop": "\\n\\nHuman:"}, "seeds": args.seeds, "samples": args.samples,
+        "probes": {k: {"valid_pairwise_accuracy": c.metrics["valid"]["probe"]["pairwise_accuracy"]} for k, c in ckpts.items()},
+        "judge": "probe B's reward on the response's last token (higher = closer to B's chosen answers)",
+        "intervals": "95 % bootstrap over prompts, seeds averaged within a prompt",
+        "steered": {"judge_reward": boot_ci(steered), "tokens_per_prompt": round(float(np.mean(steered_tokens)), 1)},
+        "plain_single_sample": {"judge_reward": boot_ci(pj[:, :, 0].mean(axis=0)), "tokens_per_sample": round(float(np.mean(plain_tokens)), 1)},
+        "plain_mean_of_samples": {"judge_reward": boot_ci(pj.mean(axis=(0, 2)))},
+        "best_of_n_by_steering_probe_reward": {"n": n_equal, "judge_reward": boot_ci(best_of_n.mean(axis=0))},
+        "steered_minus_single_sample": boot_ci(steered - pj[:, :, 0].mean(axis=0)),
+        "steered_minus_best_of_n": boot_ci(steered - best_of_n.mean(axis=0)),
+        "seconds_total": round(time.perf_counter() - t_start, 1),
+    }
+    write_json(args.out, result)
+    console.print({k: result[k] for k in ("probes", "steered", "plain_single_sample", "best_of_n_by_steering_probe_reward",
+                                          "steered_minus_single_sample", "steered_minus_best_of_n")})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import console, table  # noqa: E402
+from benchmarks.report import add_threads_option, apply_threads, console, table  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 48, "stop": "\n\n"}
@@ -68,23 +68,23 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> dict:
 
 
 def per_problem(run, prompts) -> dict:
-    """Per-problem arrays of one generate run: vote correct, per-sample accuracy, tokens, final reward-less answers."""
+    """Per-problem arrays of one generate run: majority vote correct, per-sample accuracy of the graded samples, tokens."""
     from probekit.voting import Ballot
 
     trajs = run.trajectories
-    ballot = Ballot([t.group for t in trajs], [t.answer or "" for t in trajs], [-1 if t.label is None else t.label for t in trajs],
-                    require_answers=False)
-    vote = ballot.vote(None)  # stopped samples have no answer: the vote is over the survivors (or the fallback's full samples)
+    ballot = Ballot.of_trajectories(trajs)
+    vote = ballot.vote(None)  # stopped samples have no answer: the survivors vote (or the fallback's)
+    where = {p.id: i for i, p in enumerate(prompts)}
+    row = np.asarray([where[t.group] for t in trajs])
+    graded = np.asarray([t.label is not None for t in trajs])
+    n = len(prompts)
+    tokens = np.bincount(row, weights=[t.meta["tokens"] for t in trajs], minlength=n)
+    correct = np.bincount(row[graded], weights=[t.label for t in trajs if t.label is not None], minlength=n)
+    n_graded = np.bincount(row[graded], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sample_acc = np.where(n_graded > 0, correct / n_graded, np.nan)
     index = {str(g): i for i, g in enumerate(ballot.group_names)}
     order = [index[p.id] for p in prompts]
-    tokens = np.zeros(len(prompts))
-    sample_acc = np.zeros(len(prompts))
-    where = {p.id: i for i, p in enumerate(prompts)}
-    for t in trajs:
-        tokens[where[t.group]] += t.meta["tokens"]
-    for i, p in enumerate(prompts):
-        labels = [t.label for t in trajs if t.group == p.id and t.label is not None]
-        sample_acc[i] = np.mean(labels) if labels else np.nan
     return {"vote": vote.correct[order].astype(float), "sample_acc": sample_acc, "tokens": tokens}
 
 
@@ -98,7 +98,7 @@ def main() -> int:
     ap.add_argument("--beams", type=int, default=2)
     ap.add_argument("--candidates", type=int, default=2)
     ap.add_argument("--model-dtype", default="bfloat16", help="bfloat16 runs ~2.5x faster than float32 on CPUs with avx512_bf16")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 avoids OpenMP spin-waits when the CPU is shared")
+    add_threads_option(ap)
     ap.add_argument("--work", default="runs/generation-study")
     ap.add_argument("--out", default="benchmarks/results/generation_study.json")
     args = ap.parse_args()
@@ -116,10 +116,7 @@ def main() -> int:
     from probekit.steering import SteerConfig, steer
     from probekit.store import Store
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = apply_threads(args.threads)
     work = Path(args.work)
     t_start = time.perf_counter()
     loaded = load_model("smollm2-135m", device="cpu", dtype=args.model_dtype)
@@ -243,7 +240,7 @@ def main() -> int:
     result = {
         "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-        "model": "smollm2-135m", "model_dtype": args.model_dtype, "torch_threads": torch.get_num_threads(), "layer": 15,
+        "model": "smollm2-135m", "model_dtype": args.model_dtype, "torch_threads": threads, "layer": 15,
         "task": {"kind": "synthetic 1-step, 2-shot, raw template", "n_train_problems": len(train), "n_test_problems": len(test),
                  "samples": args.samples, "seeds": args.seeds, "why": "the bundled model's per-sample accuracy is in 20-80 % here "
                  "(task_accuracy.json); zero-shot and 2-step tasks are ~0 %"},

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import console, table  # noqa: E402
+from benchmarks.report import add_threads_option, apply_threads, console, table  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 48}
@@ -92,7 +92,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model-dtype", default="auto", help="dtype the model runs in (auto: what probekit picks on this machine)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 avoids OpenMP spin-waits when the CPU is shared")
+    add_threads_option(ap)
     ap.add_argument("--work", default="runs/bench-generation")
     ap.add_argument("--out", default="benchmarks/results/generation.json")
     args = ap.parse_args()
@@ -106,10 +106,7 @@ def main() -> int:
     from probekit.scoring import Scorer, score_store
     from probekit.store import Store
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = apply_threads(args.threads)
     work = Path(args.work)
     loaded = load_model("smollm2-135m", device="cpu", dtype=args.model_dtype)
     prompts = synth_prompts(args.n_problems, 1, 1, shots=2, seed=0)
@@ -153,7 +150,7 @@ def main() -> int:
     result = {
         "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-        "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "torch_threads": torch.get_num_threads(), "layer": 15, "prompts": {"n": len(prompts), "samples": args.samples, "task": "1-step, 2-shot, raw"},
+        "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "torch_threads": threads, "layer": 15, "prompts": {"n": len(prompts), "samples": args.samples, "task": "1-step, 2-shot, raw"},
         "sampling": {**SAMPLING, "stop": "\\n\\n"}, "repeats": args.repeats,
         "plain_model_generate": plain, "probekit_decode_without_capture": bare, "probekit_generate": pk,
         "probekit_generate_filtered": filtered,

@@ -68,7 +68,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
 
     config.validate()
     out_dir = claim_output(out, "demo", STAGES, overwrite=overwrite)
-    out_dir.record(*[s for s in STAGES[:-1] if "." not in s])
+    out_dir.record(*STAGES[:-1])
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -164,9 +164,7 @@ def _generation_stage(out_dir, config: DemoConfig, ckpt, threshold: float, layer
     runs = {}
     for name, stop in (("plain", None), ("filtered", OnlineStop(ckpt, threshold, chosen_on="the demo's filter (validation problems)"))):
         res = generate(prompts, out_dir.path / f"generate-{name}", gen, stop=stop, loaded=loaded, overwrite=overwrite, progress=progress)
-        trajs = res.trajectories
-        ballot = Ballot([t.group for t in trajs], [t.answer or "" for t in trajs], [-1 if t.label is None else t.label for t in trajs],
-                        require_answers=False)
+        ballot = Ballot.of_trajectories(res.trajectories)
         runs[name] = {k: res.stats[k] for k in ("tokens_generated", "seconds", "accuracy_per_sample", "n_stopped_early", "n_fallback_groups")}
         runs[name]["vote_accuracy"] = accuracy(ballot.vote(None))
     runs["threshold"] = threshold

@@ -273,12 +273,12 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
             seqs = [_Sequence(pi, k, prompt_ids(loaded.tokenizer, prompts[pi].prompt, template), sequence_generator(config.seed, pi, k))
                     for pi in range(g0, min(len(prompts), g0 + groups_per_batch)) for k in range(config.samples)]
             fed += _decode(loaded, seqs, layers, config, stop, task)
-            fresh = _fallback(seqs) if stop is not None else []
-            if fresh:
-                resume = [s for s in fresh if not s.complete]
+            fallback = _fallback_groups(seqs) if stop is not None else set()
+            if fallback:
+                resume = [s for s in seqs if s.prompt_index in fallback and not s.complete]
                 resumed += _decode(loaded, resume, layers, config, None, task) if resume else 0
-                n_fallback += len({s.prompt_index for s in fresh})
-            batch = _final(seqs, fresh)
+                n_fallback += len(fallback)
+            batch = [(s, s.prompt_index in fallback) for s in seqs]
             batch_trajectories = [_trajectory(prompts[s.prompt_index], s, loaded.tokenizer, parse, fallback) for s, fallback in batch]
             writer.add([s for s, _ in batch], batch_trajectories)
             trajectories += batch_trajectories
@@ -321,24 +321,16 @@ def _check_context(prompts: list[Prompt], loaded, template: str, max_new_tokens:
             raise ProbekitError(f"prompt '{p.id}': {n} tokens + --max-new-tokens {max_new_tokens} exceed the model's context of {limit} tokens")
 
 
-def _fallback(seqs: list[_Sequence]) -> list[_Sequence]:
-    """Copies, to be resumed where they stopped, of every sample of each group whose samples were all stopped.
+def _fallback_groups(seqs: list[_Sequence]) -> set[int]:
+    """Prompts whose samples were all stopped: their samples are resumed where they stopped, for the fallback vote.
 
-    A copy keeps the tokens, states and random stream of its original, so
-    resuming it gives exactly the sample an unfiltered run would have produced.
+    A stopped sample keeps its tokens, states and random stream, so resuming it
+    gives exactly the sample an unfiltered run would have produced.
     """
-    groups: dict[int, list[_Sequence]] = {}
+    stopped: dict[int, bool] = {}
     for s in seqs:
-        groups.setdefault(s.prompt_index, []).append(s)
-    return [_Sequence(m.prompt_index, m.sample_index, m.prompt_ids, m.generator, list(m.tokens), {k: list(v) for k, v in m.states.items()},
-                      dropped_at=m.dropped_at, complete=m.complete, hit_limit=m.hit_limit)
-            for members in groups.values() if all(m.dropped_at >= 0 for m in members) for m in members]
-
-
-def _final(seqs: list[_Sequence], fresh: list[_Sequence]) -> list[tuple[_Sequence, bool]]:
-    """(sequence, is a fallback) in (prompt, sample) order: the resumed copies replace the stopped ones."""
-    again = {(s.prompt_index, s.sample_index): s for s in fresh}
-    return [(again.get((s.prompt_index, s.sample_index), s), (s.prompt_index, s.sample_index) in again) for s in seqs]
+        stopped[s.prompt_index] = stopped.get(s.prompt_index, True) and s.dropped_at >= 0
+    return {p for p, all_stopped in stopped.items() if all_stopped}
 
 
 def _summary(s: _Sequence) -> dict:

@@ -58,6 +58,13 @@ class VoteResult:
 class Ballot:
     """Groups, answers and labels of n trajectories, encoded once for repeated votes."""
 
+    @classmethod
+    def of_trajectories(cls, trajectories) -> "Ballot":
+        """The ballot of trajectory records (`probekit.data.schema.Trajectory`), e.g. generated samples: a sample
+        without an answer (stopped early) does not vote, one without a label counts as ungraded."""
+        return cls([t.group for t in trajectories], [t.answer or "" for t in trajectories],
+                   [-1 if t.label is None else t.label for t in trajectories], require_answers=False)
+
     def __init__(self, groups, answers, labels, require_answers: bool = True):
         groups = np.asarray(groups, dtype=object)
         answers = np.asarray(answers, dtype=object)

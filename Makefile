@@ -11,7 +11,7 @@ CONSTRAINT := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constrai
 DATA_DIR ?=
 DATA_ARG = $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: venv demo test bench bench-scale generation-study reproduce clean
+.PHONY: venv demo test bench bench-gpu bench-scale generation-study reproduce clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_speed.py $(DATA_ARG)
 	$(BIN)/python benchmarks/run_generation.py
+
+# The same measurements on a CUDA GPU, and the cost curves there (benchmarks/results/speed-gpu*.json; ~10 min on an H200).
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/run_gpu.py $(DATA_ARG) --curve-sizes 1e5,1e6,1e7 --curve-timeout 3600
 
 # Cost curves of fit, sweep, filter scoring and eval on synthetic stores of 1e5, 1e6, 1e7 rows
 # (~12 GB under SCALE_WORK at the largest, deleted at the end; ~40 min on 2 cores).

@@ -320,12 +320,14 @@ def build_shard(
             mask[row, start : start + len(seq)] = 1
             starts.append(start)
         states = forward_layers(loaded.model, ids.to(loaded.device), mask.to(loaded.device), layers)
+        cols = []
         for row, i in enumerate(batch):
             e = encoded[i]
-            pos = select_positions(e.completion_cut, e.completion_tokens, stride)
-            cols = torch.as_tensor(starts[row] + e.completion_start + (pos - e.completion_cut), device=loaded.device)
-            per_traj[i] = {layer: checked_states(states[layer][row, cols], torch_dtype, trajs[i].id, layer, opts.dtype) for layer in layers}
-            per_pos[i] = pos
+            per_pos[i] = select_positions(e.completion_cut, e.completion_tokens, stride)
+            cols.append(starts[row] + e.completion_start + (per_pos[i] - e.completion_cut))
+        for layer in layers:
+            for i, rows in zip(batch, _batch_rows(states[layer], cols, torch_dtype, [trajs[i].id for i in batch], layer, opts.dtype)):
+                per_traj[i] = {**(per_traj[i] or {}), layer: rows}
         advance(sum(len(encoded[i].input_ids) for i in batch))
 
     counts = np.asarray([len(p) for p in per_pos], dtype=np.int64)
@@ -349,6 +351,26 @@ def build_shard(
             "n_truncated": sum(1 for e in encoded if e.truncated_tokens > 0),
         },
     )
+
+
+def _batch_rows(states: torch.Tensor, cols: list[np.ndarray], dtype: torch.dtype, ids: list[str], layer: int,
+                dtype_name: str) -> list[np.ndarray]:
+    """The stored rows of every trajectory of a batch: one gather, one check and one device-to-host copy per batch.
+
+    Per-trajectory copies cost a synchronisation each, which left a GPU idle
+    most of the time (benchmarks/results/speed-gpu.json: 13% busy); a bad
+    batch is re-checked trajectory by trajectory so the error still names one.
+    """
+    counts = [len(c) for c in cols]
+    rows = torch.as_tensor(np.repeat(np.arange(len(cols)), counts), device=states.device)
+    flat = torch.as_tensor(np.concatenate(cols) if cols else np.zeros(0, np.int64), device=states.device)
+    try:
+        host = checked_states(states[rows, flat], dtype, ids[0], layer, dtype_name)
+    except ProbekitError:
+        for row, (tid, c) in enumerate(zip(ids, cols)):
+            checked_states(states[row, torch.as_tensor(c, device=states.device)], dtype, tid, layer, dtype_name)
+        raise
+    return np.split(host, np.cumsum(counts)[:-1])
 
 
 def checked_states(x: torch.Tensor, dtype: torch.dtype, tid: str, layer: int, dtype_name: str) -> np.ndarray:

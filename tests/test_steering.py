@@ -230,3 +230,20 @@ def test_bad_steer_options_are_one_line_errors(tiny_model_dir, tmp_path, monkeyp
                         "--require-before-end", "A: (", "--no-progress")
     assert_one_line_error(code, err, "--require-before-end 'A: ('", "not a regular expression")
     assert not (tmp_path / "o").exists()
+
+
+def test_search_options_reach_the_search_through_the_cli(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """The options are derived from SteerConfig: given on the command line, they are what steering.json records."""
+    from tests.test_hostile_outputs import run_cli
+
+    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Question: 2 + 3?", "gold": "5"}\n')
+    code, err = run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", ckpt.path, "--out", tmp_path / "o", "--model", tiny_model_dir,
+                        "--template", "raw", "--max-new-tokens", "6", "--step-tokens", "2", "--step-score", "gain", "--empty-steps", "resample",
+                        "--max-resamples", "2", "--require-before-end", r"A: \d", "--no-progress")
+    assert code == 0, err
+    stats = json.loads((tmp_path / "o" / "steering.json").read_text())
+    assert {k: stats["config"][k] for k in ("step_score", "empty_steps", "max_resamples", "require_before_end")} == {
+        "step_score": "gain", "empty_steps": "resample", "max_resamples": 2, "require_before_end": r"A: \d"}
+    assert stats["n_best_ended_without_match"] in (0, 1) and stats["tokens_generated"] >= 6

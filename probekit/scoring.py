@@ -99,7 +99,18 @@ class Scorer:
 
     def q_values(self, states) -> dict[str, np.ndarray]:
         """{kind: Q float32 [n]} of states [n, in_features], each token on its own (live generation)."""
-        return self._q(self._encode(states))
+        return self.q_of(self.phi(states))
+
+    def phi(self, states) -> np.ndarray:
+        """φ float32 [n, rep] of states [n, in_features] (steering sums it over a step's tokens)."""
+        return self._encode(states).float().cpu().numpy()
+
+    def q_of(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """{kind: best cosine float32 [n]} of representations z [n, rep] to that kind's prototypes.
+
+        A token's Q when z is its φ; a span's when z is the sum (or mean) of its tokens' φ.
+        """
+        return {k: index.q_values(z) for k, index in self.indexes.items()}
 
     def _encode(self, states):
         import torch
@@ -118,8 +129,7 @@ class Scorer:
             return self.model.reward(z).reshape(-1).float().cpu().numpy()
 
     def _q(self, z) -> dict[str, np.ndarray]:
-        zn = z.float().cpu().numpy()
-        return {k: index.q_values(zn) for k, index in self.indexes.items()}
+        return self.q_of(z.float().cpu().numpy())
 
 
 def score_blocks(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | None = None, batch_rows: int = 2048,

@@ -1,7 +1,9 @@
 """`probekit generate`: sample with the frozen LM, keep the states it computes, stop bad samples as they go.
 
-For every prompt, `samples` completions are decoded in batches with a KV
-cache. The hooks that extraction uses (`probekit.extract.forward.capture_layers`)
+For every prompt, `samples` completions are decoded with a KV cache by
+continuous batching (`_Scheduler`): up to `batch_size` rows decode at once, a
+row whose sample ends leaves the cache at once and a queued sample takes its
+place, so a batch never waits for its longest sample. The hooks that extraction uses (`probekit.extract.forward.capture_layers`)
 capture each new token's hidden states at the requested layers during the
 same forward pass that produces the next token's logits, so the store is
 written without a second pass over the text, and equals (within the storage
@@ -15,18 +17,20 @@ compute is really saved. Q is scored by the one scorer on the state rounded to
 the storage dtype, exactly the number `probekit filter` would read from the
 store, so online and after-the-fact decisions agree. A group whose samples
 are all stopped falls back, as in the filter, to voting over all of them: each
-is resumed where it stopped (its prompt and tokens so far are prefilled in one
-batched forward, and its own random stream, `probekit.sampling`, continues
-from where it was), so it ends exactly as an unfiltered sample would, and only
-the tokens decoded after the stop count again.
+is resumed where it stopped (it goes to the front of the queue; its prompt and
+tokens so far are prefilled, and its own random stream, `probekit.sampling`,
+continues from where it was), so it ends exactly as an unfiltered sample
+would, and only the tokens decoded after the stop count again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -82,6 +86,7 @@ class _Sequence:
     dropped_at: int = -1  # completion position where online stopping cut it
     complete: bool = False  # stopped at a token that ended the sample anyway (stop string or max_new_tokens)
     hit_limit: bool = False
+    resumed: bool = False  # decoding again for its group's fallback vote: online stopping no longer applies
 
 
 class OnlineStop:
@@ -139,94 +144,236 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-@torch.inference_mode()
-def _decode(loaded, seqs: list[_Sequence], layers: list[int], config: GenerateConfig, stop: OnlineStop | None, task) -> int:
-    """Decode one batch until every sequence ends; fills each sequence's tokens and states. Returns tokens fed."""
-    from transformers import DynamicCache
+class _Rows:
+    """The sequences decoding now: one KV cache, its attention mask, each row's next position and next-token logits."""
 
-    from probekit.extract.forward import capture_layers, position_ids_from_mask
-    from probekit.extract.run import checked_states
-    from probekit.sampling import sample_next
+    def __init__(self, loaded):
+        self.model, self.device = loaded.model, loaded.device
+        self.kv_name = _cache_argument(self.model)
+        self.prefill_kw = _last_logits_only(self.model)
+        self.pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+        self.eos = torch.tensor(_eos_ids(loaded), dtype=torch.long, device=self.device)
+        self.seqs: list[_Sequence] = []
+        self.cache = self.mask = self.next_pos = self.logits = None
 
-    model, device = loaded.model, loaded.device
-    torch_dtype, _ = STORE_DTYPES[config.dtype]
-    eos = torch.tensor(_eos_ids(loaded), dtype=torch.long, device=device)
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    # Samples that share a context (a prompt's fresh samples) share its prefill: each distinct context runs once, then its KV
-    # cache is repeated. A resumed sample's context is its prompt plus the tokens it already has.
-    contexts = [tuple(s.prompt_ids + s.tokens) for s in seqs]
-    firsts = sorted({c: i for i, c in reversed(list(enumerate(contexts)))}.values())
-    context_row = {contexts[i]: r for r, i in enumerate(firsts)}
-    width = max(len(contexts[i]) for i in firsts)
-    ids = torch.full((len(firsts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(firsts), width), dtype=torch.long)
-    for row, i in enumerate(firsts):  # left padding: every row's next token goes in the same column
-        n = len(contexts[i])
-        ids[row, width - n:] = torch.tensor(contexts[i])
-        mask[row, width - n:] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    live = list(range(len(seqs)))
-    fed = 0
-    with capture_layers(model, layers) as captured:
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def admit(self, seqs: list[_Sequence]) -> None:
+        """Prefill the new sequences' contexts in one batch and merge them into the running rows (`probekit.kv_rows`).
+
+        Samples that share a context (a prompt's fresh samples) share its
+        prefill: each distinct context runs once, then its KV rows are
+        repeated. A resumed sample's context is its prompt plus the tokens it
+        already has.
+        """
+        from transformers import DynamicCache
+
+        from probekit.extract.forward import position_ids_from_mask
+        from probekit.kv_rows import merge_rows
+
+        contexts = [tuple(s.prompt_ids + s.tokens) for s in seqs]
+        firsts = sorted({c: i for i, c in reversed(list(enumerate(contexts)))}.values())
+        context_row = {contexts[i]: r for r, i in enumerate(firsts)}
+        width = max(len(contexts[i]) for i in firsts)
+        ids = torch.full((len(firsts), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(firsts), width), dtype=torch.long)
+        for row, i in enumerate(firsts):  # left padding: every row's next token goes in the same column
+            n = len(contexts[i])
+            ids[row, width - n:] = torch.tensor(contexts[i])
+            mask[row, width - n:] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache()
-        kv = {_cache_argument(model): cache}
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True, **kv,
-                    **_last_logits_only(model))
-        expand = torch.tensor([context_row[c] for c in contexts], device=device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+                         **{self.kv_name: cache}, **self.prefill_kw)
+        expand = torch.tensor([context_row[c] for c in contexts], device=self.device)
         cache.batch_select_indices(expand)
         mask, logits = mask[expand], out.logits[:, -1][expand]
-        next_pos = mask.sum(dim=1)
-        empty = [r for r, i in enumerate(live) if not seqs[i].tokens]
-        if empty and len(eos):  # at least one token: an empty completion is not a trajectory
-            logits = logits.clone()
-            logits[torch.tensor(empty, device=device)[:, None], eos[None, :]] = float("-inf")
-        while live:
-            tok = sample_next(logits, [seqs[i].generator for i in live], config.temperature, config.top_p)
-            going = ~torch.isin(tok, eos) if len(eos) else torch.ones_like(tok, dtype=torch.bool)
-            if not going.all():
-                keep = torch.nonzero(going).flatten()
-                live = [live[i] for i in keep.tolist()]
-                if not live:
-                    break
-                cache.batch_select_indices(keep)
-                tok, mask, next_pos = tok[keep], mask[keep], next_pos[keep]
-            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
-            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True, **kv)
-            next_pos = next_pos + 1
-            fed += len(live)
-            task.advance(len(live))
-            stored = {}
-            for layer in layers:
-                stored[layer] = checked_states(captured[layer][:, -1], torch_dtype, f"#{seqs[live[0]].prompt_index + 1} (a generated sample)",
-                                               layer, config.dtype)
-            for row, i in enumerate(live):
-                seqs[i].tokens.append(int(tok[row]))
-                for layer in layers:
-                    seqs[i].states.setdefault(layer, []).append(stored[layer][row])
-            positions = np.asarray([len(seqs[i].tokens) - 1 for i in live])
-            ended = np.asarray([hit_stop(loaded.tokenizer, seqs[i].tokens, config.stop) for i in live], dtype=bool)
-            at_limit = positions + 1 >= config.max_new_tokens
-            dropped = np.zeros(len(live), dtype=bool)
-            if stop is not None:
-                dropped = stop.drops(stored[stop.layer], positions)  # the final token too, as the filter decides
-                for row in np.flatnonzero(dropped):
-                    seqs[live[row]].dropped_at = int(positions[row])
-                    seqs[live[row]].complete = bool(ended[row] or at_limit[row])  # nothing would follow: a resume decodes nothing
-            for row in np.flatnonzero(at_limit & ~ended):
-                seqs[live[row]].hit_limit = True
-            done = ended | at_limit | dropped
-            if done.any():
-                keep = torch.from_numpy(np.flatnonzero(~done))
-                live = [live[i] for i in keep.tolist()]
-                if not live:
-                    break
-                cache.batch_select_indices(keep.to(device))
-                mask, next_pos = mask[keep.to(device)], next_pos[keep.to(device)]
-                out_logits = out.logits[keep.to(device), -1]
-            else:
-                out_logits = out.logits[:, -1]
-            logits = out_logits
-    return fed
+        empty = [r for r, s in enumerate(seqs) if not s.tokens]
+        if empty and len(self.eos):  # at least one token: an empty completion is not a trajectory
+            logits[torch.tensor(empty, device=self.device)[:, None], self.eos[None, :]] = float("-inf")
+        if self.seqs:
+            self.mask = merge_rows(self.cache, self.mask, cache, mask)
+            self.next_pos = torch.cat([self.next_pos, mask.sum(dim=1)])
+            self.logits = torch.cat([self.logits, logits])
+        else:
+            self.cache, self.mask, self.next_pos, self.logits = cache, mask, mask.sum(dim=1), logits
+        self.seqs += seqs
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Keep the rows where `keep` (bool [rows]) is true; the others leave the KV cache at once."""
+        from probekit.kv_rows import keep_rows
+
+        rows = np.flatnonzero(keep)
+        self.seqs = [self.seqs[r] for r in rows]
+        if not self.seqs:
+            self.cache = self.mask = self.next_pos = self.logits = None
+            return
+        index = torch.from_numpy(rows).to(self.device)
+        self.mask = keep_rows(self.cache, self.mask, index)
+        self.next_pos, self.logits = self.next_pos[index], self.logits[index]
+
+    def feed(self, tok: torch.Tensor) -> None:
+        """One decoding step: each row's token goes in, its next-token logits come out (and the hooks capture its states)."""
+        self.mask = torch.cat([self.mask, torch.ones((len(self.seqs), 1), dtype=self.mask.dtype, device=self.device)], dim=1)
+        out = self.model(input_ids=tok[:, None], attention_mask=self.mask, position_ids=self.next_pos[:, None], use_cache=True,
+                         **{self.kv_name: self.cache})
+        self.next_pos = self.next_pos + 1
+        self.logits = out.logits[:, -1]
+
+
+@dataclass
+class _Group:
+    """One prompt's samples. It is finished when every sample is done, after its fallback resumes if it falls back."""
+
+    seqs: list[_Sequence] = field(default_factory=list)
+    running: int = 0  # admitted (or queued for a resume) and not done
+    fallback: bool = False
+    finished: bool = False
+
+
+@dataclass
+class _Counts:
+    fed: int = 0  # tokens decoded before any fallback
+    resumed: int = 0  # tokens decoded by fallback resumes
+    n_fallback: int = 0
+    peak_held: int = 0  # most samples whose states were in memory at once (decoding, queued to resume, or done and not yet written)
+
+
+def _admit_at(config: GenerateConfig) -> int:
+    """Free rows that trigger an admission while rows are still decoding: a group's worth, at most a quarter of the batch.
+
+    Admitting in chunks batches the prefills (one forward for several
+    contexts instead of one each); waiting longer leaves rows idle.
+    """
+    return max(1, min(config.samples, config.batch_size // 4))
+
+
+class _Scheduler:
+    """Continuous batching: up to `batch_size` rows decode at all times, and each prompt's samples leave in prompt order.
+
+    A row whose sample ends (EOS, the stop string, max_new_tokens, or stopped
+    online) leaves the KV cache at once, and queued samples are admitted in
+    its place. The queue is the samples in (prompt, sample) order, with
+    fallback resumes in front. Finished groups wait in a reorder buffer until
+    every earlier group is finished; no new prompt is admitted while the
+    buffer holds more than 2x batch_size samples, which bounds memory.
+    """
+
+    def __init__(self, loaded, contexts: list[list[int]], layers: list[int], config: GenerateConfig, stop: OnlineStop | None,
+                 emit: Callable[[list[_Sequence], bool], None]):
+        self.loaded, self.contexts, self.layers, self.config, self.stop, self.emit = loaded, contexts, layers, config, stop, emit
+        self.rows = _Rows(loaded)
+        self.counts = _Counts()
+        self.groups: dict[int, _Group] = {}
+        self.resumes: deque[_Sequence] = deque()
+        self.n_fresh = len(contexts) * config.samples
+        self.next_fresh = self.next_emit = 0
+        self.buffered = 0  # done samples not yet emitted
+
+    @torch.inference_mode()
+    def run(self, task) -> _Counts:
+        from probekit.extract.forward import capture_layers
+
+        with capture_layers(self.loaded.model, self.layers) as captured:
+            while True:
+                self._admit()
+                if not self.rows:
+                    return self.counts
+                self._step(captured, task)
+
+    def _admit(self) -> None:
+        from probekit.sampling import sequence_generator
+
+        config, rows = self.config, self.rows
+        free = config.batch_size - len(rows)
+        queued = len(self.resumes) + self.n_fresh - self.next_fresh
+        if not free or not queued or (rows and free < _admit_at(config) and queued > free):
+            return
+        take = [self.resumes.popleft() for _ in range(min(free, len(self.resumes)))]
+        while len(take) < free and self.next_fresh < self.n_fresh:
+            pi, k = divmod(self.next_fresh, config.samples)
+            if k == 0 and self.buffered > 2 * config.batch_size:
+                break  # a new prompt waits until the reorder buffer drains
+            group = self.groups.setdefault(pi, _Group())
+            group.seqs.append(_Sequence(pi, k, self.contexts[pi], sequence_generator(config.seed, pi, k)))
+            group.running += 1
+            take.append(group.seqs[-1])
+            self.next_fresh += 1
+        if take:
+            rows.admit(take)
+        self.counts.peak_held = max(self.counts.peak_held, len(rows) + len(self.resumes) + self.buffered)
+
+    def _finish(self, s: _Sequence) -> None:
+        """A sample is done: if that finishes its group, the group falls back or waits its turn to be emitted."""
+        g = self.groups[s.prompt_index]
+        g.running -= 1
+        self.buffered += 1
+        if g.running or len(g.seqs) < self.config.samples:
+            return
+        if self.stop is not None and not g.fallback and all(x.dropped_at >= 0 for x in g.seqs):
+            # Every sample was stopped: as in the filter, all of them vote, each resumed where it stopped. It keeps its
+            # tokens, states and random stream, so it ends exactly as an unfiltered sample would.
+            g.fallback = True
+            self.counts.n_fallback += 1
+            again = [x for x in g.seqs if not x.complete]
+            for x in again:
+                x.resumed = True
+            self.resumes.extendleft(reversed(again))
+            g.running = len(again)
+            self.buffered -= len(again)
+            if again:
+                return
+        g.finished = True
+        while self.next_emit in self.groups and self.groups[self.next_emit].finished:
+            done = self.groups.pop(self.next_emit)
+            self.emit(done.seqs, done.fallback)
+            self.buffered -= len(done.seqs)
+            self.next_emit += 1
+
+    def _step(self, captured: dict, task) -> None:
+        """Sample a token for every row, feed it, keep its states, and let the rows whose samples ended go."""
+        from probekit.extract.run import checked_states
+        from probekit.sampling import sample_next
+
+        config, rows, stop = self.config, self.rows, self.stop
+        tok = sample_next(rows.logits, [s.generator for s in rows.seqs], config.temperature, config.top_p)
+        going = (~torch.isin(tok, rows.eos) if len(rows.eos) else torch.ones_like(tok, dtype=torch.bool)).cpu().numpy()
+        if not going.all():  # EOS ends a sample without being kept
+            for row in np.flatnonzero(~going):
+                self._finish(rows.seqs[row])
+            rows.keep(going)
+            if not rows:
+                return
+            tok = tok[torch.from_numpy(going).to(tok.device)]
+        rows.feed(tok)
+        resumed = np.asarray([s.resumed for s in rows.seqs])
+        self.counts.fed += int((~resumed).sum())
+        self.counts.resumed += int(resumed.sum())
+        task.advance(len(rows))
+        torch_dtype, _ = STORE_DTYPES[config.dtype]
+        stored = {layer: checked_states(captured[layer][:, -1], torch_dtype, f"#{rows.seqs[0].prompt_index + 1} (a generated sample)",
+                                        layer, config.dtype) for layer in self.layers}
+        for row, s in enumerate(rows.seqs):
+            s.tokens.append(int(tok[row]))
+            for layer in self.layers:
+                s.states.setdefault(layer, []).append(stored[layer][row])
+        positions = np.asarray([len(s.tokens) - 1 for s in rows.seqs])
+        ended = np.asarray([hit_stop(self.loaded.tokenizer, s.tokens, config.stop) for s in rows.seqs], dtype=bool)
+        at_limit = positions + 1 >= config.max_new_tokens
+        dropped = np.zeros(len(rows), dtype=bool)
+        if stop is not None:  # the final token too, as the filter decides; a resumed sample is not stopped again
+            dropped = stop.drops(stored[stop.layer], positions) & ~resumed
+            for row in np.flatnonzero(dropped):
+                rows.seqs[row].dropped_at = int(positions[row])
+                rows.seqs[row].complete = bool(ended[row] or at_limit[row])  # nothing would follow: a resume decodes nothing
+        for row in np.flatnonzero(at_limit & ~ended):
+            rows.seqs[row].hit_limit = True
+        done = ended | at_limit | dropped
+        if done.any():
+            for row in np.flatnonzero(done):
+                self._finish(rows.seqs[row])
+            rows.keep(~done)
 
 
 @dataclass
@@ -240,9 +387,10 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
              loaded=None, overwrite: bool = False, inputs: tuple = (), progress: Progress | None = None) -> GenerateResult:
     """Sample, grade and store: out/trajectories.jsonl, out/pairs.jsonl, out/store/ (a probekit store), out/generation.json.
 
-    Batches hold whole groups (prompts), so a group's fallback is decided and
-    resumed right after its batch, and its states go to the store's
-    shards at once: memory is bounded by a batch and one shard.
+    Samples decode with continuous batching (`_Scheduler`); each prompt's
+    samples are graded and their states go to the store's shards as soon as
+    that prompt and every earlier one are finished, so memory is bounded by
+    a few batches of samples and one shard, whatever the number of prompts.
     """
     from probekit.data.answers import get_parser
     from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
@@ -250,7 +398,6 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     from probekit.io import write_json
     from probekit.models import load_model, resolve_layers
     from probekit.outputs import claim_output
-    from probekit.sampling import sequence_generator
 
     config.validate()
     parse = get_parser(config.answer)
@@ -260,29 +407,22 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     if stop is not None and stop.layer not in layers:
         layers = sorted(set(layers) | {stop.layer})
     template = resolve_template(config.template, loaded.tokenizer)
-    _check_context(prompts, loaded, template, config.max_new_tokens)
+    contexts = [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts]
+    _check_context(prompts, contexts, loaded, config.max_new_tokens)
     writer = _StoreWriter(claim_output(out_dir.file("store"), "generate", (), overwrite=overwrite), prompts, layers, loaded, template, config, stop)
-    groups_per_batch = max(1, config.batch_size // config.samples)
+
+    trajectories, finals = [], []
+
+    def emit(seqs: list[_Sequence], fallback: bool) -> None:
+        group = [_trajectory(prompts[s.prompt_index], s, loaded.tokenizer, parse, fallback) for s in seqs]
+        writer.add(seqs, group)
+        trajectories.extend(group)
+        finals.extend(_summary(s) for s in seqs)
 
     t0 = time.perf_counter()
-    fed = resumed = n_fallback = 0
-    trajectories, finals = [], []
     task = or_null(progress).task("generate", len(prompts) * config.samples * config.max_new_tokens, unit="tokens")
     try:
-        for g0 in range(0, len(prompts), groups_per_batch):
-            seqs = [_Sequence(pi, k, prompt_ids(loaded.tokenizer, prompts[pi].prompt, template), sequence_generator(config.seed, pi, k))
-                    for pi in range(g0, min(len(prompts), g0 + groups_per_batch)) for k in range(config.samples)]
-            fed += _decode(loaded, seqs, layers, config, stop, task)
-            fallback = _fallback_groups(seqs) if stop is not None else set()
-            if fallback:
-                resume = [s for s in seqs if s.prompt_index in fallback and not s.complete]
-                resumed += _decode(loaded, resume, layers, config, None, task) if resume else 0
-                n_fallback += len(fallback)
-            batch = [(s, s.prompt_index in fallback) for s in seqs]
-            batch_trajectories = [_trajectory(prompts[s.prompt_index], s, loaded.tokenizer, parse, fallback) for s, fallback in batch]
-            writer.add([s for s, _ in batch], batch_trajectories)
-            trajectories += batch_trajectories
-            finals += [_summary(s) for s, _ in batch]
+        counts = _Scheduler(loaded, contexts, layers, config, stop, emit).run(task)
     finally:
         task.close()
     seconds = time.perf_counter() - t0
@@ -290,13 +430,15 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     write_trajectories(out_dir.file("trajectories.jsonl"), trajectories)
     write_pairs(out_dir.file("pairs.jsonl"), derive_pairs(trajectories))
     labels = [t.label for t in trajectories if t.label is not None]
+    tokens = counts.fed + counts.resumed
     stats = {
         "n_prompts": len(prompts), "n_trajectories": len(trajectories), "layers": layers, "template": template,
-        "tokens_generated": int(fed + resumed), "tokens_resumed_for_fallback": int(resumed),
-        "seconds": round(seconds, 3), "tokens_per_second": round((fed + resumed) / seconds, 1) if seconds > 0 else None,
+        "tokens_generated": int(tokens), "tokens_resumed_for_fallback": int(counts.resumed),
+        "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
         "n_hit_max_new_tokens": sum(f["hit_limit"] for f in finals),
         "n_stopped_early": sum(f["dropped_at"] >= 0 for f in finals),
-        "n_fallback_groups": n_fallback,
+        "n_fallback_groups": counts.n_fallback,
+        "peak_samples_held": counts.peak_held,
         "n_labelled": len(labels), "accuracy_per_sample": float(np.mean(labels)) if labels else None,
         "online_filter": None if stop is None else {"checkpoint": stop.checkpoint, "layer": stop.layer, "goal": stop.goal,
                                                      "threshold": stop.threshold, "threshold_chosen_on": stop.chosen_on,
@@ -308,29 +450,14 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     return GenerateResult(out_dir.path, stats, trajectories)
 
 
-def _check_context(prompts: list[Prompt], loaded, template: str, max_new_tokens: int) -> None:
+def _check_context(prompts: list[Prompt], contexts: list[list[int]], loaded, max_new_tokens: int) -> None:
     """Refuse, before any work, a prompt that cannot fit the model's context together with the new tokens."""
-    from probekit.extract.render import prompt_ids
-
     limit = getattr(loaded.model.config, "max_position_embeddings", None)
     if not limit:
         return
-    for p in prompts:
-        n = len(prompt_ids(loaded.tokenizer, p.prompt, template))
-        if n + max_new_tokens > limit:
-            raise ProbekitError(f"prompt '{p.id}': {n} tokens + --max-new-tokens {max_new_tokens} exceed the model's context of {limit} tokens")
-
-
-def _fallback_groups(seqs: list[_Sequence]) -> set[int]:
-    """Prompts whose samples were all stopped: their samples are resumed where they stopped, for the fallback vote.
-
-    A stopped sample keeps its tokens, states and random stream, so resuming it
-    gives exactly the sample an unfiltered run would have produced.
-    """
-    stopped: dict[int, bool] = {}
-    for s in seqs:
-        stopped[s.prompt_index] = stopped.get(s.prompt_index, True) and s.dropped_at >= 0
-    return {p for p, all_stopped in stopped.items() if all_stopped}
+    for p, ids in zip(prompts, contexts):
+        if len(ids) + max_new_tokens > limit:
+            raise ProbekitError(f"prompt '{p.id}': {len(ids)} tokens + --max-new-tokens {max_new_tokens} exceed the model's context of {limit} tokens")
 
 
 def _summary(s: _Sequence) -> dict:

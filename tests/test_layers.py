@@ -21,7 +21,7 @@ ROOT = Path(probekit.__file__).resolve().parent
 FLOORS = [
     {"errors", "cache", "io", "outputs", "progress", "config", "metrics", "length_control", "voting", "early_stop", "goals", "plots", "thresholds",
      "sampling"},
-    {"data", "models", "cpu_dtype", "store"},
+    {"data", "models", "cpu_dtype", "store", "kv_rows"},
     {"extract"},
     {"probe"},
     {"scoring"},

@@ -87,6 +87,7 @@ class _Sequence:
     complete: bool = False  # stopped at a token that ended the sample anyway (stop string or max_new_tokens)
     hit_limit: bool = False
     resumed: bool = False  # decoding again for its group's fallback vote: online stopping no longer applies
+    parked: _KV | None = None  # stopped: its KV rows, kept while its group may still fall back, so a resume needs no prefill
 
 
 class OnlineStop:
@@ -144,8 +145,18 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@dataclass
+class _KV:
+    """Rows of a KV cache with what decoding them needs next: their attention mask, next positions and next-token logits."""
+
+    cache: object  # transformers.DynamicCache
+    mask: torch.Tensor
+    next_pos: torch.Tensor
+    logits: torch.Tensor
+
+
 class _Rows:
-    """The sequences decoding now: one KV cache, its attention mask, each row's next position and next-token logits."""
+    """The sequences decoding now, one row each of a single KV cache (`_KV`)."""
 
     def __init__(self, loaded):
         self.model, self.device = loaded.model, loaded.device
@@ -154,23 +165,40 @@ class _Rows:
         self.pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
         self.eos = torch.tensor(_eos_ids(loaded), dtype=torch.long, device=self.device)
         self.seqs: list[_Sequence] = []
-        self.cache = self.mask = self.next_pos = self.logits = None
+        self.kv: _KV | None = None
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def admit(self, seqs: list[_Sequence]) -> None:
-        """Prefill the new sequences' contexts in one batch and merge them into the running rows (`probekit.kv_rows`).
+        """Add sequences to the running rows: the others are prefilled in one batch, set-aside ones bring their KV rows back.
+
+        All of them join the running cache in one merge (`probekit.kv_rows.merge_rows`).
+        """
+        from probekit.kv_rows import merge_rows
+
+        kept = [s for s in seqs if s.parked is not None]
+        fresh = [s for s in seqs if s.parked is None]
+        parts = ([self.kv] if self.kv else []) + ([self._prefill(fresh)] if fresh else []) + [s.parked for s in kept]
+        base = parts[0]
+        if len(parts) > 1:
+            base.mask = merge_rows(base.cache, base.mask, [(p.cache, p.mask) for p in parts[1:]])
+            base.next_pos = torch.cat([p.next_pos for p in parts])
+            base.logits = torch.cat([p.logits for p in parts])
+        self.kv = base
+        self.seqs += fresh + kept
+        for s in kept:
+            s.parked = None
+
+    def _prefill(self, seqs: list[_Sequence]) -> _KV:
+        """The KV rows of the sequences' contexts (prompt plus tokens so far), left-padded.
 
         Samples that share a context (a prompt's fresh samples) share its
-        prefill: each distinct context runs once, then its KV rows are
-        repeated. A resumed sample's context is its prompt plus the tokens it
-        already has.
+        prefill: each distinct context runs once, then its KV rows are repeated.
         """
         from transformers import DynamicCache
 
         from probekit.extract.forward import position_ids_from_mask
-        from probekit.kv_rows import merge_rows
 
         contexts = [tuple(s.prompt_ids + s.tokens) for s in seqs]
         firsts = sorted({c: i for i, c in reversed(list(enumerate(contexts)))}.values())
@@ -192,34 +220,33 @@ class _Rows:
         empty = [r for r, s in enumerate(seqs) if not s.tokens]
         if empty and len(self.eos):  # at least one token: an empty completion is not a trajectory
             logits[torch.tensor(empty, device=self.device)[:, None], self.eos[None, :]] = float("-inf")
-        if self.seqs:
-            self.mask = merge_rows(self.cache, self.mask, cache, mask)
-            self.next_pos = torch.cat([self.next_pos, mask.sum(dim=1)])
-            self.logits = torch.cat([self.logits, logits])
-        else:
-            self.cache, self.mask, self.next_pos, self.logits = cache, mask, mask.sum(dim=1), logits
-        self.seqs += seqs
+        return _KV(cache, mask, mask.sum(dim=1), logits)
 
-    def keep(self, keep: np.ndarray) -> None:
-        """Keep the rows where `keep` (bool [rows]) is true; the others leave the KV cache at once."""
-        from probekit.kv_rows import keep_rows
+    def leave(self, done: np.ndarray, park: np.ndarray) -> None:
+        """Rows where `done` (bool [rows]) leave the cache at once; those also in `park` keep a copy of their rows (`_Sequence.parked`)."""
+        from probekit.kv_rows import copy_rows, keep_rows
 
-        rows = np.flatnonzero(keep)
+        kv = self.kv
+        for row in np.flatnonzero(park):
+            index = torch.tensor([row], device=self.device)
+            self.seqs[row].parked = _KV(*copy_rows(kv.cache, kv.mask, index), kv.next_pos[index], kv.logits[index])
+        rows = np.flatnonzero(~done)
         self.seqs = [self.seqs[r] for r in rows]
         if not self.seqs:
-            self.cache = self.mask = self.next_pos = self.logits = None
+            self.kv = None
             return
         index = torch.from_numpy(rows).to(self.device)
-        self.mask = keep_rows(self.cache, self.mask, index)
-        self.next_pos, self.logits = self.next_pos[index], self.logits[index]
+        kv.mask = keep_rows(kv.cache, kv.mask, index)
+        kv.next_pos, kv.logits = kv.next_pos[index], kv.logits[index]
 
     def feed(self, tok: torch.Tensor) -> None:
         """One decoding step: each row's token goes in, its next-token logits come out (and the hooks capture its states)."""
-        self.mask = torch.cat([self.mask, torch.ones((len(self.seqs), 1), dtype=self.mask.dtype, device=self.device)], dim=1)
-        out = self.model(input_ids=tok[:, None], attention_mask=self.mask, position_ids=self.next_pos[:, None], use_cache=True,
-                         **{self.kv_name: self.cache})
-        self.next_pos = self.next_pos + 1
-        self.logits = out.logits[:, -1]
+        kv = self.kv
+        kv.mask = torch.cat([kv.mask, torch.ones((len(self.seqs), 1), dtype=kv.mask.dtype, device=self.device)], dim=1)
+        out = self.model(input_ids=tok[:, None], attention_mask=kv.mask, position_ids=kv.next_pos[:, None], use_cache=True,
+                         **{self.kv_name: kv.cache})
+        kv.next_pos = kv.next_pos + 1
+        kv.logits = out.logits[:, -1]
 
 
 @dataclass
@@ -228,6 +255,7 @@ class _Group:
 
     seqs: list[_Sequence] = field(default_factory=list)
     running: int = 0  # admitted (or queued for a resume) and not done
+    survivor: bool = False  # a sample ended without being stopped: the group cannot fall back
     fallback: bool = False
     finished: bool = False
 
@@ -237,6 +265,7 @@ class _Counts:
     fed: int = 0  # tokens decoded before any fallback
     resumed: int = 0  # tokens decoded by fallback resumes
     n_fallback: int = 0
+    n_resumes_prefilled: int = 0  # resumes whose KV rows were not kept (more than batch_size were set aside): their context is prefilled
     peak_held: int = 0  # most samples whose states were in memory at once (decoding, queued to resume, or done and not yet written)
 
 
@@ -255,9 +284,14 @@ class _Scheduler:
     A row whose sample ends (EOS, the stop string, max_new_tokens, or stopped
     online) leaves the KV cache at once, and queued samples are admitted in
     its place. The queue is the samples in (prompt, sample) order, with
-    fallback resumes in front. Finished groups wait in a reorder buffer until
-    every earlier group is finished; no new prompt is admitted while the
-    buffer holds more than 2x batch_size samples, which bounds memory.
+    fallback resumes in front. A stopped sample whose group may still fall
+    back keeps a copy of its KV rows (at most batch_size such samples at
+    once; beyond that a resume prefills its prompt and tokens), released as
+    soon as another sample of its group ends unstopped: a resume then costs
+    no prefill, so the time online stopping saves follows the tokens it
+    saves. Finished groups wait in a reorder buffer until every earlier group
+    is finished; no new prompt is admitted while the buffer holds more than
+    2x batch_size samples, which bounds memory.
     """
 
     def __init__(self, loaded, contexts: list[list[int]], layers: list[int], config: GenerateConfig, stop: OnlineStop | None,
@@ -270,6 +304,7 @@ class _Scheduler:
         self.n_fresh = len(contexts) * config.samples
         self.next_fresh = self.next_emit = 0
         self.buffered = 0  # done samples not yet emitted
+        self.n_parked = 0  # samples holding a copy of their KV rows
 
     @torch.inference_mode()
     def run(self, task) -> _Counts:
@@ -291,6 +326,9 @@ class _Scheduler:
         if not free or not queued or (rows and free < _admit_at(config) and queued > free):
             return
         take = [self.resumes.popleft() for _ in range(min(free, len(self.resumes)))]
+        parked = sum(s.parked is not None for s in take)
+        self.n_parked -= parked
+        self.counts.n_resumes_prefilled += len(take) - parked
         while len(take) < free and self.next_fresh < self.n_fresh:
             pi, k = divmod(self.next_fresh, config.samples)
             if k == 0 and self.buffered > 2 * config.batch_size:
@@ -309,9 +347,14 @@ class _Scheduler:
         g = self.groups[s.prompt_index]
         g.running -= 1
         self.buffered += 1
+        if s.dropped_at < 0 and not g.survivor:  # the group cannot fall back: its stopped samples' KV rows are not needed
+            g.survivor = True
+            for x in g.seqs:
+                self.n_parked -= x.parked is not None
+                x.parked = None
         if g.running or len(g.seqs) < self.config.samples:
             return
-        if self.stop is not None and not g.fallback and all(x.dropped_at >= 0 for x in g.seqs):
+        if self.stop is not None and not g.fallback and not g.survivor:
             # Every sample was stopped: as in the filter, all of them vote, each resumed where it stopped. It keeps its
             # tokens, states and random stream, so it ends exactly as an unfiltered sample would.
             g.fallback = True
@@ -331,18 +374,24 @@ class _Scheduler:
             self.buffered -= len(done.seqs)
             self.next_emit += 1
 
+    def _leave(self, done: np.ndarray, park: np.ndarray) -> None:
+        """The rows where `done` leave (those in `park` keeping their KV rows), then each of their samples is finished."""
+        ended = [self.rows.seqs[row] for row in np.flatnonzero(done)]
+        self.rows.leave(done, park)
+        self.n_parked += int(park.sum())
+        for s in ended:
+            self._finish(s)
+
     def _step(self, captured: dict, task) -> None:
         """Sample a token for every row, feed it, keep its states, and let the rows whose samples ended go."""
         from probekit.extract.run import checked_states
         from probekit.sampling import sample_next
 
         config, rows, stop = self.config, self.rows, self.stop
-        tok = sample_next(rows.logits, [s.generator for s in rows.seqs], config.temperature, config.top_p)
+        tok = sample_next(rows.kv.logits, [s.generator for s in rows.seqs], config.temperature, config.top_p)
         going = (~torch.isin(tok, rows.eos) if len(rows.eos) else torch.ones_like(tok, dtype=torch.bool)).cpu().numpy()
         if not going.all():  # EOS ends a sample without being kept
-            for row in np.flatnonzero(~going):
-                self._finish(rows.seqs[row])
-            rows.keep(going)
+            self._leave(~going, np.zeros_like(going))
             if not rows:
                 return
             tok = tok[torch.from_numpy(going).to(tok.device)]
@@ -362,18 +411,19 @@ class _Scheduler:
         ended = np.asarray([hit_stop(self.loaded.tokenizer, s.tokens, config.stop) for s in rows.seqs], dtype=bool)
         at_limit = positions + 1 >= config.max_new_tokens
         dropped = np.zeros(len(rows), dtype=bool)
+        park = np.zeros(len(rows), dtype=bool)
         if stop is not None:  # the final token too, as the filter decides; a resumed sample is not stopped again
             dropped = stop.drops(stored[stop.layer], positions) & ~resumed
             for row in np.flatnonzero(dropped):
-                rows.seqs[row].dropped_at = int(positions[row])
-                rows.seqs[row].complete = bool(ended[row] or at_limit[row])  # nothing would follow: a resume decodes nothing
+                s = rows.seqs[row]
+                s.dropped_at = int(positions[row])
+                s.complete = bool(ended[row] or at_limit[row])  # nothing would follow: a resume decodes nothing
+                park[row] = not s.complete and not self.groups[s.prompt_index].survivor and self.n_parked + park.sum() < config.batch_size
         for row in np.flatnonzero(at_limit & ~ended):
             rows.seqs[row].hit_limit = True
         done = ended | at_limit | dropped
         if done.any():
-            for row in np.flatnonzero(done):
-                self._finish(rows.seqs[row])
-            rows.keep(~done)
+            self._leave(done, park)
 
 
 @dataclass
@@ -437,7 +487,7 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
         "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
         "n_hit_max_new_tokens": sum(f["hit_limit"] for f in finals),
         "n_stopped_early": sum(f["dropped_at"] >= 0 for f in finals),
-        "n_fallback_groups": counts.n_fallback,
+        "n_fallback_groups": counts.n_fallback, "n_fallback_resumes_prefilled": counts.n_resumes_prefilled,
         "peak_samples_held": counts.peak_held,
         "n_labelled": len(labels), "accuracy_per_sample": float(np.mean(labels)) if labels else None,
         "online_filter": None if stop is None else {"checkpoint": stop.checkpoint, "layer": stop.layer, "goal": stop.goal,

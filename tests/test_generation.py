@@ -285,11 +285,11 @@ def test_states_stream_to_shards_so_memory_is_bounded_by_a_few_batches_and_a_sha
 
 
 def test_merged_kv_rows_give_the_logits_of_each_sequence_decoded_alone(tiny):
-    """Continuous batching's cache surgery: merging two left-padded batches, then dropping a row, changes no row's next logits."""
+    """Continuous batching's cache surgery: setting a row aside, merging it back with new rows, and dropping rows change no logits."""
     from transformers import DynamicCache
 
     from probekit.extract.forward import position_ids_from_mask
-    from probekit.kv_rows import keep_rows, merge_rows
+    from probekit.kv_rows import copy_rows, keep_rows, merge_rows
 
     model = tiny.model
     seqs = [[5, 9, 17, 33, 2, 41, 7, 8, 90], [12, 13], [60, 61, 62, 63, 64]]
@@ -314,18 +314,21 @@ def test_merged_kv_rows_give_the_logits_of_each_sequence_decoded_alone(tiny):
     with torch.inference_mode():
         running, mask = prefill([seqs[0][:-1], seqs[1][:-1]])  # a running batch of two rows of different lengths
         _, mask = step(running, mask, [seqs[0][-1], seqs[1][-1]], [len(seqs[0]) - 1, len(seqs[1]) - 1])
+        aside, aside_mask = copy_rows(running, mask, torch.tensor([0]))  # the long row is set aside...
+        mask = keep_rows(running, mask, torch.tensor([1]))
+        assert mask.shape[1] == len(seqs[1]) == running.layers[0].keys.shape[2] and aside_mask.shape[1] == len(seqs[0])
         new, new_mask = prefill([seqs[2]])
-        mask = merge_rows(running, mask, new, new_mask)
+        mask = merge_rows(running, mask, [(new, new_mask), (aside, aside_mask)])  # ...and comes back with a new row, in one merge
         assert mask.shape[1] == len(seqs[0]) and running.layers[0].keys.shape[:3] == (3, 2, len(seqs[0]))
-        nxt = [3, 4, 5]
-        logits, mask = step(running, mask, nxt, [len(s) for s in seqs])
-        for row, s in enumerate(seqs):
-            torch.testing.assert_close(logits[row], alone(s + [nxt[row]]), atol=1e-5, rtol=1e-5)
-        mask = keep_rows(running, mask, torch.tensor([1, 2]))  # the longest row leaves: its extra columns are dropped
+        order, nxt = [1, 2, 0], [4, 5, 3]
+        logits, mask = step(running, mask, nxt, [len(seqs[i]) for i in order])
+        for row, i in enumerate(order):
+            torch.testing.assert_close(logits[row], alone(seqs[i] + [nxt[row]]), atol=1e-5, rtol=1e-5)
+        mask = keep_rows(running, mask, torch.tensor([0, 1]))  # the longest row leaves: the columns only it used are dropped
         assert mask.shape[1] == len(seqs[2]) + 1 and running.layers[0].keys.shape[2] == mask.shape[1]
         logits, mask = step(running, mask, [6, 7], [len(seqs[1]) + 1, len(seqs[2]) + 1])
-        for row, (s, t) in enumerate(zip(seqs[1:], nxt[1:])):
-            torch.testing.assert_close(logits[row], alone(s + [t, 6 + row]), atol=1e-5, rtol=1e-5)
+        for row, i in enumerate(order[:2]):
+            torch.testing.assert_close(logits[row], alone(seqs[i] + [nxt[row], 6 + row]), atol=1e-5, rtol=1e-5)
 
 
 def test_tokens_decisions_and_states_do_not_depend_on_batch_size(unfiltered, probe, tiny, tmp_path):
@@ -338,6 +341,9 @@ def test_tokens_decisions_and_states_do_not_depend_on_batch_size(unfiltered, pro
                      loaded=tiny) for b in (1, 3, 8)]
     first = runs[0]
     assert 0 < first.stats["n_stopped_early"] < len(first.trajectories) and first.stats["n_fallback_groups"] >= 1
+    # the same resumes in every run: with one row, KV rows are kept for one stopped sample at most, so more resumes prefill
+    # their context than with eight, where some come back from kept KV rows: both ways give the same samples
+    assert first.stats["n_fallback_resumes_prefilled"] > runs[-1].stats["n_fallback_resumes_prefilled"]
     states = Store(first.out / "store").load_layer(4)
     for run in runs[1:]:
         assert [t.meta for t in run.trajectories] == [t.meta for t in first.trajectories]  # token ids, stops, fallbacks

@@ -27,7 +27,7 @@ FLOORS = [
     {"scoring"},
     {"baselines"},
     {"evaluate"},
-    {"pipeline", "filtering", "sweep", "generation", "steering", "custom_goals"},
+    {"pipeline", "filtering", "sweep", "generation", "decoding", "steering", "custom_goals"},
     {"demo", "__main__"},
 ]
 

@@ -164,15 +164,6 @@ class Counts:
     peak_held: int = 0  # most samples whose states were in memory at once (decoding, queued to resume, or done and not yet written)
 
 
-def admit_at(config: GenerateConfig) -> int:
-    """Free rows that trigger an admission while rows are still decoding: a group's worth, at most a quarter of the batch.
-
-    Admitting in chunks batches the prefills (one forward for several
-    contexts instead of one each); waiting longer leaves rows idle.
-    """
-    return max(1, min(config.samples, config.batch_size // 4))
-
-
 class Scheduler:
     """Continuous batching: up to `batch_size` rows decode at all times, and each prompt's samples leave in prompt order.
 
@@ -213,21 +204,27 @@ class Scheduler:
                 self._step(captured, task)
 
     def _admit(self) -> None:
+        """Fill the free rows: fallback resumes first, then whole prompts.
+
+        A prompt's fresh samples are admitted together (all of them, or a
+        batch's worth if samples > batch_size), so its prompt is prefilled
+        once: profiled on the benchmark's task, prompts split across
+        admissions paid their prefill twice, and prefills take over a third
+        of the CPU time there.
+        """
         from probekit.sampling import sequence_generator
 
         config, rows = self.config, self.rows
         free = config.batch_size - len(rows)
-        queued = len(self.resumes) + self.n_fresh - self.next_fresh
-        if not free or not queued or (rows and free < admit_at(config) and queued > free):
-            return
         take = [self.resumes.popleft() for _ in range(min(free, len(self.resumes)))]
         parked = sum(s.parked is not None for s in take)
         self.n_parked -= parked
         self.counts.n_resumes_prefilled += len(take) - parked
-        while len(take) < free and self.next_fresh < self.n_fresh:
+        while self.next_fresh < self.n_fresh:
             pi, k = divmod(self.next_fresh, config.samples)
-            if k == 0 and self.buffered > 2 * config.batch_size:
-                break  # a new prompt waits until the reorder buffer drains
+            room = free - len(take)
+            if not room or (k == 0 and (room < min(config.samples, config.batch_size) or self.buffered > 2 * config.batch_size)):
+                break  # a new prompt waits for rows for all its samples, and until the reorder buffer drains
             group = self.groups.setdefault(pi, Group())
             group.seqs.append(Sample(pi, k, self.contexts[pi], sequence_generator(config.seed, pi, k)))
             group.running += 1

@@ -63,7 +63,7 @@ class GenerateConfig:
     dtype: str = option("float16", "Storage dtype of the states: float16 or float32.")
     answer: str = option("synth", "Answer parser: synth (A: n), gsm8k (#### n / A: n / last number), last-number, or regex:PATTERN.")
     stop: str | None = option(None, "Stop a completion once its text contains this string (e.g. a blank line after a few-shot answer); it is kept.")
-    batch_size: int = option(32, "Sequences decoded together; memory is bounded by this, whatever the number of prompts.")
+    batch_size: int = option(32, "Samples decoded together; a sample that ends gives its row to the next at once. Memory is bounded by a few times this, whatever the number of prompts.")
     shard_size: int = option(512, "Trajectories per store shard.")
     device: str = option("auto", "auto (CUDA when available), cpu or cuda.")
     model_dtype: str = option("auto", "Dtype the model runs in: auto (as for extract: bfloat16 on CUDA, and on CPUs where it measures faster), float32, float16, bfloat16.")

@@ -97,6 +97,46 @@ def per_problem(run, prompts) -> dict:
     return {"vote": vote.correct[order].astype(float), "sample_acc": sample_acc, "tokens": tokens}
 
 
+def study_prompts(n_train: int, n_test: int) -> tuple[list, list]:
+    """(training, test) prompts: synthetic 1-step, 2-shot problems; test problems never appear in training."""
+    from probekit.data.synth import synth_prompts
+
+    train = [dataclasses.replace(p, id=f"train-{p.id}") for p in synth_prompts(n_train, 1, 1, shots=2, seed=100)]
+    seen = {p.prompt for p in train}
+    test = [dataclasses.replace(p, id=f"test-{p.id}") for p in synth_prompts(n_test, 1, 1, shots=2, seed=0) if p.prompt not in seen]
+    return train, test
+
+
+def study_config(samples: int, model_dtype: str):
+    """The generation settings of the study (and of benchmarks/run_generation.py)."""
+    from probekit.generation import GenerateConfig
+
+    return GenerateConfig(samples=samples, template="raw", layers="15", answer="synth", batch_size=32, model_dtype=model_dtype, **SAMPLING)
+
+
+def fit_study_probe(loaded, train: list, cfg, work: Path) -> tuple:
+    """Sample the training problems (seed 1000), fit the layer-15 probe on their states, and choose the online thresholds.
+
+    Returns (the training generate result, checkpoint, auto_threshold's answer, {"auto": t, "q20": t}): `auto` is the
+    filter's choice on the probe's validation groups, q20 the 20 % quantile of the training samples' minimum Q.
+    """
+    from probekit.config import FitConfig
+    from probekit.early_stop import min_signal
+    from probekit.filtering import auto_threshold
+    from probekit.generation import generate
+    from probekit.pipeline import fit_probe
+    from probekit.scoring import Scorer, score_store
+    from probekit.store import Store
+
+    first = generate(train, work / "train", dataclasses.replace(cfg, seed=1000), loaded=loaded, overwrite=True)
+    store = Store(first.out / "store")
+    ckpt = fit_probe(store, work / "probe", FitConfig().vary(layer=15, valid_frac=0.25, test_frac=0.0), overwrite=True)
+    scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=["mean"]), 15)
+    mins = min_signal(scores.offsets, scores.positions, scores.q["mean"], 5)
+    auto = auto_threshold(ckpt, "mean", 5)
+    return first, ckpt, auto, {"auto": auto["threshold"], "q20": float(np.quantile(mins[np.isfinite(mins)], 0.2))}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=64)
@@ -113,15 +153,10 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/generation_study.json")
     args = ap.parse_args()
 
-    from probekit.config import FitConfig
     from probekit.custom_goals import goal_from_examples
     from probekit.data.schema import write_trajectories
-    from probekit.data.synth import synth_prompts
-    from probekit.early_stop import min_signal
-    from probekit.filtering import auto_threshold
-    from probekit.generation import GenerateConfig, OnlineStop, generate
+    from probekit.generation import OnlineStop, generate
     from probekit.models import load_model
-    from probekit.pipeline import fit_probe
     from probekit.scoring import Scorer, score_store
     from probekit.steering import SteerConfig, steer
     from probekit.store import Store
@@ -130,20 +165,10 @@ def main() -> int:
     work = Path(args.work)
     t_start = time.perf_counter()
     loaded = load_model("smollm2-135m", device="cpu", dtype=args.model_dtype)
-    train = [dataclasses.replace(p, id=f"train-{p.id}") for p in synth_prompts(args.n_train, 1, 1, shots=2, seed=100)]
-    seen = {p.prompt for p in train}
-    test = [dataclasses.replace(p, id=f"test-{p.id}") for p in synth_prompts(args.n_test, 1, 1, shots=2, seed=0) if p.prompt not in seen]
-    cfg = GenerateConfig(samples=args.samples, template="raw", layers="15", answer="synth", batch_size=32, model_dtype=args.model_dtype,
-                         **SAMPLING)
-
+    train, test = study_prompts(args.n_train, args.n_test)
+    cfg = study_config(args.samples, args.model_dtype)
     console.log(f"training samples: {len(train)} problems x {args.samples}")
-    first = generate(train, work / "train", dataclasses.replace(cfg, seed=1000), loaded=loaded, overwrite=True)
-    store = Store(first.out / "store")
-    ckpt = fit_probe(store, work / "probe", FitConfig().vary(layer=15, valid_frac=0.25, test_frac=0.0), overwrite=True)
-    scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=["mean"]), 15)
-    mins = min_signal(scores.offsets, scores.positions, scores.q["mean"], 5)
-    auto = auto_threshold(ckpt, "mean", 5)
-    thresholds = {"auto": auto["threshold"], "q20": float(np.quantile(mins[np.isfinite(mins)], 0.2))}
+    first, ckpt, auto, thresholds = fit_study_probe(loaded, train, cfg, work)
     console.log(f"probe fitted; thresholds {thresholds}; training accuracy per sample {first.stats['accuracy_per_sample']:.3f}")
 
     # ---- A: online early stopping ------------------------------------------------------------------

@@ -259,22 +259,97 @@ def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, pro
     assert code == 2 and "unknown goal 'nothing'" in err and "Traceback" not in err
 
 
-def test_states_stream_to_shards_so_memory_is_bounded_by_a_batch_and_a_shard(tiny, tmp_path, monkeypatch):
-    """Whatever the number of prompts, at most one batch plus one shard of states is held before it is written."""
+def test_states_stream_to_shards_so_memory_is_bounded_by_a_few_batches_and_a_shard(tiny, tmp_path, monkeypatch):
+    """Whatever the number of prompts, at most 3 batches plus a group of samples are held, and less than a shard after each write.
+
+    Seed 3 with a blank as the stop string makes a few early samples run long while later prompts finish fast: without the
+    reorder buffer's bound, 24 samples would be held at once here."""
     from probekit import generation
 
-    held = []
+    written, held = [], []
     add = generation._StoreWriter.add
 
     def spy(self, seqs, trajectories):
         add(self, seqs, trajectories)
+        written.extend(t.id for t in trajectories)
         held.append(len(self.pending))
 
     monkeypatch.setattr(generation._StoreWriter, "add", spy)
-    many = [Prompt(f"q{i}", f"Question {i}: what is {i} + 1?", str(i + 1)) for i in range(12)]
-    res = generate(many, tmp_path / "o", config(samples=2, batch_size=4, shard_size=3, max_new_tokens=4), loaded=tiny)
-    assert len(held) == 6 and max(held) < 3  # 6 batches of 2 prompts; what is left after each write is less than a shard
-    assert len(Store(res.out / "store").shard_paths) == 8  # 24 samples in shards of 3, written as they filled
+    many = [Prompt(f"q{i}", f"Question {i}: what is {i} + 1?", str(i + 1)) for i in range(24)]
+    cfg = config(samples=2, batch_size=4, shard_size=3, max_new_tokens=60, seed=3, stop=" ", layers="4")
+    res = generate(many, tmp_path / "o", cfg, loaded=tiny)
+    assert written == [f"q{i}-{k}" for i in range(24) for k in range(2)]  # one prompt at a time, in order
+    assert max(held) < 3  # what is left after each write is less than a shard
+    assert res.stats["peak_samples_held"] <= 3 * 4 + 2 - 1
+    assert len(Store(res.out / "store").shard_paths) == 16  # 48 samples in shards of 3, written as they filled
+
+
+def test_merged_kv_rows_give_the_logits_of_each_sequence_decoded_alone(tiny):
+    """Continuous batching's cache surgery: setting a row aside, merging it back with new rows, and dropping rows change no logits."""
+    from transformers import DynamicCache
+
+    from probekit.extract.forward import position_ids_from_mask
+    from probekit.kv_rows import copy_rows, keep_rows, merge_rows
+
+    model = tiny.model
+    seqs = [[5, 9, 17, 33, 2, 41, 7, 8, 90], [12, 13], [60, 61, 62, 63, 64]]
+
+    def alone(ids):  # one full forward, no padding, no cache
+        return model(input_ids=torch.tensor([ids])).logits[0, -1]
+
+    def prefill(batch):
+        width = max(map(len, batch))
+        ids = torch.tensor([[0] * (width - len(s)) + s for s in batch])
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch])
+        cache = DynamicCache()
+        model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), cache=cache, use_cache=True)
+        return cache, mask
+
+    def step(cache, mask, tokens, pos):
+        mask = torch.cat([mask, torch.ones((len(tokens), 1), dtype=mask.dtype)], dim=1)
+        out = model(input_ids=torch.tensor(tokens)[:, None], attention_mask=mask, position_ids=torch.tensor(pos)[:, None], cache=cache,
+                    use_cache=True)
+        return out.logits[:, -1], mask
+
+    with torch.inference_mode():
+        running, mask = prefill([seqs[0][:-1], seqs[1][:-1]])  # a running batch of two rows of different lengths
+        _, mask = step(running, mask, [seqs[0][-1], seqs[1][-1]], [len(seqs[0]) - 1, len(seqs[1]) - 1])
+        aside, aside_mask = copy_rows(running, mask, torch.tensor([0]))  # the long row is set aside...
+        mask = keep_rows(running, mask, torch.tensor([1]))
+        assert mask.shape[1] == len(seqs[1]) == running.layers[0].keys.shape[2] and aside_mask.shape[1] == len(seqs[0])
+        new, new_mask = prefill([seqs[2]])
+        mask = merge_rows(running, mask, [(new, new_mask), (aside, aside_mask)])  # ...and comes back with a new row, in one merge
+        assert mask.shape[1] == len(seqs[0]) and running.layers[0].keys.shape[:3] == (3, 2, len(seqs[0]))
+        order, nxt = [1, 2, 0], [4, 5, 3]
+        logits, mask = step(running, mask, nxt, [len(seqs[i]) for i in order])
+        for row, i in enumerate(order):
+            torch.testing.assert_close(logits[row], alone(seqs[i] + [nxt[row]]), atol=1e-5, rtol=1e-5)
+        mask = keep_rows(running, mask, torch.tensor([0, 1]))  # the longest row leaves: the columns only it used are dropped
+        assert mask.shape[1] == len(seqs[2]) + 1 and running.layers[0].keys.shape[2] == mask.shape[1]
+        logits, mask = step(running, mask, [6, 7], [len(seqs[1]) + 1, len(seqs[2]) + 1])
+        for row, i in enumerate(order[:2]):
+            torch.testing.assert_close(logits[row], alone(seqs[i] + [nxt[row], 6 + row]), atol=1e-5, rtol=1e-5)
+
+
+def test_tokens_decisions_and_states_do_not_depend_on_batch_size(unfiltered, probe, tiny, tmp_path):
+    """Batch sizes 1, 3 and 8 with online stopping (and fallback groups resumed): the same samples, stops and states."""
+    from probekit.scoring import Scorer, score_store
+
+    scores = score_store(Store(unfiltered.out / "store"), Scorer.from_checkpoint(probe), 4)
+    threshold = float(np.quantile(scores.q["mean"][scores.positions >= 2], 0.3))
+    runs = [generate(PROMPTS, tmp_path / f"b{b}", config(batch_size=b, dtype="float32"), stop=OnlineStop(probe, threshold, skip_first=2),
+                     loaded=tiny) for b in (1, 3, 8)]
+    first = runs[0]
+    assert 0 < first.stats["n_stopped_early"] < len(first.trajectories) and first.stats["n_fallback_groups"] >= 1
+    # the same resumes in every run: with one row, KV rows are kept for one stopped sample at most, so more resumes prefill
+    # their context than with eight, where some come back from kept KV rows: both ways give the same samples
+    assert first.stats["n_fallback_resumes_prefilled"] > runs[-1].stats["n_fallback_resumes_prefilled"]
+    states = Store(first.out / "store").load_layer(4)
+    for run in runs[1:]:
+        assert [t.meta for t in run.trajectories] == [t.meta for t in first.trajectories]  # token ids, stops, fallbacks
+        for key in ("tokens_generated", "tokens_resumed_for_fallback", "n_stopped_early", "n_fallback_groups"):
+            assert run.stats[key] == first.stats[key]
+        np.testing.assert_allclose(Store(run.out / "store").load_layer(4), states, rtol=1e-4, atol=1e-5)
 
 
 def test_capture_of_no_layers_is_a_plain_forward(tiny):

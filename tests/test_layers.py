@@ -21,13 +21,13 @@ ROOT = Path(probekit.__file__).resolve().parent
 FLOORS = [
     {"errors", "cache", "io", "outputs", "progress", "config", "metrics", "length_control", "voting", "early_stop", "goals", "plots", "thresholds",
      "sampling"},
-    {"data", "models", "cpu_dtype", "store"},
+    {"data", "models", "cpu_dtype", "store", "kv_rows"},
     {"extract"},
     {"probe"},
     {"scoring"},
     {"baselines"},
     {"evaluate"},
-    {"pipeline", "filtering", "sweep", "generation", "steering", "custom_goals"},
+    {"pipeline", "filtering", "sweep", "generation", "decoding", "steering", "custom_goals"},
     {"demo", "__main__"},
 ]
 

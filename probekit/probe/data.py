@@ -38,7 +38,9 @@ from probekit.io import read_json
 from probekit.store import ShardBlock, Store
 
 SPLITS = ("train", "valid", "test")
-_BLOCK_ROWS = 1 << 16
+# A block of whole trajectories holds at most this many bytes of float32 states (one longer trajectory is a
+# block alone), so streaming a split costs the same memory at any store size; with a 576-wide layer ~29k rows.
+BLOCK_BYTES = 64 << 20
 
 
 # ---- row sources ------------------------------------------------------------
@@ -65,9 +67,12 @@ class RowSource:
         """Yield (trajectory indices, local offsets [n+1], states of their rows concatenated).
 
         Covers every trajectory in `trajectories` exactly once (in increasing
-        index order), a bounded block at a time.
+        index order), a block of at most `BLOCK_BYTES` of states at a time.
         """
         raise NotImplementedError
+
+    def _block_rows(self) -> int:
+        return max(1, BLOCK_BYTES // (4 * self.hidden_size))
 
 
 class MemoryRows(RowSource):
@@ -86,38 +91,43 @@ class MemoryRows(RowSource):
         meta = self.store.meta
         positions = self.store.positions()
         traj = np.unique(np.asarray(trajectories, dtype=np.int64))
-        i = 0
-        while i < len(traj):
-            j, n_rows = i, 0
-            while j < len(traj) and (j == i or n_rows + meta.stored_tokens[traj[j]] <= _BLOCK_ROWS):
-                n_rows += int(meta.stored_tokens[traj[j]])
-                j += 1
-            chunk = traj[i:j]
+        for chunk in _bounded_runs(traj, meta.stored_tokens, self._block_rows()):
             rows = _rows_of(meta.row_start[chunk], meta.row_end[chunk])
             yield ShardBlock(chunk, _offsets(meta.stored_tokens[chunk]), positions[rows], self.states[rows])
-            i = j
 
 
 class StreamRows(RowSource):
-    """Reads rows from the shards on demand: memory stays bounded by a batch (or one shard)."""
+    """Reads rows from the shards on demand: memory stays bounded by a batch (or one block)."""
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         return self._read(rows)
 
     def blocks(self, trajectories):
         meta = self.store.meta
-        positions = self.store.positions()
         want = np.zeros(len(meta), dtype=bool)
         want[np.asarray(trajectories, dtype=np.int64)] = True
         for s in np.unique(meta.shard[want]).tolist():
             first = int(np.searchsorted(meta.shard, s))
             n = int(np.searchsorted(meta.shard, s, side="right")) - first
-            sel = np.flatnonzero(want[first:first + n]) + first
-            rows = _rows_of(meta.row_start[sel], meta.row_end[sel])
-            # Just the selected trajectories' rows (runs of rows are one read each): an evaluation of a 20% split
-            # no longer reads, converts and drops the other 80% of every shard.
-            states = self._read(rows)
-            yield ShardBlock(sel, _offsets(meta.stored_tokens[sel]), positions[rows], states)
+            shard_positions = self.store.shard_positions(s)  # this shard's only: the store's would be 4 bytes a row
+            for sel in _bounded_runs(np.flatnonzero(want[first:first + n]) + first, meta.stored_tokens, self._block_rows()):
+                rows = _rows_of(meta.row_start[sel], meta.row_end[sel])
+                # Just the selected trajectories' rows (runs of rows are one read each): an evaluation of a 20% split
+                # no longer reads, converts and drops the other 80% of every shard.
+                states = self._read(rows)
+                yield ShardBlock(sel, _offsets(meta.stored_tokens[sel]), shard_positions[rows - meta.row_start[first]], states)
+
+
+def _bounded_runs(traj: np.ndarray, stored_tokens: np.ndarray, max_rows: int) -> Iterator[np.ndarray]:
+    """Consecutive runs of the trajectories `traj` with at most `max_rows` stored rows each (at least one trajectory)."""
+    i = 0
+    while i < len(traj):
+        j, n_rows = i, 0
+        while j < len(traj) and (j == i or n_rows + stored_tokens[traj[j]] <= max_rows):
+            n_rows += int(stored_tokens[traj[j]])
+            j += 1
+        yield traj[i:j]
+        i = j
 
 
 def _side_by_side(parts: list[np.ndarray]) -> np.ndarray:

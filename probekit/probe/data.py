@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -254,14 +254,15 @@ def _first_at_or_after(row_start, row_end, positions, targets) -> np.ndarray:
 def build_sampling_index(
     row_start: np.ndarray,
     row_end: np.ndarray,
-    positions: np.ndarray,
+    positions: np.ndarray | Callable[[], np.ndarray],
     completion_tokens: np.ndarray,
     goal_min_frac: float = 0.0,
     late_frac: float | None = None,
 ) -> SamplingIndex:
     """Precompute, per trajectory, where goals and negatives may be sampled.
 
-    `positions` is the token position of every global row (`Store.positions()`).
+    `positions` is the token position of every global row (`Store.positions()`), or a function that
+    returns it: then it is read only when a bound needs the search (4 bytes a row held by the store).
     """
     if not 0 <= goal_min_frac < 1:
         raise ProbekitError(f"goal_min_frac must be in [0, 1), got {goal_min_frac}")
@@ -274,14 +275,17 @@ def build_sampling_index(
     goal_target = np.ceil(goal_min_frac * T - 1e-9).astype(np.int64)
     # With no lower bound every trajectory's goals start at its first stored row; the search would build four
     # arrays of the store's size for that (hundreds of MB at 1e7 rows).
-    goal_lo = _first_at_or_after(row_start, row_end, positions, goal_target) if goal_target.any() else np.zeros(len(n), np.int64)
+    def pos() -> np.ndarray:
+        return positions() if callable(positions) else positions
+
+    goal_lo = _first_at_or_after(row_start, row_end, pos(), goal_target) if goal_target.any() else np.zeros(len(n), np.int64)
     goal_lo = np.clip(goal_lo, 1, np.maximum(n - 1, 1))
     goal_lo[n < 2] = 0
     if late_frac is None:
         neg_lo = np.zeros(len(n), dtype=np.int64)
     else:
         neg_target = np.ceil((1.0 - late_frac) * T - 1e-9).astype(np.int64)
-        neg_lo = np.clip(_first_at_or_after(row_start, row_end, positions, neg_target), 0, np.maximum(n - 1, 0))
+        neg_lo = np.clip(_first_at_or_after(row_start, row_end, pos(), neg_target), 0, np.maximum(n - 1, 0))
     return SamplingIndex(row_start, row_end, goal_lo, neg_lo)
 
 
@@ -320,11 +324,22 @@ def iter_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[
         yield perm[i:i + batch_size]
 
 
-def feature_stats(source: RowSource, rows: np.ndarray, max_rows: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (float64 accumulation) over `rows` (a seeded subsample if many)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_rows, replace=False))
+def feature_stats(source: RowSource, trajectories: np.ndarray, max_rows: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (float64 accumulation) over the stored rows of `trajectories` (increasing),
+    or a seeded subsample of `max_rows` of them.
+
+    The subsample is drawn as positions among those rows and mapped to rows per trajectory, so the rows
+    themselves (8 bytes each) are never listed; the draw is the one `choice` makes on the listed rows.
+    """
+    meta = source.store.meta
+    traj = np.asarray(trajectories, dtype=np.int64)
+    starts = _offsets(meta.stored_tokens[traj])
+    if starts[-1] > max_rows:
+        pick = np.sort(np.random.default_rng(seed).choice(int(starts[-1]), size=max_rows, replace=False))
+        owner = np.searchsorted(starts, pick, side="right") - 1
+        rows = meta.row_start[traj][owner] + (pick - starts[owner])
+    else:
+        rows = trajectory_rows(source.store, traj)
     total = np.zeros(source.hidden_size)
     sq = np.zeros(source.hidden_size)
     for i in range(0, len(rows), 8192):

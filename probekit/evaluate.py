@@ -77,25 +77,32 @@ class SplitScores:
     errors: Scores
 
     @classmethod
-    def gather(cls, parts: Iterable[Scores], meta, labels: np.ndarray, kinds: Sequence[str]) -> SplitScores:
-        """Summaries of the blocks `parts` (`probekit.scoring.iter_scores`); `labels`: per store trajectory."""
+    def gather(cls, parts: Iterable[Scores], traj: np.ndarray, meta, labels: np.ndarray, kinds: Sequence[str]) -> SplitScores:
+        """Summaries of the blocks `parts` (`probekit.scoring.iter_scores`), which must cover the increasing
+        trajectories `traj` once each, in order; `labels`: per store trajectory. The outputs are allocated
+        once, so the blocks cost nothing that stays (their number grows with the rows)."""
         signals = ["reward", *kinds]
-        trajs: list[np.ndarray] = []
-        last: dict[str, list[np.ndarray]] = {k: [] for k in signals}
-        prefix: dict[str, list[np.ndarray]] = {k: [] for k in signals}
+        last = {k: np.full(len(traj), np.nan) for k in signals}
+        prefix = {k: np.full((len(FRACTIONS), len(traj)), np.nan) for k in signals}
         errors: list[Scores] = []
+        at = 0
         for part in parts:
-            trajs.append(part.traj)
+            span = slice(at, at + len(part.traj))
+            if not np.array_equal(part.traj, traj[span]):
+                raise RuntimeError("scorer returned trajectories in another order than the evaluation context")
             rows = np.stack([prefix_rows(part, meta.completion_tokens, f) for f in FRACTIONS])
+            has = rows >= 0
             for k in signals:
                 values = part.reward if k == "reward" else part.q[k]
-                last[k].append(part.last(values))
-                prefix[k].append(np.where(rows >= 0, values[np.maximum(rows, 0)] if len(values) else np.nan, np.nan))
-            errors.append(part.select(known_error(meta, part.traj, labels[part.traj])))
-        traj = np.concatenate(trajs) if trajs else np.zeros(0, np.int64)
-        return cls(traj, {k: np.concatenate(v) if v else np.zeros(0) for k, v in last.items()},
-                   {k: np.concatenate(v, axis=1) if v else np.zeros((len(FRACTIONS), 0)) for k, v in prefix.items()},
-                   Scores.concat(errors, kinds))
+                last[k][span] = part.last(values)
+                prefix[k][:, span][has] = values[rows[has]]
+            wrong = known_error(meta, part.traj, labels[part.traj])
+            if wrong.any():
+                errors.append(part.select(wrong))
+            at = span.stop
+        if at != len(traj):
+            raise RuntimeError("scorer returned fewer trajectories than the evaluation context")
+        return cls(traj, last, prefix, Scores.concat(errors, kinds))
 
 
 # ---- the evaluation ------------------------------------------------------------------
@@ -119,9 +126,7 @@ def evaluate(
     store, meta = ctx.store, ctx.store.meta
     label_of = np.full(len(store), -1, np.int64)
     label_of[ctx.traj] = ctx.labels
-    scores = SplitScores.gather(iter_trajectory_scores(source, scorer, ctx.traj, progress), meta, label_of, scorer.kinds)
-    if not np.array_equal(scores.traj, ctx.traj):
-        raise RuntimeError("scorer returned trajectories in another order than the evaluation context")
+    scores = SplitScores.gather(iter_trajectory_scores(source, scorer, ctx.traj, progress), ctx.traj, meta, label_of, scorer.kinds)
 
     def per_traj(values_at_eval: np.ndarray) -> np.ndarray:
         full = np.full(len(store), np.nan)

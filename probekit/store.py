@@ -132,16 +132,21 @@ def _all_finite(block: np.ndarray) -> bool:
     return bool(block.view(signed).max() < pos_inf and block.view(unsigned).max() < neg_inf)
 
 
+MAPPED_MIN_BYTES = 8 << 20
+
+
 def mapped_empty(shape: tuple[int, int], dtype) -> np.ndarray:
-    """An uninitialised array in its own anonymous memory map, unmapped (given back to the OS) when freed.
+    """An uninitialised array, in its own anonymous memory map (unmapped, given back to the OS, when freed)
+    from `MAPPED_MIN_BYTES` on.
 
     Blocks of rows are tens of MB and vary in size. glibc's malloc serves such sizes from its heap once
     a freed mmap chunk has raised its dynamic threshold (up to 32 MB), and a heap fragmented by blocks of
     varying sizes keeps growing: streaming a store's blocks raised the peak resident memory by a few
-    hundred MB per 1e6 rows (benchmarks/run_scale.py). A map of its own never enters the heap.
+    hundred MB per 1e6 rows (benchmarks/run_scale.py). A map of its own never enters the heap. Smaller
+    arrays (a training batch's rows, ~2.5 MB) stay on the heap, which reuses them without new page faults.
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if nbytes < mmap.PAGESIZE:
+    if nbytes < MAPPED_MIN_BYTES:
         return np.empty(shape, dtype)
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
@@ -350,13 +355,13 @@ class Store:
             self._positions = np.concatenate(parts) if parts else np.zeros(0, np.int32)
         return self._positions
 
-    def shard_positions(self, shard: int) -> np.ndarray:
-        """Token positions of one shard's rows, int32 [rows of the shard]."""
+    def shard_positions(self, shard: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Token positions of the rows start:stop of one shard (default all), int32."""
         if self._positions is not None:
             end = self._shard_starts[shard + 1] if shard + 1 < len(self._shard_starts) else self.n_rows
-            return self._positions[self._shard_starts[shard]:end]
+            return self._positions[self._shard_starts[shard]:end][start:stop]
         with h5py.File(self.shard_paths[shard], "r") as fh:
-            return fh["positions"][...]
+            return fh["positions"][start:stop]
 
     def _check_finite(self, block: np.ndarray, shard: int, layer: int, local_rows: np.ndarray | None = None) -> None:
         """Refuse a block with a NaN or an infinity; `local_rows[i]` is block row i's row in the shard."""

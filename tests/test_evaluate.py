@@ -194,7 +194,7 @@ def test_split_scores_gathered_block_by_block_equal_those_of_the_whole_split():
         error_token = np.where(labels == 0, T // 2, -1)
 
     parts = [whole.select(np.arange(a, min(a + 7, n))) for a in range(0, n, 7)]
-    one, blocks = (SplitScores.gather(p, Meta, labels, ["mean", "kmeans"]) for p in ([whole], parts))
+    one, blocks = (SplitScores.gather(p, np.arange(n), Meta, labels, ["mean", "kmeans"]) for p in ([whole], parts))
     np.testing.assert_array_equal(blocks.traj, np.arange(n))
     for k in ("reward", "mean", "kmeans"):
         np.testing.assert_array_equal(blocks.last[k], one.last[k])

@@ -75,11 +75,11 @@ def test_sampling_index_without_goal_bound_allocates_nothing_row_sized():
 
 
 def _long_store(path, T, n=48, hidden=16, seed=0):
-    """n trajectories of T rows each in groups of 4 (2 correct, 2 incorrect: a planted offset on feature 0)."""
+    """n trajectories of T rows each in groups of 4 (2 correct, 2 incorrect: a planted offset on feature 0), one shard."""
     rng = np.random.default_rng(seed)
     labels = [1, 1, 0, 0] * (n // 4)
     states = [(rng.normal(size=(T, hidden)) + (3.0 if lab else -3.0) * np.eye(hidden)[0]).astype(np.float32) for lab in labels]
-    return Store(make_store(path, states, [f"g{i // 4:02d}" for i in range(n)], labels, shard_size=8))
+    return Store(make_store(path, states, [f"g{i // 4:02d}" for i in range(n)], labels, shard_size=n))
 
 
 def _scorer(hidden=16):
@@ -110,7 +110,7 @@ def test_evaluation_memory_does_not_grow_with_store_rows(tmp_path, monkeypatch):
     from probekit.metrics import make_context
     from probekit.scoring import score_trajectories
 
-    monkeypatch.setattr(pdata, "BLOCK_BYTES", 4 * 16 * 256)  # 256-row blocks
+    monkeypatch.setattr(pdata, "BLOCK_BYTES", 4 * 16 * 1024)  # blocks of up to 1024 rows: 20 trajectories of 50 rows, or 1 of 800
     split = {"train": [f"g{g:02d}" for g in range(6)], "valid": [f"g{g:02d}" for g in range(6, 12)], "test": []}
     scorer = _scorer()
     peaks, whole = {}, {}
@@ -132,22 +132,26 @@ def test_evaluation_memory_does_not_grow_with_store_rows(tmp_path, monkeypatch):
     assert peaks[800] < 1.15 * peaks[50] < whole[800]  # ... which the evaluation no longer holds
 
 
-def test_a_block_of_rows_is_read_without_block_sized_copies(tmp_path):
-    """Increasing rows (a block of whole trajectories) are cast straight into the output, which lives in its own
-    memory map: no array of the block's size goes through the heap (there were three: a float32 copy of the read,
-    a reordered copy, and the output), whatever its size."""
+def test_a_block_of_rows_is_read_without_block_sized_copies(tmp_path, monkeypatch):
+    """Increasing rows (a block of whole trajectories) are read once and cast straight into the output: the read and
+    the output are the only arrays of the block's size (a reordered copy was a third; float16 stores made a
+    float32 copy of the read too), and from `MAPPED_MIN_BYTES` on both live in memory maps of their own, off the heap."""
+    import probekit.store as pstore
+
     rng = np.random.default_rng(0)
     states = [rng.standard_normal((100, 128)).astype(np.float32) for _ in range(48)]  # row indices are 8 of 512 bytes a row
-    store = Store(make_store(tmp_path / "wide", states, [f"g{i // 4}" for i in range(48)], [1, 1, 0, 0] * 12, shard_size=16))
+    store = Store(make_store(tmp_path / "wide", states, [f"g{i // 4}" for i in range(48)], [1, 1, 0, 0] * 12, shard_size=48))
     full = np.concatenate(states)
     rows = pdata.trajectory_rows(store, np.flatnonzero(np.arange(48) % 3 != 0))
-    tracemalloc.start()
-    got = store.read_rows(2, rows)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    np.testing.assert_array_equal(got, full[rows])
-    assert got.flags.writeable and got.dtype == np.float32
-    assert peak < got.nbytes / 8
+    for min_bytes, most in ((1 << 30, 2.1), (0, 1 / 8)):  # on the heap (float32 store: read + output); in maps
+        monkeypatch.setattr(pstore, "MAPPED_MIN_BYTES", min_bytes)
+        tracemalloc.start()
+        got = store.read_rows(2, rows)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(got, full[rows])
+        assert got.flags.writeable and got.dtype == np.float32
+        assert peak < most * got.nbytes
     scattered = rows[::-7]  # decreasing, and read back in the caller's order
     np.testing.assert_array_equal(store.read_rows(2, np.r_[scattered, scattered[:3]]), full[np.r_[scattered, scattered[:3]]])
 

@@ -109,13 +109,15 @@ class StreamRows(RowSource):
         for s in np.unique(meta.shard[want]).tolist():
             first = int(np.searchsorted(meta.shard, s))
             n = int(np.searchsorted(meta.shard, s, side="right")) - first
-            shard_positions = self.store.shard_positions(s)  # this shard's only: the store's would be 4 bytes a row
             for sel in _bounded_runs(np.flatnonzero(want[first:first + n]) + first, meta.stored_tokens, self._block_rows()):
                 rows = _rows_of(meta.row_start[sel], meta.row_end[sel])
                 # Just the selected trajectories' rows (runs of rows are one read each): an evaluation of a 20% split
-                # no longer reads, converts and drops the other 80% of every shard.
+                # no longer reads, converts and drops the other 80% of every shard. Positions: the block's span only.
                 states = self._read(rows)
-                yield ShardBlock(sel, _offsets(meta.stored_tokens[sel]), shard_positions[rows - meta.row_start[first]], states)
+                local = rows - meta.row_start[first]
+                span = local[0] if len(local) else 0
+                positions = self.store.shard_positions(s, span, local[-1] + 1 if len(local) else 0)[local - span]
+                yield ShardBlock(sel, _offsets(meta.stored_tokens[sel]), positions, states)
 
 
 def _bounded_runs(traj: np.ndarray, stored_tokens: np.ndarray, max_rows: int) -> Iterator[np.ndarray]:

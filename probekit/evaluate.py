@@ -21,7 +21,12 @@ Metrics (all written to metrics.json):
   `beats_baselines`: whether the probe's interval clears the best trivial baseline.
 
 Per-token rewards and Q-values come from the one scorer (`probekit.scoring`),
-the same numbers `probekit filter` reads.
+the same numbers `probekit filter` reads. They are read a block of the row
+source at a time and reduced to per-trajectory summaries (`SplitScores`), and
+the baselines keep per-trajectory states, so an evaluation's memory is one
+block plus O(trajectories), whatever the store's rows (the one exception:
+error localisation keeps the per-token Q of incorrect trajectories whose first
+wrong token is known, which only synthetic data has).
 """
 
 from __future__ import annotations
@@ -184,16 +189,16 @@ def train_scores(scorer: Scorer, ctx: EvalContext, fit_source, batch_rows: int =
     Only the last stored state of each trajectory is read and scored, `batch_rows` at a time, so the batches
     (and so the float rounding) do not depend on how the row source splits the store into blocks, and memory
     is one batch. A pooled probe's reward needs every state of the trajectory, so it is scored through the
-    one scorer on whole trajectories.
+    one scorer on whole trajectories, a block at a time, keeping each trajectory's last values.
     """
     lc = ctx.length
     n = 0 if ctx.fit_store is None else len(ctx.fit_store)
     values: dict[str, np.ndarray] = {}
     if lc.note is None:
         if scorer.pooled:
-            parts = list(iter_trajectory_scores(fit_source, scorer, lc.train_traj))
-            values["reward"] = np.concatenate([p.last(p.reward) for p in parts])
-            values.update({k: np.concatenate([p.last(p.q[k]) for p in parts]) for k in scorer.kinds})
+            lasts = [{"reward": p.last(p.reward), **{k: p.last(p.q[k]) for k in scorer.kinds}}  # a block's rows at a time
+                     for p in iter_trajectory_scores(fit_source, scorer, lc.train_traj)]
+            values.update({k: np.concatenate([x[k] for x in lasts]) for k in ("reward", *scorer.kinds)})
         else:
             last = ctx.fit_store.last_rows()[lc.train_traj]
             parts = [scorer(fit_source.rows(last[i:i + batch_rows])) for i in range(0, len(last), batch_rows)]

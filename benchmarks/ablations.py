@@ -92,15 +92,19 @@ def split_file(store, arm: str, seed: int, out: Path) -> Path | None:
     return path
 
 
-def axes_for(store) -> tuple[dict, list[str]]:
-    """The axes an arm runs, and why any variant is left out (token = official without known first errors)."""
+def axes_for(store, split: Path | None) -> tuple[dict, list[str]]:
+    """The axes an arm runs, and why any variant is left out: without a known first error among its training
+    completions, the token variant's extra term is empty and its loss is the official one."""
+    from probekit.metrics import split_mask
+    from probekit.probe.data import read_split
+
     axes = dict(VARIANTS)
-    notes = []
-    if not (store.meta.error_token >= 0).any():
+    train = split_mask(store, read_split(split, store.meta.group)["train"]) if split else np.ones(len(store), bool)
+    if not (store.meta.error_token[train] >= 0).any():
         axes["contrastive"] = ("official", "infonce")
-        notes.append("contrastive token not run: no completion of this store has a known first error, so its token term is "
-                     "empty and the loss is the official one")
-    return axes, notes
+        return axes, ["contrastive token not run: no training completion of this arm has a known first error, so the token "
+                      "term is empty and the loss is the official one"]
+    return axes, []
 
 
 # ---- runs ----------------------------------------------------------------------------------------------------
@@ -111,11 +115,11 @@ def arm_sweeps(arm: str, store_path: Path, out: Path, args) -> tuple[list[dict],
     from probekit.sweep import SweepConfig, run_sweep
 
     store = Store(store_path)
-    axes, notes = axes_for(store)
     per_seed = arm in ("gsm8k", "both")
     rows: list[dict] = []
     for seeds in ([[s] for s in args.seeds] if per_seed else [args.seeds]):
         split = split_file(store, arm, seeds[0], out) if per_seed else None
+        axes, notes = axes_for(store, split)
         template = FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot, split_file=split)
         config = SweepConfig(template=template, lams=(0.0, args.lam), layers=(args.layer,), seeds=tuple(seeds), goals=("mean",),
                              split="test", axes=axes, one_at_a_time=True)
@@ -215,6 +219,7 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {', '.join(ARMS)}")
     ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
     ap.add_argument("--stores-only", action="store_true", help="extract the stores and stop (they are cached for the study)")
+    ap.add_argument("--cut", action="append", default=[], help="what this run leaves out of the full study and why (recorded in the JSON)")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.arms = [a for a in args.arms.split(",") if a]
@@ -243,8 +248,9 @@ def main() -> None:
     results, notes = [], {}
     for arm in args.arms:
         def run(arm=arm):
+            t = time.time()
             rows, why = arm_sweeps(arm, stores[STORE_OF_ARM[arm]], work / "sweeps" / f"{arm}-{tag}", args)
-            return {**summarise(args.model_tag, arm, rows), "notes": why}
+            return {**summarise(args.model_tag, arm, rows), "notes": why, "fit_seconds": round(time.time() - t, 1)}
         res = cached(work / "results" / tag / f"{arm}.json", run)
         notes[arm] = res.pop("notes")
         results.append(res)
@@ -260,9 +266,12 @@ def main() -> None:
                               "hh_dialogues": args.hh_dialogues, "synth_problems": args.synth_problems}},
         "stores": {name: store_summary(Store(path)) for name, path in stores.items()},
         "notes": notes,
+        "cut": args.cut,
         "results": results,
         "verdict": verdict(results),
-        "seconds": {"extraction": round(extracted, 1), "total": round(time.time() - t0, 1)},
+        "seconds": {"this_invocation": round(time.time() - t0, 1), "of_which_extraction": round(extracted, 1),
+                    "fits_per_arm": {r["arm"]: r["fit_seconds"] for r in results},
+                    "extraction_per_store": {name: (Store(path).manifest.get("stats") or {}).get("seconds") for name, path in stores.items()}},
     }
     write_json(args.out, report)
     print_report(report)

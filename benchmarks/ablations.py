@@ -72,8 +72,16 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
     """GSM8K solutions + corrupted gold in one store, HH and synth in their own; each holds every --feature-layers layer."""
     sources = {"gsm8k": (files["both"], "solutions"), "hh": (files["hh"], "hh"), "synth": (files["synth"], "solutions")}
     wanted = {STORE_OF_ARM[a] for a in args.arms}
-    return {name: extract_store(path, work / "stores" / f"ablate-{name}-{args.model_tag}", kind, args.feature_layers, args, loaded)
-            for name, (path, kind) in sources.items() if name in wanted}
+    stores = {}
+    for name, (path, kind) in sources.items():
+        if name in wanted:
+            out = work / "stores" / f"ablate-{name}-{args.model_tag}"
+            # Another process may hold some shards (extraction split across processes): wait until it has written them.
+            while extract_store(path, out, kind, args.feature_layers, args, loaded) and read_json(out / "manifest.json")["status"] != "complete":
+                console.print(f"{out}: shards in progress elsewhere; waiting")
+                time.sleep(30)
+            stores[name] = out
+    return stores
 
 
 def split_file(store, arm: str, seed: int, out: Path) -> Path | None:
@@ -120,7 +128,7 @@ def arm_sweeps(arm: str, store_path: Path, out: Path, args) -> tuple[list[dict],
     for seeds in ([[s] for s in args.seeds] if per_seed else [args.seeds]):
         split = split_file(store, arm, seeds[0], out) if per_seed else None
         axes, notes = axes_for(store, split)
-        template = FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot, split_file=split)
+        template = FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot, max_pairs=args.max_pairs, split_file=split)
         config = SweepConfig(template=template, lams=(0.0, args.lam), layers=(args.layer,), seeds=tuple(seeds), goals=("mean",),
                              split="test", axes=axes, one_at_a_time=True)
         console.print(f"[bold]sweep[/] {arm} seeds {seeds}")
@@ -212,6 +220,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--n-boot", type=int, default=500)
+    ap.add_argument("--max-pairs", type=int, default=5000,
+                    help="training pairs of the pairs=cross variant (a seeded subsample of every label-1 x label-0 pair; fit's default "
+                         "20000 made each such fit take minutes on a shared 2-core CPU)")
     ap.add_argument("--gsm8k-problems", type=int, default=300, help="first N GSM8K test problems (x 4 labelled solutions)")
     ap.add_argument("--corrupt-problems", type=int, default=300, help="first N GSM8K train problems (gold + corrupted copy)")
     ap.add_argument("--hh-dialogues", type=int, default=100000, help="first N harmless-base test dialogues (default: all)")
@@ -244,14 +255,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.fit_threads)  # tiny matmuls: more threads only spin on a shared CPU
-    tag = f"{args.model_tag}-s{'_'.join(map(str, args.seeds))}-e{args.epochs}-lam{args.lam:g}"
+    tag = f"{args.model_tag}-s{'_'.join(map(str, args.seeds))}-e{args.epochs}-lam{args.lam:g}-mp{args.max_pairs}"
     results, notes = [], {}
     for arm in args.arms:
         def run(arm=arm):
             t = time.time()
             rows, why = arm_sweeps(arm, stores[STORE_OF_ARM[arm]], work / "sweeps" / f"{arm}-{tag}", args)
             return {**summarise(args.model_tag, arm, rows), "notes": why, "fit_seconds": round(time.time() - t, 1)}
-        res = cached(work / "results" / tag / f"{arm}.json", run)
+        res = {"model": args.model_tag, "arm": arm, **cached(work / "results" / tag / f"{arm}.json", run)}
         notes[arm] = res.pop("notes")
         results.append(res)
     report = {
@@ -260,7 +271,8 @@ def main() -> None:
         "machine": {**start, "fit_torch_threads": args.fit_threads},
         "settings": {"model": args.model, "model_tag": args.model_tag, "model_dtype": str(loaded.dtype).replace("torch.", ""),
                      "store_dtype": args.store_dtype, "layer": args.layer, "feature_layers": args.feature_layers, "lam": args.lam,
-                     "seeds": args.seeds, "epochs": args.epochs, "n_boot": args.n_boot, "split": "test (60/20/20 by group)",
+                     "seeds": args.seeds, "epochs": args.epochs, "n_boot": args.n_boot, "max_pairs": args.max_pairs,
+                     "split": "test (60/20/20 by group)",
                      "arms": args.arms, "variants": VARIANTS,
                      "data": {"gsm8k_problems": args.gsm8k_problems, "corrupt_problems": args.corrupt_problems,
                               "hh_dialogues": args.hh_dialogues, "synth_problems": args.synth_problems}},

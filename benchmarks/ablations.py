@@ -2,8 +2,10 @@
 
 Every ablation axis of `fit` (features single/concat/mix, pooling last/mean/attention,
 contrastive official/infonce/token, pairs group/cross) is run against the default
-configuration, one axis at a time (`SweepConfig(one_at_a_time=True)`), at λ = 0 and
-at the λ of `make reproduce`, over >= 5 seeds, on four arms:
+configuration, one axis at a time (`SweepConfig(one_at_a_time=True)`), over >= 5 seeds:
+features, pooling and pairs at λ = 0, the contrastive variants at the λ of `make
+reproduce` (0.5), where the default also runs (its gain over λ = 0 is the contrastive
+term's), on four arms:
 
   gsm8k   GSM8K labelled model solutions (first N test problems x 4), split by problem
   both    the same test problems; training adds the corrupted-gold pairs of N train problems
@@ -117,23 +119,30 @@ def axes_for(store, split: Path | None) -> tuple[dict, list[str]]:
 
 # ---- runs ----------------------------------------------------------------------------------------------------
 def arm_sweeps(arm: str, store_path: Path, out: Path, args) -> tuple[list[dict], list[str]]:
-    """Every configuration x λ x seed of one arm through `run_sweep` (one call per seed where a split file fixes the split)."""
+    """Every configuration x seed of one arm through `run_sweep` (one call per seed where a split file fixes the split).
+
+    The features, pooling and pairs variants run at λ = 0; the contrastive variants, which only exist with a
+    contrastive term, at --lam beside the default there (see `--cut` in the recorded JSON for why not every
+    variant at both λ). A run already in `out` (same options, same store) is read back, not fitted again, so
+    processes that split the seeds share one folder.
+    """
     from probekit.config import FitConfig
     from probekit.store import Store
     from probekit.sweep import SweepConfig, run_sweep
 
     store = Store(store_path)
     per_seed = arm in ("gsm8k", "both")
-    rows: list[dict] = []
+    rows: dict[str, dict] = {}
     for seeds in ([[s] for s in args.seeds] if per_seed else [args.seeds]):
         split = split_file(store, arm, seeds[0], out) if per_seed else None
         axes, notes = axes_for(store, split)
         template = FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot, max_pairs=args.max_pairs, split_file=split)
-        config = SweepConfig(template=template, lams=(0.0, args.lam), layers=(args.layer,), seeds=tuple(seeds), goals=("mean",),
-                             split="test", axes=axes, one_at_a_time=True)
-        console.print(f"[bold]sweep[/] {arm} seeds {seeds}")
-        rows += run_sweep(store_path, out, config, overwrite=True)["runs"]
-    return rows, notes
+        for lams, names in (((0.0,), ("features", "pooling", "pairs")), ((args.lam,), ("contrastive",))):
+            config = SweepConfig(template=template, lams=lams, layers=(args.layer,), seeds=tuple(seeds), goals=("mean",), split="test",
+                                 axes={name: axes[name] for name in names}, one_at_a_time=True)
+            console.print(f"[bold]sweep[/] {arm} seeds {seeds} λ {lams[0]:g} {', '.join(names)}")
+            rows.update({r["checkpoint"]: r for r in run_sweep(store_path, out, config, overwrite=True)["runs"]})  # λ = 0 default twice
+    return list(rows.values()), notes
 
 
 def variant(row: dict) -> str:
@@ -162,9 +171,12 @@ def summarise(model: str, arm: str, rows: list[dict]) -> dict:
                 **{m: mean_ci(r.get(m) for r in seeds.values()) for m in METRICS},
                 "runs_beating_length": f"{sum(bool(r.get('beats_length')) for r in seeds.values())}/{len(seeds)}"}
         item["beats_length"] = all((item[m]["lo"] or 0.0) > 0.5 for m in LENGTH_CONTROLLED)
-        if name != "default":
-            item["gain"] = {m: mean_ci([r[m] - default[s][m] for s, r in seeds.items() if s in default and r.get(m) is not None
-                                        and default[s].get(m) is not None], bounded=False) for m in GAINS}
+        # a variant against the default at its λ; the default at λ > 0 against λ = 0 (the contrastive term's gain)
+        ref = by.get((0.0, "default"), {}) if name == "default" and lam > 0 else default if name != "default" else None
+        if ref is not None:
+            item["gain_over"] = "default, λ = 0" if name == "default" else f"default, λ = {lam:g}"
+            item["gain"] = {m: mean_ci([r[m] - ref[s][m] for s, r in seeds.items() if s in ref and r.get(m) is not None
+                                        and ref[s].get(m) is not None], bounded=False) for m in GAINS}
         table.append(item)
     base = [length_baseline(r) for r in by.get((0.0, "default"), {}).values()]
     length = {"model": model, "arm": arm, **{m: mean_ci(b[m] for b in base) for m in ("auroc", *LENGTH_CONTROLLED, "pairwise_acc")}}
@@ -193,7 +205,7 @@ def print_report(report: dict) -> None:
         rows.append(["", "completion length", fmt(lb["auroc"]), fmt(lb["auroc_strat"]), fmt(lb["auroc_resid"]), fmt(lb["pairwise_acc"]), "", "", ""])
         console.print(rich_table(f"{res['model']} · {res['arm']} · test split (mean [95% CI over seeds])",
                                  ["λ", "configuration", "AUROC", "within length strata", "log length regressed out", "pairwise acc",
-                                  "Δ AUROC vs default", "Δ regressed-out", "runs beating length ; verdict"], rows))
+                                  "Δ AUROC (vs default; λ > 0 default: vs λ = 0)", "Δ regressed-out", "runs beating length ; verdict"], rows))
     console.print(report["verdict"]["text"], highlight=False, soft_wrap=True)
 
 
@@ -255,14 +267,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.fit_threads)  # tiny matmuls: more threads only spin on a shared CPU
-    tag = f"{args.model_tag}-s{'_'.join(map(str, args.seeds))}-e{args.epochs}-lam{args.lam:g}-mp{args.max_pairs}"
+    tag = f"{args.model_tag}-e{args.epochs}-lam{args.lam:g}-mp{args.max_pairs}"  # seeds apart: processes may split them
     results, notes = [], {}
     for arm in args.arms:
         def run(arm=arm):
             t = time.time()
             rows, why = arm_sweeps(arm, stores[STORE_OF_ARM[arm]], work / "sweeps" / f"{arm}-{tag}", args)
             return {**summarise(args.model_tag, arm, rows), "notes": why, "fit_seconds": round(time.time() - t, 1)}
-        res = {"model": args.model_tag, "arm": arm, **cached(work / "results" / tag / f"{arm}.json", run)}
+        res = {"model": args.model_tag, "arm": arm, **cached(work / "results" / f"{tag}-s{'_'.join(map(str, args.seeds))}" / f"{arm}.json", run)}
         notes[arm] = res.pop("notes")
         results.append(res)
     report = {

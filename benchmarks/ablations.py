@@ -212,7 +212,11 @@ def print_report(report: dict) -> None:
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "load_average_at_start": list(os.getloadavg())}
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(), "torch": torch.__version__,
+            "load_average_at_start": list(os.getloadavg())}
 
 
 def main() -> None:

@@ -137,12 +137,15 @@ def arm_sweeps(arm: str, store_path: Path, out: Path, args) -> tuple[list[dict],
         split = split_file(store, arm, seeds[0], out) if per_seed else None
         axes, notes = axes_for(store, split)
         template = FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot, max_pairs=args.max_pairs, split_file=split)
-        for lams, names in (((0.0,), ("features", "pooling", "pairs")), ((args.lam,), ("contrastive",))):
+        # λ first (the default at both λ, the contrastive variants), then the λ = 0 variants, the costlier fits
+        for lams, names in (((args.lam,), ("contrastive",)), ((0.0,), ("features", "pooling", "pairs"))):
+            names = tuple(n for n in names if n in args.axes)
             config = SweepConfig(template=template, lams=lams, layers=(args.layer,), seeds=tuple(seeds), goals=("mean",), split="test",
                                  axes={name: axes[name] for name in names}, one_at_a_time=True)
             console.print(f"[bold]sweep[/] {arm} seeds {seeds} λ {lams[0]:g} {', '.join(names)}")
             rows.update({r["checkpoint"]: r for r in run_sweep(store_path, out, config, overwrite=True)["runs"]})  # λ = 0 default twice
-    return list(rows.values()), notes
+    left_out = [name for name in VARIANTS if name not in args.axes]
+    return list(rows.values()), notes + ([f"axes not run on this arm: {', '.join(left_out)}"] if left_out else [])
 
 
 def variant(row: dict) -> str:
@@ -244,12 +247,17 @@ def main() -> None:
     ap.add_argument("--hh-dialogues", type=int, default=100000, help="first N harmless-base test dialogues (default: all)")
     ap.add_argument("--synth-problems", type=int, default=300, help="synthetic problems (x 4 solutions)")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {', '.join(ARMS)}")
+    ap.add_argument("--axes", default=",".join(VARIANTS), help=f"ablation axes to run (comma list of {', '.join(VARIANTS)}); "
+                                                                 "an arm's result is cached with the axes it ran")
     ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
     ap.add_argument("--stores-only", action="store_true", help="extract the stores and stop (they are cached for the study)")
     ap.add_argument("--cut", action="append", default=[], help="what this run leaves out of the full study and why (recorded in the JSON)")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.arms = [a for a in args.arms.split(",") if a]
+    args.axes = [a for a in args.axes.split(",") if a]
+    if unknown := set(args.axes) - set(VARIANTS):
+        ap.error(f"unknown axes {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if unknown := set(args.arms) - set(ARMS):
         ap.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
     if str(args.layer) not in args.feature_layers.split(","):

@@ -54,8 +54,8 @@ reproduce: $(STAMP)
 		--out benchmarks/results/reproduce-gemma3.json
 
 # Every ablation axis against the default, raw and length-controlled AUROC, 5 seeds, on GSM8K (labelled and + corrupted
-# gold), all 2,312 HH harmless-base test dialogues and synthetic problems. SmolLM2-135M was recorded (~2 h on 2 busy
-# cores, mostly extraction); Gemma-3-270M (optional package) runs the same study into ablations-gemma3.json.
+# gold), all 2,312 HH harmless-base test dialogues and synthetic problems. SmolLM2-135M was recorded (without the both
+# arm; ~2.5 h on 2 busy cores, mostly extraction); Gemma-3-270M (optional package) runs into ablations-gemma3.json.
 ablations: $(STAMP)
 	$(BIN)/python benchmarks/ablations.py $(DATA_ARG)
 	$(BIN)/pip install -q $(CONSTRAINT) -e '.[gemma]'

@@ -78,10 +78,12 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
     for name, (path, kind) in sources.items():
         if name in wanted:
             out = work / "stores" / f"ablate-{name}-{args.model_tag}"
+            extract_store(path, out, kind, args.feature_layers, args, loaded)
             # Another process may hold some shards (extraction split across processes): wait until it has written them.
-            while extract_store(path, out, kind, args.feature_layers, args, loaded) and read_json(out / "manifest.json")["status"] != "complete":
+            while read_json(out / "manifest.json")["status"] != "complete":
                 console.print(f"{out}: shards in progress elsewhere; waiting")
                 time.sleep(30)
+                extract_store(path, out, kind, args.feature_layers, args, loaded)
             stores[name] = out
     return stores
 

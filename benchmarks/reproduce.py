@@ -71,6 +71,24 @@ def cached(path: Path, fn):
 NEEDED = ("gsm8k", "gsm8k-model-solutions", "hh-rlhf-harmless")  # `probekit data fetch` names of the files read below
 
 
+def add_data_dir_option(ap) -> None:
+    ap.add_argument("--data-dir", default=None,
+                    help="folder with gsm8k/ and hh_rlhf/, or a data-set name (probekit's cache); default ../shared/data "
+                         f"when present, else probekit's cache with {', '.join(NEEDED)} fetched (verified by sha256)")
+
+
+def data_folder(arg: str | None) -> Path:
+    """The data folder `--data-dir` means (fetching what is missing); a failure is one line and exit status 2, as in the CLI."""
+    from probekit.data.fetch import resolve_data_dir
+    from probekit.errors import ProbekitError
+
+    try:
+        return resolve_data_dir(arg, default=ROOT.parent / "shared" / "data", need=NEEDED).resolve()
+    except ProbekitError as exc:  # offline, or a download that failed its sha256
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
 def build_data(data_dir: Path, work: Path, args) -> dict[str, Path]:
     from probekit.data.corrupt import corrupt_gold
     from probekit.data.gsm8k import labelled_solutions
@@ -111,27 +129,27 @@ STUDIES = ("gsm8k", "filter", "transfer", "hh")
 STORES_OF_STUDY = {"gsm8k": ("gsm8k",), "filter": ("gsm8k",), "transfer": ("gsm8k", "corrupt", "both"), "hh": ("hh",)}
 
 
-def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, Path]:
-    """Extract the stores the requested studies read (only those: a second model may run a subset)."""
+# How each kind of data is extracted (layers aside): solutions every 2nd token; HH dialogues as raw text, cut at 512 tokens.
+EXTRACT = {"solutions": dict(positions="stride:2"), "hh": dict(positions="stride:2", template="raw", max_length=512)}
+
+
+def extract_store(trajectories: Path, out: Path, kind: str, layers: str, args, loaded) -> Path:
+    """Extract (or resume, or find complete) the store of `trajectories` and its pairs.jsonl at `out`."""
     from probekit.extract.run import ExtractOptions, extract
 
-    specs = {
-        "gsm8k": dict(layers=args.layers, positions="stride:2"),
-        "corrupt": dict(layers=f"{args.layer}", positions="stride:2"),
-        "hh": dict(layers=f"{args.layer}", positions="stride:2", template="raw", max_length=512),
-        "both": dict(layers=f"{args.layer}", positions="stride:2"),
-    }
+    console.print(f"[bold]extract[/] {trajectories} -> {out}")
+    extract(ExtractOptions(trajectories=trajectories, pairs=trajectories.with_name("pairs.jsonl"), out=out, model=args.model,
+                           dtype=args.store_dtype, layers=layers, **EXTRACT[kind]), loaded=loaded)
+    return out
+
+
+def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, Path]:
+    """Extract the stores the requested studies read (only those: a second model may run a subset)."""
+    layers = {"gsm8k": args.layers, "corrupt": f"{args.layer}", "hh": f"{args.layer}", "both": f"{args.layer}"}
     wanted = {name for study in args.studies for name in STORES_OF_STUDY[study]}
-    stores = {}
-    for name, spec in specs.items():
-        if name not in wanted:
-            continue
-        out = work / "stores" / f"{name}-{args.model_tag}"
-        console.print(f"[bold]extract[/] {name} -> {out}")
-        extract(ExtractOptions(trajectories=files[name], pairs=files[name].with_name("pairs.jsonl"), out=out, model=args.model,
-                               dtype=args.store_dtype, **spec), loaded=loaded)
-        stores[name] = out
-    return stores
+    return {name: extract_store(files[name], work / "stores" / f"{name}-{args.model_tag}", "hh" if name == "hh" else "solutions",
+                                layers[name], args, loaded)
+            for name in layers if name in wanted}
 
 
 # ---- studies -------------------------------------------------------------------------------------------
@@ -308,9 +326,7 @@ def real_only(gsm8k_result: dict, layer: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=None,
-                    help="folder with gsm8k/ and hh_rlhf/, or a data-set name (probekit's cache); default ../shared/data "
-                         f"when present, else probekit's cache with {', '.join(NEEDED)} fetched (verified by sha256)")
+    add_data_dir_option(ap)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "reproduce", help="cache folder for data, stores and runs")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reproduce.json")
     ap.add_argument("--model", default="smollm2-135m", help="frozen model (bundled name, folder or .gguf)")
@@ -346,15 +362,7 @@ def main() -> None:
 
     from probekit.models import load_model
 
-    from probekit.data.fetch import resolve_data_dir
-    from probekit.errors import ProbekitError
-
-    try:
-        data_dir = resolve_data_dir(args.data_dir, default=ROOT.parent / "shared" / "data", need=NEEDED).resolve()
-    except ProbekitError as exc:  # offline, or a download that failed its sha256: one line, as the CLI does
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
-    files = build_data(data_dir, work, args)
+    files = build_data(data_folder(args.data_dir), work, args)
     loaded = load_model(args.model, dtype=args.model_dtype)
     stores = build_stores(files, work, args, loaded)
     import torch

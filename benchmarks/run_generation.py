@@ -74,8 +74,8 @@ def plain_generate(loaded, prompts, samples: int, seed: int) -> int:
     for i in range(0, len(prompts), 8):
         ids = [prompt_ids(tok, p.prompt, "raw") for p in prompts[i:i + 8]]
         width = max(map(len, ids))
-        inp = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        inp = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=model.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
         with torch.inference_mode():
             out = model.generate(input_ids=inp, attention_mask=mask, do_sample=True, num_return_sequences=samples, pad_token_id=pad,
                                  stop_strings=[SAMPLING["stop"]], tokenizer=tok, **sampling)

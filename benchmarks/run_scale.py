@@ -176,7 +176,8 @@ class EpochClock:
 def fit_config(args, epochs: int, **changes):
     from probekit.config import FitConfig
 
-    return FitConfig().vary(layer=LAYER, epochs=epochs, patience=epochs, memory_budget_mb=args.memory_budget_mb, **changes)
+    return FitConfig().vary(layer=LAYER, epochs=epochs, patience=epochs, memory_budget_mb=args.memory_budget_mb, device=args.device,
+                            **changes)
 
 
 def child_main(args) -> None:
@@ -212,6 +213,7 @@ def child_main(args) -> None:
         out = {"n_fits": len(res["runs"]), "epochs_per_fit": args.sweep_epochs}
     elif args._child == "score":
         ckpt = load_checkpoint(work / "fit")
+        ckpt.model.to(args.device)
         store = Store(store_path)
         scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=["mean"]), LAYER)
         mins = min_signal(scores.offsets, scores.positions, scores.q["mean"], 5)
@@ -220,7 +222,9 @@ def child_main(args) -> None:
         out = {"n_rows_scored": int(len(scores.q["mean"])), "score_store_seconds": round(scores.seconds, 3),
                "threshold": "median of the per-trajectory minimum Q (skip_first 5)", "dropped_share": float(res.dropped.mean())}
     elif args._child == "eval":
-        m = evaluate_checkpoint(load_checkpoint(work / "fit"), Store(store_path), "valid", n_boot=args.n_boot,
+        ckpt = load_checkpoint(work / "fit")
+        ckpt.model.to(args.device)
+        m = evaluate_checkpoint(ckpt, Store(store_path), "valid", n_boot=args.n_boot,
                                 memory_budget_mb=args.memory_budget_mb)
         out = {"n_trajectories": m["n_trajectories"], "auroc": m["probe"]["auroc"]["value"],
                "q_auroc": m["probe"]["q_auroc_mean"]["value"]}
@@ -232,7 +236,7 @@ def child_main(args) -> None:
 def run_child(args, step: str, store: Path, work: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", step, "--_store", str(store), "--_work", str(work),
            "--memory-budget-mb", str(args.memory_budget_mb), "--fit-epochs", str(args.fit_epochs),
-           "--sweep-epochs", str(args.sweep_epochs), "--n-boot", str(args.n_boot)]
+           "--sweep-epochs", str(args.sweep_epochs), "--n-boot", str(args.n_boot), "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -293,7 +297,8 @@ def machine_info() -> dict:
             "cpus_available": len(os.sched_getaffinity(0)), "bf16_instructions": sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"}),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "probe_dtype": "float32 (stored states float16)", "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -311,6 +316,7 @@ def parse_args(argv=None):
     p.add_argument("--sweep-epochs", default="1", help="epochs per sweep fit (each fit is also evaluated): one number, or one per size")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the evaluations")
     p.add_argument("--steps", default=",".join(STEPS), help="which measurements (fit is needed by score and eval)")
+    p.add_argument("--device", default="cpu", help="the probe's torch device for fit, sweep, scoring and eval (cpu, cuda)")
     p.add_argument("--keep-stores", action="store_true", help="keep the stores under --work (deleted by default)")
     p.add_argument("--_child", choices=STEPS, help=argparse.SUPPRESS)
     p.add_argument("--_store", help=argparse.SUPPRESS)
@@ -324,6 +330,8 @@ def main(argv=None) -> int:
         args.sweep_epochs = int(args.sweep_epochs)
         child_main(args)
         return 0
+    from probekit.io import write_json
+
     sizes = parse_sizes(args.sizes)
     sweep_epochs = [int(x) for x in args.sweep_epochs.split(",")]
     sweep_epochs = sweep_epochs * len(sizes) if len(sweep_epochs) == 1 else sweep_epochs
@@ -338,6 +346,7 @@ def main(argv=None) -> int:
         "machine": machine_info(),
         "settings": {"sizes": sizes, "mean_rows_per_trajectory": args.mean_len, "memory_budget_mb": args.memory_budget_mb,
                      "fit_epochs": args.fit_epochs, "sweep_epochs": sweep_epochs, "n_boot": args.n_boot, "shard_size": SHARD_SIZE,
+                     "probe_device": args.device,
                      "sweep_grid": {"lams": SWEEP_LAMS, "seeds": SWEEP_SEEDS}},
         "data": ("SYNTHETIC states written through probekit's store writer (write_shard, build_manifest/finalize, write_pairs), "
                  f"not extracted from a model: noise rows (N(0,1) per feature, sampled from a pool of {POOL_ROWS}) plus "
@@ -363,13 +372,12 @@ def main(argv=None) -> int:
         if "sweep" in entry:
             entry["sweep"]["seconds_per_fit_epoch"] = round(entry["sweep"]["seconds"] / (entry["sweep"]["n_fits"] * s_epochs), 3)
         result["sizes"].append(entry)
+        write_json(args.out, result)  # each finished size is kept, should a later (larger) one not finish
         if not args.keep_stores:
             shutil.rmtree(store, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
     summarise(result, steps)
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    from probekit.io import write_json
-
     write_json(args.out, result)
     if len(sizes) > 1 and set(STEPS) <= set(steps):
         plot(result, args.png or args.out.with_suffix(".png"))

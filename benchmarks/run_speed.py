@@ -149,10 +149,10 @@ def naive_extract(loaded, trajectories_path: Path, layer: int, batch_size: int =
 
 
 def probekit_extract(loaded, trajectories_path: Path, out: Path, shard_size: int = 512, positions: str = "all",
-                     shard: str | None = None):
+                     shard: str | None = None, model: str = MODEL):
     from probekit.extract.run import ExtractOptions, extract
 
-    opts = ExtractOptions(trajectories=trajectories_path, out=out, model=MODEL, layers=str(LAYER), positions=positions,
+    opts = ExtractOptions(trajectories=trajectories_path, out=out, model=model, layers=str(LAYER), positions=positions,
                           shard_size=shard_size, shard=shard)
     return extract(opts, loaded=loaded)
 
@@ -231,7 +231,7 @@ def warm_up(loaded) -> None:
     """One short forward through the whole model, so neither timed method pays first-call costs."""
     import torch
 
-    ids = torch.tensor([loaded.tokenizer("warm up the kernels", add_special_tokens=False)["input_ids"]] * 2)
+    ids = torch.tensor([loaded.tokenizer("warm up the kernels", add_special_tokens=False)["input_ids"]] * 2, device=loaded.device)
     with torch.inference_mode():
         loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
@@ -301,8 +301,9 @@ def naive_filter(store, ckpt, trajectories: np.ndarray, positions: np.ndarray, t
 
     model = ckpt.model
     model.eval()
+    device = next(model.parameters()).device  # the probe's device (run_gpu.py times the loop on a GPU)
     layer = int(ckpt.config["layer"])
-    goal = torch.from_numpy(np.asarray(ckpt.goals["mean"], dtype=np.float32)).reshape(1, -1)
+    goal = torch.from_numpy(np.asarray(ckpt.goals["mean"], dtype=np.float32)).reshape(1, -1).to(device)
     meta = store.meta
     kept = np.ones(len(trajectories), bool)
     drop = np.full(len(trajectories), -1, np.int64)
@@ -314,7 +315,7 @@ def naive_filter(store, ckpt, trajectories: np.ndarray, positions: np.ndarray, t
             for t in range(len(states)):
                 if pos[t] < skip_first:
                     continue
-                z = model.encode(torch.from_numpy(states[t]).unsqueeze(0))
+                z = model.encode(torch.from_numpy(states[t]).unsqueeze(0).to(device))
                 q = F.cosine_similarity(z, goal, dim=-1).item()
                 n_q += 1
                 if q < threshold:

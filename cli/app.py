@@ -15,3 +15,16 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Fetch public data sets (pinned, sha256-verified) and write trajectory/pair JSONL files: adapters for public data and a synthetic generator.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _global_options(
+    threads: int = typer.Option(0, "--threads", envvar="PROBEKIT_THREADS", min=0,
+                                help="Torch CPU threads for the command (0 = torch's default, one per core). On a shared machine "
+                                     "1 avoids OpenMP spin-waits that can slow a run several times."),
+) -> None:
+    """Options for every command (given before the command's name: `probekit --threads 1 fit ...`)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

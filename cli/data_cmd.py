@@ -180,6 +180,20 @@ def gsm8k_corrupt(
     write_out("gsm8k-corrupt", out_dir, trajectories, pairs, skipped, json_out)
 
 
+@data_app.command("math")
+def math_gold(
+    source: Path = typer.Option(..., "--input", "-i", help="math/test.jsonl ({problem, solution} per line, the answer in \\boxed{}; `probekit data fetch math` puts PRM800K's 500 MATH test problems in probekit's cache)."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """MATH problems with their gold solutions as label-1 trajectories; the answer is the solution's \\boxed{} content."""
+    from probekit.data.competition_math import gold_solutions
+
+    out_dir = claim(out, overwrite, source)
+    write_out("math", out_dir, gold_solutions(source), None, None, json_out)
+
+
 @data_app.command()
 def hh(
     source: Path = typer.Option(..., "--input", "-i", help="hh_rlhf/harmless-base/test.jsonl.gz ({chosen, rejected} dialogues; .gz or plain; `probekit data fetch hh-rlhf-harmless`, or hh-rlhf-helpful for helpful-base)."),
@@ -232,7 +246,8 @@ def check(
 
 @data_app.command()
 def fetch(
-    names: list[str] = typer.Argument(..., help=f"Data sets to fetch: {', '.join(DATASETS)}."),
+    names: list[str] = typer.Argument(..., help=f"Data sets to fetch: {', '.join(DATASETS)} (math: the 500 MATH test problems "
+                                                 "held out by PRM800K; `probekit data math` reads them)."),
     mirror: Optional[str] = typer.Option(
         None, help=f"Base URL of a copy laid out like a data folder (http(s):// or file://), instead of each file's "
                    f"pinned public URL. Default: ${MIRROR_ENV} when set."),

@@ -126,6 +126,8 @@ def sweep(
     seeds: str = typer.Option("0,1,2", help="Comma list of seeds (split, init, sampling); results are mean ± std over them."),
     prototypes: int = typer.Option(4, help="Number of k-means goal prototypes when --goal includes kmeans."),
     split: str = typer.Option("valid", help="Split the runs are compared on: valid (default; keep test for the final number), test or all."),
+    one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help="Of the ablation axes' combinations, run only the template's "
+                                       "and those that change one axis from it (an ablation study); default: every combination."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
     json_out: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
@@ -137,7 +139,8 @@ def sweep(
 
     config = SweepConfig(template=template, lams=_list(lam, float, "--lam"), layers=_list(layers, int, "--layers") if layers else None,
                          widths=tuple(parse_widths_list(widths)), ks=_list(k, int, "--k"), goals=_list(goal, str, "--goal"),
-                         seeds=_list(seeds, int, "--seeds"), prototypes=prototypes, split=split, axes=axes)
+                         seeds=_list(seeds, int, "--seeds"), prototypes=prototypes, split=split, axes=axes,
+                         one_at_a_time=one_at_a_time)
     result = run_sweep(store, out, config, overwrite=overwrite, progress=progress_for(progress))
     if json_out:
         emit_json(result)

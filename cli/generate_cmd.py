@@ -97,6 +97,8 @@ def steer(
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.steering import steer as run_steer
 
+    gen.validate()
+    search.validate()
     items, _ = read_prompts(prompts, skip_invalid=skip_invalid)
     extra = read_goal(goal_dir) if goal_dir is not None else None
     result = run_steer(items, out, gen, search, load_checkpoint(ckpt), extra, overwrite=overwrite, inputs=(prompts, ckpt),
@@ -104,7 +106,7 @@ def steer(
     if json_out:
         emit_json(result.stats)
         return
-    keys = ("n_prompts", "tokens_generated", "goal", "mean_q_best_beam", "accuracy_best_beam")
+    keys = ("n_prompts", "tokens_generated", "goal", "mean_q_best_beam", "accuracy_best_beam", "resampled_steps", "n_best_ended_without_match")
     console.print(rich_table("probekit steer", ["field", "value"], [[k, result.stats[k]] for k in keys]))
 
 

@@ -74,7 +74,11 @@ def random_baseline(ctx: EvalContext) -> dict:
 
 
 def trajectory_features(source, traj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(last-token state, mean of stored states) per trajectory of `traj` (sorted unique), float32 [n, hidden]."""
+    """(last-token state, mean of stored states) per trajectory of `traj` (sorted unique), float32 [n, hidden].
+
+    Per-trajectory summaries, read a block of the row source at a time: memory is the two [n, hidden]
+    outputs plus one block, whatever the store's size.
+    """
     traj = np.unique(np.asarray(traj, dtype=np.int64))
     last = np.zeros((len(traj), source.hidden_size), np.float32)
     mean = np.zeros_like(last)
@@ -82,9 +86,24 @@ def trajectory_features(source, traj: np.ndarray) -> tuple[np.ndarray, np.ndarra
         idx = np.searchsorted(traj, block.trajectories)
         states, offs = np.asarray(block.states, np.float32), block.offsets
         last[idx] = states[offs[1:] - 1]
-        sums = np.add.reduceat(states.astype(np.float64), offs[:-1], axis=0)
-        mean[idx] = (sums / np.diff(offs)[:, None]).astype(np.float32)
+        mean[idx] = segment_means(states, offs)
     return last, mean
+
+
+def segment_means(states: np.ndarray, offsets: np.ndarray, run_rows: int = 4096) -> np.ndarray:
+    """float32 mean of each segment `states[offsets[i]:offsets[i+1]]`, summed in float64.
+
+    The float64 copy is made for runs of whole segments of about `run_rows` rows, not for the whole block
+    (which would double the block's memory); each segment's sum is the same computation either way.
+    """
+    out = np.empty((len(offsets) - 1, states.shape[1]), np.float32)
+    i = 0
+    while i < len(out):
+        j = min(max(int(np.searchsorted(offsets, offsets[i] + run_rows, side="right")) - 1, i + 1), len(out))
+        sums = np.add.reduceat(states[offsets[i]:offsets[j]].astype(np.float64), offsets[i:j] - offsets[i], axis=0)
+        out[i:j] = (sums / np.diff(offsets[i:j + 1])[:, None]).astype(np.float32)
+        i = j
+    return out
 
 
 def _logistic_training_set(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, str]:

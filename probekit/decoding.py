@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from probekit.generation import STORE_DTYPES, GenerateConfig, OnlineStop, _cache_argument, _eos_ids, _last_logits_only, hit_stop
+from probekit.extract.forward import cache_argument
+from probekit.generation import STORE_DTYPES, GenerateConfig, OnlineStop, _eos_ids, _last_logits_only, hit_stop
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Rows:
 
     def __init__(self, loaded):
         self.model, self.device = loaded.model, loaded.device
-        self.kv_name = _cache_argument(self.model)
+        self.kv_name = cache_argument(self.model)
         self.prefill_kw = _last_logits_only(self.model)
         self.pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
         self.eos = torch.tensor(_eos_ids(loaded), dtype=torch.long, device=self.device)

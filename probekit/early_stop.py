@@ -29,6 +29,14 @@ class FilterResult:
     def dropped(self) -> np.ndarray:
         return ~self.kept
 
+    def on_store(self, traj: np.ndarray, completion_tokens: np.ndarray) -> FilterResult:
+        """This result of the trajectories `traj` of a store, as a result over all of the store's trajectories
+        (`completion_tokens`): the others kept whole. For votes read only on the groups of `traj`."""
+        n = len(completion_tokens)
+        kept, first, saved = np.ones(n, bool), np.full(n, -1, np.int64), np.zeros(n, np.int64)
+        kept[traj], first[traj], saved[traj] = self.kept, self.first_drop_position, self.saved_tokens
+        return FilterResult(self.threshold, kept, first, saved, np.asarray(completion_tokens, np.int64).copy())
+
 
 def _check_offsets(offsets: np.ndarray, rows: int) -> np.ndarray:
     offsets = np.asarray(offsets, dtype=np.int64)

@@ -21,14 +21,20 @@ Metrics (all written to metrics.json):
   `beats_baselines`: whether the probe's interval clears the best trivial baseline.
 
 Per-token rewards and Q-values come from the one scorer (`probekit.scoring`),
-the same numbers `probekit filter` reads.
+the same numbers `probekit filter` reads. They are read a block of the row
+source at a time and reduced to per-trajectory summaries (`SplitScores`), and
+the baselines keep per-trajectory states, so an evaluation's memory is one
+block plus O(trajectories), whatever the store's rows (the one exception:
+error localisation keeps the per-token Q of incorrect trajectories whose first
+wrong token is known, which only synthetic data has).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -36,7 +42,7 @@ from probekit.errors import ProbekitError
 from probekit.config import EvalConfig
 from probekit.metrics import EvalContext, make_context, point_auroc
 from probekit.progress import Progress
-from probekit.scoring import Scorer, Scores, score_trajectories
+from probekit.scoring import Scorer, Scores, iter_trajectory_scores
 
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -52,6 +58,56 @@ def prefix_rows(scores: Scores, completion_tokens: np.ndarray, frac: float) -> n
     keys = np.repeat(np.arange(n, dtype=np.int64), lengths) * big + scores.positions
     idx = np.searchsorted(keys, np.arange(n, dtype=np.int64) * big + target, side="right") - 1
     return np.where(idx >= scores.offsets[:-1], idx, -1)
+
+
+def known_error(meta, traj: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Which of the trajectories `traj` are incorrect with a known first wrong token (`error_token` in [0, T))."""
+    err, T = meta.error_token[traj].astype(np.int64), meta.completion_tokens[traj].astype(np.int64)
+    return (labels == 0) & (err >= 0) & (err < T)
+
+
+@dataclass
+class SplitScores:
+    """What an evaluation keeps of the per-token scores of its trajectories, gathered one block at a time.
+
+    Per trajectory (in the order of `traj`): the last value and the value at each prefix of `FRACTIONS`
+    (NaN where no state is stored at or below it) of every signal ("reward" and each goal kind). Per token,
+    only the scores of the incorrect trajectories with a known first error (`errors`; synthetic data), which
+    the token-level error localisation needs. Nothing else grows with the split's rows.
+    """
+
+    traj: np.ndarray
+    last: dict[str, np.ndarray]  # signal -> float64 [n]
+    prefix: dict[str, np.ndarray]  # signal -> float64 [len(FRACTIONS), n]
+    errors: Scores
+
+    @classmethod
+    def gather(cls, parts: Iterable[Scores], traj: np.ndarray, meta, labels: np.ndarray, kinds: Sequence[str]) -> SplitScores:
+        """Summaries of the blocks `parts` (`probekit.scoring.iter_scores`), which must cover the increasing
+        trajectories `traj` once each, in order; `labels`: per store trajectory. The outputs are allocated
+        once, so the blocks cost nothing that stays (their number grows with the rows)."""
+        signals = ["reward", *kinds]
+        last = {k: np.full(len(traj), np.nan) for k in signals}
+        prefix = {k: np.full((len(FRACTIONS), len(traj)), np.nan) for k in signals}
+        errors: list[Scores] = []
+        at = 0
+        for part in parts:
+            span = slice(at, at + len(part.traj))
+            if not np.array_equal(part.traj, traj[span]):
+                raise RuntimeError("scorer returned trajectories in another order than the evaluation context")
+            rows = np.stack([prefix_rows(part, meta.completion_tokens, f) for f in FRACTIONS])
+            has = rows >= 0
+            for k in signals:
+                values = part.reward if k == "reward" else part.q[k]
+                last[k][span] = part.last(values)
+                prefix[k][:, span][has] = values[rows[has]]
+            wrong = known_error(meta, part.traj, labels[part.traj])
+            if wrong.any():
+                errors.append(part.select(wrong))
+            at = span.stop
+        if at != len(traj):
+            raise RuntimeError("scorer returned fewer trajectories than the evaluation context")
+        return cls(traj, last, prefix, Scores.concat(errors, kinds))
 
 
 # ---- the evaluation ------------------------------------------------------------------
@@ -73,9 +129,9 @@ def evaluate(
     when that is the same store); the baselines are fitted there.
     """
     store, meta = ctx.store, ctx.store.meta
-    scores = score_trajectories(source, scorer, ctx.traj, progress)
-    if not np.array_equal(scores.traj, ctx.traj):
-        raise RuntimeError("scorer returned trajectories in another order than the evaluation context")
+    label_of = np.full(len(store), -1, np.int64)
+    label_of[ctx.traj] = ctx.labels
+    scores = SplitScores.gather(iter_trajectory_scores(source, scorer, ctx.traj, progress), ctx.traj, meta, label_of, scorer.kinds)
 
     def per_traj(values_at_eval: np.ndarray) -> np.ndarray:
         full = np.full(len(store), np.nan)
@@ -83,20 +139,20 @@ def evaluate(
         return full
 
     train = train_scores(scorer, ctx, source if fit_source is None else fit_source)
-    probe = ctx.summary(per_traj(scores.last(scores.reward)), train("reward"))
+    probe = ctx.summary(per_traj(scores.last["reward"]), train("reward"))
     labels = ctx.labels
     lab = labels >= 0
-    for kind, q in scores.q.items():
-        probe[f"q_auroc_{kind}"] = ctx.auroc(per_traj(scores.last(q)), train(kind))
-    prefix = {"fractions": list(FRACTIONS), "reward_auroc": [], **{f"q_auroc_{k}": [] for k in scores.q}}
-    for f in FRACTIONS:
-        rows = prefix_rows(scores, meta.completion_tokens, f)
-        ok = lab & (rows >= 0)
-        prefix["reward_auroc"].append(point_auroc(scores.reward[rows[ok]], labels[ok]) if ok.any() else None)
-        for k, q in scores.q.items():
-            prefix[f"q_auroc_{k}"].append(point_auroc(q[rows[ok]], labels[ok]) if ok.any() else None)
+    for kind in scorer.kinds:
+        probe[f"q_auroc_{kind}"] = ctx.auroc(per_traj(scores.last[kind]), train(kind))
+    prefix = {"fractions": list(FRACTIONS), "reward_auroc": [], **{f"q_auroc_{k}": [] for k in scorer.kinds}}
+    for i in range(len(FRACTIONS)):
+        ok = lab & ~np.isnan(scores.prefix["reward"][i])
+        for k, name in (("reward", "reward_auroc"), *((k, f"q_auroc_{k}") for k in scorer.kinds)):
+            prefix[name].append(point_auroc(scores.prefix[k][i][ok], labels[ok]) if ok.any() else None)
     probe["prefix"] = prefix
-    probe["error_localisation"] = error_localisation(scores, meta, labels, q_threshold)
+    if "mean" in scores.last and q_threshold is None:
+        q_threshold = midpoint_threshold(scores.last["mean"], labels)
+    probe["error_localisation"] = error_localisation(scores.errors, meta, label_of[scores.errors.traj], q_threshold)
     metrics = {
         "split": ctx.which,
         "store": str(store.path),
@@ -130,23 +186,22 @@ def train_scores(scorer: Scorer, ctx: EvalContext, fit_source, batch_rows: int =
     """signal ("reward" or a goal kind) -> its last-token value per trajectory of the training store, set on the
     trajectories the length controls are fitted on (`ctx.length.train_traj`), NaN elsewhere.
 
-    Only the last stored state of each trajectory is scored, gathered first so that the batches (and so the
-    float rounding) do not depend on how the row source splits the store into blocks. A pooled probe's
-    reward needs every state of the trajectory, so it is scored through the one scorer on whole trajectories.
+    Only the last stored state of each trajectory is read and scored, `batch_rows` at a time, so the batches
+    (and so the float rounding) do not depend on how the row source splits the store into blocks, and memory
+    is one batch. A pooled probe's reward needs every state of the trajectory, so it is scored through the
+    one scorer on whole trajectories, a block at a time, keeping each trajectory's last values.
     """
-    from probekit.baselines import trajectory_features
-
     lc = ctx.length
     n = 0 if ctx.fit_store is None else len(ctx.fit_store)
     values: dict[str, np.ndarray] = {}
     if lc.note is None:
         if scorer.pooled:
-            whole = score_trajectories(fit_source, scorer, lc.train_traj)
-            values["reward"] = whole.last(whole.reward)
-            values.update({k: whole.last(whole.q[k]) for k in scorer.kinds})
+            lasts = [{"reward": p.last(p.reward), **{k: p.last(p.q[k]) for k in scorer.kinds}}  # a block's rows at a time
+                     for p in iter_trajectory_scores(fit_source, scorer, lc.train_traj)]
+            values.update({k: np.concatenate([x[k] for x in lasts]) for k in ("reward", *scorer.kinds)})
         else:
-            last, _mean = trajectory_features(fit_source, lc.train_traj)
-            parts = [scorer(last[i:i + batch_rows]) for i in range(0, len(last), batch_rows)]
+            last = ctx.fit_store.last_rows()[lc.train_traj]
+            parts = [scorer(fit_source.rows(last[i:i + batch_rows])) for i in range(0, len(last), batch_rows)]
             values["reward"] = np.concatenate([r for r, _q in parts])
             values.update({k: np.concatenate([q[k] for _r, q in parts]) for k in scorer.kinds})
 
@@ -199,13 +254,20 @@ def write_evaluation(metrics: dict, out) -> None:
     write_json(out.file("metrics.json"), metrics)
 
 
+def midpoint_threshold(last_q: np.ndarray, labels: np.ndarray) -> float:
+    """The midpoint of the mean last-token Q of label 1 and of label 0 trajectories (0 when a class is missing)."""
+    pos, neg = last_q[labels == 1], last_q[labels == 0]
+    return float((pos.mean() + neg.mean()) / 2) if len(pos) and len(neg) else 0.0
+
+
 def error_localisation(scores: Scores, meta, labels: np.ndarray, q_threshold: float | None = None, kind: str = "mean") -> dict | None:
     """Where Q drops on incorrect trajectories whose first wrong token is known (`error_token` >= 0).
 
     token_auroc: AUROC of per-token Q with tokens before the error as positives
     and tokens at/after it as negatives (1 = Q cleanly separates them).
-    threshold: `q_threshold`, or the midpoint of the mean last-token Q of label 1
-    and label 0 trajectories. mean_abs_error: over trajectories whose Q ever
+    threshold: `q_threshold`, or `midpoint_threshold` of the trajectories of
+    `scores` (an evaluation passes the one of all its trajectories, and scores
+    of just the incorrect ones). mean_abs_error: over trajectories whose Q ever
     falls below the threshold, the mean |position of the first such token −
     error_token|; detected_frac: the fraction that do.
     """
@@ -215,8 +277,7 @@ def error_localisation(scores: Scores, meta, labels: np.ndarray, q_threshold: fl
         return None
     q = scores.q[kind]
     err = meta.error_token[scores.traj].astype(np.int64)
-    T = meta.completion_tokens[scores.traj].astype(np.int64)
-    sel = (labels == 0) & (err >= 0) & (err < T)
+    sel = known_error(meta, scores.traj, labels)
     if not sel.any():
         return None
     lengths = np.diff(scores.offsets)
@@ -225,9 +286,7 @@ def error_localisation(scores: Scores, meta, labels: np.ndarray, q_threshold: fl
     before = scores.positions[rows] < err[row_traj[rows]]
     token_auroc = float(roc_auc_score(before, q[rows])) if 0 < before.sum() < len(before) else None
     if q_threshold is None:
-        last_q = scores.last(q)
-        pos, neg = last_q[labels == 1], last_q[labels == 0]
-        q_threshold = float((pos.mean() + neg.mean()) / 2) if len(pos) and len(neg) else 0.0
+        q_threshold = midpoint_threshold(scores.last(q), labels)
     big = np.iinfo(np.int64).max
     idx = np.where(q < q_threshold, np.arange(len(q)), big)
     first = np.minimum.reduceat(idx, scores.offsets[:-1]) if len(q) else np.zeros(0, np.int64)

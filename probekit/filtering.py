@@ -184,7 +184,8 @@ def _signal_auroc(ckpt, store, scorer, signal: str, goal: str, skip_first: int, 
     from probekit.length_control import NO_FIT_STORE
     from probekit.metrics import make_context
     from probekit.probe.checkpoint import training_store
-    from probekit.scoring import score_store
+    from probekit.probe.data import StreamRows
+    from probekit.scoring import iter_trajectory_scores
 
     score = f"minimum {signal} per solution from position {skip_first} on (report groups)"
     min_sig = _never_droppable_on_top(min_sig)
@@ -197,9 +198,10 @@ def _signal_auroc(ckpt, store, scorer, signal: str, goal: str, skip_first: int, 
     ctx = make_context(store, split, "test", n_boot=n_boot, seed=seed, fit_store=fit_store)
     if fit_store is store:
         fit_min = min_sig
-    else:
-        fit_scores = score_store(fit_store, scorer, ckpt.layers)
-        fit_min = min_signal(fit_scores.offsets, fit_scores.positions, fit_scores.signal(signal, goal), skip_first)
+    else:  # only the trajectories the controls are fitted on, reduced to their minimum a block at a time
+        fit_min = np.full(len(fit_store), np.nan)
+        for part in iter_trajectory_scores(StreamRows(fit_store, ckpt.layers), scorer, ctx.length.train_traj):
+            fit_min[part.traj] = min_signal(part.offsets, part.positions, part.signal(signal, goal), skip_first)
     return {"score": score, "auroc": ctx.auroc(min_sig, fit_min), "length_control": ctx.length.describe()}
 
 
@@ -213,16 +215,18 @@ def _never_droppable_on_top(min_sig: np.ndarray) -> np.ndarray:
 def auto_threshold(ckpt, goal: str = "mean", skip_first: int = 5, progress: Progress | None = None) -> dict:
     """The Q threshold `probekit filter --threshold auto` chooses, computed before any sample exists (for online stopping).
 
-    The checkpoint's training store is scored and the filter's rule picks,
-    among the quantile grid of its validation groups' minimum Q, the
-    threshold with the best filtered-vote accuracy on those groups (ties:
-    more tokens effectively saved): the same candidates and the same choice
-    as `probekit filter --threshold auto` on that store. Validation groups
-    were not fitted on, so the choice is not tuned on training answers.
+    The validation groups' trajectories of the checkpoint's training store are
+    scored (only they: the choice reads nothing else) and the filter's rule
+    picks, among the quantile grid of their minimum Q, the threshold with the
+    best filtered-vote accuracy on those groups (ties: more tokens effectively
+    saved): the same candidates and the same choice as `probekit filter
+    --threshold auto` on that store. Validation groups were not fitted on, so
+    the choice is not tuned on training answers.
     """
     from probekit.early_stop import apply_threshold
     from probekit.probe.checkpoint import training_store
-    from probekit.scoring import Scorer, score_store
+    from probekit.probe.data import StreamRows
+    from probekit.scoring import Scorer, score_trajectories
     from probekit.thresholds import choose_threshold, evaluate_filter, threshold_grid
 
     store = training_store(ckpt)
@@ -236,11 +240,11 @@ def auto_threshold(ckpt, goal: str = "mean", skip_first: int = 5, progress: Prog
     if not sel_g.any():
         raise ProbekitError(f"--threshold auto: checkpoint {ckpt.path} has no validation groups to choose on (fit with --valid-frac > 0), "
                             "or pass a number")
-    scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=[goal]), ckpt.layers, progress)
-    q = scores.q[goal]
-    mins = min_signal(scores.offsets, scores.positions, q, skip_first)
+    scores = score_trajectories(StreamRows(store, ckpt.layers), Scorer.from_checkpoint(ckpt, kinds=[goal]),
+                                np.flatnonzero(sel_g[ballot.group]), progress)
+    q, tokens = scores.q[goal], meta.completion_tokens
     table = []
-    for t in threshold_grid(mins[sel_g[ballot.group]]):
-        res = apply_threshold(scores.offsets, scores.positions, q, meta.completion_tokens, t, skip_first)
+    for t in threshold_grid(min_signal(scores.offsets, scores.positions, q, skip_first)):
+        res = apply_threshold(scores.offsets, scores.positions, q, tokens[scores.traj], t, skip_first).on_store(scores.traj, tokens)
         table.append({"threshold": float(t), "selection": evaluate_filter(res, ballot, sel_g)})
     return {"threshold": choose_threshold(table), "chosen_on": f"{int(sel_g.sum())} validation groups of {store.path}", "table": table}

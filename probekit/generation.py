@@ -126,13 +126,6 @@ def _last_logits_only(model) -> dict:
     return {}
 
 
-def _cache_argument(model) -> str:
-    """transformers renamed `past_key_values` to `cache` (the old name is deprecated from 5.x); use what this version takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 @dataclass
 class GenerateResult:
     out: Path

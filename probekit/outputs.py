@@ -46,6 +46,31 @@ class OutputDir:
     path: Path
     command: str
     owned: set[str] = field(default_factory=set)  # file and folder names probekit wrote here
+    created: bool = False  # this claim made the folder
+    marked: bool = False  # this claim wrote the folder's first marker
+
+    def release_if_unused(self) -> None:
+        """Undo the claim of a command that failed before writing anything: a folder it made goes again.
+
+        So a run refused after the claim (no pairs, a bad split file) leaves no
+        marker-only folder behind, and a folder that held an earlier run's
+        marker keeps it as it was.
+        """
+        if self.owned or not self.marked:
+            return
+        try:
+            (self.path / MARKER).unlink(missing_ok=True)
+            if self.created:
+                self.path.rmdir()
+        except OSError:
+            pass  # something else appeared there meanwhile: leave it
+
+    def __enter__(self) -> "OutputDir":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.release_if_unused()
 
     def file(self, name: str) -> Path:
         """The path of output `name`, recorded in the marker as ours before it is written."""
@@ -172,9 +197,10 @@ def claim_output(
             f"{option} {out}: would replace {out / clash[0]}, which probekit did not write; "
             "choose another folder (probekit never replaces a file it did not create)"
         )
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         _write_marker(out, command, owned)
     except OSError as exc:
         raise ProbekitError(f"{option} {out}: cannot write there ({exc.strerror or exc})") from None
-    return OutputDir(out, command, owned)
+    return OutputDir(out, command, owned, created, marked=marker is None)

@@ -32,10 +32,10 @@ def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = Fa
     from probekit.scoring import Scorer
 
     config.validate()
-    out_dir = claim_output(out, "fit", CHECKPOINT_OUTPUTS, overwrite=overwrite, inputs=[store.path, config.split.split_file])
-    t0 = time.time()
-    data = data if data is not None else prepare(store, config)
-    result = train(data, config, progress)
+    with claim_output(out, "fit", CHECKPOINT_OUTPUTS, overwrite=overwrite, inputs=[store.path, config.split.split_file]) as out_dir:
+        t0 = time.time()
+        data = data if data is not None else prepare(store, config)
+        result = train(data, config, progress)
     train_info = {**result.info, "n_train_pairs": int(len(data.train_pairs)), "n_valid_pairs": int(len(data.valid_pairs)),
                   "history": result.history, "row_source": "memory" if data.source.in_memory else "stream",
                   "train_seconds": round(time.time() - t0, 3)}

@@ -15,10 +15,11 @@ the same token gets the same number whichever command reads it:
 
 `Scorer` scores one batch of states (numpy in any float dtype, or a torch
 tensor: generation passes live hidden states to `q_values`). A multi-layer
-probe reads its layers' states side by side. `score_blocks` runs it over an
+probe reads its layers' states side by side. `iter_scores` runs it over an
 iterator of whole-trajectory blocks that the caller supplies (a store's
-shards, or the selected trajectories of a row source), so memory is bounded
-by one block.
+shards, or the selected trajectories of a row source) and yields each
+block's `Scores`, so a caller that keeps per-trajectory summaries (evaluation)
+holds one block of rows at a time; `score_blocks` keeps every row's scores.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,6 +55,26 @@ class Scores:
         nonempty = self.offsets[1:] > self.offsets[:-1]
         out[nonempty] = values[self.offsets[1:][nonempty] - 1]
         return out
+
+    def select(self, which: np.ndarray) -> Scores:
+        """The scores of the trajectories `which` (bool mask or increasing indices into `traj`) alone."""
+        which = np.flatnonzero(which) if np.asarray(which).dtype == bool else np.asarray(which, np.int64)
+        starts, ends = self.offsets[which], self.offsets[which + 1]
+        lengths = ends - starts
+        rows = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+        return Scores(self.traj[which], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), self.positions[rows],
+                      self.reward[rows], {k: v[rows] for k, v in self.q.items()}, self.seconds)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Scores], kinds: Sequence[str]) -> Scores:
+        """One `Scores` of consecutive parts (trajectories in the parts' order); `kinds` when there are none."""
+        def cat(xs, dtype) -> np.ndarray:
+            return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
+
+        lengths = cat([np.diff(p.offsets) for p in parts], np.int64)
+        return cls(traj=cat([p.traj for p in parts], np.int64), offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                   positions=cat([p.positions for p in parts], np.int64), reward=cat([p.reward for p in parts], np.float32),
+                   q={k: cat([p.q[k] for p in parts], np.float32) for k in kinds}, seconds=sum(p.seconds for p in parts))
 
     def signal(self, kind: str, goal: str = "mean") -> np.ndarray:
         """The per-row values a filter compares with its threshold: "q" (toward `goal`) or "reward"."""
@@ -99,7 +120,18 @@ class Scorer:
 
     def q_values(self, states) -> dict[str, np.ndarray]:
         """{kind: Q float32 [n]} of states [n, in_features], each token on its own (live generation)."""
-        return self._q(self._encode(states))
+        return self.q_of(self.phi(states))
+
+    def phi(self, states) -> np.ndarray:
+        """φ float32 [n, rep] of states [n, in_features] (steering sums it over a step's tokens)."""
+        return self._encode(states).float().cpu().numpy()
+
+    def q_of(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """{kind: best cosine float32 [n]} of representations z [n, rep] to that kind's prototypes.
+
+        A token's Q when z is its φ; a span's when z is the sum (or mean) of its tokens' φ.
+        """
+        return {k: index.q_values(z) for k, index in self.indexes.items()}
 
     def _encode(self, states):
         import torch
@@ -118,56 +150,56 @@ class Scorer:
             return self.model.reward(z).reshape(-1).float().cpu().numpy()
 
     def _q(self, z) -> dict[str, np.ndarray]:
-        zn = z.float().cpu().numpy()
-        return {k: index.q_values(zn) for k, index in self.indexes.items()}
+        return self.q_of(z.float().cpu().numpy())
 
 
-def score_blocks(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | None = None, batch_rows: int = 2048,
-                 progress: Progress | None = None) -> Scores:
-    """Score every row of every block; `n_rows` (when known) sizes the outputs and the progress bar.
+def iter_scores(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | None = None, batch_rows: int = 2048,
+                progress: Progress | None = None) -> Iterator[Scores]:
+    """The `Scores` of each block in turn (its trajectories, its rows); `n_rows` (when known) sizes the progress bar.
 
     Blocks may hold states in their stored dtype: each batch is converted to
     float32 on its own, which keeps it in cache for the matmuls. A pooled
     probe's rewards are computed once per block, from the φ of all its rows.
+    Each part's `seconds` is the time spent scoring it.
     """
     import torch
 
-    t0 = time.perf_counter()
-    parts: dict[str, list[np.ndarray]] = {"traj": [], "lengths": [], "positions": [], "reward": []}
-    q_parts: dict[str, list[np.ndarray]] = {k: [] for k in scorer.kinds}
     task = or_null(progress).task("score", n_rows, unit="rows")
     try:
         for block in blocks:
-            parts["traj"].append(np.asarray(block.trajectories, np.int64))
-            parts["lengths"].append(np.diff(block.offsets))
-            parts["positions"].append(np.asarray(block.positions, np.int64))
+            t0 = time.perf_counter()
+            rewards: list[np.ndarray] = []
+            q_parts: dict[str, list[np.ndarray]] = {k: [] for k in scorer.kinds}
             zs = []
             for i in range(0, len(block.states), batch_rows):
                 z = scorer._encode(block.states[i:i + batch_rows])
                 if scorer.pooled:
                     zs.append(z)
                 else:
-                    parts["reward"].append(scorer._rewards(z, None))
+                    rewards.append(scorer._rewards(z, None))
                 for k, v in scorer._q(z).items():
                     q_parts[k].append(v)
                 task.advance(len(z))
             if scorer.pooled:
-                parts["reward"].append(scorer._rewards(torch.cat(zs) if zs else torch.zeros(0, scorer.model.rep_size), block.offsets))
+                rewards.append(scorer._rewards(torch.cat(zs) if zs else torch.zeros(0, scorer.model.rep_size), block.offsets))
+            yield Scores(traj=np.asarray(block.trajectories, np.int64), offsets=np.asarray(block.offsets, np.int64),
+                         positions=np.asarray(block.positions, np.int64), reward=_cat(rewards),
+                         q={k: _cat(v) for k, v in q_parts.items()}, seconds=time.perf_counter() - t0)
     finally:
         task.close()
 
-    def cat(xs: list[np.ndarray], dtype) -> np.ndarray:
-        return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
 
-    lengths = cat(parts["lengths"], np.int64)
-    return Scores(
-        traj=cat(parts["traj"], np.int64),
-        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        positions=cat(parts["positions"], np.int64),
-        reward=cat(parts["reward"], np.float32),
-        q={k: cat(v, np.float32) for k, v in q_parts.items()},
-        seconds=time.perf_counter() - t0,
-    )
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+
+
+def score_blocks(scorer: Scorer, blocks: Iterable[ShardBlock], n_rows: int | None = None, batch_rows: int = 2048,
+                 progress: Progress | None = None) -> Scores:
+    """Every row's scores of every block (`iter_scores`, concatenated)."""
+    t0 = time.perf_counter()
+    scores = Scores.concat(list(iter_scores(scorer, blocks, n_rows, batch_rows, progress)), scorer.kinds)
+    scores.seconds = time.perf_counter() - t0
+    return scores
 
 
 def score_store(store, scorer: Scorer, layers: int | Sequence[int], progress: Progress | None = None) -> Scores:
@@ -181,5 +213,10 @@ def score_store(store, scorer: Scorer, layers: int | Sequence[int], progress: Pr
 def score_trajectories(source, scorer: Scorer, traj: np.ndarray, progress: Progress | None = None) -> Scores:
     """Every stored row of the trajectories `traj` of a row source (`probekit.probe.data.open_rows`)."""
     traj = np.unique(np.asarray(traj, dtype=np.int64))
-    n_rows = int(source.store.meta.stored_tokens[traj].sum())
-    return score_blocks(scorer, source.blocks(traj), n_rows, progress=progress)
+    return score_blocks(scorer, source.blocks(traj), int(source.store.meta.stored_tokens[traj].sum()), progress=progress)
+
+
+def iter_trajectory_scores(source, scorer: Scorer, traj: np.ndarray, progress: Progress | None = None) -> Iterator[Scores]:
+    """`iter_scores` over the trajectories `traj` of a row source, a block at a time (in increasing trajectory order)."""
+    traj = np.unique(np.asarray(traj, dtype=np.int64))
+    return iter_scores(scorer, source.blocks(traj), int(source.store.meta.stored_tokens[traj].sum()), progress=progress)

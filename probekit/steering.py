@@ -3,18 +3,46 @@
 Following the paper's decoding (the official `decoding/` code: a step is one
 line; each beam samples a few one-step continuations; candidates are scored
 with the reward model's representation against the goal state; the best
-`beam_size` survive), probekit scores a candidate by the Q-value of its last
-token in context, i.e. the cosine of φ(state) to the chosen goal prototype,
-through the one scorer. With `beams=1` this is best-of-k per step.
+`beam_size` survive), probekit ranks candidates by a step score toward the
+chosen goal prototype, through the one scorer. With `beams=1` this is
+best-of-k per step. The step score (`--step-score`):
+
+* last: the Q-value of the candidate's last token in context, i.e. the cosine
+  of φ(state) to the goal;
+* mean: the cosine of the mean φ of the step's tokens to the goal. The
+  official code scores a step this way (the mean of the reward model's hidden
+  states over the step, cosine to the mean goal state), but it encodes the
+  step's text alone; probekit reads the step's tokens in their beam's context,
+  the states its probes are trained on;
+* gain: the last-token Q minus the beam's Q before the step (the prompt's last
+  token before the first step).
+
+On a frozen 135M model the plain search fails in a known way
+(benchmarks/README.md, generation study B and D): the goal is the mean final
+state of preferred completions, so candidates that end, and blank-line steps,
+look like it whether or not an answer came before. Two guards, both off by
+default:
+
+* `--empty-steps last|resample`: a step that adds only whitespace and does not
+  end the completion ranks below every other candidate, or is drawn again from
+  its beam (the official code drops whitespace-only lines and samples again; it
+  also never makes a step of a blank line, since it splits on runs of newlines);
+* `--require-before-end REGEX`: a candidate that ends (EOS, the stop string or
+  the token limit) without its text matching ranks below every continuing
+  candidate (the official code has no such rule: it ranks an ended beam by its
+  language-model score and stops when the top beams have all ended).
 
 Every candidate token is decoded with the KV cache of its beam (beams are
-expanded and selected by indexing the cache), and every decoded token counts
-in `tokens_generated`, so steering can be compared with plain sampling and
-best-of-n at the same token budget.
+expanded and selected by indexing the cache). A step drawn again is rewound in
+place: its cache entries are masked out and its positions reused, so the new
+draw continues exactly from its beam. Every decoded token counts in
+`tokens_generated`, those of redrawn steps included, so steering can be
+compared with plain sampling and best-of-n at the same token budget.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +50,9 @@ import torch
 
 from probekit.config import option
 from probekit.errors import ProbekitError
+
+STEP_SCORES = ("last", "mean", "gain")
+EMPTY_STEPS = ("allow", "last", "resample")
 
 
 @dataclass(frozen=True)
@@ -33,18 +64,59 @@ class SteerConfig:
     step_tokens: int = option(0, "Step length in tokens; 0 = a step ends at a newline (the official code's line steps).")
     max_step_tokens: int = option(32, "A newline step is cut after this many tokens.")
     goal: str = option("mean", "Goal prototype the Q-value points at: mean, kmeans, or a name added with `probekit goal`.")
+    step_score: str = option("last", "What ranks a candidate step: last (the Q of its last token), mean (the cosine of its tokens' mean φ "
+                                     "to the goal, as the official code scores a step) or gain (its last-token Q minus its beam's before the step).")
+    empty_steps: str = option("allow", "A step of only whitespace (e.g. a blank line) that does not end the completion: allow it, rank it "
+                                       "last (below every other candidate), or resample it from its beam (up to --max-resamples times, then last).")
+    max_resamples: int = option(3, "With --empty-steps resample: how many times an empty step is drawn again before it is kept (and "
+                                   "ranked last); the tokens of every draw count in tokens_generated.")
+    require_before_end: str | None = option(None, "Regex (Python re.search) a completion's text must match when it ends (EOS, --stop "
+                                                  "or --max-new-tokens), e.g. 'A: \\d+' or '####'; one that ends without a match ranks "
+                                                  "below every continuing candidate.")
 
     def validate(self) -> None:
         if self.beams < 1 or self.candidates < 1 or self.max_step_tokens < 1 or self.step_tokens < 0:
             raise ProbekitError("--beams, --candidates and --max-step-tokens must be at least 1, --step-tokens at least 0")
+        if self.step_score not in STEP_SCORES:
+            raise ProbekitError(f"--step-score '{self.step_score}': choose from {', '.join(STEP_SCORES)}")
+        if self.empty_steps not in EMPTY_STEPS:
+            raise ProbekitError(f"--empty-steps '{self.empty_steps}': choose from {', '.join(EMPTY_STEPS)}")
+        if self.max_resamples < 1:
+            raise ProbekitError(f"--max-resamples {self.max_resamples}: must be at least 1")
+        self.end_pattern()
+
+    def end_pattern(self) -> re.Pattern | None:
+        """`require_before_end` compiled (None when unset); a bad pattern is a one-line error."""
+        if self.require_before_end is None:
+            return None
+        try:
+            return re.compile(self.require_before_end)
+        except re.error as exc:
+            raise ProbekitError(f"--require-before-end '{self.require_before_end}': not a regular expression ({exc})") from None
 
 
 @dataclass
 class Beam:
     tokens: list[int] = field(default_factory=list)
-    q: float = float("-inf")  # Q of the last token of the last step
-    done: bool = False  # ended with EOS or reached max_new_tokens
+    q: float = float("-inf")  # Q of the last token (of the prompt, before any step)
+    score: float = float("-inf")  # step score of the last step (--step-score), what it is ranked by
+    done: bool = False  # ended with EOS, the stop string or max_new_tokens
     steps: int = 0
+    empty: bool = False  # the last step was whitespace only and did not end the completion
+    unmatched_end: bool = False  # ended without matching --require-before-end
+
+    def rank(self) -> tuple:
+        """Sort key, best first: endings without the required match last, then empty steps, then by score."""
+        return (self.unmatched_end, self.empty, -self.score)
+
+
+@dataclass
+class SearchCounts:
+    """What one prompt's search decoded."""
+
+    tokens: int = 0  # every token fed to the model, redrawn steps' included
+    resampled_steps: int = 0  # empty steps drawn again (--empty-steps resample)
+    resampled_tokens: int = 0  # the tokens of those discarded draws
 
 
 def _newline_ids(tokenizer) -> set[int]:
@@ -53,32 +125,41 @@ def _newline_ids(tokenizer) -> set[int]:
 
 
 @torch.inference_mode()
-def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, gen, cfg: SteerConfig, seed_of, newline: set[int]) -> tuple[list[Beam], int]:
-    """Beam search for one prompt; returns (final beams best first, tokens decoded).
+def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, gen, cfg: SteerConfig, seed_of,
+                 newline: set[int]) -> tuple[list[Beam], SearchCounts]:
+    """Beam search for one prompt; returns (final beams best first, what was decoded).
 
     `seed_of(step, row)` gives the generator of a candidate row, so a run is
-    reproducible; `gen` is the GenerateConfig (temperature, top_p, max_new_tokens, dtype).
+    reproducible; `gen` is the GenerateConfig (temperature, top_p, max_new_tokens, stop, dtype).
     """
     from transformers import DynamicCache
 
-    from probekit.extract.forward import capture_layers
+    from probekit.extract.forward import cache_argument, capture_layers
     from probekit.extract.run import checked_states
-    from probekit.generation import STORE_DTYPES, _cache_argument, _eos_ids, hit_stop
+    from probekit.generation import STORE_DTYPES, _eos_ids, hit_stop
     from probekit.sampling import sample_next
 
-    model, device = loaded.model, loaded.device
+    model, device, tokenizer = loaded.model, loaded.device, loaded.tokenizer
     torch_dtype = STORE_DTYPES[gen.dtype][0]
     eos = set(_eos_ids(loaded))
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    fed = 0
+    eos_ids = torch.tensor(sorted(eos), device=device, dtype=torch.long)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pattern = cfg.end_pattern()
+    step_len = cfg.step_tokens or cfg.max_step_tokens
+    counts = SearchCounts()
     with capture_layers(model, [layer]) as captured:
+
+        def phi_now() -> np.ndarray:
+            """φ of each row's latest state (rounded to the storage dtype, as a stored state would be)."""
+            return scorer.phi(checked_states(captured[layer][:, -1], torch_dtype, "a steered sample", layer, gen.dtype))
+
         cache = DynamicCache()
-        kv = {_cache_argument(model): cache}
+        kv = {cache_argument(model): cache}
         ids = torch.tensor([prompt_ids], device=device)
         mask = torch.ones_like(ids)
         out = model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(len(prompt_ids), device=device)[None], use_cache=True, **kv)
         logits, next_pos = out.logits[:, -1], torch.tensor([len(prompt_ids)], device=device)
-        live: list[Beam] = [Beam()]  # beams whose rows are in the cache, in row order
+        live: list[Beam] = [Beam(q=float(scorer.q_of(phi_now())[goal][0]))]  # beams whose rows are in the cache, in row order
         finished: list[Beam] = []
         step = 0
         while live:
@@ -86,39 +167,63 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
             cache.batch_select_indices(rows)
             mask, next_pos, logits = mask[rows], next_pos[rows], logits[rows]
             parents = [live[i // cfg.candidates] for i in range(len(rows))]
-            cands = [Beam(list(b.tokens), q=b.q, steps=b.steps + 1) for b in parents]
+            cands = [Beam(list(b.tokens), q=b.q, score=b.score, steps=b.steps + 1) for b in parents]
             gens = [seed_of(step, r) for r in range(len(rows))]
+            start_col, start_pos, start_logits = mask.shape[1], next_pos.clone(), logits.clone()  # where a redrawn step restarts
+            in_step = np.zeros(len(rows), np.int64)  # tokens of the current draw of each row's step
+            tries = np.zeros(len(rows), np.int64)
+            phi_sum = np.zeros((len(rows), scorer.model.rep_size), np.float64)
             active = np.ones(len(rows), bool)  # still inside this step
-            step_len = cfg.step_tokens or cfg.max_step_tokens
-            for t in range(step_len):
-                if step == 0 and t == 0 and eos:  # at least one token: an empty completion is not a trajectory
-                    logits = logits.index_fill(1, torch.tensor(sorted(eos), device=device), float("-inf"))
+            while active.any():
+                if step == 0 and eos:  # at least one token: an empty completion is not a trajectory
+                    fresh = torch.from_numpy(in_step == 0).to(device)[:, None]
+                    logits = torch.where(fresh, logits.index_fill(1, eos_ids, float("-inf")), logits)
                 tok = sample_next(logits, gens, gen.temperature, gen.top_p)
                 for r in np.flatnonzero(active):
                     if int(tok[r]) in eos:
                         cands[r].done, active[r] = True, False
-                feeding = torch.from_numpy(active).to(device)
+                feeding = torch.from_numpy(active.copy()).to(device)  # a copy: `active` changes below, these rows were fed
                 tok = torch.where(feeding, tok, torch.full_like(tok, pad))
                 mask = torch.cat([mask, feeding.long()[:, None]], dim=1)
                 out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True, **kv)
                 next_pos = next_pos + feeding.long()
-                fed += int(active.sum())
-                states = checked_states(captured[layer][:, -1], torch_dtype, "a steered sample", layer, gen.dtype)
-                q = scorer.q_values(states)[goal]
+                counts.tokens += int(active.sum())
+                z = phi_now()
+                q = scorer.q_of(z)[goal]
+                redraw = []
                 for r in np.flatnonzero(active):
-                    cands[r].tokens.append(int(tok[r]))
-                    cands[r].q = float(q[r])
-                    if len(cands[r].tokens) >= gen.max_new_tokens or hit_stop(loaded.tokenizer, cands[r].tokens, gen.stop):
-                        cands[r].done, active[r] = True, False
-                    elif (cfg.step_tokens == 0 and int(tok[r]) in newline) or t == step_len - 1:
+                    c = cands[r]
+                    c.tokens.append(int(tok[r]))
+                    c.q = float(q[r])
+                    in_step[r] += 1
+                    phi_sum[r] += z[r]
+                    if len(c.tokens) >= gen.max_new_tokens or hit_stop(tokenizer, c.tokens, gen.stop):
+                        c.done, active[r] = True, False
+                    elif (cfg.step_tokens == 0 and int(tok[r]) in newline) or in_step[r] == step_len:
                         active[r] = False
+                        c.empty = cfg.empty_steps != "allow" and not tokenizer.decode(c.tokens[-in_step[r]:], skip_special_tokens=True).strip()
+                        if c.empty and cfg.empty_steps == "resample" and tries[r] < cfg.max_resamples:
+                            redraw.append(r)
                 # rows that ended keep their logits from the forward that produced their last token
                 logits = torch.where(feeding[:, None], out.logits[:, -1], logits)
-                if not active.any():
-                    break
+                for r in redraw:  # rewind the row to its beam: the draw's cache entries are masked out, its positions reused
+                    mask[r, start_col:] = 0
+                    next_pos[r], logits[r] = start_pos[r], start_logits[r]
+                    counts.resampled_steps += 1
+                    counts.resampled_tokens += int(in_step[r])
+                    del cands[r].tokens[-in_step[r]:]
+                    cands[r].q, cands[r].empty = parents[r].q, False
+                    in_step[r], phi_sum[r] = 0, 0.0
+                    tries[r] += 1
+                    active[r] = True
+            span_q = scorer.q_of(phi_sum.astype(np.float32))[goal] if cfg.step_score == "mean" else None
+            for r, c in enumerate(cands):
+                c.score = _step_score(cfg.step_score, c, parents[r], int(in_step[r]), span_q[r] if span_q is not None else None)
+                if c.done and pattern is not None:
+                    c.unmatched_end = pattern.search(tokenizer.decode(c.tokens, skip_special_tokens=True)) is None
             step += 1
             pool = [(c, r) for r, c in enumerate(cands)] + [(b, -1) for b in finished]
-            pool.sort(key=lambda cr: -cr[0].q)  # stable: earlier rows win ties
+            pool.sort(key=lambda cr: cr[0].rank())  # stable: earlier rows win ties
             chosen = pool[:cfg.beams]
             finished = [c for c, _ in chosen if c.done]
             keep = [r for c, r in chosen if not c.done]
@@ -127,7 +232,18 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
                 sel = torch.tensor(keep, device=device)
                 cache.batch_select_indices(sel)
                 mask, next_pos, logits = mask[sel], next_pos[sel], logits[sel]
-    return sorted(finished, key=lambda b: -b.q), fed
+    return sorted(finished, key=Beam.rank), counts
+
+
+def _step_score(kind: str, c: Beam, parent: Beam, n_tokens: int, span_q: float | None) -> float:
+    """The score a candidate is ranked by (see the module docstring); a step with no token (EOS first) keeps its beam's."""
+    if n_tokens == 0:
+        return 0.0 if kind == "gain" else parent.score
+    if kind == "last":
+        return c.q
+    if kind == "gain":
+        return c.q - parent.q
+    return float(span_q)
 
 
 @dataclass
@@ -162,30 +278,35 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
     loaded = loaded or load_model(gen.model, device=gen.device, dtype=gen.model_dtype)
     template = resolve_template(gen.template, loaded.tokenizer)
     newline = _newline_ids(loaded.tokenizer) if cfg.step_tokens == 0 else set()
-    trajectories, fed_total = [], 0
+    trajectories, total, unmatched = [], SearchCounts(), 0
     task = or_null(progress).task("steer", len(prompts), unit="prompts")
     try:
         for pi, p in enumerate(prompts):
             def seed_of(step: int, row: int, pi: int = pi) -> torch.Generator:
                 return sequence_generator(gen.seed, pi, step * 100_000 + row)
 
-            beams, fed = steer_prompt(loaded, prompt_ids(loaded.tokenizer, p.prompt, template), scorer, cfg.goal, ckpt.single_layer("steer"), gen, cfg,
-                                      seed_of, newline)
-            fed_total += fed
+            beams, counts = steer_prompt(loaded, prompt_ids(loaded.tokenizer, p.prompt, template), scorer, cfg.goal, ckpt.single_layer("steer"),
+                                         gen, cfg, seed_of, newline)
+            total.tokens += counts.tokens
+            total.resampled_steps += counts.resampled_steps
+            total.resampled_tokens += counts.resampled_tokens
+            unmatched += bool(beams and beams[0].unmatched_end)
             for rank, b in enumerate(beams):
                 text = loaded.tokenizer.decode(b.tokens, skip_special_tokens=True)
                 answer = parse(text)
                 trajectories.append(Trajectory(id=f"{p.id}-{rank}", group=p.id, prompt=p.prompt, completion=text,
                                                label=None if p.gold is None else grade(answer, p.gold), answer=answer,
-                                               meta={"rank": rank, "q": b.q, "steps": b.steps, COMPLETION_IDS: b.tokens}))
+                                               meta={"rank": rank, "q": b.q, "score": b.score, "steps": b.steps, COMPLETION_IDS: b.tokens}))
             task.advance(1)
     finally:
         task.close()
     write_trajectories(out_dir.file("trajectories.jsonl"), trajectories)
     best = [t for t in trajectories if t.meta["rank"] == 0]
     labels = [t.label for t in best if t.label is not None]
-    stats = {"n_prompts": len(prompts), "tokens_generated": int(fed_total), "goal": cfg.goal, "layer": ckpt.layer,
+    stats = {"n_prompts": len(prompts), "tokens_generated": int(total.tokens), "goal": cfg.goal, "layer": ckpt.layer,
              "accuracy_best_beam": float(np.mean(labels)) if labels else None, "mean_q_best_beam": float(np.mean([t.meta["q"] for t in best])),
+             "resampled_steps": total.resampled_steps, "tokens_in_resampled_steps": total.resampled_tokens,
+             "n_best_ended_without_match": unmatched if cfg.require_before_end is not None else None,
              "config": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **{k: getattr(gen, k) for k in gen.__dataclass_fields__}},
              "checkpoint": str(ckpt.path)}
     write_json(out_dir.file("steering.json"), stats)

@@ -40,6 +40,7 @@ Other layouts (compressed, written by other tools) are read through h5py.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,25 @@ def _all_finite(block: np.ndarray) -> bool:
     return bool(block.view(signed).max() < pos_inf and block.view(unsigned).max() < neg_inf)
 
 
+MAPPED_MIN_BYTES = 8 << 20
+
+
+def mapped_empty(shape: tuple[int, int], dtype) -> np.ndarray:
+    """An uninitialised array, in its own anonymous memory map (unmapped, given back to the OS, when freed)
+    from `MAPPED_MIN_BYTES` on.
+
+    Blocks of rows are tens of MB and vary in size. glibc's malloc serves such sizes from its heap once
+    a freed mmap chunk has raised its dynamic threshold (up to 32 MB), and a heap fragmented by blocks of
+    varying sizes keeps growing: streaming a store's blocks raised the peak resident memory by a few
+    hundred MB per 1e6 rows (benchmarks/run_scale.py). A map of its own never enters the heap. Smaller
+    arrays (a training batch's rows, ~2.5 MB) stay on the heap, which reuses them without new page faults.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes < MAPPED_MIN_BYTES:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
 @dataclass(frozen=True)
 class RowLayout:
     """Where each row of one uncompressed 2-D dataset lies in its file, for direct reads."""
@@ -183,7 +203,7 @@ def pread_rows(path: Path, layout: RowLayout, local_rows: np.ndarray) -> np.ndar
     trajectory's rows within a chunk, or across adjacent chunks), so reading
     whole trajectories costs about one call per chunk, and scattered rows one each.
     """
-    out = np.empty((len(local_rows), layout.width), layout.dtype)
+    out = mapped_empty((len(local_rows), layout.width), layout.dtype)
     if len(local_rows) == 0:
         return out
     offsets = layout.byte_offsets(np.asarray(local_rows, np.int64))
@@ -328,14 +348,20 @@ class Store:
 
     # ---- states ---------------------------------------------------------
     def positions(self) -> np.ndarray:
-        """Token position (in the full completion) of every stored row, int32 [n_rows]."""
+        """Token position (in the full completion) of every stored row, int32 [n_rows], kept once read
+        (4 bytes a row: streaming readers use `shard_positions` instead)."""
         if self._positions is None:
-            parts = []
-            for path in self.shard_paths:
-                with h5py.File(path, "r") as fh:
-                    parts.append(fh["positions"][...])
+            parts = [self.shard_positions(s) for s in range(len(self.shard_paths))]
             self._positions = np.concatenate(parts) if parts else np.zeros(0, np.int32)
         return self._positions
+
+    def shard_positions(self, shard: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Token positions of the rows start:stop of one shard (default all), int32."""
+        if self._positions is not None:
+            end = self._shard_starts[shard + 1] if shard + 1 < len(self._shard_starts) else self.n_rows
+            return self._positions[self._shard_starts[shard]:end][start:stop]
+        with h5py.File(self.shard_paths[shard], "r") as fh:
+            return fh["positions"][start:stop]
 
     def _check_finite(self, block: np.ndarray, shard: int, layer: int, local_rows: np.ndarray | None = None) -> None:
         """Refuse a block with a NaN or an infinity; `local_rows[i]` is block row i's row in the shard."""
@@ -360,8 +386,9 @@ class Store:
         return block
 
     def _shard_rows(self, shard: int, layer: int, local_rows: np.ndarray) -> np.ndarray:
-        """float32 states of the increasing `local_rows` of one shard, checked: by pread once the
-        shard's layout is known to allow it (no HDF5 open per call), else through h5py."""
+        """States of the increasing `local_rows` of one shard in their stored dtype, checked: by pread once the
+        shard's layout is known to allow it (no HDF5 open per call), else through h5py. The caller casts them
+        into its float32 output in place (a float32 copy here would be a second block-sized array)."""
         key = (shard, layer)
         if key not in self._layouts:
             with h5py.File(self.shard_paths[shard], "r") as fh:
@@ -369,9 +396,9 @@ class Store:
         layout = self._layouts[key]
         if layout is None:
             with h5py.File(self.shard_paths[shard], "r") as fh:
-                return self._read_states(fh, shard, layer, as_float32=True, local_rows=local_rows)
+                return self._read_states(fh, shard, layer, as_float32=False, local_rows=local_rows)
         try:
-            block = pread_rows(self.shard_paths[shard], layout, local_rows).astype(np.float32, copy=False)
+            block = pread_rows(self.shard_paths[shard], layout, local_rows)
         except OSError as exc:
             raise ProbekitError(f"{self.shard_paths[shard]}: cannot read rows ({exc})") from None
         self._check_finite(block, shard, layer, local_rows)
@@ -387,21 +414,28 @@ class Store:
         """States of arbitrary global rows, float32 [len(rows), hidden], in the order asked.
 
         Rows are sorted once, read shard by shard in increasing order (each
-        distinct row once), then put back in the caller's order.
+        distinct row once), then put back in the caller's order. Increasing
+        distinct rows (a block of whole trajectories) are cast straight into
+        the output: no other array of the output's size is made.
         """
         self.check_layer(layer)
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.hidden_size), dtype=np.float32)
+        out = mapped_empty((len(rows), self.hidden_size), np.float32)
         if len(rows) == 0:
             return out
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
+        increasing = bool((np.diff(rows) > 0).all())
+        order = None if increasing else np.argsort(rows, kind="stable")
+        ordered = rows if order is None else rows[order]
         shard_of = np.searchsorted(self._shard_starts, ordered, side="right") - 1
         cuts = np.flatnonzero(np.diff(shard_of)) + 1
         for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(rows)].tolist()):
             s = int(shard_of[a])
-            uniq, inverse = np.unique(ordered[a:b] - self._shard_starts[s], return_inverse=True)
-            out[order[a:b]] = self._shard_rows(s, layer, uniq)[inverse]
+            local = ordered[a:b] - self._shard_starts[s]
+            if order is None:
+                out[a:b] = self._shard_rows(s, layer, local)
+            else:
+                uniq, inverse = np.unique(local, return_inverse=True)
+                out[order[a:b]] = self._shard_rows(s, layer, uniq)[inverse]
         return out
 
     def last_rows(self) -> np.ndarray:

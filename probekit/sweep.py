@@ -10,6 +10,9 @@ Ablation axes (`SweepConfig.axes`) vary fit options by name: `features`
 (single, concat, mix), `pooling`, `contrastive`, `pairs`; an axis not given
 keeps the template's value. Runs reading several layers (concat, mix) do not
 take the layer axis: they run once, on --feature-layers, with layer "a+b+…".
+Every combination of the axes is a run, unless `one_at_a_time`: then only the
+template's configuration and each variant that changes one axis from it, the
+runs an ablation study compares (4 axes of 2-3 values: 8 variants, not 54).
 
 Outputs in --out: runs/<name>/ (one checkpoint per run), results.csv (one
 row per run and goal kind), results.json (options, runs, the mean ± std
@@ -50,6 +53,7 @@ class SweepConfig:
     prototypes: int = 4
     split: str = "valid"
     axes: dict = field(default_factory=dict)  # ablation axis name -> tuple of values (default: the template's value)
+    one_at_a_time: bool = False  # runs change at most one ablation axis from the template (else: every combination)
 
     def validate(self) -> SweepConfig:
         for g in self.goals:
@@ -83,7 +87,12 @@ class SweepConfig:
                         for contrastive in ([None] if lam == 0 else self.axis("contrastive")):
                             out.append({"lam": lam, "layer": None if layer is None else int(layer), "widths": tuple(widths), "K": K,
                                         "seed": int(seed), "features": features, "pooling": pooling, "contrastive": contrastive, "pairs": pairs})
-        return out
+        return [r for r in out if len(self.changed(r)) <= 1] if self.one_at_a_time else out
+
+    def changed(self, run: dict) -> list[str]:
+        """The ablation axes on which `run` differs from the template (a λ = 0 run has no contrastive variant)."""
+        base = {name: getattr(getattr(self.template, field_groups(FitConfig)[name]), name) for name in ABLATION_AXES}
+        return [name for name in ABLATION_AXES if run[name] is not None and run[name] != base[name]]
 
     def fit_config(self, run: dict) -> FitConfig:
         single = run["features"] == "single"
@@ -158,7 +167,7 @@ def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, o
         "options": {"store": str(store_path), "out": str(out), "lams": sorted(set(config.lams) | {0.0}), "layers": layers,
                     "widths": [widths_name(w) for w in config.widths], "ks": list(config.ks), "goals": list(config.goals),
                     "seeds": list(config.seeds), "prototypes": config.prototypes, "split": config.split,
-                    "axes": {name: list(config.axis(name)) for name in ABLATION_AXES},
+                    "axes": {name: list(config.axis(name)) for name in ABLATION_AXES}, "one_at_a_time": config.one_at_a_time,
                     "template": config.template.to_dict()},
         "runs": rows,
         "summary": summarise(rows),

@@ -357,6 +357,39 @@ def test_cli_fit_and_sweep_take_the_ablation_options(tmp_path):
     assert {b["layer"] for b in out["baselines"]} == {1, "1+2"}  # the baselines read what each probe reads
 
 
+def test_one_at_a_time_runs_the_default_and_each_single_axis_change(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli.main  # noqa: F401
+    from cli.app import app
+    from probekit.sweep import SweepConfig
+
+    axes = {"features": ("single", "mix"), "pooling": ("last", "mean"), "contrastive": ("official", "infonce"), "pairs": ("group", "cross")}
+    grid = SweepConfig(template=quick(), lams=(0.5,), seeds=(0,), axes=axes).runs([1])
+    study = SweepConfig(template=quick(), lams=(0.5,), seeds=(0,), axes=axes, one_at_a_time=True)
+    runs = study.runs([1])
+    assert len(grid) == 2 * 2 * 2 * (1 + 2)
+    named = sorted((r["lam"], tuple(study.changed(r))) for r in runs)
+    # λ = 0: the default and one run per changed axis but the contrastive one (it has no contrastive term); λ = 0.5: all four
+    assert named == sorted([(0.0, ()), (0.0, ("features",)), (0.0, ("pooling",)), (0.0, ("pairs",)),
+                            (0.5, ()), (0.5, ("features",)), (0.5, ("pooling",)), (0.5, ("contrastive",)), (0.5, ("pairs",))])
+    assert all(r in grid for r in runs)
+    # the template, not the library default, is the reference: a mean-pooling template makes "last" the change
+    pooled = SweepConfig(template=quick(pooling="mean"), lams=(0.0,), seeds=(0,), axes={"pooling": ("mean", "last")}, one_at_a_time=True)
+    assert [pooled.changed(r) for r in pooled.runs([1])] == [[], ["pooling"]]
+
+    store = split_layer_store(tmp_path / "s", n=48)
+    res = CliRunner().invoke(app, ["sweep", "--store", str(store), "--out", str(tmp_path / "sw"), "--lam", "0.5", "--k", "2", "--seeds", "0",
+                                   "--layers", "1", "--features", "single,mix", "--pooling", "last,mean", "--one-at-a-time",
+                                   "--epochs", "1", "--rep-size", "4", "--n-boot", "10", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["options"]["one_at_a_time"] is True
+    assert sorted((r["lam"], r["features"], r["pooling"]) for r in out["runs"]) == [
+        (0.0, "mix", "last"), (0.0, "single", "last"), (0.0, "single", "mean"),
+        (0.5, "mix", "last"), (0.5, "single", "last"), (0.5, "single", "mean")]
+
+
 # ---- the new pieces by hand ------------------------------------------------------------------
 def test_info_nce_and_token_goal_hand_values():
     import math

@@ -115,3 +115,35 @@ def test_beats_compares_the_ci_lower_bound_with_the_best_baseline():
     assert beats(probe(0.75), baselines) == {"compared_on": "auroc", "beats_baselines": True, "beats_logistic": False}
     assert beats(probe(0.65), baselines)["beats_baselines"] is False
     assert beats(probe(None), baselines)["beats_baselines"] is None
+
+
+def test_features_streamed_in_small_blocks_equal_those_read_in_memory(tmp_path, monkeypatch):
+    """The baselines' per-trajectory states do not depend on how the rows are read: memory in one block, the
+    shards a few trajectories at a time, the float64 sums in runs of any size; so neither do the baselines."""
+    import probekit.probe.data as pdata
+    from probekit.baselines import segment_means
+
+    rng = np.random.default_rng(4)
+    direction = rng.normal(size=HIDDEN).astype(np.float32)
+    labels = [int(i % 4 < 2) for i in range(96)]
+    store = _store(tmp_path / "s", rng.integers(2, 30, size=96).tolist(), labels, direction=direction)
+    traj = np.flatnonzero(np.arange(96) % 5 != 2)
+    last, mean = trajectory_features(MemoryRows(store, 2), traj)
+    for i, t in enumerate(traj):
+        x = store.trajectory_states(int(t), 2).astype(np.float64)
+        np.testing.assert_array_equal(last[i], x[-1].astype(np.float32))
+        np.testing.assert_allclose(mean[i], x.mean(0), rtol=1e-6)
+    ctx = make_context(store, _split(24), "test", n_boot=100)
+    in_memory = logistic_baselines(ctx, MemoryRows(store, 2))
+    monkeypatch.setattr(pdata, "BLOCK_BYTES", 4 * HIDDEN * 50)
+    stream = StreamRows(store, 2)
+    assert sum(1 for _ in stream.blocks(traj)) > 2 * store.manifest["shards"]["n"]
+    s_last, s_mean = trajectory_features(stream, traj)
+    np.testing.assert_array_equal(s_last, last)
+    np.testing.assert_array_equal(s_mean, mean)
+    states = store.load_layer(2)
+    offsets = np.append(store.meta.row_start, store.n_rows)
+    for run_rows in (1, 7, 10_000):
+        np.testing.assert_array_equal(segment_means(states, offsets, run_rows), segment_means(states, offsets))
+    assert logistic_baselines(ctx, stream) == in_memory
+    assert in_memory["logistic_last"]["auroc"]["value"] > 0.9

@@ -156,3 +156,84 @@ def test_plot_prefix_curves_draws_undefined_points_as_gaps(tmp_path):
                              "title", {"length (full completion)": 0.64})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # written under a temporary name, then renamed
+
+
+# ---- streamed evaluation: per-trajectory summaries a block at a time -----------------------------
+def _same_numbers(a, b, path="metrics"):
+    """Equal structure, equal non-float leaves, floats equal up to float32 rounding."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same_numbers(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_numbers(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7), path
+    else:
+        assert a == b, path
+
+
+def test_split_scores_gathered_block_by_block_equal_those_of_the_whole_split():
+    """Per-trajectory summaries and the error-localisation tokens do not depend on where blocks are cut, and the
+    localisation on the kept tokens alone, with the threshold of all trajectories, is the one on every token."""
+    from probekit.evaluate import FRACTIONS, SplitScores, known_error, midpoint_threshold
+
+    rng = np.random.default_rng(0)
+    n = 40
+    T = rng.integers(3, 12, size=n)
+    stride = [list(range(0, t, 1 + (i % 3))) + ([t - 1] if (t - 1) % (1 + (i % 3)) else []) for i, t in enumerate(T)]
+    q = [rng.normal(size=len(p)).astype(np.float32) for p in stride]
+    whole = _scores(stride, q, [rng.normal(size=len(p)) for p in stride])
+    whole.q["kmeans"] = rng.normal(size=len(whole.reward)).astype(np.float32)
+    labels = np.tile([1, 0, 0, -1], n // 4)
+
+    class Meta:
+        completion_tokens = T
+        error_token = np.where(labels == 0, T // 2, -1)
+
+    parts = [whole.select(np.arange(a, min(a + 7, n))) for a in range(0, n, 7)]
+    one, blocks = (SplitScores.gather(p, np.arange(n), Meta, labels, ["mean", "kmeans"]) for p in ([whole], parts))
+    np.testing.assert_array_equal(blocks.traj, np.arange(n))
+    for k in ("reward", "mean", "kmeans"):
+        np.testing.assert_array_equal(blocks.last[k], one.last[k])
+        np.testing.assert_array_equal(blocks.prefix[k], one.prefix[k])
+        np.testing.assert_array_equal(one.last[k], whole.last(whole.reward if k == "reward" else whole.q[k]))
+        for f in (0.1, 0.5, 1.0):
+            rows, i = prefix_rows(whole, T, f), FRACTIONS.index(f)
+            values = whole.reward if k == "reward" else whole.q[k]
+            np.testing.assert_array_equal(one.prefix[k][i][rows >= 0], values[rows[rows >= 0]])
+            assert np.isnan(one.prefix[k][i][rows < 0]).all()
+    kept = known_error(Meta, np.arange(n), labels)
+    np.testing.assert_array_equal(blocks.errors.traj, np.flatnonzero(kept))
+    assert len(blocks.errors.reward) == int(np.diff(whole.offsets)[kept].sum())  # only their tokens are kept
+    full = error_localisation(whole, Meta, labels)
+    streamed = error_localisation(blocks.errors, Meta, labels[blocks.errors.traj], midpoint_threshold(blocks.last["mean"], labels))
+    assert streamed == full and full["n_trajectories"] == int(kept.sum())
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_streamed_evaluation_equals_the_in_memory_one(tmp_path, monkeypatch, pooling):
+    """Memory (one block) and streamed from the shards in blocks of a few trajectories: the same metrics, AUROCs
+    and baselines included, for a last-token and a pooled probe."""
+    import probekit.probe.data as pdata
+    from probekit.evaluate import evaluate
+    from probekit.metrics import make_context
+    from probekit.scoring import Scorer
+    from tests.test_fit import fit, planted_store
+
+    path = planted_store(tmp_path / "s", n_groups=16)
+    ckpt = fit(path, tmp_path / "ck", epochs=3, pooling=pooling)
+    store = Store(path)
+    ctx = make_context(store, ckpt.split, "valid", n_boot=200)
+    memory = evaluate(Scorer.from_checkpoint(ckpt), ctx, pdata.MemoryRows(store, 2), layer=2)
+    monkeypatch.setattr(pdata, "BLOCK_BYTES", 4 * store.hidden_size * 40)  # 40 rows: 3 or 4 trajectories a block
+    blocks = []
+    real = pdata.StreamRows.blocks
+    monkeypatch.setattr(pdata.StreamRows, "blocks", lambda self, t: (blocks.append(b) or b for b in real(self, t)))
+    streamed = evaluate(Scorer.from_checkpoint(ckpt), ctx, pdata.StreamRows(store, 2), layer=2)
+    assert len(blocks) > 3 * store.manifest["shards"]["n"] and max(len(b.states) for b in blocks) <= 40 + 16
+    assert streamed["probe"]["auroc"]["value"] == memory["probe"]["auroc"]["value"] > 0.8
+    assert streamed["probe"]["error_localisation"]["n_trajectories"] > 0
+    _same_numbers(streamed, memory)

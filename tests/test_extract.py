@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -116,6 +117,39 @@ def test_batched_equals_one_at_a_time(tiny, traj_file, tmp_path, padding_side):
     single = extract(_opts(traj_file, tmp_path / "s", padding_side="right", max_batch_tokens=1), loaded=tiny)
     assert batched.complete and single.complete
     _assert_same_store(tmp_path / "b", tmp_path / "s", atol=2e-5)
+
+
+def _shared_prompt_file(path: Path) -> Path:
+    """Four questions with three samples each (one prompt per group, as best-of-n data has), and one lone question."""
+    base = _trajectories(15)
+    out = [dataclasses.replace(t, prompt=base[3 * (i // 3)].prompt) for i, t in enumerate(base[:12])] + base[12:13]
+    write_trajectories(path, out)
+    return path
+
+
+@pytest.mark.parametrize("max_batch_tokens", [4096, 64])
+def test_shared_prompts_equal_full_forwards(tiny, tmp_path, max_batch_tokens):
+    """A prompt run once for its group's completions (KV cache) gives each completion the states of its own full forward."""
+    data = _shared_prompt_file(tmp_path / "t.jsonl")
+    shared = extract(_opts(data, tmp_path / "shared", max_batch_tokens=max_batch_tokens), loaded=tiny)
+    full = extract(_opts(data, tmp_path / "full", share_prompts=False), loaded=tiny)
+    _assert_same_store(tmp_path / "shared", tmp_path / "full", atol=2e-5)
+    assert shared.manifest["stats"]["n_prompt_tokens_reused"] > 0 and full.manifest["stats"]["n_prompt_tokens_reused"] == 0
+
+
+def test_shared_prompts_within_bfloat16_rounding_and_not_with_sliding_windows(tiny_bf16, tiny_model_dir, tmp_path):
+    data = _shared_prompt_file(tmp_path / "t.jsonl")
+    extract(_opts(data, tmp_path / "shared"), loaded=tiny_bf16)
+    extract(_opts(data, tmp_path / "full", share_prompts=False), loaded=tiny_bf16)
+    a, b = Store(tmp_path / "shared"), Store(tmp_path / "full")
+    for layer in (1, 2, 4):
+        x, y = a.load_layer(layer), b.load_layer(layer)
+        rel = np.linalg.norm(x - y, axis=1) / np.linalg.norm(y, axis=1)
+        assert rel.max() < 2**-6, (layer, rel.max())  # bfloat16 rounding (2^-8 per element), not a wrong offset
+    windowed = load_model(str(tiny_model_dir), device="cpu")
+    windowed.model.config.sliding_window = 4  # a window the shared cache would not honour: the plain path runs
+    res = extract(_opts(data, tmp_path / "windowed"), loaded=windowed)
+    assert res.manifest["stats"]["n_prompt_tokens_reused"] == 0
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

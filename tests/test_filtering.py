@@ -408,3 +408,55 @@ def test_filter_signal_auroc_on_another_store_fits_its_length_controls_on_the_tr
     gone = filter_store(ckpt, other, tmp_path / "h", FilterConfig(threshold="0", plots=False, random_seeds=1))
     assert "not available" in gone["signal_auroc"]["auroc"]["length_controlled"]["note"]
     assert gone["signal_auroc"]["auroc"]["value"] == 1.0
+
+
+def _record_blocks(monkeypatch):
+    """Record (store path, trajectories) of every block the stream row source yields."""
+    from probekit.probe.data import StreamRows
+
+    seen = []
+    real = StreamRows.blocks
+
+    def blocks(self, trajectories):
+        for b in real(self, trajectories):
+            seen.append((self.store.path, b.trajectories.tolist()))
+            yield b
+
+    monkeypatch.setattr(StreamRows, "blocks", blocks)
+    return seen
+
+
+def test_auto_threshold_scores_only_the_validation_trajectories(planted, tmp_path, monkeypatch):
+    """The threshold is chosen on the checkpoint's validation groups, so only their trajectories are read and scored
+    (it scored the whole training store); the choice and the table are the filter's on the whole store."""
+    from probekit.filtering import auto_threshold, filter_store
+    from probekit.probe.checkpoint import load_checkpoint
+
+    root, store, ckpt_dir = planted
+    ckpt = load_checkpoint(ckpt_dir)
+    whole = filter_store(ckpt, store, tmp_path / "f", FilterConfig(threshold="auto", skip_first=5, plots=False, random_seeds=1))
+    seen = _record_blocks(monkeypatch)
+    chosen = auto_threshold(ckpt, "mean", skip_first=5)
+    valid = np.flatnonzero(np.isin(store.meta.group, ckpt.split["valid"])).tolist()
+    assert sorted(t for _, ts in seen for t in ts) == valid and len(valid) == 15
+    assert chosen["table"] == [{"threshold": r["threshold"], "selection": r["selection"]} for r in whole["thresholds"]]
+    assert chosen["threshold"] == whole["chosen_threshold"]
+
+
+def test_signal_auroc_on_another_store_reads_only_the_training_split_of_the_training_store(planted, tmp_path, monkeypatch):
+    import shutil
+
+    from probekit.filtering import filter_store
+    from probekit.probe.checkpoint import load_checkpoint
+    from probekit.store import Store
+
+    root, store, ckpt_dir = planted
+    shutil.copytree(store.path, tmp_path / "copy")
+    ckpt = load_checkpoint(ckpt_dir)
+    same = filter_store(ckpt, store, tmp_path / "g", FilterConfig(threshold="0", plots=False, random_seeds=1))
+    seen = _record_blocks(monkeypatch)
+    other = filter_store(ckpt, Store(tmp_path / "copy"), tmp_path / "f", FilterConfig(threshold="0", plots=False, random_seeds=1))
+    train = np.flatnonzero(np.isin(store.meta.group, ckpt.split["train"])).tolist()
+    assert {p for p, _ in seen} == {store.path} and sorted(t for _, ts in seen for t in ts) == train
+    assert other["signal_auroc"]["auroc"] == same["signal_auroc"]["auroc"]
+    assert other["signal_auroc"]["auroc"]["length_controlled"]["residualised"]["value"] is not None

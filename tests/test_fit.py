@@ -286,6 +286,20 @@ def test_store_without_pairs_is_refused(tmp_path):
         prepare(Store(store), fast_config())
 
 
+def test_refused_fit_leaves_no_folder_behind(tmp_path):
+    """A fit refused after claiming --out (no pairs) removes the folder it made, but never one that existed."""
+    states, groups, labels, _ = planted_arrays(n_groups=3)
+    store = Store(make_store(tmp_path / "s", states, groups, labels, pairs=[]))
+    with pytest.raises(ProbekitError, match="no preference pairs"):
+        fit_probe(store, tmp_path / "new" / "ckpt", fast_config())
+    assert not (tmp_path / "new" / "ckpt").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(ProbekitError, match="no preference pairs"):
+        fit_probe(store, mine, fast_config())
+    assert mine.is_dir() and not any(mine.iterdir())
+
+
 def test_pair_with_missing_trajectory_is_refused(tmp_path):
     store = planted_store(tmp_path / "s", n_groups=3)
     with open(store / "pairs.jsonl", "a", encoding="utf-8") as fh:

@@ -401,6 +401,25 @@ def test_data_writer_never_replaces_its_input_or_a_user_file_of_the_same_name(tm
     assert sorted(p.name for p in gsm.iterdir()) == ["test.jsonl"]
 
 
+def test_threads_option_sets_torch_threads_for_the_command(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    import cli.main  # noqa: F401
+    from cli.app import app
+
+    before = torch.get_num_threads()
+    try:
+        out = tmp_path / "other"
+        result = CliRunner().invoke(app, ["--threads", "1", "data", "synth", "--n-problems", "2", "--out", str(tmp_path / "synth")])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+        result = CliRunner().invoke(app, ["--threads", "-1", "data", "synth", "--n-problems", "2", "--out", str(out)])
+        assert result.exit_code == 2 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_out_help_no_longer_promises_replacement():
     from cli.data_cmd import OUT_HELP
 

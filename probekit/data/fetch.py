@@ -11,10 +11,10 @@ A download is written under a temporary name and renamed only once its hash
 matches; a mismatch or a failed download leaves nothing behind. A cached file
 is hashed again before it is trusted, and a damaged one is fetched anew.
 
-The MATH test set is not offered: its canonical distribution is a tarball on a
-personal web page rather than a repository with pinnable files, the Hugging
-Face copy (hendrycks/competition_math) was withdrawn, and no copy was at hand
-to pin a hash from.
+MATH comes as the 500 held-out test problems of openai/prm800k (`math_splits/
+test.jsonl`, the set PRM800K and later work evaluate on): MATH's own
+distribution is a tarball on a personal web page, not pinnable files in a
+repository, and its Hugging Face copy was withdrawn.
 """
 
 from __future__ import annotations
@@ -55,12 +55,18 @@ _HH = "https://raw.githubusercontent.com/anthropics/hh-rlhf/354e5c3cb8960630860d
 # Its sha256 and size are the LFS pointer's oid and size at that commit (the oid is the content's sha256).
 _HH_LFS = "https://media.githubusercontent.com/media/anthropics/hh-rlhf/354e5c3cb8960630860dd5774a6ac2a58313bf4d"
 
+# Also Git LFS: the pinned sha256 and size are its pointer's oid and size at that commit.
+_PRM800K_LFS = "https://media.githubusercontent.com/media/openai/prm800k/7ecc794703b2877f63226f2477a49b34f9b25163"
+_PRM800K = "https://raw.githubusercontent.com/openai/prm800k/7ecc794703b2877f63226f2477a49b34f9b25163"
+
 _GSM8K_LICENSE = DataFile("gsm8k/LICENSE", f"{_GSM8K}/LICENSE",
                           "86bbb73e855821d7c401912fd4bf82e34313e6e3b6fd6f909f2b6cc9e209a53b", 1062)
 _HH_LICENSE = DataFile("hh_rlhf/LICENSE", f"{_HH}/LICENSE",
                        "d4fb18db48757e273261a5597b8a09381de8073da060474ce33d0643e06c875e", 1066)
+_PRM800K_LICENSE = DataFile("math/LICENSE", f"{_PRM800K}/LICENSE",
+                            "22d61a2226e035da51c56149c3358c36d1f61716435866bc6e6fe0e54c7270db", 1062)
 
-# Each data set brings its licence file along (both are MIT, whose notice travels with copies).
+# Each data set brings its licence file along (all are MIT, whose notice travels with copies).
 DATASETS: dict[str, tuple[DataFile, ...]] = {
     "gsm8k": (
         DataFile("gsm8k/train.jsonl", f"{_GSM8K}/grade_school_math/data/train.jsonl",
@@ -83,6 +89,11 @@ DATASETS: dict[str, tuple[DataFile, ...]] = {
         DataFile("hh_rlhf/helpful-base/test.jsonl.gz", f"{_HH_LFS}/helpful-base/test.jsonl.gz",
                  "8be3fc1a13b27901631696f2be6f184c799f1baeaf145f53ac5db24960adc37b", 875191),
         _HH_LICENSE,
+    ),
+    "math": (
+        DataFile("math/test.jsonl", f"{_PRM800K_LFS}/prm800k/math_splits/test.jsonl",
+                 "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132", 446564),
+        _PRM800K_LICENSE,
     ),
 }
 

@@ -84,3 +84,57 @@ def forward_layers(
         except _StopForward:
             pass
     return {layer: captured[layer] for layer in layers}
+
+
+def cache_argument(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (the old name is deprecated from 5.x); use what this version takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def full_attention_everywhere(model) -> bool:
+    """True when every layer attends causally over the whole context (no sliding windows), so a prompt's KV cache,
+    computed once, gives its completions the same states as a forward over prompt + completion."""
+    cfg = getattr(model, "config", None)
+    types = set(getattr(cfg, "layer_types", None) or ())
+    return getattr(cfg, "sliding_window", None) is None and types <= {"full_attention"}
+
+
+@torch.inference_mode()
+def forward_layers_shared(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    prompt_of: torch.Tensor,
+    layers: list[int],
+) -> dict[int, torch.Tensor]:
+    """Hidden states [completions, completion_len, hidden] of the completions, each after its prompt.
+
+    Prompts (left-padded, [P, p_len]) run once, up to the deepest layer, into a
+    KV cache; the cache is repeated per completion (`prompt_of[k]` = the prompt
+    row of completion k) and the completions (right-padded) run on top of it.
+    Best-of-n data (n samples per question) so skip n - 1 of every prompt's
+    forward passes.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    kv = {cache_argument(model): cache}
+    with capture_layers(model, layers, stop_after_deepest=True):
+        try:
+            model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask), use_cache=True, **kv)
+        except _StopForward:
+            pass
+    cache.batch_select_indices(prompt_of)
+    before = prompt_mask[prompt_of]
+    mask = torch.cat([before, completion_mask], dim=1)
+    positions = before.sum(dim=1, keepdim=True) + torch.arange(completion_ids.shape[1], device=completion_ids.device)
+    with capture_layers(model, layers, stop_after_deepest=True) as captured:
+        try:
+            model(input_ids=completion_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kv)
+        except _StopForward:
+            pass
+    return {layer: captured[layer] for layer in layers}

@@ -100,6 +100,7 @@ def finalize(out: Path, manifest: dict, shard_attrs: list[dict]) -> dict:
         "n_rows_stored": sum(int(a["n_rows"]) for a in shard_attrs),
         "n_tokens_processed": processed,
         "n_truncated": sum(int(a["n_truncated"]) for a in shard_attrs),
+        "n_prompt_tokens_reused": sum(int(a.get("n_prompt_tokens_reused", 0)) for a in shard_attrs),  # shards older than --share-prompts: 0
         "seconds": round(seconds, 3),
         "tokens_per_second": round(processed / seconds, 1) if seconds > 0 else None,
         "model_dtypes": sorted({str(a["model_dtype"]) for a in shard_attrs}),

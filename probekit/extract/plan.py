@@ -37,27 +37,44 @@ def select_positions(first: int, total: int, stride: int) -> np.ndarray:
     return keep
 
 
-def length_buckets(lengths: list[int] | np.ndarray, max_batch_tokens: int) -> list[list[int]]:
+def length_buckets(lengths: list[int] | np.ndarray, max_batch_tokens: int, rows: list[int] | np.ndarray | None = None) -> list[list[int]]:
     """Group item indices into batches of similar length under a padded-token budget.
 
-    Sorting by length keeps padding small; a batch's cost is
-    `len(batch) * max_len`, which stays under `max_batch_tokens` (a single
-    item longer than the budget gets a batch of its own).
+    Sorting by length keeps padding small; a batch's cost is its rows times
+    its longest item, `sum(rows) * max_len` (an item is one row unless `rows`
+    says how many it stands for: a shared prompt's completions), which stays
+    under `max_batch_tokens` (a single item over the budget gets a batch of its own).
     """
     if max_batch_tokens < 1:
         raise ProbekitError("--max-batch-tokens must be positive")
+    rows = np.ones(len(lengths), dtype=np.int64) if rows is None else np.asarray(rows)
     order = np.argsort(np.asarray(lengths), kind="stable")[::-1]  # longest first: fail fast on memory
     batches: list[list[int]] = []
     current: list[int] = []
-    current_max = 0
+    current_max = current_rows = 0
     for idx in order:
-        n = int(lengths[idx])
+        n, r = int(lengths[idx]), int(rows[idx])
         new_max = max(current_max, n)
-        if current and new_max * (len(current) + 1) > max_batch_tokens:
+        if current and new_max * (current_rows + r) > max_batch_tokens:
             batches.append(current)
-            current, new_max = [], n
+            current, new_max, current_rows = [], n, 0
         current.append(int(idx))
-        current_max = new_max
+        current_max, current_rows = new_max, current_rows + r
     if current:
         batches.append(current)
     return batches
+
+
+def shared_prompts(prompt_keys: list[tuple]) -> tuple[list[list[int]], list[int]]:
+    """(units, alone): items whose prompt tokens repeat, grouped by prompt (first-seen order), and the rest.
+
+    A unit's prompt runs once and its KV cache serves every completion of the
+    unit; an item with a unique or empty prompt gains nothing from that and
+    keeps the plain path.
+    """
+    by_key: dict[tuple, list[int]] = {}
+    for i, key in enumerate(prompt_keys):
+        by_key.setdefault(key, []).append(i)
+    units = [items for key, items in by_key.items() if key and len(items) > 1]
+    alone = sorted(i for key, items in by_key.items() if not key or len(items) == 1 for i in items)
+    return units, alone

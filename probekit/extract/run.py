@@ -27,10 +27,10 @@ from filelock import FileLock, Timeout
 
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
 from probekit.errors import ProbekitError
-from probekit.extract.forward import forward_layers
+from probekit.extract.forward import forward_layers, forward_layers_shared, full_attention_everywhere
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, finalize
 from probekit.extract.options import ExtractOptions
-from probekit.extract.plan import length_buckets, parse_positions, select_positions
+from probekit.extract.plan import length_buckets, parse_positions, select_positions, shared_prompts
 from probekit.extract.render import Encoded, encode, resolve_template
 from probekit.io import sha256_file, write_json
 from probekit.models import LoadedModel, dtype_name, load_model, resolve_layers
@@ -303,30 +303,42 @@ def build_shard(
     opts: ExtractOptions,
     advance=lambda n: None,
 ) -> ShardData:
-    """Run the truncated forward over one shard in length buckets; return its arrays in input order."""
+    """Run the truncated forward over one shard in length buckets; return its arrays in input order.
+
+    Trajectories that share their prompt tokens (n samples of one question)
+    run the prompt once and their completions on its KV cache
+    (`--share-prompts`, models whose every layer attends to the whole
+    context); the others run prompt + completion in one pass.
+    """
     torch_dtype, np_dtype = STORE_DTYPES[opts.dtype]
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    per_traj: list[dict[int, np.ndarray] | None] = [None] * len(trajs)
-    per_pos: list[np.ndarray | None] = [None] * len(trajs)
-    for batch in length_buckets([len(e.input_ids) for e in encoded], opts.max_batch_tokens):
-        width = max(len(encoded[i].input_ids) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        starts = []
-        for row, i in enumerate(batch):
-            seq = encoded[i].input_ids
-            start = width - len(seq) if opts.padding_side == "left" else 0
-            ids[row, start : start + len(seq)] = torch.tensor(seq)
-            mask[row, start : start + len(seq)] = 1
-            starts.append(start)
-        states = forward_layers(loaded.model, ids.to(loaded.device), mask.to(loaded.device), layers)
-        for row, i in enumerate(batch):
-            e = encoded[i]
-            pos = select_positions(e.completion_cut, e.completion_tokens, stride)
-            cols = torch.as_tensor(starts[row] + e.completion_start + (pos - e.completion_cut), device=loaded.device)
-            per_traj[i] = {layer: checked_states(states[layer][row, cols], torch_dtype, trajs[i].id, layer, opts.dtype) for layer in layers}
-            per_pos[i] = pos
+    device = loaded.device
+    per_traj: list[dict[int, np.ndarray]] = [{} for _ in trajs]
+    per_pos = [select_positions(e.completion_cut, e.completion_tokens, stride) for e in encoded]
+
+    def keep(batch: list[int], states: dict[int, torch.Tensor], cols: list[np.ndarray]) -> None:
+        for layer in layers:
+            for i, rows in zip(batch, _batch_rows(states[layer], cols, torch_dtype, [trajs[i].id for i in batch], layer, opts.dtype)):
+                per_traj[i][layer] = rows
         advance(sum(len(encoded[i].input_ids) for i in batch))
+
+    share = opts.share_prompts and full_attention_everywhere(loaded.model)
+    units, alone = shared_prompts([tuple(e.input_ids[:e.completion_start]) if share else () for e in encoded])
+    for bucket in length_buckets([len(encoded[i].input_ids) for i in alone], opts.max_batch_tokens):
+        batch = [alone[b] for b in bucket]
+        left = opts.padding_side == "left"
+        ids, mask, starts = _padded([encoded[i].input_ids for i in batch], pad_id, left)
+        states = forward_layers(loaded.model, ids.to(device), mask.to(device), layers)
+        keep(batch, states, [starts[r] + encoded[i].completion_start + (per_pos[i] - encoded[i].completion_cut) for r, i in enumerate(batch)])
+    longest = [max(len(encoded[i].input_ids) for i in unit) for unit in units]
+    for bucket in length_buckets(longest, opts.max_batch_tokens, rows=[len(unit) for unit in units]):
+        group = [units[b] for b in bucket]
+        batch = [i for unit in group for i in unit]
+        p_ids, p_mask, _ = _padded([encoded[unit[0]].input_ids[: encoded[unit[0]].completion_start] for unit in group], pad_id, left=True)
+        c_ids, c_mask, _ = _padded([encoded[i].input_ids[encoded[i].completion_start :] for i in batch], pad_id, left=False)
+        prompt_of = torch.tensor([k for k, unit in enumerate(group) for _ in unit], device=device)
+        states = forward_layers_shared(loaded.model, p_ids.to(device), p_mask.to(device), c_ids.to(device), c_mask.to(device), prompt_of, layers)
+        keep(batch, states, [per_pos[i] - encoded[i].completion_cut for i in batch])  # completion_cut is 0: a cut prompt is never shared
 
     counts = np.asarray([len(p) for p in per_pos], dtype=np.int64)
     return ShardData(
@@ -347,8 +359,43 @@ def build_shard(
             "n_rows": int(counts.sum()),
             "n_tokens_processed": sum(len(e.input_ids) for e in encoded),
             "n_truncated": sum(1 for e in encoded if e.truncated_tokens > 0),
+            "n_prompt_tokens_reused": sum((len(unit) - 1) * encoded[unit[0]].completion_start for unit in units),
         },
     )
+
+
+def _padded(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(ids, attention mask, start column of each row) of token lists padded to the longest."""
+    width = max(len(seq) for seq in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    starts = []
+    for row, seq in enumerate(seqs):
+        start = width - len(seq) if left else 0
+        ids[row, start : start + len(seq)] = torch.tensor(seq)
+        mask[row, start : start + len(seq)] = 1
+        starts.append(start)
+    return ids, mask, starts
+
+
+def _batch_rows(states: torch.Tensor, cols: list[np.ndarray], dtype: torch.dtype, ids: list[str], layer: int,
+                dtype_name: str) -> list[np.ndarray]:
+    """The stored rows of every trajectory of a batch: one gather, one check and one device-to-host copy per batch.
+
+    Per-trajectory copies cost a synchronisation each, which left a GPU idle
+    most of the time (benchmarks/results/speed-gpu.json: 13% busy); a bad
+    batch is re-checked trajectory by trajectory so the error still names one.
+    """
+    counts = [len(c) for c in cols]
+    rows = torch.as_tensor(np.repeat(np.arange(len(cols)), counts), device=states.device)
+    flat = torch.as_tensor(np.concatenate(cols) if cols else np.zeros(0, np.int64), device=states.device)
+    try:
+        host = checked_states(states[rows, flat], dtype, ids[0], layer, dtype_name)
+    except ProbekitError:
+        for row, (tid, c) in enumerate(zip(ids, cols)):
+            checked_states(states[row, torch.as_tensor(c, device=states.device)], dtype, tid, layer, dtype_name)
+        raise
+    return np.split(host, np.cumsum(counts)[:-1])
 
 
 def checked_states(x: torch.Tensor, dtype: torch.dtype, tid: str, layer: int, dtype_name: str) -> np.ndarray:

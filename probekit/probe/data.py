@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -38,7 +38,9 @@ from probekit.io import read_json
 from probekit.store import ShardBlock, Store
 
 SPLITS = ("train", "valid", "test")
-_BLOCK_ROWS = 1 << 16
+# A block of whole trajectories holds at most this many bytes of float32 states (one longer trajectory is a
+# block alone), so streaming a split costs the same memory at any store size; with a 576-wide layer ~29k rows.
+BLOCK_BYTES = 64 << 20
 
 
 # ---- row sources ------------------------------------------------------------
@@ -65,9 +67,12 @@ class RowSource:
         """Yield (trajectory indices, local offsets [n+1], states of their rows concatenated).
 
         Covers every trajectory in `trajectories` exactly once (in increasing
-        index order), a bounded block at a time.
+        index order), a block of at most `BLOCK_BYTES` of states at a time.
         """
         raise NotImplementedError
+
+    def _block_rows(self) -> int:
+        return max(1, BLOCK_BYTES // (4 * self.hidden_size))
 
 
 class MemoryRows(RowSource):
@@ -86,38 +91,45 @@ class MemoryRows(RowSource):
         meta = self.store.meta
         positions = self.store.positions()
         traj = np.unique(np.asarray(trajectories, dtype=np.int64))
-        i = 0
-        while i < len(traj):
-            j, n_rows = i, 0
-            while j < len(traj) and (j == i or n_rows + meta.stored_tokens[traj[j]] <= _BLOCK_ROWS):
-                n_rows += int(meta.stored_tokens[traj[j]])
-                j += 1
-            chunk = traj[i:j]
+        for chunk in _bounded_runs(traj, meta.stored_tokens, self._block_rows()):
             rows = _rows_of(meta.row_start[chunk], meta.row_end[chunk])
             yield ShardBlock(chunk, _offsets(meta.stored_tokens[chunk]), positions[rows], self.states[rows])
-            i = j
 
 
 class StreamRows(RowSource):
-    """Reads rows from the shards on demand: memory stays bounded by a batch (or one shard)."""
+    """Reads rows from the shards on demand: memory stays bounded by a batch (or one block)."""
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         return self._read(rows)
 
     def blocks(self, trajectories):
         meta = self.store.meta
-        positions = self.store.positions()
         want = np.zeros(len(meta), dtype=bool)
         want[np.asarray(trajectories, dtype=np.int64)] = True
         for s in np.unique(meta.shard[want]).tolist():
             first = int(np.searchsorted(meta.shard, s))
             n = int(np.searchsorted(meta.shard, s, side="right")) - first
-            sel = np.flatnonzero(want[first:first + n]) + first
-            rows = _rows_of(meta.row_start[sel], meta.row_end[sel])
-            # Just the selected trajectories' rows (runs of rows are one read each): an evaluation of a 20% split
-            # no longer reads, converts and drops the other 80% of every shard.
-            states = self._read(rows)
-            yield ShardBlock(sel, _offsets(meta.stored_tokens[sel]), positions[rows], states)
+            for sel in _bounded_runs(np.flatnonzero(want[first:first + n]) + first, meta.stored_tokens, self._block_rows()):
+                rows = _rows_of(meta.row_start[sel], meta.row_end[sel])
+                # Just the selected trajectories' rows (runs of rows are one read each): an evaluation of a 20% split
+                # no longer reads, converts and drops the other 80% of every shard. Positions: the block's span only.
+                states = self._read(rows)
+                local = rows - meta.row_start[first]
+                span = local[0] if len(local) else 0
+                positions = self.store.shard_positions(s, span, local[-1] + 1 if len(local) else 0)[local - span]
+                yield ShardBlock(sel, _offsets(meta.stored_tokens[sel]), positions, states)
+
+
+def _bounded_runs(traj: np.ndarray, stored_tokens: np.ndarray, max_rows: int) -> Iterator[np.ndarray]:
+    """Consecutive runs of the trajectories `traj` with at most `max_rows` stored rows each (at least one trajectory)."""
+    i = 0
+    while i < len(traj):
+        j, n_rows = i, 0
+        while j < len(traj) and (j == i or n_rows + stored_tokens[traj[j]] <= max_rows):
+            n_rows += int(stored_tokens[traj[j]])
+            j += 1
+        yield traj[i:j]
+        i = j
 
 
 def _side_by_side(parts: list[np.ndarray]) -> np.ndarray:
@@ -244,14 +256,15 @@ def _first_at_or_after(row_start, row_end, positions, targets) -> np.ndarray:
 def build_sampling_index(
     row_start: np.ndarray,
     row_end: np.ndarray,
-    positions: np.ndarray,
+    positions: np.ndarray | Callable[[], np.ndarray],
     completion_tokens: np.ndarray,
     goal_min_frac: float = 0.0,
     late_frac: float | None = None,
 ) -> SamplingIndex:
     """Precompute, per trajectory, where goals and negatives may be sampled.
 
-    `positions` is the token position of every global row (`Store.positions()`).
+    `positions` is the token position of every global row (`Store.positions()`), or a function that
+    returns it: then it is read only when a bound needs the search (4 bytes a row held by the store).
     """
     if not 0 <= goal_min_frac < 1:
         raise ProbekitError(f"goal_min_frac must be in [0, 1), got {goal_min_frac}")
@@ -264,14 +277,17 @@ def build_sampling_index(
     goal_target = np.ceil(goal_min_frac * T - 1e-9).astype(np.int64)
     # With no lower bound every trajectory's goals start at its first stored row; the search would build four
     # arrays of the store's size for that (hundreds of MB at 1e7 rows).
-    goal_lo = _first_at_or_after(row_start, row_end, positions, goal_target) if goal_target.any() else np.zeros(len(n), np.int64)
+    def pos() -> np.ndarray:
+        return positions() if callable(positions) else positions
+
+    goal_lo = _first_at_or_after(row_start, row_end, pos(), goal_target) if goal_target.any() else np.zeros(len(n), np.int64)
     goal_lo = np.clip(goal_lo, 1, np.maximum(n - 1, 1))
     goal_lo[n < 2] = 0
     if late_frac is None:
         neg_lo = np.zeros(len(n), dtype=np.int64)
     else:
         neg_target = np.ceil((1.0 - late_frac) * T - 1e-9).astype(np.int64)
-        neg_lo = np.clip(_first_at_or_after(row_start, row_end, positions, neg_target), 0, np.maximum(n - 1, 0))
+        neg_lo = np.clip(_first_at_or_after(row_start, row_end, pos(), neg_target), 0, np.maximum(n - 1, 0))
     return SamplingIndex(row_start, row_end, goal_lo, neg_lo)
 
 
@@ -310,11 +326,22 @@ def iter_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[
         yield perm[i:i + batch_size]
 
 
-def feature_stats(source: RowSource, rows: np.ndarray, max_rows: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (float64 accumulation) over `rows` (a seeded subsample if many)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_rows, replace=False))
+def feature_stats(source: RowSource, trajectories: np.ndarray, max_rows: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (float64 accumulation) over the stored rows of `trajectories` (increasing),
+    or a seeded subsample of `max_rows` of them.
+
+    The subsample is drawn as positions among those rows and mapped to rows per trajectory, so the rows
+    themselves (8 bytes each) are never listed; the draw is the one `choice` makes on the listed rows.
+    """
+    meta = source.store.meta
+    traj = np.asarray(trajectories, dtype=np.int64)
+    starts = _offsets(meta.stored_tokens[traj])
+    if starts[-1] > max_rows:
+        pick = np.sort(np.random.default_rng(seed).choice(int(starts[-1]), size=max_rows, replace=False))
+        owner = np.searchsorted(starts, pick, side="right") - 1
+        rows = meta.row_start[traj][owner] + (pick - starts[owner])
+    else:
+        rows = trajectory_rows(source.store, traj)
     total = np.zeros(source.hidden_size)
     sq = np.zeros(source.hidden_size)
     for i in range(0, len(rows), 8192):

@@ -108,7 +108,7 @@ def prepare(store, config: FitConfig, source=None) -> FitData:
     valid_pairs = split_pairs(store, pairs, split["valid"])
     if source is None or source.layers != layers or source.store is not store:
         source = open_rows(store, layers, config.compute.memory_budget_mb)
-    index = build_sampling_index(meta.row_start, meta.row_end, store.positions(), meta.completion_tokens,
+    index = build_sampling_index(meta.row_start, meta.row_end, store.positions, meta.completion_tokens,
                                  config.loss.goal_min_frac, config.loss.late_frac)
     return FitData(store, layers, source, split, train_pairs, valid_pairs, train_traj, index)
 
@@ -254,7 +254,7 @@ def train(data: FitData, config: FitConfig, progress: Progress | None = None) ->
     import torch
 
     from probekit.goals import build_goals
-    from probekit.probe.data import feature_stats, iter_batches, trajectory_rows
+    from probekit.probe.data import feature_stats, iter_batches
     from probekit.probe.network import ProbeModel
 
     seed, device, optim_cfg = config.run.seed, config.compute.device, config.optim
@@ -264,7 +264,7 @@ def train(data: FitData, config: FitConfig, progress: Progress | None = None) ->
         arch = config.probe
         model = ProbeModel(data.store.hidden_size, arch.encoder, arch.widths, arch.rep_size, arch.head, arch.head_hidden,
                            n_layers=len(data.layers), mix=arch.features == "mix", pooling=arch.pooling)
-        mean, std = feature_stats(data.source, trajectory_rows(data.store, data.train_traj), seed=seed)
+        mean, std = feature_stats(data.source, data.train_traj, seed=seed)
         model.set_normalization(mean, std)
         model.to(device)
         optim = torch.optim.AdamW(model.parameters(), lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)

@@ -264,21 +264,27 @@ def test_states_stream_to_shards_so_memory_is_bounded_by_a_few_batches_and_a_sha
 
     Seed 3 with a blank as the stop string makes a few early samples run long while later prompts finish fast: without the
     reorder buffer's bound, 24 samples would be held at once here."""
-    from probekit import generation
+    from probekit import decoding, generation
 
-    written, held = [], []
-    add = generation._StoreWriter.add
+    written, held, prefilled = [], [], []
+    add, prefill = generation._StoreWriter.add, decoding.Rows._prefill
 
     def spy(self, seqs, trajectories):
         add(self, seqs, trajectories)
         written.extend(t.id for t in trajectories)
         held.append(len(self.pending))
 
+    def spy_prefill(self, seqs):
+        prefilled.extend({s.prompt_index for s in seqs})
+        return prefill(self, seqs)
+
     monkeypatch.setattr(generation._StoreWriter, "add", spy)
+    monkeypatch.setattr(decoding.Rows, "_prefill", spy_prefill)
     many = [Prompt(f"q{i}", f"Question {i}: what is {i} + 1?", str(i + 1)) for i in range(24)]
     cfg = config(samples=2, batch_size=4, shard_size=3, max_new_tokens=60, seed=3, stop=" ", layers="4")
     res = generate(many, tmp_path / "o", cfg, loaded=tiny)
     assert written == [f"q{i}-{k}" for i in range(24) for k in range(2)]  # one prompt at a time, in order
+    assert sorted(prefilled) == list(range(24))  # a prompt's samples are admitted together: each prompt is prefilled once
     assert max(held) < 3  # what is left after each write is less than a shard
     assert res.stats["peak_samples_held"] <= 3 * 4 + 2 - 1
     assert len(Store(res.out / "store").shard_paths) == 16  # 48 samples in shards of 3, written as they filled

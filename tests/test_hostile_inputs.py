@@ -257,7 +257,7 @@ def _sigint_inside_a_finalizer() -> None:
     """Deliver SIGINT while Python runs a weakref callback, where it cannot propagate (as inside h5py/torch)."""
 
     def callback(_ref):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # to this thread: os.kill may land on another thread, which a loaded machine runs late
         for _ in range(10_000):  # the handler runs at the next check of the eval loop, still inside the callback
             pass
 

@@ -284,11 +284,18 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_extraction(tiny, traj_file,
 
     monkeypatch.setattr(run_mod, "write_shard", write_then_interrupt)
     cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        extract(_opts(traj_file, cut), loaded=tiny)
+    # As in a CLI run: Python's own SIGINT handler, whatever an earlier test's libraries left installed
+    # (in the full suite on a clean clone something did, and extract rightly leaves a foreign handler alone).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            extract(_opts(traj_file, cut), loaded=tiny)
+    finally:
+        restored = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, previous)
     assert sorted(p.name for p in cut.glob("shard-*.h5")) == [shard_name(0), shard_name(1)]
     assert not list(cut.glob("*.tmp")) and not list(cut.glob(".*.tmp"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert restored is signal.default_int_handler  # the guard put it back
     monkeypatch.setattr(run_mod, "write_shard", real_write)
     resumed = extract(_opts(traj_file, cut), loaded=tiny)
     assert resumed.shards_skipped == [0, 1] and resumed.shards_done == [2] and resumed.complete

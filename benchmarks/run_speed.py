@@ -54,6 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from probekit.extract.plan import batch_token_budget  # noqa: E402
 from probekit.errors import ProbekitError  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 from probekit.models import dtype_name  # noqa: E402
@@ -447,7 +448,8 @@ def stage_extract(args, loaded, naive_loaded, work: Path, subset: Path, mem_smal
         "probekit": {
             "what": f"probekit.extract.run.extract with its defaults: model in {dtype_name(loaded.dtype)} (--model-dtype auto: "
                     f"{loaded.dtype_choice}), forward stops after block 15 (hooks), length-bucketed batches "
-                    "(max_batch_tokens 8192) within each shard, positions all, float16 HDF5 shards written to disk; reads the JSONL, "
+                    f"(max_batch_tokens {batch_token_budget(None, loaded.device)}, the device's default) within each shard, "
+                    "a prompt shared by several solutions run once (--share-prompts), positions all, float16 HDF5 shards written to disk; reads the JSONL, "
                     "hashes it, tokenises, runs, writes",
             "model_dtype": dtype_name(loaded.dtype),
             "seconds": round(pk_wall, 3),

@@ -35,7 +35,7 @@ class DemoConfig:
     layers: str | None = option(None, "Layer to extract (default: the model's middle layer).")
     epochs: int = option(30, "Maximum training epochs per probe (early stopping on validation pairwise accuracy).")
     seed: int = option(0, "Seed for data generation, splits and training.")
-    max_batch_tokens: int = option(8192, "Token budget of one extraction batch.")
+    max_batch_tokens: int | None = option(None, "Token budget of one extraction batch (default: 2048 on a CPU, 8192 on a GPU).")
     n_boot: int = option(1000, "Bootstrap resamples for the intervals.")
     generate_problems: int = option(12, "New problems sampled in the generation stage (plain vs online early stopping by the goal probe); 0 skips it.")
     generate_tokens: int = option(48, "Most new tokens per sample in the generation stage.")

@@ -119,6 +119,27 @@ def test_batched_equals_one_at_a_time(tiny, traj_file, tmp_path, padding_side):
     _assert_same_store(tmp_path / "b", tmp_path / "s", atol=2e-5)
 
 
+def test_batch_budget_defaults_to_the_device_and_a_bad_one_fails_before_the_model_loads(traj_file, tmp_path, monkeypatch):
+    from probekit.extract.plan import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, batch_token_budget
+
+    assert batch_token_budget(None, "cpu") == CPU_BATCH_TOKENS < GPU_BATCH_TOKENS == batch_token_budget(None, "cuda:0")
+    assert batch_token_budget(64, "cpu") == batch_token_budget(64, "cuda") == 64
+
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was loaded for a bad --max-batch-tokens")
+
+    monkeypatch.setattr(run_mod, "load_model", no_model)
+    with pytest.raises(ProbekitError, match="--max-batch-tokens must be positive"):
+        extract(_opts(traj_file, tmp_path / "bad", max_batch_tokens=0))
+
+
+def test_default_batch_budget_gives_the_store_of_one_at_a_time(tiny, traj_file, tmp_path):
+    default = extract(_opts(traj_file, tmp_path / "d"), loaded=tiny)
+    single = extract(_opts(traj_file, tmp_path / "s", max_batch_tokens=1), loaded=tiny)
+    assert default.complete and single.complete
+    _assert_same_store(tmp_path / "d", tmp_path / "s", atol=2e-5)
+
+
 def _shared_prompt_file(path: Path) -> Path:
     """Four questions with three samples each (one prompt per group, as best-of-n data has), and one lone question."""
     base = _trajectories(15)

@@ -37,6 +37,25 @@ def select_positions(first: int, total: int, stride: int) -> np.ndarray:
     return keep
 
 
+CPU_BATCH_TOKENS = 2048
+GPU_BATCH_TOKENS = 8192
+
+
+def batch_token_budget(requested: int | None, device: str) -> int:
+    """The padded-token budget of one batch: `requested`, else the device's default.
+
+    A CPU runs small batches faster: their activations stay in cache, and a
+    small bucket pads less (SmolLM2-135M, bfloat16, 2 cores: 2048 tokens 1.2x
+    faster than 8192, 512 slower again). A GPU wants work in flight; 8192 is
+    the budget measured there (benchmarks/results/speed-gpu.json).
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ProbekitError("--max-batch-tokens must be positive")
+        return requested
+    return CPU_BATCH_TOKENS if str(device).startswith("cpu") else GPU_BATCH_TOKENS
+
+
 def length_buckets(lengths: list[int] | np.ndarray, max_batch_tokens: int, rows: list[int] | np.ndarray | None = None) -> list[list[int]]:
     """Group item indices into batches of similar length under a padded-token budget.
 

@@ -14,6 +14,7 @@ dead process's lock is released by the operating system.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -30,7 +31,7 @@ from probekit.errors import ProbekitError
 from probekit.extract.forward import forward_layers, forward_layers_shared, full_attention_everywhere
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, finalize
 from probekit.extract.options import ExtractOptions
-from probekit.extract.plan import length_buckets, parse_positions, select_positions, shared_prompts
+from probekit.extract.plan import batch_token_budget, length_buckets, parse_positions, select_positions, shared_prompts
 from probekit.extract.render import Encoded, encode, resolve_template
 from probekit.io import sha256_file, write_json
 from probekit.models import LoadedModel, dtype_name, load_model, resolve_layers
@@ -95,6 +96,7 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
     if opts.max_length < 2 or opts.shard_size < 1:
         raise ProbekitError("--max-length must be >= 2 and --shard-size >= 1")
     stride = parse_positions(opts.positions)
+    batch_token_budget(opts.max_batch_tokens, "cpu")  # a bad budget fails before the model loads
     rank, world = parse_rank(opts.shard)
     trajectories, n_invalid = read_trajectories(opts.trajectories, skip_invalid=opts.skip_invalid)
     pairs = read_pairs(opts.pairs, trajectories) if opts.pairs else derive_pairs(trajectories)
@@ -106,6 +108,7 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
 
     loaded = loaded or load_model(opts.model, device=opts.device, dtype=opts.model_dtype)
     _device_for_rank(loaded, rank)
+    opts = dataclasses.replace(opts, max_batch_tokens=batch_token_budget(opts.max_batch_tokens, loaded.device))
     layers = resolve_layers(opts.layers, loaded.num_layers)
     template = resolve_template(opts.template, loaded.tokenizer)
 

@@ -271,8 +271,6 @@ def error_localisation(scores: Scores, meta, labels: np.ndarray, q_threshold: fl
     falls below the threshold, the mean |position of the first such token −
     error_token|; detected_frac: the fraction that do.
     """
-    from sklearn.metrics import roc_auc_score
-
     if kind not in scores.q:
         return None
     q = scores.q[kind]
@@ -284,7 +282,7 @@ def error_localisation(scores: Scores, meta, labels: np.ndarray, q_threshold: fl
     row_traj = np.repeat(np.arange(len(scores.traj)), lengths)
     rows = np.flatnonzero(sel[row_traj])
     before = scores.positions[rows] < err[row_traj[rows]]
-    token_auroc = float(roc_auc_score(before, q[rows])) if 0 < before.sum() < len(before) else None
+    token_auroc = point_auroc(q[rows], before)
     if q_threshold is None:
         q_threshold = midpoint_threshold(scores.last(q), labels)
     big = np.iinfo(np.int64).max

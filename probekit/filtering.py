@@ -188,7 +188,6 @@ def _signal_auroc(ckpt, store, scorer, signal: str, goal: str, skip_first: int, 
     from probekit.scoring import iter_trajectory_scores
 
     score = f"minimum {signal} per solution from position {skip_first} on (report groups)"
-    min_sig = _never_droppable_on_top(min_sig)
     fit = training_store(ckpt)
     split = {"train": list((ckpt.split or {}).get("train", [])), "test": list(report_groups)}
     if fit is None:  # raw AUROC only: the controls are never fitted on the evaluated data
@@ -203,13 +202,6 @@ def _signal_auroc(ckpt, store, scorer, signal: str, goal: str, skip_first: int, 
         for part in iter_trajectory_scores(StreamRows(fit_store, ckpt.layers), scorer, ctx.length.train_traj):
             fit_min[part.traj] = min_signal(part.offsets, part.positions, part.signal(signal, goal), skip_first)
     return {"score": score, "auroc": ctx.auroc(min_sig, fit_min), "length_control": ctx.length.describe()}
-
-
-def _never_droppable_on_top(min_sig: np.ndarray) -> np.ndarray:
-    """A solution with no token at or past skip_first has minimum +inf (it can never be dropped): rank it with the
-    highest finite value instead, since AUROC needs finite scores (the length regression skips non-finite training values)."""
-    finite = np.isfinite(min_sig)
-    return np.where(finite, min_sig, np.max(min_sig[finite], initial=0.0)) if not finite.all() else min_sig
 
 
 def auto_threshold(ckpt, goal: str = "mean", skip_first: int = 5, progress: Progress | None = None) -> dict:

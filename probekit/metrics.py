@@ -1,6 +1,6 @@
 """Metric primitives with group-bootstrap intervals, and the set of trajectories an evaluation reads.
 
-Pure numpy (plus scikit-learn's AUROC): no probe, no torch. Evaluation of a
+Pure numpy: no probe, no torch. Evaluation of a
 probe (`probekit.evaluate`) and the trivial baselines (`probekit.baselines`)
 both score trajectories and hand the scores to one `EvalContext`, so they are
 compared on the same trajectories, pairs and bootstrap resamples.
@@ -63,11 +63,19 @@ def percentile_interval(samples: np.ndarray, alpha: float = 0.05) -> tuple[float
 
 
 def point_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """AUROC of label 1 vs 0, None when one class is missing."""
-    from sklearn.metrics import roc_auc_score
+    """AUROC of label 1 vs 0 (Mann-Whitney, ties 1/2), None unless the labels are exactly the two classes 0 and 1.
 
+    Rank-based (`weighted_auroc` with unit weights), so ±inf scores rank as the
+    extremes they are: a solution the filter can never drop (minimum signal
+    +inf) ranks above every finite one. NaN has no rank and is refused.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
-    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
+    if set(np.unique(labels).tolist()) != {0, 1}:
+        return None
+    if np.isnan(scores).any():
+        raise ValueError("AUROC of NaN scores: a score is missing")
+    return float(weighted_auroc(scores, labels, np.ones((1, len(scores))))[0])
 
 
 def stratified_auroc(scores: np.ndarray, labels: np.ndarray, strata: np.ndarray, weights: np.ndarray) -> np.ndarray:

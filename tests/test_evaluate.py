@@ -32,6 +32,24 @@ def test_weighted_auroc_matches_sklearn_with_ties():
     assert np.isnan(weighted_auroc(scores, np.ones(200), np.ones((1, 200)))[0])
 
 
+def test_point_auroc_ranks_infinite_scores_as_extremes_and_refuses_nan():
+    from probekit.metrics import point_auroc
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=60)
+    labels = rng.integers(0, 2, size=60)
+    assert point_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    # A filter's never-droppable solution (minimum +inf) ranks above every finite score, -inf below: as a huge finite value would.
+    inf = scores.copy()
+    inf[[0, 1]], inf[[2]] = np.inf, -np.inf
+    huge = scores.copy()
+    huge[[0, 1]], huge[[2]] = 1e300, -1e300
+    assert point_auroc(inf, labels) == pytest.approx(roc_auc_score(labels, huge))
+    assert point_auroc(scores, np.where(labels == 1, 1, -1)) is None  # unlabelled (-1) is not a class
+    with pytest.raises(ValueError, match="NaN"):
+        point_auroc(np.r_[scores[:-1], np.nan], labels)
+
+
 def test_group_bootstrap_resamples_groups():
     counts = bootstrap_counts(7, 50, seed=1)
     assert counts.shape == (50, 7) and (counts.sum(1) == 7).all()

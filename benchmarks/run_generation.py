@@ -23,6 +23,11 @@ the JSON reports both savings, their ratio, and seconds per generated token
 relative to the unfiltered run (1.0 = time follows tokens exactly), in
 wall-clock and in CPU time (with one torch thread, CPU time is the work done
 whatever else loads a shared machine), and the decoding steps each run took.
+Each run's time is also split into admitting samples (prefilling their
+prompts, once per prompt, and merging their KV rows into the batch), which
+online stopping cannot save since it happens before any token is scored,
+and decoding, which it can: decoding seconds per token against the
+unfiltered run's is the figure that says whether a saved token is saved time.
 Tokens/s counts generated tokens only (not padding after a sequence ends).
 The capture target: state capture costs at most 10 % throughput (against the
 same loop without capture, and against plain generate).
@@ -130,7 +135,8 @@ def main() -> int:
                 res = generate(prompts, work / f"{name}-{r}", cfg, stop=stop, loaded=loaded, overwrite=True)
             runs[name].append({"tokens": res.stats["tokens_generated"], "seconds": c.seconds, "cpu_seconds": c.cpu_seconds,
                                **{k: res.stats[k] for k in ("decode_steps", "mean_rows_per_step", "accuracy_per_sample", "n_stopped_early",
-                                                            "n_fallback_groups", "tokens_resumed_for_fallback", "n_fallback_resumes_prefilled")}})
+                                                            "n_fallback_groups", "tokens_resumed_for_fallback", "n_fallback_resumes_prefilled",
+                                                            "prefill_tokens", "seconds_admitting", "seconds_decoding")}})
         console.log(f"repeat {r}: " + ", ".join(f"{k} {v[-1]['tokens'] / v[-1]['seconds']:.1f} tok/s" for k, v in runs.items()))
 
     def summary(name: str) -> dict:
@@ -148,14 +154,18 @@ def main() -> int:
         fl = summary(name)
         # per repeat, paired with that repeat's unfiltered run
         ratio = {k: np.asarray([f[k] for f in runs[name]]) / np.asarray([p[k] for p in runs["probekit"]])
-                 for k in ("tokens", "decode_steps", "seconds", "cpu_seconds")}
+                 for k in ("tokens", "decode_steps", "seconds", "cpu_seconds", "seconds_decoding")}
         saved = {k: 1 - float(np.median(v)) for k, v in ratio.items()}
         filtered[f"filtered_{name}"] = {
             **fl, "threshold": t, "runs": runs[name],
             "tokens_saved": round(saved["tokens"], 4), "decode_steps_saved": round(saved["decode_steps"], 4),
             "wall_clock_saved": round(saved["seconds"], 4), "cpu_time_saved": round(saved["cpu_seconds"], 4),
             **{f"{k}_saved_per_repeat": [round(1 - x, 4) for x in v] for k, v in ratio.items()},
+            "decoding_seconds_saved": round(saved["seconds_decoding"], 4),
             "wall_clock_saved_over_tokens_saved": round(saved["seconds"] / saved["tokens"], 2) if saved["tokens"] else None,
+            "decoding_seconds_saved_over_tokens_saved": round(saved["seconds_decoding"] / saved["tokens"], 2) if saved["tokens"] else None,
+            "decoding_seconds_per_token_vs_unfiltered": round(float(np.median(ratio["seconds_decoding"] / ratio["tokens"])), 3),
+            "admitting_share_of_unfiltered_seconds": round(float(np.median([p["seconds_admitting"] / p["seconds"] for p in runs["probekit"]])), 3),
             "seconds_per_token_vs_unfiltered": round(float(np.median(ratio["seconds"] / ratio["tokens"])), 3),
             "cpu_seconds_per_token_vs_unfiltered": round(float(np.median(ratio["cpu_seconds"] / ratio["tokens"])), 3),
         }
@@ -183,9 +193,11 @@ def main() -> int:
     console.print(f"state capture costs {100 * capture_cost:.1f}% throughput against the same loop without it, "
                   f"({100 * capture_cpu_cost:.1f}% in CPU time), {100 * vs_plain:.1f}% against plain generate (target <= 10%; negative = faster)")
     for name, f in filtered.items():
-        console.print(f"{name}: {100 * f['tokens_saved']:.1f}% of tokens, {100 * f['wall_clock_saved']:.1f}% of wall-clock and "
+        console.print(f"{name}: {100 * f['tokens_saved']:.1f}% of tokens, {100 * f['wall_clock_saved']:.1f}% of wall-clock, "
+                      f"{100 * f['decoding_seconds_saved']:.1f}% of decoding time and "
                       f"{100 * f['cpu_time_saved']:.1f}% of CPU time saved; seconds per token {f['seconds_per_token_vs_unfiltered']:.3f}x "
-                      f"(CPU {f['cpu_seconds_per_token_vs_unfiltered']:.3f}x) the unfiltered run's")
+                      f"(decoding {f['decoding_seconds_per_token_vs_unfiltered']:.3f}x, CPU {f['cpu_seconds_per_token_vs_unfiltered']:.3f}x) the unfiltered run's; "
+                      f"admitting (prefill + merging rows in, which stopping cannot save) {100 * f['admitting_share_of_unfiltered_seconds']:.0f}% of an unfiltered run")
     return 0
 
 

@@ -12,6 +12,7 @@ online stopping) is the generation module's rule, applied here row by row.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -65,16 +66,17 @@ class Rows:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def admit(self, seqs: list[Sample]) -> None:
+    def admit(self, seqs: list[Sample]) -> int:
         """Add sequences to the running rows: the others are prefilled in one batch, set-aside ones bring their KV rows back.
 
-        All of them join the running cache in one merge (`probekit.kv_rows.merge_rows`).
+        All of them join the running cache in one merge (`probekit.kv_rows.merge_rows`). Returns the tokens prefilled.
         """
         from probekit.kv_rows import merge_rows
 
         kept = [s for s in seqs if s.parked is not None]
         fresh = [s for s in seqs if s.parked is None]
-        parts = ([self.kv] if self.kv else []) + ([self._prefill(fresh)] if fresh else []) + [s.parked for s in kept]
+        prefilled = self._prefill(fresh) if fresh else None
+        parts = ([self.kv] if self.kv else []) + ([prefilled[0]] if fresh else []) + [s.parked for s in kept]
         base = parts[0]
         if len(parts) > 1:
             base.mask = merge_rows(base.cache, base.mask, [(p.cache, p.mask) for p in parts[1:]])
@@ -84,9 +86,10 @@ class Rows:
         self.seqs += fresh + kept
         for s in kept:
             s.parked = None
+        return prefilled[1] if fresh else 0
 
-    def _prefill(self, seqs: list[Sample]) -> KV:
-        """The KV rows of the sequences' contexts (prompt plus tokens so far), left-padded.
+    def _prefill(self, seqs: list[Sample]) -> tuple[KV, int]:
+        """The KV rows of the sequences' contexts (prompt plus tokens so far), left-padded, and the tokens run.
 
         Samples that share a context (a prompt's fresh samples) share its
         prefill: each distinct context runs once, then its KV rows are repeated.
@@ -115,7 +118,7 @@ class Rows:
         empty = [r for r, s in enumerate(seqs) if not s.tokens]
         if empty and len(self.eos):  # at least one token: an empty completion is not a trajectory
             logits[torch.tensor(empty, device=self.device)[:, None], self.eos[None, :]] = float("-inf")
-        return KV(cache, mask, mask.sum(dim=1), logits)
+        return KV(cache, mask, mask.sum(dim=1), logits), sum(len(contexts[i]) for i in firsts)
 
     def leave(self, done: np.ndarray, park: np.ndarray) -> None:
         """Rows where `done` (bool [rows]) leave the cache at once; those also in `park` keep a copy of their rows (`Sample.parked`)."""
@@ -163,6 +166,9 @@ class Counts:
     steps: int = 0  # decoding forwards: on hardware where a step costs about the same whatever its rows, time follows steps
     n_resumes_prefilled: int = 0  # resumes whose KV rows were not kept (more than batch_size were set aside): their context is prefilled
     peak_held: int = 0  # most samples whose states were in memory at once (decoding, queued to resume, or done and not yet written)
+    prefill_tokens: int = 0  # context tokens run through the model to admit samples (a prompt's fresh samples share one prefill)
+    admit_seconds: float = 0.0  # prefilling admitted samples and merging their KV rows in: work online stopping cannot save
+    decode_seconds: float = 0.0  # the decoding steps: sampling, the forward, states, stop rules, rows leaving
 
 
 class Scheduler:
@@ -202,7 +208,9 @@ class Scheduler:
                 self._admit()
                 if not self.rows:
                     return self.counts
+                t0 = time.perf_counter()
                 self._step(captured, task)
+                self.counts.decode_seconds += time.perf_counter() - t0
 
     def _admit(self) -> None:
         """Fill the free rows: fallback resumes first, then whole prompts.
@@ -232,7 +240,9 @@ class Scheduler:
             take.append(group.seqs[-1])
             self.next_fresh += 1
         if take:
-            rows.admit(take)
+            t0 = time.perf_counter()
+            self.counts.prefill_tokens += rows.admit(take)
+            self.counts.admit_seconds += time.perf_counter() - t0
         self.counts.peak_held = max(self.counts.peak_held, len(rows) + len(self.resumes) + self.buffered)
 
     def _finish(self, s: Sample) -> None:

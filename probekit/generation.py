@@ -186,6 +186,8 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
         "n_prompts": len(prompts), "n_trajectories": len(trajectories), "layers": layers, "template": template,
         "tokens_generated": int(tokens), "tokens_resumed_for_fallback": int(counts.resumed),
         "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
+        "seconds_admitting": round(counts.admit_seconds, 3), "seconds_decoding": round(counts.decode_seconds, 3),
+        "prefill_tokens": int(counts.prefill_tokens),
         "n_hit_max_new_tokens": sum(f["hit_limit"] for f in finals),
         "n_stopped_early": sum(f["dropped_at"] >= 0 for f in finals),
         "n_fallback_groups": counts.n_fallback, "n_fallback_resumes_prefilled": counts.n_resumes_prefilled,

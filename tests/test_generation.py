@@ -34,8 +34,9 @@ def unfiltered(tiny, tmp_path_factory):
     return generate(PROMPTS, tmp_path_factory.mktemp("gen") / "out", config(), loaded=tiny)
 
 
-def test_outputs_are_a_store_and_trajectories_in_probekits_formats(unfiltered):
+def test_outputs_are_a_store_and_trajectories_in_probekits_formats(unfiltered, tiny):
     from probekit.data.schema import read_pairs, read_trajectories
+    from probekit.extract.render import prompt_ids
 
     out = unfiltered.out
     trajs, skipped = read_trajectories(out / "trajectories.jsonl")
@@ -51,6 +52,10 @@ def test_outputs_are_a_store_and_trajectories_in_probekits_formats(unfiltered):
     stats = json.loads((out / "generation.json").read_text())
     assert stats["tokens_generated"] == int(store.meta.completion_tokens.sum())
     assert stats["n_hit_max_new_tokens"] == int((store.meta.completion_tokens == 12).sum())
+    # A prompt's samples share one prefill (batch 6 holds a prompt's 3 samples); the time splits into admitting and decoding.
+    assert stats["prefill_tokens"] == sum(len(prompt_ids(tiny.tokenizer, p.prompt, "raw")) for p in PROMPTS)
+    assert 0 < stats["seconds_admitting"] and 0 < stats["seconds_decoding"]
+    assert stats["seconds_admitting"] + stats["seconds_decoding"] <= stats["seconds"]
 
 
 def test_stored_states_equal_what_extract_computes_on_the_generated_text(unfiltered, tiny, tmp_path):

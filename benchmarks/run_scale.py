@@ -268,6 +268,8 @@ def plot(result: dict, path: Path) -> None:
     for step, label in (("fit", "fit, s/epoch"), ("sweep", "sweep (18 fits), s"), ("score", "filter scoring, s"), ("eval", "eval, s")):
         ax_t.plot(rows, [s[step]["seconds_per_epoch"] if step == "fit" else s[step]["seconds"] for s in sizes], "o-", label=label)
         ax_m.plot(rows, [s[step]["peak_rss_mb"] for s in sizes], "o-", label=step)
+    ax_m.plot(rows, [s["store"]["bytes_on_disk"] / 2**20 for s in sizes], "k--", lw=1, label="the store's states on disk")
+    ax_m.axhline(result["settings"]["memory_budget_mb"], color="grey", ls="-.", lw=1, label="--memory-budget-mb")
     budget_rows = result["settings"]["memory_budget_mb"] * 2**20 / (4 * HIDDEN)
     for ax in (ax_t, ax_m):
         ax.set_xscale("log")
@@ -279,7 +281,7 @@ def plot(result: dict, path: Path) -> None:
     ax_t.set_ylabel("seconds")
     ax_m.set_ylabel("peak RSS of the process, MB")
     ax_t.set_title("time (dotted: rows at --memory-budget-mb)")
-    ax_m.set_title("peak memory")
+    ax_m.set_title("peak memory against the data's size")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -392,6 +394,8 @@ def summarise(result: dict, steps: list[str]) -> None:
     time_of = {"fit": "seconds_per_epoch", "sweep": "seconds_per_fit_epoch", "score": "seconds", "eval": "seconds"}
     slopes = {f"{step}_time": loglog_slope(rows, [s[step][time_of[step]] for s in sizes]) for step in steps}
     slopes.update({f"{step}_peak_rss": loglog_slope(rows, [s[step]["peak_rss_mb"] for s in sizes]) for step in steps})
+    ax_m.plot(rows, [s["store"]["bytes_on_disk"] / 2**20 for s in sizes], "k--", lw=1, label="the store's states on disk")
+    ax_m.axhline(result["settings"]["memory_budget_mb"], color="grey", ls="-.", lw=1, label="--memory-budget-mb")
     budget_rows = result["settings"]["memory_budget_mb"] * 2**20 / (4 * HIDDEN)
     over = [s for s in sizes if s["store"]["n_rows"] > budget_rows]
     summary: dict = {"rows": rows, "loglog_slopes": slopes, "rows_at_memory_budget": int(budget_rows),

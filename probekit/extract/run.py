@@ -14,7 +14,6 @@ dead process's lock is released by the operating system.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
@@ -108,7 +107,6 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
 
     loaded = loaded or load_model(opts.model, device=opts.device, dtype=opts.model_dtype)
     _device_for_rank(loaded, rank)
-    opts = dataclasses.replace(opts, max_batch_tokens=batch_token_budget(opts.max_batch_tokens, loaded.device))
     layers = resolve_layers(opts.layers, loaded.num_layers)
     template = resolve_template(opts.template, loaded.tokenizer)
 
@@ -316,6 +314,7 @@ def build_shard(
     torch_dtype, np_dtype = STORE_DTYPES[opts.dtype]
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     device = loaded.device
+    budget = batch_token_budget(opts.max_batch_tokens, device)
     per_traj: list[dict[int, np.ndarray]] = [{} for _ in trajs]
     per_pos = [select_positions(e.completion_cut, e.completion_tokens, stride) for e in encoded]
 
@@ -327,14 +326,14 @@ def build_shard(
 
     share = opts.share_prompts and full_attention_everywhere(loaded.model)
     units, alone = shared_prompts([tuple(e.input_ids[:e.completion_start]) if share else () for e in encoded])
-    for bucket in length_buckets([len(encoded[i].input_ids) for i in alone], opts.max_batch_tokens):
+    for bucket in length_buckets([len(encoded[i].input_ids) for i in alone], budget):
         batch = [alone[b] for b in bucket]
         left = opts.padding_side == "left"
         ids, mask, starts = _padded([encoded[i].input_ids for i in batch], pad_id, left)
         states = forward_layers(loaded.model, ids.to(device), mask.to(device), layers)
         keep(batch, states, [starts[r] + encoded[i].completion_start + (per_pos[i] - encoded[i].completion_cut) for r, i in enumerate(batch)])
     longest = [max(len(encoded[i].input_ids) for i in unit) for unit in units]
-    for bucket in length_buckets(longest, opts.max_batch_tokens, rows=[len(unit) for unit in units]):
+    for bucket in length_buckets(longest, budget, rows=[len(unit) for unit in units]):
         group = [units[b] for b in bucket]
         batch = [i for unit in group for i in unit]
         p_ids, p_mask, _ = _padded([encoded[unit[0]].input_ids[: encoded[unit[0]].completion_start] for unit in group], pad_id, left=True)

@@ -284,8 +284,9 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_extraction(tiny, traj_file,
 
     monkeypatch.setattr(run_mod, "write_shard", write_then_interrupt)
     cut = tmp_path / "cut"
-    # As in a CLI run: Python's own SIGINT handler, whatever an earlier test's libraries left installed
-    # (in the full suite on a clean clone something did, and extract rightly leaves a foreign handler alone).
+    # As in an interactive CLI run: Python's own SIGINT handler. A suite started in the background by a
+    # non-interactive shell (`make test &`, CI runners) inherits SIGINT ignored, so Python never installs its
+    # handler, and extract rightly leaves an ignored or foreign handler alone (checked: no test changes it).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):

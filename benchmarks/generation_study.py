@@ -215,22 +215,26 @@ def main() -> int:
     by_problem = {p.id: [x for x in pool_correct if x[0] == p.id] for p in test}
 
     def at_budget(n: int, draws: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
-        """Per problem: single sample, majority of n and best-of-n by reward, over random n-subsets of its plain samples."""
-        from collections import Counter
+        """Per problem: single sample, majority of n and best-of-n by reward, over random n-subsets of its plain samples.
+
+        Each draw's subsets are voted by `probekit.voting.Ballot`, the filter's own vote: the majority's ties
+        go to the earliest voter, and best-of-n picks among the samples that have an answer.
+        """
+        from probekit.voting import Ballot
 
         rng = np.random.default_rng(seed)
         single, vote, best, tokens = (np.zeros(len(test)) for _ in range(4))
-        for i, p in enumerate(test):
-            pool = by_problem[p.id]
-            for _ in range(draws):
-                pick = [pool[j] for j in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
-                single[i] += pick[0][1]
-                answers = [x[4] for x in pick if x[4]]
-                if answers:
-                    winner = Counter(answers).most_common(1)[0][0]
-                    vote[i] += any(x[1] for x in pick if x[4] == winner)
-                best[i] += max(pick, key=lambda x: x[3])[1]
-                tokens[i] += sum(x[2] for x in pick)
+        for _ in range(draws):
+            picks = [[pool[j] for j in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+                     for pool in (by_problem[p.id] for p in test)]
+            flat = [x for pick in picks for x in pick]
+            ballot = Ballot([x[0] for x in flat], [x[4] for x in flat], [x[1] for x in flat], require_answers=False)
+            index = {str(g): i for i, g in enumerate(ballot.group_names)}
+            order = [index[p.id] for p in test]
+            single += [pick[0][1] for pick in picks]
+            vote += ballot.vote().correct[order]
+            best += ballot.best_of_n(np.asarray([x[3] for x in flat])).correct[order]
+            tokens += [sum(x[2] for x in pick) for pick in picks]
         return {"n": n, "single_sample": single / draws, "majority_of_n": vote / draws, "best_of_n_by_reward": best / draws,
                 "tokens_per_problem": tokens / draws}
 

@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.reproduce import (LENGTH_CONTROLLED, add_data_dir_option, build_data, cached, data_folder,  # noqa: E402
+from benchmarks.reproduce import (LENGTH_CONTROLLED, add_study_options, build_data, cached, data_folder,  # noqa: E402
                                   extract_store, fmt, mean_ci)
 from benchmarks.report import console, table as rich_table  # noqa: E402
 from probekit.io import read_json, write_json  # noqa: E402
@@ -226,21 +226,11 @@ def machine() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_dir_option(ap)
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablations", help="cache folder for data, stores and runs")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ablations.json")
-    ap.add_argument("--model", default="smollm2-135m", help="frozen model (bundled name, folder or .gguf)")
-    ap.add_argument("--model-tag", default="smollm2", help="store folder suffix and report name of this model")
+    add_study_options(ap, "ablations", "auto", "dtype the model computes in (auto: bfloat16 where this CPU runs it faster)")
     ap.add_argument("--layer", type=int, default=12, help="layer of the single-layer configurations")
     ap.add_argument("--feature-layers", default="4,8,12", help="layers of the stores, read together by features concat and mix "
                                                                 "(the forward pass stops at the deepest)")
-    ap.add_argument("--store-dtype", default="float16", choices=("float16", "float32"),
-                    help="dtype of the cached states (Gemma-3's residual stream overflows float16: use float32)")
-    ap.add_argument("--model-dtype", default="auto", help="dtype the model computes in (auto: bfloat16 where this CPU runs it faster)")
     ap.add_argument("--lam", type=float, default=0.5, help="λ of the goal-conditioned configurations (make reproduce's)")
-    ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--max-pairs", type=int, default=5000,
                     help="training pairs of the pairs=cross variant (a seeded subsample of every label-1 x label-0 pair; fit's default "
                          "20000 made each such fit take minutes on a shared 2-core CPU)")
@@ -251,7 +241,6 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {', '.join(ARMS)}")
     ap.add_argument("--axes", default=",".join(VARIANTS), help=f"ablation axes to run (comma list of {', '.join(VARIANTS)}); "
                                                                  "an arm's result is cached with the axes it ran")
-    ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
     ap.add_argument("--stores-only", action="store_true", help="extract the stores and stop (they are cached for the study)")
     ap.add_argument("--cut", action="append", default=[], help="what this run leaves out of the full study and why (recorded in the JSON)")
     args = ap.parse_args()

@@ -77,6 +77,22 @@ def add_data_dir_option(ap) -> None:
                          f"when present, else probekit's cache with {', '.join(NEEDED)} fetched (verified by sha256)")
 
 
+def add_study_options(ap, name: str, model_dtype: str, model_dtype_help: str) -> None:
+    """The options every real-data study script shares (this one and ablations.py): data, cache, output, model, seeds."""
+    add_data_dir_option(ap)
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / name, help="cache folder for data, stores and runs")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
+    ap.add_argument("--model", default="smollm2-135m", help="frozen model (bundled name, folder or .gguf)")
+    ap.add_argument("--model-tag", default="smollm2", help="store folder suffix and report name of this model")
+    ap.add_argument("--store-dtype", default="float16", choices=("float16", "float32"),
+                    help="dtype of the cached states (Gemma-3's residual stream overflows float16: use float32)")
+    ap.add_argument("--model-dtype", default=model_dtype, help=model_dtype_help)
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--n-boot", type=int, default=500)
+    ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
+
+
 def data_folder(arg: str | None) -> Path:
     """The data folder `--data-dir` means (fetching what is missing); a failure is one line and exit status 2, as in the CLI."""
     from probekit.data.fetch import resolve_data_dir
@@ -326,25 +342,14 @@ def real_only(gsm8k_result: dict, layer: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_dir_option(ap)
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "reproduce", help="cache folder for data, stores and runs")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reproduce.json")
-    ap.add_argument("--model", default="smollm2-135m", help="frozen model (bundled name, folder or .gguf)")
-    ap.add_argument("--model-tag", default="smollm2", help="store folder suffix for this model")
+    add_study_options(ap, "reproduce", "float32",
+                      "dtype the model computes in (the recorded results and their cached stores are float32; auto may pick bfloat16 on a CPU)")
     ap.add_argument("--layers", default="4,8,12,16,20", help="layers of the GSM8K layer sweep")
     ap.add_argument("--layer", type=int, default=16, help="layer of the filter, transfer and HH studies (fixed in advance)")
-    ap.add_argument("--store-dtype", default="float16", choices=("float16", "float32"),
-                    help="dtype of the cached states (Gemma-3's residual stream overflows float16: use float32)")
-    ap.add_argument("--model-dtype", default="float32",
-                    help="dtype the model computes in (the recorded results and their cached stores are float32; auto may pick bfloat16 on a CPU)")
     ap.add_argument("--lam", type=float, default=0.5, help="λ of the goal-conditioned probe")
-    ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--gsm8k-problems", type=int, default=700)
     ap.add_argument("--corrupt-problems", type=int, default=400)
     ap.add_argument("--hh-dialogues", type=int, default=400)
-    ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
     ap.add_argument("--studies", default=",".join(STUDIES),
                     help="which studies to run (comma list of gsm8k, filter, transfer, hh; the GSM8K layer sweep always runs: the others build on it)")
     ap.add_argument("--figure-only", action="store_true",

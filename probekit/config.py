@@ -166,6 +166,11 @@ def _check(ok: bool, msg: str) -> None:
         raise ProbekitError(msg)
 
 
+def check_choice(flag: str, value: str, choices) -> None:
+    """Refuse an option value outside its choices, naming the option and every choice (the one wording of all such errors)."""
+    _check(value in choices, f"{flag} '{value}': choose from {', '.join(choices)}")
+
+
 def _finite_floats(group: Any) -> None:
     for f in fields(group):
         v = getattr(group, f.name)
@@ -209,16 +214,16 @@ class FitConfig:
         p, loss, o, s, r = self.probe, self.loss, self.optim, self.split, self.run
         _check(all(w >= 1 for w in p.widths), f"--widths {show_widths(p.widths)}: widths must be positive")
         _check(p.rep_size >= 1 and p.head_hidden >= 1, "--rep-size and --head-hidden must be at least 1")
-        _check(p.head in HEADS, f"--head '{p.head}': choose from {', '.join(HEADS)}")
-        _check(p.features in FEATURES, f"--features '{p.features}': choose from {', '.join(FEATURES)}")
+        check_choice("--head", p.head, HEADS)
+        check_choice("--features", p.features, FEATURES)
         _check(p.features != "single" or not p.feature_layers,
                f"--feature-layers {show_layers(p.feature_layers)}: needs --features concat or mix (single reads --layer)")
         _check(all(x >= 0 for x in p.feature_layers) and len(set(p.feature_layers)) == len(p.feature_layers),
                f"--feature-layers {show_layers(p.feature_layers)}: layers must be distinct and >= 0")
         _check(p.features == "single" or r.layer is None,
                f"--layer {r.layer}: --features {p.features} reads --feature-layers (default: every layer of the store), not --layer")
-        _check(p.pooling in POOLINGS, f"--pooling '{p.pooling}': choose from {', '.join(POOLINGS)}")
-        _check(loss.contrastive in CONTRASTIVES, f"--contrastive '{loss.contrastive}': choose from {', '.join(CONTRASTIVES)}")
+        check_choice("--pooling", p.pooling, POOLINGS)
+        check_choice("--contrastive", loss.contrastive, CONTRASTIVES)
         _check(loss.temperature > 0, f"--temperature {loss.temperature}: must be positive")
         _check(loss.lam >= 0, f"--lam {loss.lam}: must be >= 0")
         _check(loss.K >= 1, f"--k {loss.K}: must be at least 1")
@@ -231,7 +236,7 @@ class FitConfig:
         _check(o.patience >= 1, f"--patience {o.patience}: must be at least 1")
         _check(0 <= s.valid_frac < 1 and 0 <= s.test_frac < 1 and s.valid_frac + s.test_frac < 1,
                f"--valid-frac and --test-frac must be in [0, 1) with a sum below 1, got {s.valid_frac} and {s.test_frac}")
-        _check(s.pairs in PAIRINGS, f"--pairs '{s.pairs}': choose from {', '.join(PAIRINGS)}")
+        check_choice("--pairs", s.pairs, PAIRINGS)
         _check(s.max_pairs >= 1, f"--max-pairs {s.max_pairs}: must be at least 1")
         _check(r.layer is None or r.layer >= 0, f"--layer {r.layer}: must be >= 0")
         _check(r.goal_prototypes >= 1, f"--goal-prototypes {r.goal_prototypes}: must be at least 1")

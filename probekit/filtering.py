@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit.config import option
+from probekit.config import check_choice, option
 from probekit.early_stop import FilterResult, min_signal
 from probekit.errors import ProbekitError
 from probekit.goals import GOAL_KINDS
@@ -51,10 +51,8 @@ class FilterConfig:
 
     def validate(self) -> list[float] | None:
         """Check every option; return the parsed thresholds (None = auto)."""
-        if self.signal not in SIGNALS:
-            raise ProbekitError(f"--signal '{self.signal}': choose from {', '.join(SIGNALS)}")
-        if self.goal not in GOAL_KINDS:
-            raise ProbekitError(f"--goal '{self.goal}': choose from {', '.join(GOAL_KINDS)}")
+        check_choice("--signal", self.signal, SIGNALS)
+        check_choice("--goal", self.goal, GOAL_KINDS)
         if self.skip_first < 0:
             raise ProbekitError(f"--skip-first {self.skip_first}: must be >= 0")
         if self.random_seeds < 1:

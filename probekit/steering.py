@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from probekit.config import option
+from probekit.config import check_choice, option
 from probekit.errors import ProbekitError
 
 STEP_SCORES = ("last", "mean", "gain")
@@ -77,10 +77,8 @@ class SteerConfig:
     def validate(self) -> None:
         if self.beams < 1 or self.candidates < 1 or self.max_step_tokens < 1 or self.step_tokens < 0:
             raise ProbekitError("--beams, --candidates and --max-step-tokens must be at least 1, --step-tokens at least 0")
-        if self.step_score not in STEP_SCORES:
-            raise ProbekitError(f"--step-score '{self.step_score}': choose from {', '.join(STEP_SCORES)}")
-        if self.empty_steps not in EMPTY_STEPS:
-            raise ProbekitError(f"--empty-steps '{self.empty_steps}': choose from {', '.join(EMPTY_STEPS)}")
+        check_choice("--step-score", self.step_score, STEP_SCORES)
+        check_choice("--empty-steps", self.empty_steps, EMPTY_STEPS)
         if self.max_resamples < 1:
             raise ProbekitError(f"--max-resamples {self.max_resamples}: must be at least 1")
         self.end_pattern()

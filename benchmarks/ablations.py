@@ -18,7 +18,7 @@ and seed reads it. Each seed of the gsm8k and both arms tests the same problems 
 split `make reproduce` gives that seed).
 
 Reported per (model, arm, λ, configuration): reward AUROC raw, within length strata and
-with log length regressed out (`probekit.length_control`; mean and 95% t-interval
+with log length regressed out (`probekit.eval.length_control`; mean and 95% t-interval
 across seeds), pairwise accuracy, Q AUROC; the paired gain of each variant over the
 default at the same λ and seed; the completion-length baseline beside them. A
 configuration "beats length" when the across-seed 95% lower bounds of both
@@ -130,7 +130,8 @@ def arm_sweeps(arm: str, store_path: Path, out: Path, args) -> tuple[list[dict],
     """
     from probekit.config import FitConfig
     from probekit.store import Store
-    from probekit.sweep import SweepConfig, run_sweep
+    from probekit.config import SweepConfig
+    from probekit.sweep import run_sweep
 
     store = Store(store_path)
     per_seed = arm in ("gsm8k", "both")

@@ -74,8 +74,10 @@ def main() -> int:
     from probekit.cpu_dtype import cpu_info, measure_speedup
     from probekit.data.gsm8k import labelled_solutions
     from probekit.data.schema import write_trajectories
-    from probekit.extract.run import ExtractOptions, extract
-    from probekit.filtering import FilterConfig, filter_store
+    from probekit.extract.options import ExtractOptions
+    from probekit.extract.run import extract
+    from probekit.filter.config import FilterConfig
+    from probekit.filter.filtering import filter_store
     from probekit.models import load_model
     from probekit.pipeline import fit_probe
     from probekit.store import Store

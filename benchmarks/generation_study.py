@@ -19,7 +19,7 @@ B. Steering toward the correct-answer goal (`probekit steer`, goal "mean": the
    sample, majority vote of n samples and best-of-n by the probe's reward,
    with n = that search's tokens / a plain sample's mean tokens, drawn from
    the unfiltered samples of A. Each search of `STEER_VARIANTS` (`--variants`)
-   is measured: the plain search and the guards of `probekit.steering`
+   is measured: the plain search and the guards of `probekit.generate.steering`
    against endings before the answer line; the share of best beams without
    an answer is recorded with each.
 C. Steering toward a length goal (`probekit goal --from`): prototypes from the
@@ -78,7 +78,7 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> dict:
 
 def per_problem(run, prompts) -> dict:
     """Per-problem arrays of one generate run: majority vote correct, per-sample accuracy of the graded samples, tokens."""
-    from probekit.voting import Ballot
+    from probekit.filter.voting import Ballot
 
     trajs = run.trajectories
     ballot = Ballot.of_trajectories(trajs)
@@ -109,7 +109,7 @@ def study_prompts(n_train: int, n_test: int) -> tuple[list, list]:
 
 def study_config(samples: int, model_dtype: str):
     """The generation settings of the study (and of benchmarks/run_generation.py)."""
-    from probekit.generation import GenerateConfig
+    from probekit.generate.config import GenerateConfig
 
     return GenerateConfig(samples=samples, template="raw", layers="15", answer="synth", batch_size=32, model_dtype=model_dtype, **SAMPLING)
 
@@ -121,11 +121,11 @@ def fit_study_probe(loaded, train: list, cfg, work: Path) -> tuple:
     filter's choice on the probe's validation groups, q20 the 20 % quantile of the training samples' minimum Q.
     """
     from probekit.config import FitConfig
-    from probekit.early_stop import min_signal
-    from probekit.filtering import auto_threshold
-    from probekit.generation import generate
+    from probekit.filter.early_stop import min_signal
+    from probekit.filter.filtering import auto_threshold
+    from probekit.generate.generation import generate
     from probekit.pipeline import fit_probe
-    from probekit.scoring import Scorer, score_store
+    from probekit.probe.scoring import Scorer, score_store
     from probekit.store import Store
 
     first = generate(train, work / "train", dataclasses.replace(cfg, seed=1000), loaded=loaded, overwrite=True)
@@ -153,12 +153,14 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/generation_study.json")
     args = ap.parse_args()
 
-    from probekit.custom_goals import goal_from_examples
+    from probekit.generate.custom_goals import goal_from_examples
     from probekit.data.schema import write_trajectories
-    from probekit.generation import OnlineStop, generate
+    from probekit.generate.generation import generate
+    from probekit.generate.stopping import OnlineStop
     from probekit.models import load_model
-    from probekit.scoring import Scorer, score_store
-    from probekit.steering import SteerConfig, steer
+    from probekit.probe.scoring import Scorer, score_store
+    from probekit.generate.config import SteerConfig
+    from probekit.generate.steering import steer
     from probekit.store import Store
 
     threads = apply_threads(args.threads)
@@ -217,10 +219,10 @@ def main() -> int:
     def at_budget(n: int, draws: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
         """Per problem: single sample, majority of n and best-of-n by reward, over random n-subsets of its plain samples.
 
-        Each draw's subsets are voted by `probekit.voting.Ballot`, the filter's own vote: the majority's ties
+        Each draw's subsets are voted by `probekit.filter.voting.Ballot`, the filter's own vote: the majority's ties
         go to the earliest voter, and best-of-n picks among the samples that have an answer.
         """
-        from probekit.voting import Ballot
+        from probekit.filter.voting import Ballot
 
         rng = np.random.default_rng(seed)
         single, vote, best, tokens = (np.zeros(len(test)) for _ in range(4))

@@ -49,7 +49,7 @@ def judge_rewards(trajectories, path: Path, judge, loaded) -> np.ndarray:
     from probekit.data.schema import write_trajectories
     from probekit.extract.options import ExtractOptions
     from probekit.extract.run import extract
-    from probekit.scoring import Scorer, score_store
+    from probekit.probe.scoring import Scorer, score_store
     from probekit.store import Store
 
     data = path / "trajectories.jsonl"
@@ -83,11 +83,13 @@ def main() -> int:
     from probekit.data.schema import write_pairs, write_trajectories
     from probekit.extract.options import ExtractOptions
     from probekit.extract.run import extract
-    from probekit.generation import GenerateConfig, generate
+    from probekit.generate.config import GenerateConfig
+    from probekit.generate.generation import generate
     from probekit.models import load_model
     from probekit.pipeline import fit_probe
-    from probekit.scoring import Scorer, score_store
-    from probekit.steering import SteerConfig, steer
+    from probekit.probe.scoring import Scorer, score_store
+    from probekit.generate.config import SteerConfig
+    from probekit.generate.steering import steer
     from probekit.store import Store
 
     threads = apply_threads(args.threads)

@@ -151,7 +151,8 @@ EXTRACT = {"solutions": dict(positions="stride:2"), "hh": dict(positions="stride
 
 def extract_store(trajectories: Path, out: Path, kind: str, layers: str, args, loaded) -> Path:
     """Extract (or resume, or find complete) the store of `trajectories` and its pairs.jsonl at `out`."""
-    from probekit.extract.run import ExtractOptions, extract
+    from probekit.extract.options import ExtractOptions
+    from probekit.extract.run import extract
 
     console.print(f"[bold]extract[/] {trajectories} -> {out}")
     extract(ExtractOptions(trajectories=trajectories, pairs=trajectories.with_name("pairs.jsonl"), out=out, model=args.model,
@@ -171,14 +172,15 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
 # ---- studies -------------------------------------------------------------------------------------------
 def sweep(store: Path, out: Path, args, layers=None, goals=("mean",)) -> dict:
     from probekit.config import FitConfig
-    from probekit.sweep import SweepConfig, run_sweep
+    from probekit.config import SweepConfig
+    from probekit.sweep import run_sweep
 
     config = SweepConfig(template=FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot), lams=(0.0, args.lam),
                          layers=tuple(layers) if layers else None, seeds=tuple(args.seeds), goals=tuple(goals), prototypes=4, split="test")
     return run_sweep(store, out, config, overwrite=True)
 
 
-LENGTH_CONTROLLED = ("auroc_strat", "auroc_resid")  # within length strata / log length regressed out (probekit.length_control)
+LENGTH_CONTROLLED = ("auroc_strat", "auroc_resid")  # within length strata / log length regressed out (probekit.eval.length_control)
 
 
 def summarise_sweep(result: dict) -> list[dict]:
@@ -223,7 +225,7 @@ def prefix_curves(result: dict, layer: int) -> dict:
 
 def write_figure(report: dict, out: Path, layer: int) -> Path:
     """The paper's prefix figure for this run: mean curves across seeds, trivial baselines as lines."""
-    from probekit.plots import plot_prefix_curves
+    from probekit.eval.plots import plot_prefix_curves
 
     pre = dict(report["gsm8k"]["prefix_auroc"])
     fractions = pre.pop("fractions")
@@ -234,7 +236,8 @@ def write_figure(report: dict, out: Path, layer: int) -> Path:
 
 
 def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]:
-    from probekit.filtering import FilterConfig, filter_store
+    from probekit.filter.config import FilterConfig
+    from probekit.filter.filtering import filter_store
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 
@@ -277,10 +280,10 @@ def probe_summary(probes: list[dict]) -> dict:
 
 def evaluate_on(ckpt, store, layer: int, split: dict, seed: int) -> dict:
     """A checkpoint's probe on the test split of `split` in `store` (no baselines: the studies report them once)."""
-    from probekit.evaluate import evaluate
-    from probekit.metrics import make_context
+    from probekit.eval.evaluate import evaluate
+    from probekit.eval.context import make_context
     from probekit.probe.data import open_rows
-    from probekit.scoring import Scorer
+    from probekit.probe.scoring import Scorer
 
     ctx = make_context(store, split, "test", n_boot=200, seed=seed)
     return evaluate(Scorer.from_checkpoint(ckpt), ctx, open_rows(store, layer, 2048), layer=layer, baselines=False)

@@ -7,7 +7,7 @@ solves about a third of the time), same sampling (the study's: temperature
 repeated and interleaved:
 
 1. plain      `model.generate(..., num_return_sequences=S)` with HF's stop strings;
-2. probekit   `probekit.generation.generate` storing layer-15 states of every token;
+2. probekit   `probekit.generate.generation.generate` storing layer-15 states of every token;
    and probekit's decoding loop alone, without hooks or store (`no_capture`),
    which isolates what capturing and storing the states costs;
 3. filtered   the same with online early stopping by the generation study's
@@ -92,7 +92,7 @@ def plain_generate(loaded, prompts, samples: int, seed: int) -> int:
 def decode_without_capture(loaded, prompts, cfg) -> int:
     """Tokens decoded by probekit's scheduler with no layer captured and nothing stored: the cost floor of generate."""
     from probekit.extract.render import prompt_ids
-    from probekit.decoding import Scheduler
+    from probekit.generate.decoding import Scheduler
     from probekit.progress import or_null
 
     contexts = [prompt_ids(loaded.tokenizer, p.prompt, "raw") for p in prompts]
@@ -111,7 +111,8 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/generation.json")
     args = ap.parse_args()
 
-    from probekit.generation import OnlineStop, generate
+    from probekit.generate.generation import generate
+    from probekit.generate.stopping import OnlineStop
     from probekit.models import load_model
 
     threads = apply_threads(args.threads)

@@ -226,7 +226,8 @@ def stage_fit(args, store_dir: Path, work: Path) -> tuple[dict, dict]:
     from probekit.config import FitConfig
     from probekit.pipeline import fit_probe
     from probekit.store import Store
-    from probekit.sweep import SweepConfig, run_sweep
+    from probekit.config import SweepConfig
+    from probekit.sweep import run_sweep
 
     store = Store(store_dir)
     out: dict = {"n_trajectories": len(store), "n_pairs": len(store.pairs()), "n_stored_states": int(store.n_rows), "by_device": {}}
@@ -254,8 +255,8 @@ def stage_fit(args, store_dir: Path, work: Path) -> tuple[dict, dict]:
 def stage_filter(args, store_dir: Path, ckpts: dict) -> dict:
     import torch
 
-    from probekit.early_stop import apply_threshold, min_signal
-    from probekit.scoring import Scorer, score_store
+    from probekit.filter.early_stop import apply_threshold, min_signal
+    from probekit.probe.scoring import Scorer, score_store
     from probekit.store import Store
 
     store = Store(store_dir)
@@ -304,7 +305,8 @@ def stage_filter(args, store_dir: Path, ckpts: dict) -> dict:
 def stage_generation(args, loaded, work: Path) -> dict:
     from benchmarks.run_generation import SAMPLING, STOP, decode_without_capture, plain_generate
     from probekit.data.synth import synth_prompts
-    from probekit.generation import GenerateConfig, generate
+    from probekit.generate.config import GenerateConfig
+    from probekit.generate.generation import generate
 
     prompts = synth_prompts(args.gen_problems, 1, 1, shots=2, seed=0)
     cfg = GenerateConfig(samples=4, template="raw", layers=str(LAYER), answer="synth", stop=STOP, batch_size=args.gen_batch, **SAMPLING)

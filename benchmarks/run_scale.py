@@ -15,8 +15,8 @@ Each measurement runs alone in a fresh child process (this script with
 
 * fit       one `fit_probe` (λ = 0.5), seconds per epoch from the progress callback;
 * sweep     `run_sweep`, 6 λ × 3 seeds = 18 fits (fewer epochs where --sweep-epochs says);
-* score     `probekit.scoring.score_store` over the whole store + `apply_threshold`;
-* eval      `probekit.evaluate.evaluate_checkpoint` on the validation split, with baselines.
+* score     `probekit.probe.scoring.score_store` over the whole store + `apply_threshold`;
+* eval      `probekit.eval.evaluate.evaluate_checkpoint` on the validation split, with baselines.
 
 Results: benchmarks/results/scale.json (command, date, machine, every number and
 the fitted log-log slopes) and scale.png (time and memory against rows, log-log).
@@ -186,12 +186,13 @@ def child_main(args) -> None:
 
     store_path, work = Path(args._store), Path(args._work)
     # Libraries are imported before the clock starts: the timings are the work, not Python's start-up.
-    from probekit.early_stop import apply_threshold, min_signal
-    from probekit.evaluate import evaluate_checkpoint
+    from probekit.filter.early_stop import apply_threshold, min_signal
+    from probekit.eval.evaluate import evaluate_checkpoint
     from probekit.pipeline import fit_probe
     from probekit.probe.checkpoint import load_checkpoint
-    from probekit.scoring import Scorer, score_store
-    from probekit.sweep import SweepConfig, run_sweep
+    from probekit.probe.scoring import Scorer, score_store
+    from probekit.config import SweepConfig
+    from probekit.sweep import run_sweep
 
     base_rss = proc_status_mb("VmRSS")
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ frozen model (SmolLM2-135M; probekit's load and a float32 load) and the same lay
                that it stays flat as the data grows.
 2. fit         one fit (λ = 0.5, default FitConfig) and a λ sweep
                (6 values × 3 seeds = 18 fits, probekit.sweep.run_sweep).
-3. filter      Q-value scoring + threshold (probekit.scoring.score_store +
+3. filter      Q-value scoring + threshold (probekit.probe.scoring.score_store +
                apply_threshold) against a per-trajectory, per-token Python loop
                (φ of one token, torch cosine_similarity with the goal, compare,
                break at the first drop); the keep/drop decisions must agree.
@@ -151,7 +151,8 @@ def naive_extract(loaded, trajectories_path: Path, layer: int, batch_size: int =
 
 def probekit_extract(loaded, trajectories_path: Path, out: Path, shard_size: int = 512, positions: str = "all",
                      shard: str | None = None, model: str = MODEL):
-    from probekit.extract.run import ExtractOptions, extract
+    from probekit.extract.options import ExtractOptions
+    from probekit.extract.run import extract
 
     opts = ExtractOptions(trajectories=trajectories_path, out=out, model=model, layers=str(LAYER), positions=positions,
                           shard_size=shard_size, shard=shard)
@@ -522,7 +523,8 @@ def stage_extract(args, loaded, naive_loaded, work: Path, subset: Path, mem_smal
 def time_sweep(args, store_dir: Path, layer: int, out: Path, lams: list, seeds: list, base: dict) -> dict:
     """Seconds for a λ × seed sweep with `run_sweep` (every fit, its evaluation and checkpoint)."""
     from probekit.config import FitConfig
-    from probekit.sweep import SweepConfig, run_sweep
+    from probekit.config import SweepConfig
+    from probekit.sweep import run_sweep
 
     log(f"fit: λ sweep, {len(lams)} values x {len(seeds)} seeds = {len(lams) * len(seeds)} fits")
     sweep_cfg = SweepConfig(template=FitConfig().vary(**base), lams=tuple(lams), layers=(layer,), seeds=tuple(seeds))
@@ -589,8 +591,8 @@ def stage_filter(args, store_dir: Path, ckpt) -> dict:
     """
     import torch
 
-    from probekit.early_stop import apply_threshold, min_signal
-    from probekit.scoring import Scorer, score_store
+    from probekit.filter.early_stop import apply_threshold, min_signal
+    from probekit.probe.scoring import Scorer, score_store
     from probekit.store import Store
 
     store = Store(store_dir)
@@ -658,7 +660,7 @@ def stage_filter(args, store_dir: Path, ckpt) -> dict:
                           f"(margin {margin:.2e}) so that faiss-vs-torch rounding cannot flip a decision",
         "skip_first": SKIP_FIRST,
         "dropped_share": one["dropped_share"],
-        "probekit_what": "probekit.scoring.score_store (streams shards in their stored float16, converts 2048-row batches, "
+        "probekit_what": "probekit.probe.scoring.score_store (streams shards in their stored float16, converts 2048-row batches, "
                          "φ with the input standardisation folded into its first layer, faiss inner product with the normalised "
                          "goal; also scores the reward head) + apply_threshold (vectorised first drop); Q of every stored token; "
                          f"median of {args.filter_repeats} repeats",

@@ -38,9 +38,10 @@ CONFIGS = [  # (name, min steps, max steps, shots, template)
 
 def measure(loaded, name: str, lo: int, hi: int, shots: int, template: str, args) -> dict:
     from probekit.data.synth import synth_prompts
-    from probekit.generation import GenerateConfig, generate
+    from probekit.generate.config import GenerateConfig
+    from probekit.generate.generation import generate
     from probekit.metrics import bootstrap_counts, percentile_interval
-    from probekit.voting import Ballot, accuracy
+    from probekit.filter.voting import Ballot, accuracy
 
     prompts = synth_prompts(args.n_problems, lo, hi, shots, seed=args.seed)
     cfg = GenerateConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=args.seed,

@@ -11,7 +11,7 @@ from cli.common import console, emit_json
 from cli.options import with_config
 from cli.progress import progress_for
 from cli.tables import demo_table, generation_table
-from probekit.demo import DemoConfig
+from probekit.config import DemoConfig
 
 
 @app.command()

@@ -11,7 +11,7 @@ from cli.common import console, emit_json
 from cli.options import with_config
 from cli.progress import progress_for
 from cli.tables import filter_table
-from probekit.filtering import FilterConfig
+from probekit.filter.config import FilterConfig
 
 
 @app.command("filter")
@@ -26,7 +26,7 @@ def filter_cmd(
     config: FilterConfig = None,
 ) -> None:
     """Filter sampled solutions by Q-value (or reward) and compare majority voting with and without filtering."""
-    from probekit.filtering import filter_store
+    from probekit.filter.filtering import filter_store
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 

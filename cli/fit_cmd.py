@@ -17,7 +17,7 @@ from cli.progress import progress_for
 from cli.tables import metrics_table, sweep_table
 from probekit.config import ComputeConfig, EvalConfig, FitConfig, parse_widths_list
 from probekit.errors import ProbekitError
-from probekit.sweep import ABLATION_AXES
+from probekit.config import ABLATION_AXES
 
 OVERWRITE_HELP = "Write into an --out that holds other files (they are never replaced) or another command's output."
 PROGRESS_HELP = "Show progress bars."
@@ -80,7 +80,7 @@ def eval_cmd(
     compute: ComputeConfig = None,
 ) -> None:
     """Evaluate a probe: pairwise accuracy, AUROC with group-bootstrap CIs, prefix AUROC, error localisation, baselines."""
-    from probekit.evaluate import evaluate_checkpoint, write_evaluation
+    from probekit.eval.evaluate import evaluate_checkpoint, write_evaluation
     from probekit.outputs import claim_output
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
@@ -135,7 +135,8 @@ def sweep(
     axes: dict = None,
 ) -> None:
     """Grid of fits over λ, layer, encoder widths, K, goal kind, seeds and the ablation axes; mean ± std over seeds beside the baselines."""
-    from probekit.sweep import SweepConfig, run_sweep
+    from probekit.config import SweepConfig
+    from probekit.sweep import run_sweep
 
     config = SweepConfig(template=template, lams=_list(lam, float, "--lam"), layers=_list(layers, int, "--layers") if layers else None,
                          widths=tuple(parse_widths_list(widths)), ks=_list(k, int, "--k"), goals=_list(goal, str, "--goal"),

@@ -11,14 +11,14 @@ from cli.app import app
 from cli.common import console, emit_json, rich_table
 from cli.options import with_config
 from cli.progress import progress_for
-from probekit.generation import GenerateConfig
-from probekit.steering import SteerConfig
+from probekit.generate.config import GenerateConfig
+from probekit.generate.config import SteerConfig
 
 
 def _threshold(spec: str, ckpt, goal: str, skip_first: int) -> tuple[float, str]:
     """(threshold, where it comes from): a number, `auto`, or a `probekit filter` output folder whose chosen threshold is used."""
     from probekit.errors import ProbekitError
-    from probekit.filtering import auto_threshold
+    from probekit.filter.filtering import auto_threshold
     from probekit.io import read_json
 
     if spec == "auto":
@@ -52,7 +52,8 @@ def generate(
 ) -> None:
     """Sample N completions per prompt with the frozen model, grade them, and store their hidden states as they are generated."""
     from probekit.data.prompts import read_prompts
-    from probekit.generation import OnlineStop, generate as run_generate
+    from probekit.generate.generation import generate as run_generate
+    from probekit.generate.stopping import OnlineStop
 
     config.validate()
     items, n_skipped = read_prompts(prompts, skip_invalid=skip_invalid)
@@ -92,10 +93,10 @@ def steer(
     search: SteerConfig = None,
 ) -> None:
     """Q-guided decoding: a step-wise beam search that keeps the candidates whose Q-value is closest to the goal."""
-    from probekit.custom_goals import read_goal
+    from probekit.generate.custom_goals import read_goal
     from probekit.data.prompts import read_prompts
     from probekit.probe.checkpoint import load_checkpoint
-    from probekit.steering import steer as run_steer
+    from probekit.generate.steering import steer as run_steer
 
     gen.validate()
     search.validate()
@@ -122,7 +123,7 @@ def goal(
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced)."),
 ) -> None:
     """Build a goal prototype from example completions: the mean φ of their final states."""
-    from probekit.custom_goals import GOAL_FILES, goal_from_examples, write_goal
+    from probekit.generate.custom_goals import GOAL_FILES, goal_from_examples, write_goal
     from probekit.errors import ProbekitError
     from probekit.models import load_model
     from probekit.outputs import claim_output

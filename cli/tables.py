@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cli.common import rich_table
-from probekit.sweep import ablation_name
+from probekit.config import ablation_name
 
 
 def fmt_ci(m: dict | None) -> str:

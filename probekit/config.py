@@ -14,6 +14,7 @@ separates several encoders (only a sweep takes several).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ FEATURES = ("single", "concat", "mix")
 POOLINGS = ("last", "mean", "attention")
 CONTRASTIVES = ("official", "infonce", "token")
 PAIRINGS = ("group", "cross")
+GOAL_KINDS = ("mean", "kmeans")  # the goal prototypes every checkpoint has: the mean preferred state, k-means prototypes
 
 
 def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
@@ -294,3 +296,105 @@ def field_groups(cls: type) -> dict[str, str]:
         for f in fields(g.default_factory):  # type: ignore[arg-type]
             out[f.name] = g.name
     return out
+
+
+# ---- the runners' configs: a sweep varies a FitConfig template; the demo has a few knobs -------------
+ABLATION_AXES = ("features", "pooling", "contrastive", "pairs")
+_DEFAULTS = {name: getattr(getattr(FitConfig(), field_groups(FitConfig)[name]), name) for name in ABLATION_AXES}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A template fit and the axes varied around it (every combination is one run)."""
+
+    template: FitConfig = field(default_factory=FitConfig)
+    lams: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0)
+    layers: tuple[int, ...] | None = None  # default: every layer of the store
+    widths: tuple[tuple[int, ...], ...] = ((256,),)  # () = linear encoder
+    ks: tuple[int, ...] = (8,)
+    goals: tuple[str, ...] = ("mean",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    prototypes: int = 4
+    split: str = "valid"
+    axes: dict = field(default_factory=dict)  # ablation axis name -> tuple of values (default: the template's value)
+    one_at_a_time: bool = False  # runs change at most one ablation axis from the template (else: every combination)
+
+    def validate(self) -> SweepConfig:
+        for g in self.goals:
+            if g not in GOAL_KINDS:
+                raise ProbekitError(f"--goal must be a comma list of {', '.join(GOAL_KINDS)}, got '{g}'")
+        if not self.seeds or not self.ks or not self.widths or not self.goals or not self.lams:
+            raise ProbekitError("sweep: --lam, --seeds, --k, --widths and --goal each need at least one value")
+        if "kmeans" in self.goals and self.prototypes < 2:
+            raise ProbekitError("--goal kmeans needs --prototypes of at least 2")
+        if self.split not in ("train", "valid", "test", "all"):
+            raise ProbekitError(f"--split must be train, valid, test or all, got '{self.split}'")
+        unknown = sorted(set(self.axes) - set(ABLATION_AXES))
+        if unknown or not all(self.axes.values()):
+            raise ProbekitError(f"sweep axes: {', '.join(unknown) or 'an empty axis'}; the ablation axes are {', '.join(ABLATION_AXES)}, each with values")
+        for run in self.runs([0]):  # every axis value through the one fit validation
+            self.fit_config(run).validate()
+        return self
+
+    def axis(self, name: str) -> tuple:
+        """The values of an ablation axis: as given, else the template's value."""
+        return tuple(self.axes.get(name) or (getattr(getattr(self.template, field_groups(FitConfig)[name]), name),))
+
+    def runs(self, layers: list[int]) -> list[dict]:
+        """λ = 0 is always included and ignores K and the contrastive variant (one run per layer, widths and seed)."""
+        lams = sorted(set(float(x) for x in self.lams) | {0.0})
+        out = []
+        for features in self.axis("features"):
+            for layer, lam, widths, seed in itertools.product(layers if features == "single" else [None], lams, self.widths, self.seeds):
+                for K in ([None] if lam == 0 else self.ks):  # layer outermost: load each once
+                    for pooling, pairs in itertools.product(self.axis("pooling"), self.axis("pairs")):
+                        for contrastive in ([None] if lam == 0 else self.axis("contrastive")):
+                            out.append({"lam": lam, "layer": None if layer is None else int(layer), "widths": tuple(widths), "K": K,
+                                        "seed": int(seed), "features": features, "pooling": pooling, "contrastive": contrastive, "pairs": pairs})
+        return [r for r in out if len(self.changed(r)) <= 1] if self.one_at_a_time else out
+
+    def changed(self, run: dict) -> list[str]:
+        """The ablation axes on which `run` differs from the template (a λ = 0 run has no contrastive variant)."""
+        base = {name: getattr(getattr(self.template, field_groups(FitConfig)[name]), name) for name in ABLATION_AXES}
+        return [name for name in ABLATION_AXES if run[name] is not None and run[name] != base[name]]
+
+    def fit_config(self, run: dict) -> FitConfig:
+        single = run["features"] == "single"
+        cfg = self.template.vary(lam=run["lam"], layer=run["layer"], widths=run["widths"], seed=run["seed"],
+                                 goal_prototypes=self.prototypes if "kmeans" in self.goals else 1, features=run["features"],
+                                 feature_layers=() if single else self.template.probe.feature_layers, pooling=run["pooling"], pairs=run["pairs"])
+        cfg = cfg.vary(K=run["K"]) if run["K"] is not None else cfg
+        return cfg.vary(contrastive=run["contrastive"]) if run["contrastive"] is not None else cfg
+
+
+def widths_name(widths: tuple[int, ...]) -> str:
+    return show_widths(widths)
+
+
+def ablation_name(run: dict) -> str:
+    """The run's ablation values that differ from the defaults, e.g. 'mix pool-mean'; '' for none."""
+    return " ".join(f"{name}-{run[name]}" if name in ("pooling", "pairs") else str(run[name])
+                    for name in ABLATION_AXES if run.get(name) not in (None, _DEFAULTS[name]))
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's few knobs; everything else is each stage's default."""
+
+    model: str = option("smollm2-135m", "Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder or .gguf file.")
+    n_problems: int = option(300, "Synthetic problems to generate; each gets --solutions sampled solutions.")
+    solutions: int = option(4, "Solutions per problem (the majority-voting group).")
+    lam: float = option(0.5, "λ of the goal-conditioned probe (the baseline always uses λ = 0).", flag="--lam")
+    layers: str | None = option(None, "Layer to extract (default: the model's middle layer).")
+    epochs: int = option(30, "Maximum training epochs per probe (early stopping on validation pairwise accuracy).")
+    seed: int = option(0, "Seed for data generation, splits and training.")
+    max_batch_tokens: int | None = option(None, "Token budget of one extraction batch (default: 2048 on a CPU, 8192 on a GPU).")
+    n_boot: int = option(1000, "Bootstrap resamples for the intervals.")
+    generate_problems: int = option(12, "New problems sampled in the generation stage (plain vs online early stopping by the goal probe); 0 skips it.")
+    generate_tokens: int = option(48, "Most new tokens per sample in the generation stage.")
+
+    def validate(self) -> None:
+        if self.n_problems < 2 or self.solutions < 1 or self.epochs < 1 or self.n_boot < 1:
+            raise ProbekitError("--n-problems must be at least 2, --solutions, --epochs and --n-boot at least 1")
+        if self.generate_problems < 0 or self.generate_tokens < 1:
+            raise ProbekitError("--generate-problems must be >= 0 and --generate-tokens >= 1")

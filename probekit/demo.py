@@ -13,40 +13,30 @@ re-run with the individual commands.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from probekit.config import option
+from probekit.config import DemoConfig, FitConfig
+from probekit.data.prompts import write_prompts
+from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
+from probekit.data.synth import synth_problems, synth_prompts
+from probekit.eval.evaluate import evaluate_checkpoint, write_evaluation
+from probekit.extract.options import ExtractOptions
+from probekit.extract.run import extract
+from probekit.filter.config import FilterConfig
+from probekit.filter.filtering import filter_store
+from probekit.filter.voting import Ballot, accuracy
+from probekit.generate.config import GenerateConfig
+from probekit.generate.generation import generate
+from probekit.generate.stopping import OnlineStop
+from probekit.io import write_json
+from probekit.outputs import claim_output
+from probekit.pipeline import fit_probe
 from probekit.progress import Progress
+from probekit.store import Store
 
 STAGES = ("data", "store", "fit-baseline", "fit-goal", "eval-baseline", "eval-goal", "filter-baseline", "filter-goal", "generate-plain",
           "generate-filtered", "generate-prompts.jsonl", "summary.json")
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """The demo's few knobs; everything else is each stage's default."""
-
-    model: str = option("smollm2-135m", "Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder or .gguf file.")
-    n_problems: int = option(300, "Synthetic problems to generate; each gets --solutions sampled solutions.")
-    solutions: int = option(4, "Solutions per problem (the majority-voting group).")
-    lam: float = option(0.5, "λ of the goal-conditioned probe (the baseline always uses λ = 0).", flag="--lam")
-    layers: str | None = option(None, "Layer to extract (default: the model's middle layer).")
-    epochs: int = option(30, "Maximum training epochs per probe (early stopping on validation pairwise accuracy).")
-    seed: int = option(0, "Seed for data generation, splits and training.")
-    max_batch_tokens: int | None = option(None, "Token budget of one extraction batch (default: 2048 on a CPU, 8192 on a GPU).")
-    n_boot: int = option(1000, "Bootstrap resamples for the intervals.")
-    generate_problems: int = option(12, "New problems sampled in the generation stage (plain vs online early stopping by the goal probe); 0 skips it.")
-    generate_tokens: int = option(48, "Most new tokens per sample in the generation stage.")
-
-    def validate(self) -> None:
-        from probekit.errors import ProbekitError
-
-        if self.n_problems < 2 or self.solutions < 1 or self.epochs < 1 or self.n_boot < 1:
-            raise ProbekitError("--n-problems must be at least 2, --solutions, --epochs and --n-boot at least 1")
-        if self.generate_problems < 0 or self.generate_tokens < 1:
-            raise ProbekitError("--generate-problems must be >= 0 and --generate-tokens >= 1")
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: bool = False, progress: Progress | None = None,
@@ -55,17 +45,6 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
 
     `log` receives one line per stage; `loaded` (a `probekit.models.LoadedModel`) skips loading the model.
     """
-    from probekit.config import FitConfig
-    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
-    from probekit.data.synth import synth_problems
-    from probekit.evaluate import evaluate_checkpoint, write_evaluation
-    from probekit.extract.run import ExtractOptions, extract
-    from probekit.filtering import FilterConfig, filter_store
-    from probekit.io import write_json
-    from probekit.outputs import claim_output
-    from probekit.pipeline import fit_probe
-    from probekit.store import Store
-
     config.validate()
     out_dir = claim_output(out, "demo", STAGES, overwrite=overwrite)
     out_dir.record(*STAGES[:-1])
@@ -152,11 +131,6 @@ def _generation_stage(out_dir, config: DemoConfig, ckpt, threshold: float, layer
     chose on validation problems. Reports what was generated and voted, not a
     simulation.
     """
-    from probekit.data.prompts import write_prompts
-    from probekit.data.synth import synth_prompts
-    from probekit.generation import GenerateConfig, OnlineStop, generate
-    from probekit.voting import Ballot, accuracy
-
     prompts = synth_prompts(config.generate_problems, 1, 1, shots=2, seed=config.seed + 1)
     write_prompts(out_dir.file("generate-prompts.jsonl"), prompts)
     gen = GenerateConfig(model=config.model, samples=config.solutions, max_new_tokens=config.generate_tokens, seed=config.seed,

@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from probekit.errors import ProbekitError, where
-from probekit.outputs import apply_umask
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path, directory: bool = False) -> None:
+    """Give `path` the mode an ordinary `open`/`mkdir` would (tempfile makes 0600/0700)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from probekit.cache import cache_root
+from probekit.cpu_dtype import cpu_auto_dtype
 from probekit.errors import ProbekitError
 from probekit.io import sha256_file, write_json
 
@@ -156,7 +157,6 @@ def resolve_dtype(dtype: str, device: torch.device, hidden_size: int | None = No
             return torch.float32, "auto: float32 off CUDA and CPU"
         if hidden_size is None:
             raise ValueError("auto on a CPU depends on the model: pass its hidden_size")
-        from probekit.cpu_dtype import cpu_auto_dtype
 
         choice = cpu_auto_dtype(hidden_size, cache_dir if cache_dir is not None else default_cache_dir())
         return _DTYPES[choice.dtype], f"auto: {choice.reason}"

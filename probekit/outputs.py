@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable
 
 from probekit.errors import ProbekitError
+from probekit.io import write_json
 
 MARKER = ".probekit-output.json"
 MARKER_FORMAT = "probekit-output"
@@ -84,17 +85,6 @@ class OutputDir:
             _write_marker(self.path, self.command, self.owned)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def apply_umask(path: Path, directory: bool = False) -> None:
-    """Give `path` the mode an ordinary `open`/`mkdir` would (tempfile makes 0600/0700)."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
 def read_marker(path: Path) -> dict | None:
     """The marker of folder `path` ({"command", "files"}), or None when probekit does not own it."""
     marker = path / MARKER
@@ -117,8 +107,6 @@ def read_marker(path: Path) -> dict | None:
 
 
 def _write_marker(path: Path, command: str, files: Iterable[str]) -> None:
-    from probekit.io import write_json
-
     write_json(path / MARKER, {"format": MARKER_FORMAT, "command": command, "files": sorted(set(files) - {MARKER}),
                                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 

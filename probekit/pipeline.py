@@ -11,6 +11,13 @@ import time
 from pathlib import Path
 
 from probekit.config import FitConfig
+from probekit.eval.context import make_context
+from probekit.eval.evaluate import evaluate
+from probekit.eval.plots import plot_prefix_auroc
+from probekit.outputs import claim_output
+from probekit.probe.checkpoint import save_checkpoint, store_info
+from probekit.probe.scoring import Scorer
+from probekit.probe.train import prepare, train
 from probekit.progress import Progress
 
 CHECKPOINT_OUTPUTS = ("weights.safetensors", "goals.safetensors", "split.json", "metrics.json", "config.json", "prefix_auroc.png")
@@ -23,14 +30,6 @@ def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = Fa
     `data` (from `probekit.probe.train.prepare`) and `baseline_cache` let a
     sweep reuse the loaded layer and the baselines across runs.
     """
-    from probekit.evaluate import evaluate
-    from probekit.metrics import make_context
-    from probekit.outputs import claim_output
-    from probekit.plots import plot_prefix_auroc
-    from probekit.probe.checkpoint import save_checkpoint, store_info
-    from probekit.probe.train import prepare, train
-    from probekit.scoring import Scorer
-
     config.validate()
     with claim_output(out, "fit", CHECKPOINT_OUTPUTS, overwrite=overwrite, inputs=[store.path, config.split.split_file]) as out_dir:
         t0 = time.time()

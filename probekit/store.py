@@ -50,9 +50,10 @@ import h5py
 import numpy as np
 
 from probekit.errors import ProbekitError
-from probekit.io import atomic_path, read_json
+from probekit.io import atomic_path, iter_jsonl, read_json
 
 FORMAT_VERSION = 1
+STATE_DTYPES = ("float16", "float32")  # the dtypes a shard stores states in
 MANIFEST = "manifest.json"
 PAIRS = "pairs.jsonl"
 META_STR_FIELDS = ("id", "group", "answer")
@@ -329,8 +330,6 @@ class Store:
 
     def pairs(self) -> np.ndarray:
         """Preference pairs as global trajectory indices, int64 [n_pairs, 2] (chosen, rejected)."""
-        from probekit.io import iter_jsonl
-
         path = self.path / PAIRS
         if not path.exists():
             return np.zeros((0, 2), dtype=np.int64)

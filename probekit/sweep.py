@@ -22,97 +22,23 @@ summary over seeds, the baselines per layer).
 from __future__ import annotations
 
 import csv
-import itertools
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from probekit.config import FitConfig, field_groups, show_widths
+from probekit.config import ABLATION_AXES, FitConfig, SweepConfig, ablation_name, widths_name
 from probekit.errors import ProbekitError
-from probekit.goals import GOAL_KINDS
+from probekit.io import atomic_path, write_json
+from probekit.outputs import claim_output
+from probekit.pipeline import fit_probe
+from probekit.probe.checkpoint import load_checkpoint, store_info
+from probekit.probe.data import open_rows
+from probekit.probe.train import input_layers, prepare
 from probekit.progress import Progress, or_null
+from probekit.store import Store
 
 METRICS = ("pairwise_acc", "auroc", "auroc_strat", "auroc_resid", "q_auroc", "q_auroc_strat", "q_auroc_resid", "err_token_auroc")
-ABLATION_AXES = ("features", "pooling", "contrastive", "pairs")
-_DEFAULTS = {name: getattr(getattr(FitConfig(), field_groups(FitConfig)[name]), name) for name in ABLATION_AXES}
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A template fit and the axes varied around it (every combination is one run)."""
-
-    template: FitConfig = field(default_factory=FitConfig)
-    lams: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0)
-    layers: tuple[int, ...] | None = None  # default: every layer of the store
-    widths: tuple[tuple[int, ...], ...] = ((256,),)  # () = linear encoder
-    ks: tuple[int, ...] = (8,)
-    goals: tuple[str, ...] = ("mean",)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    prototypes: int = 4
-    split: str = "valid"
-    axes: dict = field(default_factory=dict)  # ablation axis name -> tuple of values (default: the template's value)
-    one_at_a_time: bool = False  # runs change at most one ablation axis from the template (else: every combination)
-
-    def validate(self) -> SweepConfig:
-        for g in self.goals:
-            if g not in GOAL_KINDS:
-                raise ProbekitError(f"--goal must be a comma list of {', '.join(GOAL_KINDS)}, got '{g}'")
-        if not self.seeds or not self.ks or not self.widths or not self.goals or not self.lams:
-            raise ProbekitError("sweep: --lam, --seeds, --k, --widths and --goal each need at least one value")
-        if "kmeans" in self.goals and self.prototypes < 2:
-            raise ProbekitError("--goal kmeans needs --prototypes of at least 2")
-        if self.split not in ("train", "valid", "test", "all"):
-            raise ProbekitError(f"--split must be train, valid, test or all, got '{self.split}'")
-        unknown = sorted(set(self.axes) - set(ABLATION_AXES))
-        if unknown or not all(self.axes.values()):
-            raise ProbekitError(f"sweep axes: {', '.join(unknown) or 'an empty axis'}; the ablation axes are {', '.join(ABLATION_AXES)}, each with values")
-        for run in self.runs([0]):  # every axis value through the one fit validation
-            self.fit_config(run).validate()
-        return self
-
-    def axis(self, name: str) -> tuple:
-        """The values of an ablation axis: as given, else the template's value."""
-        return tuple(self.axes.get(name) or (getattr(getattr(self.template, field_groups(FitConfig)[name]), name),))
-
-    def runs(self, layers: list[int]) -> list[dict]:
-        """λ = 0 is always included and ignores K and the contrastive variant (one run per layer, widths and seed)."""
-        lams = sorted(set(float(x) for x in self.lams) | {0.0})
-        out = []
-        for features in self.axis("features"):
-            for layer, lam, widths, seed in itertools.product(layers if features == "single" else [None], lams, self.widths, self.seeds):
-                for K in ([None] if lam == 0 else self.ks):  # layer outermost: load each once
-                    for pooling, pairs in itertools.product(self.axis("pooling"), self.axis("pairs")):
-                        for contrastive in ([None] if lam == 0 else self.axis("contrastive")):
-                            out.append({"lam": lam, "layer": None if layer is None else int(layer), "widths": tuple(widths), "K": K,
-                                        "seed": int(seed), "features": features, "pooling": pooling, "contrastive": contrastive, "pairs": pairs})
-        return [r for r in out if len(self.changed(r)) <= 1] if self.one_at_a_time else out
-
-    def changed(self, run: dict) -> list[str]:
-        """The ablation axes on which `run` differs from the template (a λ = 0 run has no contrastive variant)."""
-        base = {name: getattr(getattr(self.template, field_groups(FitConfig)[name]), name) for name in ABLATION_AXES}
-        return [name for name in ABLATION_AXES if run[name] is not None and run[name] != base[name]]
-
-    def fit_config(self, run: dict) -> FitConfig:
-        single = run["features"] == "single"
-        cfg = self.template.vary(lam=run["lam"], layer=run["layer"], widths=run["widths"], seed=run["seed"],
-                                 goal_prototypes=self.prototypes if "kmeans" in self.goals else 1, features=run["features"],
-                                 feature_layers=() if single else self.template.probe.feature_layers, pooling=run["pooling"], pairs=run["pairs"])
-        cfg = cfg.vary(K=run["K"]) if run["K"] is not None else cfg
-        return cfg.vary(contrastive=run["contrastive"]) if run["contrastive"] is not None else cfg
-
-
-def widths_name(widths: tuple[int, ...]) -> str:
-    return show_widths(widths)
-
-
-def ablation_name(run: dict) -> str:
-    """The run's ablation values that differ from the defaults, e.g. 'mix pool-mean'; '' for none."""
-    return " ".join(f"{name}-{run[name]}" if name in ("pooling", "pairs") else str(run[name])
-                    for name in ABLATION_AXES if run.get(name) not in (None, _DEFAULTS[name]))
-
-
 def run_name(run: dict) -> str:
     k = "-" if run["K"] is None else run["K"]
     layer = "-" if run["layer"] is None else run["layer"]
@@ -121,12 +47,6 @@ def run_name(run: dict) -> str:
 
 
 def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, overwrite: bool = False, progress: Progress | None = None) -> dict:
-    from probekit.outputs import claim_output
-    from probekit.pipeline import fit_probe
-    from probekit.probe.data import open_rows
-    from probekit.probe.train import input_layers, prepare
-    from probekit.store import Store
-
     config.validate()
     out_dir = claim_output(out, "sweep", ("runs", "results.csv", "results.json"), overwrite=overwrite, inputs=[store_path])
     store = Store(store_path)
@@ -184,8 +104,6 @@ def _finished_run(path: Path, cfg: FitConfig, store, split: str):
     Options are compared as configs, so a run saved before an option existed
     counts as that option's default (which is what it did).
     """
-    from probekit.probe.checkpoint import load_checkpoint, store_info
-
     if not (path / "config.json").exists():
         return None
     try:
@@ -288,8 +206,6 @@ def summarise_baselines(baselines: dict) -> list[dict]:
 
 def write_results(out, rows: list[dict], result: dict) -> None:
     """results.csv and results.json into the sweep's claimed output folder."""
-    from probekit.io import atomic_path, write_json
-
     cols = list(rows[0].keys()) if rows else []
     with atomic_path(out.file("results.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols)

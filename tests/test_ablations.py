@@ -176,7 +176,7 @@ def mixed_pooled(tmp_path_factory):
 
 def test_scorer_rewards_are_the_pooled_rewards_of_each_prefix(mixed_pooled):
     from probekit.probe.data import MemoryRows, StreamRows
-    from probekit.scoring import Scorer, score_store, score_trajectories
+    from probekit.probe.scoring import Scorer, score_store, score_trajectories
 
     store, ckpt = mixed_pooled
     model = ckpt.model
@@ -205,8 +205,9 @@ def test_scorer_rewards_are_the_pooled_rewards_of_each_prefix(mixed_pooled):
 
 
 def test_eval_and_filter_agree_for_a_multi_layer_pooled_probe(mixed_pooled, tmp_path):
-    from probekit.evaluate import evaluate_checkpoint
-    from probekit.filtering import FilterConfig, filter_store
+    from probekit.eval.evaluate import evaluate_checkpoint
+    from probekit.filter.config import FilterConfig
+    from probekit.filter.filtering import filter_store
     from probekit.io import iter_jsonl
     from probekit.metrics import point_auroc
 
@@ -362,7 +363,7 @@ def test_one_at_a_time_runs_the_default_and_each_single_axis_change(tmp_path):
 
     import cli.main  # noqa: F401
     from cli.app import app
-    from probekit.sweep import SweepConfig
+    from probekit.config import SweepConfig
 
     axes = {"features": ("single", "mix"), "pooling": ("last", "mean"), "contrastive": ("official", "infonce"), "pairs": ("group", "cross")}
     grid = SweepConfig(template=quick(), lams=(0.5,), seeds=(0,), axes=axes).runs([1])
@@ -425,8 +426,9 @@ def test_attention_pooling_is_a_softmax_of_the_query_over_each_prefix():
 
 
 def test_a_sweep_resumes_runs_saved_before_the_ablation_options(tmp_path, monkeypatch):
-    import probekit.pipeline as pipeline
-    from probekit.sweep import SweepConfig, run_sweep
+    import probekit.sweep as sweep_mod
+    from probekit.config import SweepConfig
+    from probekit.sweep import run_sweep
 
     store = averaged_store(tmp_path / "s", n=24)
     opts = SweepConfig(template=quick(epochs=1, baselines=False), lams=(0.0,), seeds=(0,))
@@ -436,8 +438,8 @@ def test_a_sweep_resumes_runs_saved_before_the_ablation_options(tmp_path, monkey
     del cfg["fit"]["probe"]["pooling"], cfg["fit"]["split"]["pairs"]
     cfg_path.write_text(json.dumps(cfg))
     calls = []
-    real_fit = pipeline.fit_probe
-    monkeypatch.setattr(pipeline, "fit_probe", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    real_fit = sweep_mod.fit_probe
+    monkeypatch.setattr(sweep_mod, "fit_probe", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
     again = run_sweep(store, tmp_path / "sw", opts)
     assert calls == [] and [r["auroc"] for r in again["runs"]] == [r["auroc"] for r in first["runs"]]
     run_sweep(store, tmp_path / "sw", SweepConfig(template=quick(epochs=1, baselines=False), lams=(0.0,), seeds=(0,), axes={"pooling": ("mean",)}))

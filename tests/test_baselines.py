@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probekit.baselines import beats, length_baseline, logistic_baselines, random_baseline, run_baselines, trajectory_features
-from probekit.metrics import make_context
+from probekit.eval.baselines import beats, length_baseline, logistic_baselines, random_baseline, run_baselines, trajectory_features
+from probekit.eval.context import make_context
 from probekit.probe.data import MemoryRows, StreamRows
 from probekit.store import Store
 from tests.store_factory import make_store
@@ -121,7 +121,7 @@ def test_features_streamed_in_small_blocks_equal_those_read_in_memory(tmp_path, 
     """The baselines' per-trajectory states do not depend on how the rows are read: memory in one block, the
     shards a few trajectories at a time, the float64 sums in runs of any size; so neither do the baselines."""
     import probekit.probe.data as pdata
-    from probekit.baselines import segment_means
+    from probekit.eval.baselines import segment_means
 
     rng = np.random.default_rng(4)
     direction = rng.normal(size=HIDDEN).astype(np.float32)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from cli.tables import demo_table, generation_table
-from probekit.demo import DemoConfig, run_demo
+from probekit.config import DemoConfig
+from probekit.demo import run_demo
 from probekit.models import load_model
 
 

@@ -10,11 +10,11 @@ from sklearn.metrics import roc_auc_score
 
 from cli.tables import metric_rows
 from probekit.errors import ProbekitError
-from probekit.evaluate import error_localisation, evaluate_checkpoint, prefix_rows, write_evaluation
+from probekit.eval.evaluate import error_localisation, evaluate_checkpoint, prefix_rows, write_evaluation
 from probekit.metrics import auroc_ci, bootstrap_counts, pairwise_ci, weighted_auroc
 from probekit.outputs import claim_output
 from probekit.probe.checkpoint import load_checkpoint
-from probekit.scoring import Scores
+from probekit.probe.scoring import Scores
 from probekit.store import Store
 from tests.store_factory import make_store
 from tests.test_fit import one_torch_thread, planted_arrays, trained  # noqa: F401  (fixture)
@@ -168,7 +168,7 @@ def test_evaluate_all_split_and_foreign_store(tmp_path_factory, tmp_path):
 
 
 def test_plot_prefix_curves_draws_undefined_points_as_gaps(tmp_path):
-    from probekit.plots import plot_prefix_curves
+    from probekit.eval.plots import plot_prefix_curves
 
     out = plot_prefix_curves([0.5, 1.0], {"λ=0 reward": [None, 0.6], "λ=0.5 Q": [0.55, 0.7]}, tmp_path / "f.png",
                              "title", {"length (full completion)": 0.64})
@@ -196,7 +196,7 @@ def _same_numbers(a, b, path="metrics"):
 def test_split_scores_gathered_block_by_block_equal_those_of_the_whole_split():
     """Per-trajectory summaries and the error-localisation tokens do not depend on where blocks are cut, and the
     localisation on the kept tokens alone, with the threshold of all trajectories, is the one on every token."""
-    from probekit.evaluate import FRACTIONS, SplitScores, known_error, midpoint_threshold
+    from probekit.eval.evaluate import FRACTIONS, SplitScores, known_error, midpoint_threshold
 
     rng = np.random.default_rng(0)
     n = 40
@@ -236,9 +236,9 @@ def test_streamed_evaluation_equals_the_in_memory_one(tmp_path, monkeypatch, poo
     """Memory (one block) and streamed from the shards in blocks of a few trajectories: the same metrics, AUROCs
     and baselines included, for a last-token and a pooled probe."""
     import probekit.probe.data as pdata
-    from probekit.evaluate import evaluate
-    from probekit.metrics import make_context
-    from probekit.scoring import Scorer
+    from probekit.eval.evaluate import evaluate
+    from probekit.eval.context import make_context
+    from probekit.probe.scoring import Scorer
     from tests.test_fit import fit, planted_store
 
     path = planted_store(tmp_path / "s", n_groups=16)

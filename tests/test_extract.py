@@ -18,7 +18,8 @@ from probekit.data.schema import Trajectory, write_trajectories
 from probekit.errors import ProbekitError
 from probekit.extract import run as run_mod
 from probekit.extract.forward import forward_layers
-from probekit.extract.run import ExtractOptions, extract
+from probekit.extract.options import ExtractOptions
+from probekit.extract.run import extract
 from probekit.models import load_model
 from probekit.store import Store, shard_name
 

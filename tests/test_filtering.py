@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probekit.early_stop import apply_threshold, min_signal, segment_min
+from probekit.filter.early_stop import apply_threshold, min_signal, segment_min
 from probekit.errors import ProbekitError
-from probekit.filtering import FilterConfig
-from probekit.thresholds import parse_thresholds, selection_and_report_groups, threshold_grid
-from probekit.thresholds import threshold_sweep as sweep
-from probekit.voting import Ballot
+from probekit.filter.config import FilterConfig
+from probekit.filter.thresholds import parse_thresholds, selection_and_report_groups, threshold_grid
+from probekit.filter.thresholds import threshold_sweep as sweep
+from probekit.filter.voting import Ballot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,10 +250,10 @@ def planted(tmp_path_factory):
 
 
 def test_end_to_end_filter_store(planted):
-    from probekit.filtering import filter_store
+    from probekit.filter.filtering import filter_store
     from probekit.io import iter_jsonl
     from probekit.probe.checkpoint import load_checkpoint
-    from probekit.scoring import Scorer, score_blocks
+    from probekit.probe.scoring import Scorer, score_blocks
 
     root, store, ckpt_dir = planted
     ckpt = load_checkpoint(ckpt_dir)
@@ -309,7 +309,7 @@ def test_end_to_end_filter_store(planted):
 
 
 def test_filter_errors(planted, tmp_path):
-    from probekit.filtering import filter_store
+    from probekit.filter.filtering import filter_store
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 
@@ -348,7 +348,7 @@ def test_cli_runs_with_json(planted, tmp_path):
 
 def test_auto_threshold_for_online_stopping_is_the_filters_auto_choice(planted, tmp_path):
     """`generate --threshold auto` picks, before sampling, what `filter --threshold auto` picks on the checkpoint's training store."""
-    from probekit.filtering import auto_threshold, filter_store
+    from probekit.filter.filtering import auto_threshold, filter_store
     from probekit.probe.checkpoint import load_checkpoint
 
     root, store, ckpt_dir = planted
@@ -373,7 +373,7 @@ def test_auto_threshold_for_online_stopping_is_the_filters_auto_choice(planted, 
 def test_filter_reports_how_well_its_signal_ranks_solutions_with_length_controls(planted, tmp_path):
     """The per-solution minimum Q separates the planted wrong solutions (low Q after their error) from the right ones,
     in raw AUROC and within length strata; the controls are fitted on the checkpoint's train groups."""
-    from probekit.filtering import filter_store
+    from probekit.filter.filtering import filter_store
     from probekit.probe.checkpoint import load_checkpoint
 
     root, store, ckpt_dir = planted
@@ -392,7 +392,7 @@ def test_filter_reports_how_well_its_signal_ranks_solutions_with_length_controls
 def test_filter_signal_auroc_on_another_store_fits_its_length_controls_on_the_training_store(planted, tmp_path):
     import shutil
 
-    from probekit.filtering import filter_store
+    from probekit.filter.filtering import filter_store
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 
@@ -429,7 +429,7 @@ def _record_blocks(monkeypatch):
 def test_auto_threshold_scores_only_the_validation_trajectories(planted, tmp_path, monkeypatch):
     """The threshold is chosen on the checkpoint's validation groups, so only their trajectories are read and scored
     (it scored the whole training store); the choice and the table are the filter's on the whole store."""
-    from probekit.filtering import auto_threshold, filter_store
+    from probekit.filter.filtering import auto_threshold, filter_store
     from probekit.probe.checkpoint import load_checkpoint
 
     root, store, ckpt_dir = planted
@@ -446,7 +446,7 @@ def test_auto_threshold_scores_only_the_validation_trajectories(planted, tmp_pat
 def test_signal_auroc_on_another_store_reads_only_the_training_split_of_the_training_store(planted, tmp_path, monkeypatch):
     import shutil
 
-    from probekit.filtering import filter_store
+    from probekit.filter.filtering import filter_store
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 

@@ -11,7 +11,9 @@ import torch
 
 from probekit.data.prompts import Prompt
 from probekit.errors import ProbekitError
-from probekit.generation import GenerateConfig, OnlineStop, generate
+from probekit.generate.config import GenerateConfig
+from probekit.generate.generation import generate
+from probekit.generate.stopping import OnlineStop
 from probekit.models import load_model
 from probekit.store import Store
 
@@ -102,8 +104,8 @@ def probe(unfiltered, tmp_path_factory):
 
 
 def test_online_stopping_decides_what_the_filter_decides_after_the_fact(unfiltered, probe, tiny, tmp_path):
-    from probekit.early_stop import apply_threshold
-    from probekit.scoring import Scorer, score_store
+    from probekit.filter.early_stop import apply_threshold
+    from probekit.probe.scoring import Scorer, score_store
 
     store = Store(unfiltered.out / "store")
     scores = score_store(store, Scorer.from_checkpoint(probe), 4)
@@ -143,8 +145,9 @@ def test_bad_inputs_are_one_line_errors(tiny, tmp_path, probe):
 
 
 def test_steering_raises_q_toward_the_goal_over_plain_sampling(unfiltered, probe, tiny, tmp_path):
-    from probekit.scoring import Scorer, score_store
-    from probekit.steering import SteerConfig, steer
+    from probekit.probe.scoring import Scorer, score_store
+    from probekit.generate.config import SteerConfig
+    from probekit.generate.steering import steer
 
     plain = score_store(Store(unfiltered.out / "store"), Scorer.from_checkpoint(probe), 4)
     plain_final_q = plain.last(plain.q["mean"])
@@ -161,7 +164,7 @@ def test_steering_raises_q_toward_the_goal_over_plain_sampling(unfiltered, probe
 
 
 def test_goal_from_examples_is_the_mean_phi_of_their_final_states(unfiltered, probe, tiny, tmp_path):
-    from probekit.custom_goals import goal_from_examples
+    from probekit.generate.custom_goals import goal_from_examples
     from probekit.data.schema import write_trajectories
     from probekit.extract.options import ExtractOptions
     from probekit.extract.run import extract
@@ -211,7 +214,8 @@ def test_stop_string_ends_a_sample_where_it_first_appears(unfiltered, tiny, tmp_
 
 
 def test_generate_steer_and_goal_refuse_an_out_that_holds_their_inputs_or_other_files(tiny, tmp_path, probe):
-    from probekit.steering import SteerConfig, steer
+    from probekit.generate.config import SteerConfig
+    from probekit.generate.steering import steer
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -239,9 +243,9 @@ def test_generate_threshold_auto_without_validation_groups_is_a_one_line_error(t
 
 def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, probe, tiny_model_dir, tmp_path, monkeypatch, capsys):
     """`probekit goal --from` then `probekit steer --goal-from DIR --goal NAME`: the beams' Q toward that goal beats plain sampling's."""
-    from probekit.custom_goals import read_goal
+    from probekit.generate.custom_goals import read_goal
     from probekit.data.schema import write_trajectories
-    from probekit.scoring import Scorer, score_store
+    from probekit.probe.scoring import Scorer, score_store
     from tests.test_hostile_outputs import run_cli
 
     examples = tmp_path / "examples.jsonl"
@@ -269,7 +273,7 @@ def test_states_stream_to_shards_so_memory_is_bounded_by_a_few_batches_and_a_sha
 
     Seed 3 with a blank as the stop string makes a few early samples run long while later prompts finish fast: without the
     reorder buffer's bound, 24 samples would be held at once here."""
-    from probekit import decoding, generation
+    from probekit.generate import decoding, generation
 
     written, held, prefilled = [], [], []
     add, prefill = generation._StoreWriter.add, decoding.Rows._prefill
@@ -300,7 +304,7 @@ def test_merged_kv_rows_give_the_logits_of_each_sequence_decoded_alone(tiny):
     from transformers import DynamicCache
 
     from probekit.extract.forward import position_ids_from_mask
-    from probekit.kv_rows import copy_rows, keep_rows, merge_rows
+    from probekit.generate.kv_rows import copy_rows, keep_rows, merge_rows
 
     model = tiny.model
     seqs = [[5, 9, 17, 33, 2, 41, 7, 8, 90], [12, 13], [60, 61, 62, 63, 64]]
@@ -344,7 +348,7 @@ def test_merged_kv_rows_give_the_logits_of_each_sequence_decoded_alone(tiny):
 
 def test_tokens_decisions_and_states_do_not_depend_on_batch_size(unfiltered, probe, tiny, tmp_path):
     """Batch sizes 1, 3 and 8 with online stopping (and fallback groups resumed): the same samples, stops and states."""
-    from probekit.scoring import Scorer, score_store
+    from probekit.probe.scoring import Scorer, score_store
 
     scores = score_store(Store(unfiltered.out / "store"), Scorer.from_checkpoint(probe), 4)
     threshold = float(np.quantile(scores.q["mean"][scores.positions >= 2], 0.3))

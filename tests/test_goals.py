@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from probekit.errors import ProbekitError
-from probekit.goals import GoalIndex, normalize_rows
+from probekit.probe.goals import GoalIndex, normalize_rows
 
 
 def _numpy_q(z: np.ndarray, protos: np.ndarray) -> np.ndarray:

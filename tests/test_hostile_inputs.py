@@ -23,7 +23,8 @@ from filelock import FileLock
 from probekit.data.schema import read_trajectories, write_trajectories
 from probekit.errors import ProbekitError
 from probekit.extract import run as run_mod
-from probekit.extract.run import ExtractOptions, extract, lock_name
+from probekit.extract.options import ExtractOptions
+from probekit.extract.run import extract, lock_name
 from probekit.models import load_model
 from probekit.outputs import MARKER
 from probekit.store import Store, read_shard_attrs, shard_name

@@ -188,7 +188,8 @@ def test_filter_refuses_q_thresholds_outside_the_cosine_range(monkeypatch, capsy
 
 
 def test_filter_says_when_a_threshold_drops_everything(tmp_path, fitted):
-    from probekit.filtering import FilterConfig, filter_store
+    from probekit.filter.config import FilterConfig
+    from probekit.filter.filtering import filter_store
 
     store, ckpt = fitted
     m = filter_store(ckpt, store, tmp_path / "f", FilterConfig(threshold="1", skip_first=0, plots=False, random_seeds=1))
@@ -231,7 +232,7 @@ def test_a_loss_that_becomes_non_finite_stops_naming_the_epoch(monkeypatch, caps
 def test_cross_store_eval_fits_baselines_on_the_training_store(tmp_path):
     """On held-out data where shorter is better, the length baseline must say so (chosen on the training store)."""
     from probekit.config import FitConfig
-    from probekit.evaluate import evaluate_checkpoint
+    from probekit.eval.evaluate import evaluate_checkpoint
     from probekit.pipeline import fit_probe
     from probekit.store import Store
 
@@ -253,7 +254,7 @@ def test_cross_store_eval_without_the_training_store_says_so(tmp_path):
     import shutil
 
     from probekit.config import FitConfig
-    from probekit.evaluate import evaluate_checkpoint
+    from probekit.eval.evaluate import evaluate_checkpoint
     from probekit.pipeline import fit_probe
     from probekit.store import Store
 
@@ -278,7 +279,7 @@ def test_a_store_re_extracted_in_place_is_not_taken_for_the_training_store(tmp_p
     import shutil
 
     from probekit.config import FitConfig
-    from probekit.evaluate import evaluate_checkpoint
+    from probekit.eval.evaluate import evaluate_checkpoint
     from probekit.pipeline import fit_probe
     from probekit.store import Store
 

@@ -11,9 +11,10 @@ from sklearn.metrics import roc_auc_score
 from cli.tables import metric_rows
 from probekit.config import FitConfig
 from probekit.errors import ProbekitError
-from probekit.evaluate import evaluate_checkpoint
-from probekit.length_control import beats_length, ols_line, quantile_edges, residuals
-from probekit.metrics import auroc_ci, bootstrap_counts, make_context, stratified_auroc, weighted_auroc
+from probekit.eval.evaluate import evaluate_checkpoint
+from probekit.eval.length_control import beats_length, ols_line, quantile_edges, residuals
+from probekit.eval.context import make_context
+from probekit.metrics import auroc_ci, bootstrap_counts, stratified_auroc, weighted_auroc
 from probekit.pipeline import fit_probe
 from probekit.store import Store
 from tests.store_factory import make_store

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from probekit.probe import losses
-from probekit.goals import GoalIndex
+from probekit.probe.goals import GoalIndex
 from probekit.probe.network import ProbeModel
 
 

@@ -44,7 +44,7 @@ def eval_path(model, goals, x):
 
 def filter_path(model, goals, x):
     """The old filter path: folded φ, faiss inner product on normalised vectors."""
-    from probekit.goals import GoalIndex
+    from probekit.probe.goals import GoalIndex
 
     with torch.no_grad():
         z = model.folded_encoder()(torch.from_numpy(x))
@@ -54,7 +54,7 @@ def filter_path(model, goals, x):
 
 def test_old_paths_agree_and_the_scorer_matches_them(setup):
     from probekit.probe.data import MemoryRows, StreamRows
-    from probekit.scoring import Scorer, score_store, score_trajectories
+    from probekit.probe.scoring import Scorer, score_store, score_trajectories
 
     store, model, goals = setup
     x = store.load_layer(2)
@@ -79,7 +79,7 @@ def test_old_paths_agree_and_the_scorer_matches_them(setup):
 
 def test_a_subset_of_trajectories_scores_like_the_whole_store(setup):
     from probekit.probe.data import StreamRows
-    from probekit.scoring import Scorer, score_store, score_trajectories
+    from probekit.probe.scoring import Scorer, score_store, score_trajectories
 
     store, model, goals = setup
     scorer = Scorer(model, goals, kinds=["kmeans"])
@@ -95,7 +95,7 @@ def test_a_subset_of_trajectories_scores_like_the_whole_store(setup):
 
 def test_live_torch_states_score_like_stored_ones(setup):
     """Generation hands the scorer torch tensors straight from the model; same numbers as numpy input."""
-    from probekit.scoring import Scorer
+    from probekit.probe.scoring import Scorer
 
     store, model, goals = setup
     x = store.load_layer(2)[:10]
@@ -110,8 +110,9 @@ def test_live_torch_states_score_like_stored_ones(setup):
 
 def test_eval_and_filter_read_the_same_q_values(setup, tmp_path):
     """End to end: eval's last-token Q AUROC equals the AUROC of filter's final_q column on the same trajectories."""
-    from probekit.evaluate import evaluate_checkpoint
-    from probekit.filtering import FilterConfig, filter_store
+    from probekit.eval.evaluate import evaluate_checkpoint
+    from probekit.filter.config import FilterConfig
+    from probekit.filter.filtering import filter_store
     from probekit.io import iter_jsonl
     from probekit.metrics import point_auroc
     from probekit.outputs import claim_output

@@ -23,9 +23,10 @@ import torch
 
 from probekit.data.prompts import Prompt
 from probekit.errors import ProbekitError
-from probekit.generation import GenerateConfig
+from probekit.generate.config import GenerateConfig
 from probekit.models import load_model
-from probekit.steering import SteerConfig, steer
+from probekit.generate.config import SteerConfig
+from probekit.generate.steering import steer
 
 TEXTS = {"NL": "\n", "A": "A", "COLON": ":", "FIVE": " 5"}
 CLASSES = ["OTHER", *TEXTS]  # class k is embedding dimension k
@@ -118,7 +119,7 @@ def test_a_redrawn_step_continues_exactly_from_its_beam(blank_lines, tmp_path):
     from probekit.data.schema import write_trajectories
     from probekit.extract.options import ExtractOptions
     from probekit.extract.run import extract
-    from probekit.scoring import Scorer, score_store
+    from probekit.probe.scoring import Scorer, score_store
     from probekit.store import Store
 
     ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST)

@@ -87,7 +87,7 @@ def _scorer(hidden=16):
     import torch
 
     from probekit.probe.network import ProbeModel
-    from probekit.scoring import Scorer
+    from probekit.probe.scoring import Scorer
 
     model = ProbeModel(hidden, encoder="linear", rep_size=hidden, head="linear")
     with torch.no_grad():
@@ -106,9 +106,9 @@ def test_evaluation_memory_does_not_grow_with_store_rows(tmp_path, monkeypatch):
     controls, baselines) keeps per-trajectory summaries and one block of rows, so its peak stays put, while
     scoring every row of the split at once, as it did before, grows with the rows. (Error localisation keeps
     the tokens of incorrect trajectories with a known first error; these stores have none, like real data.)"""
-    from probekit.evaluate import evaluate
-    from probekit.metrics import make_context
-    from probekit.scoring import score_trajectories
+    from probekit.eval.evaluate import evaluate
+    from probekit.eval.context import make_context
+    from probekit.probe.scoring import score_trajectories
 
     monkeypatch.setattr(pdata, "BLOCK_BYTES", 4 * 16 * 1024)  # blocks of up to 1024 rows: 20 trajectories of 50 rows, or 1 of 800
     split = {"train": [f"g{g:02d}" for g in range(6)], "valid": [f"g{g:02d}" for g in range(6, 12)], "test": []}

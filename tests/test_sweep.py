@@ -10,7 +10,8 @@ import pytest
 from cli.tables import sweep_table
 from probekit.config import FitConfig, parse_widths, parse_widths_list
 from probekit.errors import ProbekitError
-from probekit.sweep import SweepConfig, run_name, run_sweep
+from probekit.config import SweepConfig
+from probekit.sweep import run_name, run_sweep
 from tests.test_fit import one_torch_thread, planted_store  # noqa: F401  (fixture)
 
 BASE = FitConfig().vary(epochs=3, rep_size=8, lr=3e-3, n_boot=50)
@@ -98,14 +99,14 @@ def test_cli_sweep_json(tmp_path):
 def test_sweep_resumes_finished_runs_and_refits_changed_ones(tmp_path, monkeypatch):
     import dataclasses
 
-    import probekit.pipeline as pipeline
+    import probekit.sweep as sweep_mod
 
     store = planted_store(tmp_path / "store")
     opts = SweepConfig(template=FitConfig().vary(epochs=2, n_boot=20), lams=(0.5,), seeds=(0,))
     first = run_sweep(store, tmp_path / "sw", opts)
     calls = []
-    real_fit = pipeline.fit_probe
-    monkeypatch.setattr(pipeline, "fit_probe", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    real_fit = sweep_mod.fit_probe
+    monkeypatch.setattr(sweep_mod, "fit_probe", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
     again = run_sweep(store, tmp_path / "sw", opts)
     assert calls == []  # every run was loaded, none refit
     assert [r["auroc"] for r in again["runs"]] == [r["auroc"] for r in first["runs"]]

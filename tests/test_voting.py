@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from probekit.errors import ProbekitError
-from probekit.voting import Ballot, accuracy, length_budget_drops, random_budget_drops, sigmoid
+from probekit.filter.voting import Ballot, accuracy, length_budget_drops, random_budget_drops, sigmoid
 
 # g1: majority "2" is wrong, the label-1 answer is "1".
 # g2: "5" vs "7" tie (one vote each): the earliest voter ("5", label 0) wins -> wrong.

@@ -19,7 +19,8 @@ import torch  # noqa: E402
 from benchmarks.run_speed import LAYER, MODEL, warm_up  # noqa: E402
 from probekit.data.gsm8k import labelled_solutions  # noqa: E402
 from probekit.data.schema import write_trajectories  # noqa: E402
-from probekit.extract.run import ExtractOptions, extract  # noqa: E402
+from probekit.extract.options import ExtractOptions
+from probekit.extract.run import extract
 from probekit.models import load_model  # noqa: E402
 
 data = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data"

@@ -40,15 +40,15 @@ ckpt = load_checkpoint(work / "fit")
 
 tracemalloc.start(8)
 if step == "score":
-    from probekit.early_stop import apply_threshold, min_signal
-    from probekit.scoring import Scorer, score_store
+    from probekit.filter.early_stop import apply_threshold, min_signal
+    from probekit.probe.scoring import Scorer, score_store
 
     store = Store(work / "store")
     scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=["mean"]), LAYER)
     mins = min_signal(scores.offsets, scores.positions, scores.q["mean"], 5)
     apply_threshold(scores.offsets, scores.positions, scores.q["mean"], store.meta.completion_tokens, float(np.median(mins)), 5)
 elif step == "eval":
-    from probekit.evaluate import evaluate_checkpoint
+    from probekit.eval.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(ckpt, Store(work / "store"), "valid", n_boot=50, memory_budget_mb=Settings.memory_budget_mb)
 elif step == "fit":

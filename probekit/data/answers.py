@@ -14,6 +14,7 @@ agree), or None when it gives none. Parsers by name:
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Callable
 
 from probekit.data.gsm8k import final_answer, normalize_answer
@@ -72,8 +73,6 @@ def get_parser(spec: str) -> Parser:
 
 
 def _as_number(text: str | None):
-    from fractions import Fraction
-
     try:
         return Fraction(text) if text is not None else None
     except (ValueError, ZeroDivisionError):

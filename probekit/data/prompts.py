@@ -13,6 +13,7 @@ from pathlib import Path
 
 from probekit.data.schema import read_records
 from probekit.errors import ProbekitError
+from probekit.io import write_jsonl
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,4 @@ def read_prompts(path: str | Path, skip_invalid: bool = False) -> tuple[list[Pro
 
 def write_prompts(path: str | Path, prompts: list[Prompt]) -> None:
     """Write prompts in the format `read_prompts` reads (gold omitted when unknown)."""
-    from probekit.io import write_jsonl
-
     write_jsonl(path, ({"id": p.id, "prompt": p.prompt, **({} if p.gold is None else {"gold": p.gold})} for p in prompts))

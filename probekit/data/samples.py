@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probekit.config import option
+from probekit.data.answers import get_parser, grade
 from probekit.data.schema import Trajectory, read_records
 from probekit.errors import ProbekitError
 
@@ -58,8 +59,6 @@ def _list_field(obj: dict, name: str | None, n: int, loc: str) -> list | None:
 
 def parse_record(obj: dict, loc: str, fields: SampleFields, parse) -> _Group:
     """The trajectories of one record (see the module docstring)."""
-    from probekit.data.answers import grade
-
     prompt, completions = obj.get(fields.prompt_field), obj.get(fields.completions_field)
     if not isinstance(prompt, str) or not prompt.strip():
         raise ProbekitError(f"{loc}: field '{fields.prompt_field}' must be a non-empty string")
@@ -87,8 +86,6 @@ def parse_record(obj: dict, loc: str, fields: SampleFields, parse) -> _Group:
 
 def read_samples(path: str | Path, fields: SampleFields = SampleFields(), skip_invalid: bool = False) -> tuple[list[Trajectory], int]:
     """(trajectories, records skipped) from a samples file; bad records are `file:line: reason`."""
-    from probekit.data.answers import get_parser
-
     parse = get_parser(fields.answer_parser)
     groups, skipped = read_records(path, lambda obj, loc: parse_record(obj, loc, fields, parse), skip_invalid, "records")
     return [t for g in groups for t in g.trajectories], skipped

@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 from probekit.data.corrupt import corrupt_value, first_difference
+from probekit.data.prompts import Prompt
 from probekit.data.schema import Trajectory
 
 MAX_VALUE = 10_000  # every intermediate result stays in 1..MAX_VALUE-1
@@ -156,8 +157,6 @@ def synth_prompts(n_problems: int, min_steps: int = 1, max_steps: int = 2, shots
     completion then ends its answer line with a blank line (use `--stop` with a
     blank line so the model does not go on to invent the next problem).
     """
-    from probekit.data.prompts import Prompt
-
     if not 1 <= min_steps <= max_steps or shots < 0 or n_problems < 1:
         raise ValueError("need n_problems >= 1, 1 <= min_steps <= max_steps and shots >= 0")
     rng = random.Random(seed)

@@ -15,11 +15,18 @@ of decoder block L (1-based), and layer `num_layers` includes the final norm.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Iterator
 
+import numpy as np
 import torch
 
+from probekit.errors import ProbekitError
 from probekit.models import get_decoder_layers, get_final_norm
+from probekit.store import STATE_DTYPES
+
+# A store's state dtypes as torch and numpy dtypes: extraction and generation cast captured states with these.
+STORE_DTYPES = {name: (getattr(torch, name), np.dtype(name).type) for name in STATE_DTYPES}
 
 
 class _StopForward(Exception):
@@ -88,8 +95,6 @@ def forward_layers(
 
 def cache_argument(model) -> str:
     """transformers renamed `past_key_values` to `cache` (the old name is deprecated from 5.x); use what this version takes."""
-    import inspect
-
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
@@ -138,3 +143,16 @@ def forward_layers_shared(
         except _StopForward:
             pass
     return {layer: captured[layer] for layer in layers}
+
+
+def checked_states(x: torch.Tensor, dtype: torch.dtype, tid: str, layer: int, dtype_name: str) -> np.ndarray:
+    """Cast to the storage dtype and refuse non-finite values (fp16 overflow, NaNs from the model)."""
+    if not torch.isfinite(x).all():
+        raise ProbekitError(f"trajectory '{tid}': the model produced non-finite hidden states at layer {layer}")
+    y = x.to(dtype)
+    if not torch.isfinite(y).all():
+        raise ProbekitError(
+            f"trajectory '{tid}': hidden states at layer {layer} overflow {dtype_name} "
+            f"(max |x| = {x.abs().max().item():.3g}); re-run with --dtype float32"
+        )
+    return y.float().cpu().numpy() if dtype == torch.float32 else y.cpu().numpy()

@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
 from probekit.errors import ProbekitError
-from probekit.extract.forward import forward_layers, forward_layers_shared, full_attention_everywhere
+from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layers, forward_layers_shared, full_attention_everywhere
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, finalize
 from probekit.extract.options import ExtractOptions
 from probekit.extract.plan import batch_token_budget, length_buckets, parse_positions, select_positions, shared_prompts
@@ -37,8 +37,6 @@ from probekit.models import LoadedModel, dtype_name, load_model, resolve_layers
 from probekit.outputs import OutputDir, claim_output
 from probekit.progress import Progress, or_null
 from probekit.store import MANIFEST, PAIRS, ShardData, read_shard_attrs, shard_is_complete, shard_name, write_shard
-
-STORE_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
 
 
 @dataclass
@@ -398,16 +396,3 @@ def _batch_rows(states: torch.Tensor, cols: list[np.ndarray], dtype: torch.dtype
             checked_states(states[row, torch.as_tensor(c, device=states.device)], dtype, tid, layer, dtype_name)
         raise
     return np.split(host, np.cumsum(counts)[:-1])
-
-
-def checked_states(x: torch.Tensor, dtype: torch.dtype, tid: str, layer: int, dtype_name: str) -> np.ndarray:
-    """Cast to the storage dtype and refuse non-finite values (fp16 overflow, NaNs from the model)."""
-    if not torch.isfinite(x).all():
-        raise ProbekitError(f"trajectory '{tid}': the model produced non-finite hidden states at layer {layer}")
-    y = x.to(dtype)
-    if not torch.isfinite(y).all():
-        raise ProbekitError(
-            f"trajectory '{tid}': hidden states at layer {layer} overflow {dtype_name} "
-            f"(max |x| = {x.abs().max().item():.3g}); re-run with --dtype float32"
-        )
-    return y.float().cpu().numpy() if dtype == torch.float32 else y.cpu().numpy()

@@ -27,16 +27,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from probekit.errors import ProbekitError
-from probekit.io import read_json, write_json
-
-if TYPE_CHECKING:  # torch is imported lazily at run time
-    from probekit.outputs import OutputDir
-    from probekit.probe.network import ProbeModel
+from probekit.io import atomic_path, read_json, write_json
+from probekit.outputs import OutputDir
+from probekit.probe.network import ProbeModel
+from probekit.store import Store
 
 FORMAT = "probekit-probe"
 FORMAT_VERSION = 1
@@ -86,8 +84,6 @@ def save_checkpoint(out: OutputDir, model, config: dict, goals: dict[str, np.nda
     import torch
     from safetensors.torch import save_file
 
-    from probekit.io import atomic_path
-
     out.file("config.json").unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(out.file("weights.safetensors")) as tmp:
@@ -109,8 +105,6 @@ def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint folder written by `save_checkpoint`; any damage is one ProbekitError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from probekit.probe.network import ProbeModel
 
     path = Path(path)
     if not path.is_dir():
@@ -171,8 +165,6 @@ def check_compatible(ckpt: Checkpoint, store) -> None:
 
 def training_store(ckpt: Checkpoint):
     """The store the checkpoint was fitted on, or None when it is gone or changed since."""
-    from probekit.store import Store
-
     path = Path(ckpt.config.get("store", {}).get("path", ""))
     if not (path / "manifest.json").exists():
         return None

@@ -1,7 +1,7 @@
 """The probe network: an encoder φ over frozen LM states and a scalar reward head r(φ).
 
-(The frozen LM itself is `probekit.models`; goals and Q-values are `probekit.goals`,
-and `probekit.scoring` runs a fitted network over stored or live states.)
+(The frozen LM itself is `probekit.models`; goals and Q-values are `probekit.probe.goals`,
+and `probekit.probe.scoring` runs a fitted network over stored or live states.)
 """
 
 from __future__ import annotations

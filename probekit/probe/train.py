@@ -28,6 +28,21 @@ import numpy as np
 from probekit.config import FitConfig
 from probekit.errors import ProbekitError
 from probekit.metrics import pairwise_correct, split_mask, split_pairs
+from probekit.probe import losses
+from probekit.probe.data import (
+    build_sampling_index,
+    cross_pairs,
+    feature_stats,
+    iter_batches,
+    make_split,
+    open_rows,
+    read_split,
+    sample_negatives,
+    sample_positives,
+    trajectory_rows,
+)
+from probekit.probe.goals import build_goals
+from probekit.probe.network import ProbeModel
 from probekit.progress import Progress, or_null
 
 
@@ -79,8 +94,6 @@ def prepare(store, config: FitConfig, source=None) -> FitData:
 
     A row `source` of the right layers may be passed in (sweeps).
     """
-    from probekit.probe.data import build_sampling_index, cross_pairs, make_split, open_rows, read_split
-
     config.validate()
     layers = input_layers(store, config)
     pairs = store.pairs()
@@ -137,9 +150,6 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
     """
     import torch
     import torch.nn.functional as F
-
-    from probekit.probe import losses
-    from probekit.probe.data import sample_negatives, sample_positives, trajectory_rows
 
     loss_cfg, device = config.loss, config.compute.device
     lam, K, margin = loss_cfg.lam, loss_cfg.K, loss_cfg.margin
@@ -252,10 +262,6 @@ def preferred_representations(model, data: FitData, device: str = "cpu") -> tupl
 def train(data: FitData, config: FitConfig, progress: Progress | None = None) -> FitResult:
     """Train, pick the best epoch on validation pairwise accuracy, build the goals."""
     import torch
-
-    from probekit.goals import build_goals
-    from probekit.probe.data import feature_stats, iter_batches
-    from probekit.probe.network import ProbeModel
 
     seed, device, optim_cfg = config.run.seed, config.compute.device, config.optim
     with torch.random.fork_rng(devices=[]):

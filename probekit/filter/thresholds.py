@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from probekit.early_stop import FilterResult, apply_threshold, min_signal
 from probekit.errors import ProbekitError
-from probekit.voting import Ballot, accuracy, length_budget_drops, random_budget_drops
+from probekit.filter.early_stop import FilterResult, apply_threshold, min_signal
+from probekit.filter.voting import Ballot, accuracy, length_budget_drops, random_budget_drops
 
 QUANTILE_LEVELS = tuple(np.round(np.arange(0.0, 0.96, 0.05), 2))
 Q_RANGE = (-1.0, 1.0)  # Q-values are cosines

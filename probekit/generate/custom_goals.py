@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.data.schema import read_trajectories
 from probekit.errors import ProbekitError
+from probekit.extract.options import ExtractOptions
+from probekit.extract.render import encode, resolve_template
+from probekit.extract.run import build_shard
+from probekit.io import atomic_path, write_json
 
 GOAL_FILES = ("goal.safetensors", "goal.json")
 
@@ -24,11 +29,6 @@ def goal_from_examples(ckpt, examples_path: str | Path, loaded, template: str = 
                        skip_invalid: bool = False) -> tuple[np.ndarray, dict]:
     """(prototype [1, rep], info) from a trajectories JSONL of examples; no example is an error."""
     import torch
-
-    from probekit.data.schema import read_trajectories
-    from probekit.extract.options import ExtractOptions
-    from probekit.extract.render import encode, resolve_template
-    from probekit.extract.run import build_shard
 
     examples, n_skipped = read_trajectories(examples_path, skip_invalid=skip_invalid)
     if loaded.hidden_size != ckpt.model.hidden_size:
@@ -54,8 +54,6 @@ def write_goal(out, name: str, prototype: np.ndarray, info: dict) -> None:
     """Write a goal folder into a claimed output folder (`probekit.outputs.OutputDir`)."""
     import torch
     from safetensors.torch import save_file
-
-    from probekit.io import atomic_path, write_json
 
     with atomic_path(out.file("goal.safetensors")) as tmp:
         save_file({name: torch.from_numpy(np.ascontiguousarray(prototype, dtype=np.float32))}, str(tmp))

@@ -42,55 +42,23 @@ compared with plain sampling and best-of-n at the same token budget.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from probekit.config import check_choice, option
-from probekit.errors import ProbekitError
-
-STEP_SCORES = ("last", "mean", "gain")
-EMPTY_STEPS = ("allow", "last", "resample")
-
-
-@dataclass(frozen=True)
-class SteerConfig:
-    """The search; sampling, model and template come from a `GenerateConfig`."""
-
-    beams: int = option(4, "Beams kept per prompt after each step (1 = best-of-k per step).")
-    candidates: int = option(4, "Continuations sampled from each beam at each step.")
-    step_tokens: int = option(0, "Step length in tokens; 0 = a step ends at a newline (the official code's line steps).")
-    max_step_tokens: int = option(32, "A newline step is cut after this many tokens.")
-    goal: str = option("mean", "Goal prototype the Q-value points at: mean, kmeans, or a name added with `probekit goal`.")
-    step_score: str = option("last", "What ranks a candidate step: last (the Q of its last token), mean (the cosine of its tokens' mean φ "
-                                     "to the goal, as the official code scores a step) or gain (its last-token Q minus its beam's before the step).")
-    empty_steps: str = option("allow", "A step of only whitespace (e.g. a blank line) that does not end the completion: allow it, rank it "
-                                       "last (below every other candidate), or resample it from its beam (up to --max-resamples times, then last).")
-    max_resamples: int = option(3, "With --empty-steps resample: how many times an empty step is drawn again before it is kept (and "
-                                   "ranked last); the tokens of every draw count in tokens_generated.")
-    require_before_end: str | None = option(None, "Regex (Python re.search) a completion's text must match when it ends (EOS, --stop "
-                                                  "or --max-new-tokens), e.g. 'A: \\d+' or '####'; one that ends without a match ranks "
-                                                  "below every continuing candidate.")
-
-    def validate(self) -> None:
-        if self.beams < 1 or self.candidates < 1 or self.max_step_tokens < 1 or self.step_tokens < 0:
-            raise ProbekitError("--beams, --candidates and --max-step-tokens must be at least 1, --step-tokens at least 0")
-        check_choice("--step-score", self.step_score, STEP_SCORES)
-        check_choice("--empty-steps", self.empty_steps, EMPTY_STEPS)
-        if self.max_resamples < 1:
-            raise ProbekitError(f"--max-resamples {self.max_resamples}: must be at least 1")
-        self.end_pattern()
-
-    def end_pattern(self) -> re.Pattern | None:
-        """`require_before_end` compiled (None when unset); a bad pattern is a one-line error."""
-        if self.require_before_end is None:
-            return None
-        try:
-            return re.compile(self.require_before_end)
-        except re.error as exc:
-            raise ProbekitError(f"--require-before-end '{self.require_before_end}': not a regular expression ({exc})") from None
+from probekit.data.answers import get_parser, grade
+from probekit.data.schema import Trajectory, write_trajectories
+from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layers, checked_states
+from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
+from probekit.generate.config import SteerConfig
+from probekit.generate.sampling import sample_next, sequence_generator
+from probekit.generate.stopping import eos_ids, hit_stop
+from probekit.io import write_json
+from probekit.models import load_model
+from probekit.outputs import claim_output
+from probekit.probe.scoring import Scorer
+from probekit.progress import or_null
 
 
 @dataclass
@@ -132,15 +100,10 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
     """
     from transformers import DynamicCache
 
-    from probekit.extract.forward import cache_argument, capture_layers
-    from probekit.extract.run import checked_states
-    from probekit.generation import STORE_DTYPES, _eos_ids, hit_stop
-    from probekit.sampling import sample_next
-
     model, device, tokenizer = loaded.model, loaded.device, loaded.tokenizer
     torch_dtype = STORE_DTYPES[gen.dtype][0]
-    eos = set(_eos_ids(loaded))
-    eos_ids = torch.tensor(sorted(eos), device=device, dtype=torch.long)
+    eos = set(eos_ids(loaded))
+    eos_tensor = torch.tensor(sorted(eos), device=device, dtype=torch.long)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pattern = cfg.end_pattern()
     step_len = cfg.step_tokens or cfg.max_step_tokens
@@ -175,7 +138,7 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
             while active.any():
                 if step == 0 and eos:  # at least one token: an empty completion is not a trajectory
                     fresh = torch.from_numpy(in_step == 0).to(device)[:, None]
-                    logits = torch.where(fresh, logits.index_fill(1, eos_ids, float("-inf")), logits)
+                    logits = torch.where(fresh, logits.index_fill(1, eos_tensor, float("-inf")), logits)
                 tok = sample_next(logits, gens, gen.temperature, gen.top_p)
                 for r in np.flatnonzero(active):
                     if int(tok[r]) in eos:
@@ -257,16 +220,6 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
 
     `goals` adds prototypes beside the checkpoint's (e.g. from `probekit goal --from`), by name.
     """
-    from probekit.data.answers import get_parser, grade
-    from probekit.data.schema import Trajectory, write_trajectories
-    from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
-    from probekit.io import write_json
-    from probekit.models import load_model
-    from probekit.outputs import claim_output
-    from probekit.progress import or_null
-    from probekit.sampling import sequence_generator
-    from probekit.scoring import Scorer
-
     gen.validate()
     cfg.validate()
     all_goals = {**ckpt.goals, **(goals or {})}

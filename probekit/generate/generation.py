@@ -1,7 +1,7 @@
 """`probekit generate`: sample with the frozen LM, keep the states it computes, stop bad samples as they go.
 
 For every prompt, `samples` completions are decoded with a KV cache by
-continuous batching (`probekit.decoding`): up to `batch_size` rows decode at
+continuous batching (`probekit.generate.decoding`): up to `batch_size` rows decode at
 once, a row whose sample ends leaves the cache at once and a queued sample
 takes its place, so a batch never waits for its longest sample. The hooks
 that extraction uses (`probekit.extract.forward.capture_layers`) capture each
@@ -11,7 +11,7 @@ a second pass over the text, and equals (within the storage dtype) what
 `probekit extract` computes on the generated text.
 
 Online early stopping (`OnlineStop`) applies the filter's rule
-(`probekit.early_stop`) token by token: a sequence is stopped at its first
+(`probekit.filter.early_stop`) token by token: a sequence is stopped at its first
 token at position >= skip_first whose Q-value toward the goal is below the
 threshold, and leaves the batch (its row of the KV cache is freed for the
 next sample), so its compute is really saved. Q is scored by the one scorer
@@ -21,7 +21,7 @@ agree. A group whose samples are all stopped falls back, as in the filter,
 to voting over all of them: each is resumed where it stopped (it goes to the
 front of the queue with the copy of its KV rows kept while its group was
 undecided, or, past that memory budget, its prompt and tokens are prefilled
-again; its own random stream, `probekit.sampling`, continues from where it
+again; its own random stream, `probekit.generate.sampling`, continues from where it
 was), so it ends exactly as an unfiltered sample would, and only the tokens
 decoded after the stop count again.
 """
@@ -32,98 +32,24 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from probekit.config import option
+from probekit.data.answers import get_parser, grade
 from probekit.data.prompts import Prompt
+from probekit.data.schema import Trajectory, derive_pairs, write_pairs, write_trajectories
 from probekit.errors import ProbekitError
+from probekit.extract.forward import STORE_DTYPES
+from probekit.extract.manifest import MODEL_DTYPE, build_manifest, finalize
+from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
+from probekit.generate.config import GenerateConfig
+from probekit.generate.decoding import Sample, Scheduler
+from probekit.generate.stopping import OnlineStop
+from probekit.io import write_json
+from probekit.models import dtype_name, load_model, resolve_layers
+from probekit.outputs import claim_output
 from probekit.progress import Progress, or_null
-
-if TYPE_CHECKING:
-    from probekit.decoding import Sample
-
-STORE_DTYPES = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    """How completions are sampled and what is kept of them."""
-
-    model: str = option("smollm2-135m", "Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder, a .gguf file or a hub id (needs network).")
-    samples: int = option(4, "Completions sampled per prompt (one majority-voting group).")
-    max_new_tokens: int = option(128, "Most tokens generated per completion (a completion cut there is counted in generation.json).")
-    temperature: float = option(0.7, "Sampling temperature; 0 = greedy.")
-    top_p: float = option(0.95, "Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p.")
-    seed: int = option(0, "Seed; each (prompt, sample) has its own generator, so outputs do not depend on batching.")
-    template: str = option("auto", "Prompt rendering: chat (the model's chat template), raw, or auto (chat when the tokenizer has one).")
-    layers: str | None = option(None, "Layers whose states are stored (HF numbering), e.g. 15 or 10,15. Default: the middle layer (plus the probe's layer with --filter).")
-    dtype: str = option("float16", "Storage dtype of the states: float16 or float32.")
-    answer: str = option("synth", "Answer parser: synth (A: n), gsm8k (#### n / A: n / last number), last-number, or regex:PATTERN.")
-    stop: str | None = option(None, "Stop a completion once its text contains this string (e.g. a blank line after a few-shot answer); it is kept.")
-    batch_size: int = option(32, "Samples decoded together; a sample that ends gives its row to the next at once. Memory is bounded by a few times this, whatever the number of prompts.")
-    shard_size: int = option(512, "Trajectories per store shard.")
-    device: str = option("auto", "auto (CUDA when available), cpu or cuda.")
-    model_dtype: str = option("auto", "Dtype the model runs in: auto (as for extract: bfloat16 on CUDA, and on CPUs where it measures faster), float32, float16, bfloat16.")
-
-    def validate(self) -> None:
-        from probekit.sampling import check_sampling
-
-        check_sampling(self.temperature, self.top_p)
-        if self.samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1 or self.shard_size < 1:
-            raise ProbekitError("--samples, --max-new-tokens, --batch-size and --shard-size must be at least 1")
-        if self.dtype not in STORE_DTYPES:
-            raise ProbekitError(f"--dtype must be float16 or float32, got '{self.dtype}'")
-
-
-class OnlineStop:
-    """The filter's drop rule, applied as tokens are produced (see the module docstring)."""
-
-    def __init__(self, ckpt, threshold: float, skip_first: int = 5, goal: str = "mean", chosen_on: str = "given"):
-        from probekit.scoring import Scorer
-        from probekit.thresholds import check_threshold_range
-
-        check_threshold_range([threshold], "q")
-        if skip_first < 0:
-            raise ProbekitError(f"--skip-first {skip_first}: must be >= 0")
-        self.scorer = Scorer.from_checkpoint(ckpt, kinds=[goal])
-        self.layer, self.goal, self.threshold, self.skip_first = ckpt.single_layer("online filtering"), goal, float(threshold), int(skip_first)
-        self.checkpoint, self.chosen_on = str(ckpt.path), chosen_on
-
-    def drops(self, stored_states: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """bool [n]: which sequences stop at this token (states as stored, positions in the completion)."""
-        q = self.scorer.q_values(stored_states)
-        return (positions >= self.skip_first) & (q[self.goal] < self.threshold)
-
-
-def _eos_ids(loaded) -> list[int]:
-    ids = set()
-    for source in (loaded.tokenizer.eos_token_id, getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)):
-        if source is None:
-            continue
-        ids |= set(source) if isinstance(source, (list, tuple)) else {int(source)}
-    return sorted(ids)
-
-
-def hit_stop(tokenizer, tokens: list[int], stop: str | None, window: int = 8) -> bool:
-    """Whether the last token completed the stop string (only the last few tokens are decoded: the stop is short)."""
-    if not stop:
-        return False
-    tail = tokenizer.decode(tokens[-window:], skip_special_tokens=True)
-    return stop in tail and stop not in tokenizer.decode(tokens[-window:-1], skip_special_tokens=True)
-
-
-def _last_logits_only(model) -> dict:
-    """Ask the prefill for the last position's logits only (the LM head over a long prompt is wasted work), where supported."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    for name in ("logits_to_keep", "num_logits_to_keep"):
-        if name in params:
-            return {name: 1}
-    return {}
+from probekit.store import MANIFEST, PAIRS, ShardData, read_shard_attrs, shard_name, write_shard
 
 
 @dataclass
@@ -137,19 +63,11 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
              loaded=None, overwrite: bool = False, inputs: tuple = (), progress: Progress | None = None) -> GenerateResult:
     """Sample, grade and store: out/trajectories.jsonl, out/pairs.jsonl, out/store/ (a probekit store), out/generation.json.
 
-    Samples decode with continuous batching (`probekit.decoding`); each prompt's
+    Samples decode with continuous batching (`probekit.generate.decoding`); each prompt's
     samples are graded and their states go to the store's shards as soon as
     that prompt and every earlier one are finished, so memory is bounded by
     a few batches of samples and one shard, whatever the number of prompts.
     """
-    from probekit.data.answers import get_parser
-    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
-    from probekit.decoding import Scheduler
-    from probekit.extract.render import prompt_ids, resolve_template
-    from probekit.io import write_json
-    from probekit.models import load_model, resolve_layers
-    from probekit.outputs import claim_output
-
     config.validate()
     parse = get_parser(config.answer)
     out_dir = claim_output(out, "generate", ("trajectories.jsonl", "pairs.jsonl", "store", "generation.json"), overwrite=overwrite, inputs=inputs)
@@ -220,10 +138,6 @@ def _summary(s: Sample) -> dict:
 
 def _trajectory(p: Prompt, s: Sample, tokenizer, parse, fallback: bool):
     """The record of one sample. A sample stopped early has no final answer and no label; a fallback one has both."""
-    from probekit.data.answers import grade
-    from probekit.data.schema import Trajectory
-    from probekit.extract.render import COMPLETION_IDS
-
     text = tokenizer.decode(s.tokens, skip_special_tokens=True)
     stopped = s.dropped_at >= 0 and not fallback
     answer = None if stopped else parse(text)
@@ -239,11 +153,6 @@ class _StoreWriter:
 
     def __init__(self, store_dir, prompts: list[Prompt], layers: list[int], loaded, template: str, config: GenerateConfig,
                  stop: OnlineStop | None):
-        from probekit.extract.manifest import MODEL_DTYPE, build_manifest
-        from probekit.io import write_json
-        from probekit.models import dtype_name
-        from probekit.store import MANIFEST
-
         self.dir, self.layers, self.config = store_dir, layers, config
         self.np_dtype = STORE_DTYPES[config.dtype][1]
         self.model_dtype = dtype_name(loaded.dtype)
@@ -272,18 +181,12 @@ class _StoreWriter:
             self._flush(self.config.shard_size)
 
     def close(self, trajectories: list) -> dict:
-        from probekit.data.schema import derive_pairs, write_pairs
-        from probekit.extract.manifest import finalize
-        from probekit.store import PAIRS, read_shard_attrs
-
         if self.pending:
             self._flush(len(self.pending))
         write_pairs(self.dir.file(PAIRS), derive_pairs(trajectories))
         return finalize(self.dir.path, self.manifest, [read_shard_attrs(p) for p in self.paths])
 
     def _flush(self, n: int) -> None:
-        from probekit.store import ShardData, shard_name, write_shard
-
         part, self.pending = self.pending[:n], self.pending[n:]
         counts = np.asarray([len(s.tokens) for s, _ in part], dtype=np.int64)
         index = len(self.paths)

@@ -6,7 +6,7 @@ the same token gets the same number whichever command reads it:
 * φ runs with the input standardisation folded into its first layer
   (`ProbeModel.folded_encoder`), in float32, a batch at a time;
 * Q for each goal kind is the best cosine of φ to that kind's prototypes, by
-  an exact faiss inner-product search (`probekit.goals.GoalIndex`); Q is per
+  an exact faiss inner-product search (`probekit.probe.goals.GoalIndex`); Q is per
   token whatever the probe;
 * the reward of a row is the reward of the completion's prefix that ends
   there: the head on φ for a last-token probe, the head on the pooled φ of the
@@ -31,7 +31,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from probekit.goals import GoalIndex, goal_prototypes, ordered_kinds
+from probekit.errors import ProbekitError
+from probekit.probe.goals import GoalIndex, goal_prototypes, ordered_kinds
 from probekit.progress import Progress, or_null
 from probekit.store import ShardBlock
 
@@ -78,8 +79,6 @@ class Scores:
 
     def signal(self, kind: str, goal: str = "mean") -> np.ndarray:
         """The per-row values a filter compares with its threshold: "q" (toward `goal`) or "reward"."""
-        from probekit.errors import ProbekitError
-
         if kind not in SIGNALS:
             raise ProbekitError(f"unknown signal '{kind}' (choose from {', '.join(SIGNALS)})")
         if kind == "reward":

@@ -3,7 +3,7 @@
 `Scheduler` keeps a queue of samples in (prompt, sample) order and one
 running batch (`Rows`: one KV cache, a row per sample). A row whose sample
 ends leaves the cache at once and queued samples are prefilled and merged in
-(`probekit.kv_rows`), so a batch never waits for its longest sample and a
+(`probekit.generate.kv_rows`), so a batch never waits for its longest sample and a
 sample stopped online really frees its row (a copy of its KV rows is kept
 while its group may still fall back, so a resume needs no prefill). Groups
 (a prompt's samples) are handed back in prompt order; what is decided per token (stop string, limits,
@@ -12,6 +12,7 @@ online stopping) is the generation module's rule, applied here row by row.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,8 +21,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from probekit.extract.forward import cache_argument
-from probekit.generation import STORE_DTYPES, GenerateConfig, OnlineStop, _eos_ids, _last_logits_only, hit_stop
+from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layers, checked_states, position_ids_from_mask
+from probekit.generate.config import GenerateConfig
+from probekit.generate.kv_rows import copy_rows, keep_rows, merge_rows
+from probekit.generate.sampling import sample_next, sequence_generator
+from probekit.generate.stopping import OnlineStop, eos_ids, hit_stop
+
+
+def _last_logits_only(model) -> dict:
+    """Ask the prefill for the last position's logits only (the LM head over a long prompt is wasted work), where supported."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
 
 
 @dataclass
@@ -59,7 +72,7 @@ class Rows:
         self.kv_name = cache_argument(self.model)
         self.prefill_kw = _last_logits_only(self.model)
         self.pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-        self.eos = torch.tensor(_eos_ids(loaded), dtype=torch.long, device=self.device)
+        self.eos = torch.tensor(eos_ids(loaded), dtype=torch.long, device=self.device)
         self.seqs: list[Sample] = []
         self.kv: KV | None = None
 
@@ -69,10 +82,8 @@ class Rows:
     def admit(self, seqs: list[Sample]) -> int:
         """Add sequences to the running rows: the others are prefilled in one batch, set-aside ones bring their KV rows back.
 
-        All of them join the running cache in one merge (`probekit.kv_rows.merge_rows`). Returns the tokens prefilled.
+        All of them join the running cache in one merge (`probekit.generate.kv_rows.merge_rows`). Returns the tokens prefilled.
         """
-        from probekit.kv_rows import merge_rows
-
         kept = [s for s in seqs if s.parked is not None]
         fresh = [s for s in seqs if s.parked is None]
         prefilled = self._prefill(fresh) if fresh else None
@@ -95,8 +106,6 @@ class Rows:
         prefill: each distinct context runs once, then its KV rows are repeated.
         """
         from transformers import DynamicCache
-
-        from probekit.extract.forward import position_ids_from_mask
 
         contexts = [tuple(s.prompt_ids + s.tokens) for s in seqs]
         firsts = sorted({c: i for i, c in reversed(list(enumerate(contexts)))}.values())
@@ -122,8 +131,6 @@ class Rows:
 
     def leave(self, done: np.ndarray, park: np.ndarray) -> None:
         """Rows where `done` (bool [rows]) leave the cache at once; those also in `park` keep a copy of their rows (`Sample.parked`)."""
-        from probekit.kv_rows import copy_rows, keep_rows
-
         kv = self.kv
         for row in np.flatnonzero(park):
             index = torch.tensor([row], device=self.device)
@@ -201,8 +208,6 @@ class Scheduler:
 
     @torch.inference_mode()
     def run(self, task) -> Counts:
-        from probekit.extract.forward import capture_layers
-
         with capture_layers(self.loaded.model, self.layers) as captured:
             while True:
                 self._admit()
@@ -221,8 +226,6 @@ class Scheduler:
         admissions paid their prefill twice, and prefills take over a third
         of the CPU time there.
         """
-        from probekit.sampling import sequence_generator
-
         config, rows = self.config, self.rows
         free = config.batch_size - len(rows)
         take = [self.resumes.popleft() for _ in range(min(free, len(self.resumes)))]
@@ -288,9 +291,6 @@ class Scheduler:
 
     def _step(self, captured: dict, task) -> None:
         """Sample a token for every row, feed it, keep its states, and let the rows whose samples ended go."""
-        from probekit.extract.run import checked_states
-        from probekit.sampling import sample_next
-
         config, rows, stop = self.config, self.rows, self.stop
         tok = sample_next(rows.kv.logits, [s.generator for s in rows.seqs], config.temperature, config.top_p)
         going = (~torch.isin(tok, rows.eos) if len(rows.eos) else torch.ones_like(tok, dtype=torch.bool)).cpu().numpy()

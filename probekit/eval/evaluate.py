@@ -14,13 +14,13 @@ Metrics (all written to metrics.json):
   the mean |first token whose Q drops below a threshold − error_token|;
 - length-controlled AUROC beside each AUROC of the reward and of Q
   (`length_controlled`: within length strata and after regressing out
-  log length, see `probekit.length_control`), and `beats_length`: whether the
+  log length, see `probekit.eval.length_control`), and `beats_length`: whether the
   reward still ranks correctly once length is held fixed;
 - baselines on the same split and the same bootstrap resamples (see
-  `probekit.baselines`), fitted where the probe was fitted, and
+  `probekit.eval.baselines`), fitted where the probe was fitted, and
   `beats_baselines`: whether the probe's interval clears the best trivial baseline.
 
-Per-token rewards and Q-values come from the one scorer (`probekit.scoring`),
+Per-token rewards and Q-values come from the one scorer (`probekit.probe.scoring`),
 the same numbers `probekit filter` reads. They are read a block of the row
 source at a time and reduced to per-trajectory summaries (`SplitScores`), and
 the baselines keep per-trajectory states, so an evaluation's memory is one
@@ -38,19 +38,22 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from probekit.errors import ProbekitError
 from probekit.config import EvalConfig
-from probekit.metrics import EvalContext, make_context, point_auroc
+from probekit.eval.baselines import beats, run_baselines
+from probekit.eval.context import EvalContext, make_context
+from probekit.eval.plots import plot_prefix_auroc
+from probekit.io import write_json
+from probekit.metrics import point_auroc
+from probekit.probe.checkpoint import check_compatible, training_store
+from probekit.probe.data import ceil_frac_position, open_rows
+from probekit.probe.scoring import Scorer, Scores, iter_trajectory_scores
 from probekit.progress import Progress
-from probekit.scoring import Scorer, Scores, iter_trajectory_scores
 
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
 def prefix_rows(scores: Scores, completion_tokens: np.ndarray, frac: float) -> np.ndarray:
     """Per evaluated trajectory, the row (into `scores`) at or below token ceil(frac·T)−1; −1 if none is stored."""
-    from probekit.probe.data import ceil_frac_position
-
     n = len(scores.traj)
     lengths = np.diff(scores.offsets)
     target = ceil_frac_position(frac, completion_tokens[scores.traj])
@@ -83,7 +86,7 @@ class SplitScores:
 
     @classmethod
     def gather(cls, parts: Iterable[Scores], traj: np.ndarray, meta, labels: np.ndarray, kinds: Sequence[str]) -> SplitScores:
-        """Summaries of the blocks `parts` (`probekit.scoring.iter_scores`), which must cover the increasing
+        """Summaries of the blocks `parts` (`probekit.probe.scoring.iter_scores`), which must cover the increasing
         trajectories `traj` once each, in order; `labels`: per store trajectory. The outputs are allocated
         once, so the blocks cost nothing that stays (their number grows with the rows)."""
         signals = ["reward", *kinds]
@@ -168,8 +171,6 @@ def evaluate(
         "beats_length": probe["auroc"]["length_controlled"].get("beats_length"),
     }
     if baselines:
-        from probekit.baselines import beats, run_baselines
-
         key = (str(store.path), ctx.which, tuple(source.layers), tuple(sorted(ctx.split.get("train", []))), len(ctx.counts), ctx.seed,
                ctx.length_bins)
         if baseline_cache is not None and key in baseline_cache:
@@ -222,9 +223,6 @@ def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000
     Baselines are fitted on the checkpoint's training store and split, then
     applied to `store`; when that store is gone, the fitted baselines say so.
     """
-    from probekit.probe.checkpoint import check_compatible, training_store
-    from probekit.probe.data import open_rows
-
     check_compatible(ckpt, store)
     ctx = make_context(store, ckpt.split, which, n_boot=n_boot, seed=seed, length_bins=length_bins)
     trained_on = ckpt.config["store"]
@@ -246,9 +244,6 @@ def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000
 
 def write_evaluation(metrics: dict, out) -> None:
     """metrics.json and prefix_auroc.png into a claimed output folder (`probekit.outputs.OutputDir`)."""
-    from probekit.io import write_json
-    from probekit.plots import plot_prefix_auroc
-
     plot_prefix_auroc(metrics, out.file("prefix_auroc.png"))
     metrics["plot"] = "prefix_auroc.png"
     write_json(out.file("metrics.json"), metrics)

@@ -3,7 +3,7 @@
 - length: completion length as the score, in the direction (longer or shorter
   = better) that does best on a *selection* split of the store the probe was
   fitted on: its valid split when evaluating test, else its train split; its
-  length-controlled AUROC (`probekit.length_control`) is the check that the
+  length-controlled AUROC (`probekit.eval.length_control`) is the check that the
   controls remove length (near 0.5);
 - logistic_last / logistic_mean: a pointwise logistic-regression probe
   (standardised features, sklearn) on the same cached states — the last-token
@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.length_control import log_tokens
-from probekit.metrics import EvalContext, pairwise_correct, point_auroc, split_mask, split_pairs
+from probekit.eval.context import EvalContext
+from probekit.eval.length_control import log_tokens
+from probekit.metrics import pairwise_correct, point_auroc, split_mask, split_pairs
 
 TRIVIAL = ("length", "random")
 NO_FIT_STORE = "not fitted: the store the probe was trained on is not available"

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from probekit.config import GOAL_KINDS
 from probekit.errors import ProbekitError
 
 _EPS = 1e-12
-GOAL_KINDS = ("mean", "kmeans")
 
 
 def build_goals(z: np.ndarray, n_prototypes: int, seed: int) -> tuple[dict[str, np.ndarray], dict]:

@@ -14,20 +14,11 @@ import hashlib
 
 import torch
 
-from probekit.errors import ProbekitError
-
 
 def sequence_generator(seed: int, prompt_index: int, sample_index: int) -> torch.Generator:
     """The generator of one (prompt, sample) sequence."""
     digest = hashlib.sha256(f"{seed}/{prompt_index}/{sample_index}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
-def check_sampling(temperature: float, top_p: float) -> None:
-    if not (temperature >= 0 and temperature < float("inf")):
-        raise ProbekitError(f"--temperature {temperature}: must be a finite number >= 0 (0 = greedy)")
-    if not 0 < top_p <= 1:
-        raise ProbekitError(f"--top-p {top_p}: must be in (0, 1]")
 
 
 def sample_next(logits: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:

@@ -1,13 +1,13 @@
 """`probekit filter`: Q-value filtering of sampled solutions (the paper's Sec. 5 "Filtering" experiment).
 
-1. Score every stored token of a store with a fitted probe (`probekit.scoring`,
+1. Score every stored token of a store with a fitted probe (`probekit.probe.scoring`,
    one shard in memory at a time): Q toward the chosen goal and the reward.
 2. Drop each solution at its first token whose signal falls below the
-   threshold (`probekit.early_stop`).
-3. Vote per group over the kept solutions (`probekit.voting`) and compare with
+   threshold (`probekit.filter.early_stop`).
+3. Vote per group over the kept solutions (`probekit.filter.voting`) and compare with
    plain majority voting, reward-weighted voting, best-of-n by reward, and
    random drops and a length cap that save as many tokens
-   (`probekit.thresholds`, which also chooses the threshold on selection groups
+   (`probekit.filter.thresholds`, which also chooses the threshold on selection groups
    and reports on the others).
 
 Outputs (in a folder this command owns): decisions.jsonl (one line per
@@ -18,50 +18,33 @@ frontier.png, q_curves.png. No output has the name of an input file.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from probekit.config import check_choice, option
-from probekit.early_stop import FilterResult, min_signal
 from probekit.errors import ProbekitError
-from probekit.goals import GOAL_KINDS
+from probekit.eval.context import make_context
+from probekit.eval.length_control import NO_FIT_STORE
+from probekit.filter.config import FilterConfig
+from probekit.filter.early_stop import FilterResult, apply_threshold, min_signal
+from probekit.filter.plots import plot_curves, plot_frontier
+from probekit.filter.thresholds import (
+    choose_threshold,
+    degenerate_warnings,
+    evaluate_filter,
+    selection_and_report_groups,
+    threshold_grid,
+    threshold_sweep,
+)
+from probekit.filter.voting import Ballot
+from probekit.io import write_json, write_jsonl
+from probekit.outputs import claim_output
+from probekit.probe.checkpoint import check_compatible, training_store
+from probekit.probe.data import StreamRows
+from probekit.probe.scoring import Scorer, iter_trajectory_scores, score_store, score_trajectories
 from probekit.progress import Progress
-from probekit.scoring import SIGNALS
-from probekit.thresholds import check_threshold_range, degenerate_warnings, parse_thresholds, selection_and_report_groups, threshold_sweep
-from probekit.voting import Ballot
 
 FILTER_OUTPUTS = ("decisions.jsonl", "metrics.json", "frontier.png", "q_curves.png")
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    """How solutions are dropped and how the threshold is chosen."""
-
-    threshold: str = option("0", "Drop threshold: a number (e.g. 0), a comma list (0.1,0.2) or auto (quantiles of per-trajectory min signal, plus 0). "
-                                 "With several, the one with the best validation accuracy is chosen (ties: more tokens saved).")
-    skip_first: int = option(5, "Never drop at token positions below this (the official evaluation skips the first 5 tokens).")
-    goal: str = option("mean", "Goal prototype(s) for Q: mean (the paper's mean preferred representation) or kmeans (best cosine to any k-means prototype).")
-    signal: str = option("q", "Per-token score compared with the threshold: q (cosine to the goal, in [-1, 1]) or reward (the reward head).")
-    valid_frac: float = option(0.3, "Share of the store's groups used to choose the threshold when none of the checkpoint's validation groups are in the store.")
-    seed: int = option(0, "Seed of the validation split, of the random-drop baseline and of the plotted trajectories.")
-    random_seeds: int = option(5, "Seeds averaged for the random-drop baseline.")
-    plots: bool = option(True, "Write frontier.png and q_curves.png.")
-
-    def validate(self) -> list[float] | None:
-        """Check every option; return the parsed thresholds (None = auto)."""
-        check_choice("--signal", self.signal, SIGNALS)
-        check_choice("--goal", self.goal, GOAL_KINDS)
-        if self.skip_first < 0:
-            raise ProbekitError(f"--skip-first {self.skip_first}: must be >= 0")
-        if self.random_seeds < 1:
-            raise ProbekitError(f"--random-seeds {self.random_seeds}: must be >= 1")
-        if not 0.0 < self.valid_frac < 1.0:
-            raise ProbekitError(f"--valid-frac {self.valid_frac}: must be between 0 and 1")
-        thresholds = parse_thresholds(self.threshold)
-        check_threshold_range(thresholds, self.signal)
-        return thresholds
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -71,12 +54,6 @@ def _finite_or_none(x: float) -> float | None:
 def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConfig(), *, overwrite: bool = False,
                  progress: Progress | None = None) -> dict:
     """Score, filter, vote and write decisions.jsonl, metrics.json and plots to `out`."""
-    from probekit.io import write_json, write_jsonl
-    from probekit.outputs import claim_output
-    from probekit.plots import plot_curves, plot_frontier
-    from probekit.probe.checkpoint import check_compatible
-    from probekit.scoring import Scorer, score_store
-
     thresholds = config.validate()
     check_compatible(ckpt, store)
     scorer = Scorer.from_checkpoint(ckpt, kinds=[config.goal])  # fails early on a missing goal kind
@@ -174,17 +151,11 @@ def _signal_auroc(ckpt, store, scorer, signal: str, goal: str, skip_first: int, 
                   n_boot: int = 1000) -> dict:
     """How well the quantity the filter thresholds (each solution's minimum signal from skip_first on) ranks correct
     above incorrect solutions of the report groups: AUROC with a group-bootstrap interval and its length controls
-    (`probekit.length_control`), fitted on the train split of the checkpoint's training store like `eval`'s.
+    (`probekit.eval.length_control`), fitted on the train split of the checkpoint's training store like `eval`'s.
 
     A filter can only help majority voting as far as this ranking is right; the length controls say whether
     it is right beyond "shorter solutions are more often correct".
     """
-    from probekit.length_control import NO_FIT_STORE
-    from probekit.metrics import make_context
-    from probekit.probe.checkpoint import training_store
-    from probekit.probe.data import StreamRows
-    from probekit.scoring import iter_trajectory_scores
-
     score = f"minimum {signal} per solution from position {skip_first} on (report groups)"
     fit = training_store(ckpt)
     split = {"train": list((ckpt.split or {}).get("train", [])), "test": list(report_groups)}
@@ -213,12 +184,6 @@ def auto_threshold(ckpt, goal: str = "mean", skip_first: int = 5, progress: Prog
     --threshold auto` on that store. Validation groups were not fitted on, so
     the choice is not tuned on training answers.
     """
-    from probekit.early_stop import apply_threshold
-    from probekit.probe.checkpoint import training_store
-    from probekit.probe.data import StreamRows
-    from probekit.scoring import Scorer, score_trajectories
-    from probekit.thresholds import choose_threshold, evaluate_filter, threshold_grid
-
     store = training_store(ckpt)
     if store is None:
         raise ProbekitError(f"--threshold auto: the checkpoint's training store ({ckpt.config.get('store', {}).get('path')}) is gone or "

@@ -1,0 +1,44 @@
+"""`FilterConfig`: how `filter` drops solutions and chooses its threshold, validated in one place.
+
+Kept apart from the filter's driver (as TRL keeps a trainer's config beside
+it), and free of torch, so the CLI derives its options without loading a
+model stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from probekit.config import GOAL_KINDS, check_choice, option
+from probekit.errors import ProbekitError
+from probekit.filter.thresholds import check_threshold_range, parse_thresholds
+from probekit.probe.scoring import SIGNALS
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """How solutions are dropped and how the threshold is chosen."""
+
+    threshold: str = option("0", "Drop threshold: a number (e.g. 0), a comma list (0.1,0.2) or auto (quantiles of per-trajectory min signal, plus 0). "
+                                 "With several, the one with the best validation accuracy is chosen (ties: more tokens saved).")
+    skip_first: int = option(5, "Never drop at token positions below this (the official evaluation skips the first 5 tokens).")
+    goal: str = option("mean", "Goal prototype(s) for Q: mean (the paper's mean preferred representation) or kmeans (best cosine to any k-means prototype).")
+    signal: str = option("q", "Per-token score compared with the threshold: q (cosine to the goal, in [-1, 1]) or reward (the reward head).")
+    valid_frac: float = option(0.3, "Share of the store's groups used to choose the threshold when none of the checkpoint's validation groups are in the store.")
+    seed: int = option(0, "Seed of the validation split, of the random-drop baseline and of the plotted trajectories.")
+    random_seeds: int = option(5, "Seeds averaged for the random-drop baseline.")
+    plots: bool = option(True, "Write frontier.png and q_curves.png.")
+
+    def validate(self) -> list[float] | None:
+        """Check every option; return the parsed thresholds (None = auto)."""
+        check_choice("--signal", self.signal, SIGNALS)
+        check_choice("--goal", self.goal, GOAL_KINDS)
+        if self.skip_first < 0:
+            raise ProbekitError(f"--skip-first {self.skip_first}: must be >= 0")
+        if self.random_seeds < 1:
+            raise ProbekitError(f"--random-seeds {self.random_seeds}: must be >= 1")
+        if not 0.0 < self.valid_frac < 1.0:
+            raise ProbekitError(f"--valid-frac {self.valid_frac}: must be between 0 and 1")
+        thresholds = parse_thresholds(self.threshold)
+        check_threshold_range(thresholds, self.signal)
+        return thresholds

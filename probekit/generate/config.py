@@ -1,0 +1,93 @@
+"""`GenerateConfig` (how `generate` and `steer` sample and what they keep) and `SteerConfig` (the search), validated in one place.
+
+It sits below the generation driver and the scheduler (as TRL keeps a
+trainer's config beside it), and imports no torch, so the CLI can derive its
+options from it without loading a model stack.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from probekit.config import check_choice, option
+from probekit.errors import ProbekitError
+from probekit.store import STATE_DTYPES
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    """Refuse a temperature or top-p that sampling cannot use (`probekit.generate.sampling`)."""
+    if not (temperature >= 0 and temperature < float("inf")):
+        raise ProbekitError(f"--temperature {temperature}: must be a finite number >= 0 (0 = greedy)")
+    if not 0 < top_p <= 1:
+        raise ProbekitError(f"--top-p {top_p}: must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How completions are sampled and what is kept of them."""
+
+    model: str = option("smollm2-135m", "Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder, a .gguf file or a hub id (needs network).")
+    samples: int = option(4, "Completions sampled per prompt (one majority-voting group).")
+    max_new_tokens: int = option(128, "Most tokens generated per completion (a completion cut there is counted in generation.json).")
+    temperature: float = option(0.7, "Sampling temperature; 0 = greedy.")
+    top_p: float = option(0.95, "Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p.")
+    seed: int = option(0, "Seed; each (prompt, sample) has its own generator, so outputs do not depend on batching.")
+    template: str = option("auto", "Prompt rendering: chat (the model's chat template), raw, or auto (chat when the tokenizer has one).")
+    layers: str | None = option(None, "Layers whose states are stored (HF numbering), e.g. 15 or 10,15. Default: the middle layer (plus the probe's layer with --filter).")
+    dtype: str = option("float16", "Storage dtype of the states: float16 or float32.")
+    answer: str = option("synth", "Answer parser: synth (A: n), gsm8k (#### n / A: n / last number), last-number, or regex:PATTERN.")
+    stop: str | None = option(None, "Stop a completion once its text contains this string (e.g. a blank line after a few-shot answer); it is kept.")
+    batch_size: int = option(32, "Samples decoded together; a sample that ends gives its row to the next at once. Memory is bounded by a few times this, whatever the number of prompts.")
+    shard_size: int = option(512, "Trajectories per store shard.")
+    device: str = option("auto", "auto (CUDA when available), cpu or cuda.")
+    model_dtype: str = option("auto", "Dtype the model runs in: auto (as for extract: bfloat16 on CUDA, and on CPUs where it measures faster), float32, float16, bfloat16.")
+
+    def validate(self) -> None:
+        check_sampling(self.temperature, self.top_p)
+        if self.samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1 or self.shard_size < 1:
+            raise ProbekitError("--samples, --max-new-tokens, --batch-size and --shard-size must be at least 1")
+        if self.dtype not in STATE_DTYPES:
+            raise ProbekitError(f"--dtype must be float16 or float32, got '{self.dtype}'")
+
+
+STEP_SCORES = ("last", "mean", "gain")
+EMPTY_STEPS = ("allow", "last", "resample")
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """The search; sampling, model and template come from a `GenerateConfig`."""
+
+    beams: int = option(4, "Beams kept per prompt after each step (1 = best-of-k per step).")
+    candidates: int = option(4, "Continuations sampled from each beam at each step.")
+    step_tokens: int = option(0, "Step length in tokens; 0 = a step ends at a newline (the official code's line steps).")
+    max_step_tokens: int = option(32, "A newline step is cut after this many tokens.")
+    goal: str = option("mean", "Goal prototype the Q-value points at: mean, kmeans, or a name added with `probekit goal`.")
+    step_score: str = option("last", "What ranks a candidate step: last (the Q of its last token), mean (the cosine of its tokens' mean φ "
+                                     "to the goal, as the official code scores a step) or gain (its last-token Q minus its beam's before the step).")
+    empty_steps: str = option("allow", "A step of only whitespace (e.g. a blank line) that does not end the completion: allow it, rank it "
+                                       "last (below every other candidate), or resample it from its beam (up to --max-resamples times, then last).")
+    max_resamples: int = option(3, "With --empty-steps resample: how many times an empty step is drawn again before it is kept (and "
+                                   "ranked last); the tokens of every draw count in tokens_generated.")
+    require_before_end: str | None = option(None, "Regex (Python re.search) a completion's text must match when it ends (EOS, --stop "
+                                                  "or --max-new-tokens), e.g. 'A: \\d+' or '####'; one that ends without a match ranks "
+                                                  "below every continuing candidate.")
+
+    def validate(self) -> None:
+        if self.beams < 1 or self.candidates < 1 or self.max_step_tokens < 1 or self.step_tokens < 0:
+            raise ProbekitError("--beams, --candidates and --max-step-tokens must be at least 1, --step-tokens at least 0")
+        check_choice("--step-score", self.step_score, STEP_SCORES)
+        check_choice("--empty-steps", self.empty_steps, EMPTY_STEPS)
+        if self.max_resamples < 1:
+            raise ProbekitError(f"--max-resamples {self.max_resamples}: must be at least 1")
+        self.end_pattern()
+
+    def end_pattern(self) -> re.Pattern | None:
+        """`require_before_end` compiled (None when unset); a bad pattern is a one-line error."""
+        if self.require_before_end is None:
+            return None
+        try:
+            return re.compile(self.require_before_end)
+        except re.error as exc:
+            raise ProbekitError(f"--require-before-end '{self.require_before_end}': not a regular expression ({exc})") from None

@@ -9,15 +9,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from probekit.io import json_default
+
 # Progress bars and tables go to stderr so that `--json` output on stdout stays parseable.
 console = Console(stderr=True)
 
 
 def emit_json(obj: Any) -> None:
     """Print one JSON document on stdout (for `--json`)."""
-    from probekit.io import _json_default
-
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def rich_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

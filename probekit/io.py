@@ -56,7 +56,7 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
 
 
 def write_json(dest: str | os.PathLike, obj: Any) -> None:
-    write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def write_jsonl(dest: str | os.PathLike, records: Iterator[dict] | list[dict]) -> int:
@@ -64,13 +64,13 @@ def write_jsonl(dest: str | os.PathLike, records: Iterator[dict] | list[dict]) -
     n = 0
     with atomic_path(dest) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n")
+            fh.write(json.dumps(rec, ensure_ascii=False, default=json_default) + "\n")
             n += 1
     return n
 
 
-def _json_default(obj: Any) -> Any:
-    # numpy scalars and arrays end up in metrics; write them as plain JSON.
+def json_default(obj: Any) -> Any:
+    """numpy scalars and arrays, and paths, as plain JSON (they end up in metrics); the CLI's --json uses it too."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):

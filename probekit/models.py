@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from safetensors.torch import save_file
 from torch import nn
 
 from probekit.cache import cache_root
@@ -293,8 +297,6 @@ def _save_weights(model: nn.Module, path: Path) -> None:
     # safetensors refuses tensors sharing memory; keep the first name of each
     # shared tensor (state_dict order puts embed_tokens before lm_head), which
     # from_pretrained re-ties from `tie_word_embeddings`.
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for key, tensor in model.state_dict().items():
@@ -409,8 +411,6 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     httpx2) and the httpx transport errors do not derive from OSError, so the
     base error of whichever client is installed is collected at call time.
     """
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-
     errors: list[type[BaseException]] = [OSError, HfHubHTTPError, HFValidationError]
     for module in ("httpx", "httpx2"):
         try:
@@ -427,8 +427,6 @@ def _from_hub(repo_id: str, dtype: _DtypeRequest) -> tuple[nn.Module, Any, str |
     download one `model_info` request with a short timeout checks that the hub
     answers and the repo exists (and gives the commit to pin the download to).
     """
-    import huggingface_hub
-
     errors = _hub_errors()
     failure = ProbekitError(
         f"could not load model '{repo_id}' from the Hugging Face hub (offline or not found): "
@@ -449,8 +447,6 @@ def _from_hub(repo_id: str, dtype: _DtypeRequest) -> tuple[nn.Module, Any, str |
 
 def _cached_commit(repo_id: str) -> str | None:
     """The commit of the cached snapshot, read from its folder name (snapshots/<commit>/)."""
-    from huggingface_hub import try_to_load_from_cache
-
     path = try_to_load_from_cache(repo_id, "config.json")
     if isinstance(path, str) and Path(path).parent.parent.name == "snapshots":
         return Path(path).parent.name

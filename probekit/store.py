@@ -66,13 +66,53 @@ def shard_name(index: int) -> str:
 
 @dataclass
 class ShardData:
-    """Everything one shard holds, in memory, ready to be written."""
+    """Everything one shard holds, in memory, ready to be written (`shard_data` builds it from trajectories)."""
 
     offsets: np.ndarray
     positions: np.ndarray
     states: dict[int, np.ndarray]  # layer -> [rows, hidden]
     meta: dict[str, np.ndarray]
     attrs: dict
+
+
+@dataclass
+class StoredTrajectory:
+    """One trajectory's part of a shard: the rows kept of it and its metadata (the writers' common input)."""
+
+    id: str
+    group: str
+    answer: str | None
+    label: int | None
+    positions: np.ndarray  # completion positions of the stored rows
+    states: dict[int, np.ndarray]  # layer -> [rows, hidden]
+    completion_tokens: int
+    truncated_tokens: int = 0
+    error_token: int = -1
+
+
+def shard_data(trajectories: Sequence[StoredTrajectory], layers: Sequence[int], dtype, *, n_tokens_processed: int, **attrs) -> ShardData:
+    """The one layout of a shard's arrays, from its trajectories in order; extraction, generation and tests all write through it.
+
+    `dtype` is the numpy storage dtype of the states; `attrs` are recorded with the
+    counts computed here (n_trajectories, n_rows, n_truncated).
+    """
+    counts = np.asarray([len(t.positions) for t in trajectories], dtype=np.int64)
+    return ShardData(
+        offsets=np.concatenate([[0], np.cumsum(counts)]),
+        positions=np.concatenate([np.asarray(t.positions) for t in trajectories]).astype(np.int32),
+        states={layer: np.concatenate([t.states[layer] for t in trajectories]).astype(dtype, copy=False) for layer in layers},
+        meta={
+            "id": [t.id for t in trajectories],
+            "group": [t.group for t in trajectories],
+            "answer": [t.answer or "" for t in trajectories],
+            "label": [-1 if t.label is None else t.label for t in trajectories],
+            "completion_tokens": [t.completion_tokens for t in trajectories],
+            "truncated_tokens": [t.truncated_tokens for t in trajectories],
+            "error_token": [t.error_token for t in trajectories],
+        },
+        attrs={"n_trajectories": len(trajectories), "n_rows": int(counts.sum()), "n_tokens_processed": int(n_tokens_processed),
+               "n_truncated": sum(1 for t in trajectories if t.truncated_tokens > 0), **attrs},
+    )
 
 
 def write_shard(path: Path, data: ShardData) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from probekit.data.schema import Pair, write_pairs
 from probekit.extract.manifest import build_manifest, finalize
 from probekit.io import write_json
-from probekit.store import MANIFEST, PAIRS, ShardData, shard_name, write_shard
+from probekit.store import MANIFEST, PAIRS, StoredTrajectory, shard_data, shard_name, write_shard
 
 
 def make_store(
@@ -57,23 +57,10 @@ def make_store(
     attrs = []
     for s in range(manifest["shards"]["n"]):
         idx = range(s * shard_size, min(n, (s + 1) * shard_size))
-        counts = [len(states[i]) for i in idx]
-        data = ShardData(
-            offsets=np.concatenate([[0], np.cumsum(counts)]),
-            positions=np.concatenate([np.arange(c) for c in counts]),
-            states={lay: np.concatenate([xs[i] for i in idx]).astype(np.float32) for lay, xs in by_layer.items()},
-            meta={
-                "id": [ids[i] for i in idx],
-                "group": [groups[i] for i in idx],
-                "answer": [answers[i] or "" for i in idx],
-                "label": [labels[i] for i in idx],
-                "completion_tokens": counts,
-                "truncated_tokens": [0] * len(counts),
-                "error_token": [error_tokens[i] for i in idx],
-            },
-            attrs={"n_trajectories": len(counts), "n_rows": sum(counts), "n_tokens_processed": sum(counts), "n_truncated": 0,
-                   "cache_key": manifest["cache_key"], "shard_index": s, "seconds": 0.0, "model_dtype": "float32"},
-        )
+        rows = [StoredTrajectory(ids[i], groups[i], answers[i], labels[i], np.arange(len(states[i])),
+                                 {lay: xs[i] for lay, xs in by_layer.items()}, len(states[i]), 0, error_tokens[i]) for i in idx]
+        data = shard_data(rows, layers, np.float32, n_tokens_processed=sum(len(r.positions) for r in rows),
+                          cache_key=manifest["cache_key"], shard_index=s, seconds=0.0, model_dtype="float32")
         write_shard(path / shard_name(s), data)
         attrs.append(data.attrs)
     if pairs is None:

@@ -276,7 +276,7 @@ def test_states_stream_to_shards_so_memory_is_bounded_by_a_few_batches_and_a_sha
     from probekit.generate import decoding, generation
 
     written, held, prefilled = [], [], []
-    add, prefill = generation._StoreWriter.add, decoding.Rows._prefill
+    add, prefill = generation.StoreWriter.add, decoding.Rows._prefill
 
     def spy(self, seqs, trajectories):
         add(self, seqs, trajectories)
@@ -287,7 +287,7 @@ def test_states_stream_to_shards_so_memory_is_bounded_by_a_few_batches_and_a_sha
         prefilled.extend({s.prompt_index for s in seqs})
         return prefill(self, seqs)
 
-    monkeypatch.setattr(generation._StoreWriter, "add", spy)
+    monkeypatch.setattr(generation.StoreWriter, "add", spy)
     monkeypatch.setattr(decoding.Rows, "_prefill", spy_prefill)
     many = [Prompt(f"q{i}", f"Question {i}: what is {i} + 1?", str(i + 1)) for i in range(24)]
     cfg = config(samples=2, batch_size=4, shard_size=3, max_new_tokens=60, seed=3, stop=" ", layers="4")

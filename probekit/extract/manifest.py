@@ -24,6 +24,7 @@ from pathlib import Path
 from probekit import __version__
 from probekit.errors import ProbekitError
 from probekit.io import read_json, write_json
+from probekit.models import dtype_name
 from probekit.store import FORMAT_VERSION, MANIFEST, read_shard_attrs, shard_is_complete
 
 # The key field of the dtype the model computes in (absent from stores written before it was keyed).
@@ -45,6 +46,23 @@ def build_manifest(key_fields: dict, extra: dict) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "in_progress",
         **extra,
+    }
+
+
+def describe_model(loaded) -> dict:
+    """The manifest's record of the frozen model and its tokenizer (extract and generate write the same)."""
+    return {
+        "model": {
+            "name": loaded.name,
+            "source": str(loaded.source),
+            "file_sha256": loaded.file_sha256,
+            "revision": loaded.revision,
+            "num_layers": loaded.num_layers,
+            "hidden_size": loaded.hidden_size,
+            "dtype": dtype_name(loaded.dtype),
+            "dtype_choice": loaded.dtype_choice,
+        },
+        "tokenizer": {"name_or_path": str(getattr(loaded.tokenizer, "name_or_path", "")), "vocab_size": len(loaded.tokenizer)},
     }
 
 

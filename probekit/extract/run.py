@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
 from probekit.errors import ProbekitError
 from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layers, forward_layers_shared, full_attention_everywhere
-from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, finalize
+from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, describe_model, finalize
 from probekit.extract.options import ExtractOptions
 from probekit.extract.plan import batch_token_budget, length_buckets, parse_positions, select_positions, shared_prompts
 from probekit.extract.render import Encoded, encode, resolve_template
@@ -36,7 +36,7 @@ from probekit.io import sha256_file, write_json
 from probekit.models import LoadedModel, dtype_name, load_model, resolve_layers
 from probekit.outputs import OutputDir, claim_output
 from probekit.progress import Progress, or_null
-from probekit.store import MANIFEST, PAIRS, ShardData, read_shard_attrs, shard_is_complete, shard_name, write_shard
+from probekit.store import MANIFEST, PAIRS, ShardData, StoredTrajectory, read_shard_attrs, shard_data, shard_is_complete, shard_name, write_shard
 
 
 @dataclass
@@ -124,17 +124,7 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
     manifest = build_manifest(
         key_fields,
         {
-            "model": {
-                "name": loaded.name,
-                "source": str(loaded.source),
-                "file_sha256": loaded.file_sha256,
-                "revision": loaded.revision,
-                "num_layers": loaded.num_layers,
-                "hidden_size": loaded.hidden_size,
-                "dtype": dtype_name(loaded.dtype),
-                "dtype_choice": loaded.dtype_choice,
-            },
-            "tokenizer": {"name_or_path": str(getattr(loaded.tokenizer, "name_or_path", "")), "vocab_size": len(loaded.tokenizer)},
+            **describe_model(loaded),
             "layers": layers,
             "dtype": opts.dtype,
             "template": template,
@@ -340,28 +330,10 @@ def build_shard(
         states = forward_layers_shared(loaded.model, p_ids.to(device), p_mask.to(device), c_ids.to(device), c_mask.to(device), prompt_of, layers)
         keep(batch, states, [per_pos[i] - encoded[i].completion_cut for i in batch])  # completion_cut is 0: a cut prompt is never shared
 
-    counts = np.asarray([len(p) for p in per_pos], dtype=np.int64)
-    return ShardData(
-        offsets=np.concatenate([[0], np.cumsum(counts)]),
-        positions=np.concatenate(per_pos).astype(np.int32),
-        states={layer: np.concatenate([t[layer] for t in per_traj]).astype(np_dtype, copy=False) for layer in layers},
-        meta={
-            "id": [t.id for t in trajs],
-            "group": [t.group for t in trajs],
-            "answer": [t.answer or "" for t in trajs],
-            "label": [-1 if t.label is None else t.label for t in trajs],
-            "completion_tokens": [e.completion_tokens for e in encoded],
-            "truncated_tokens": [e.truncated_tokens for e in encoded],
-            "error_token": [e.error_token for e in encoded],
-        },
-        attrs={
-            "n_trajectories": len(trajs),
-            "n_rows": int(counts.sum()),
-            "n_tokens_processed": sum(len(e.input_ids) for e in encoded),
-            "n_truncated": sum(1 for e in encoded if e.truncated_tokens > 0),
-            "n_prompt_tokens_reused": sum((len(unit) - 1) * encoded[unit[0]].completion_start for unit in units),
-        },
-    )
+    stored = [StoredTrajectory(t.id, t.group, t.answer, t.label, pos, per_traj[i], e.completion_tokens, e.truncated_tokens, e.error_token)
+              for i, (t, e, pos) in enumerate(zip(trajs, encoded, per_pos))]
+    return shard_data(stored, layers, np_dtype, n_tokens_processed=sum(len(e.input_ids) for e in encoded),
+                      n_prompt_tokens_reused=sum((len(unit) - 1) * encoded[unit[0]].completion_start for unit in units))
 
 
 def _padded(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

@@ -50,6 +50,25 @@ class GenerateConfig:
         if self.dtype not in STATE_DTYPES:
             raise ProbekitError(f"--dtype must be float16 or float32, got '{self.dtype}'")
 
+    def decoding(self) -> DecodeConfig:
+        """The fields the decoders read."""
+        return DecodeConfig(self.samples, self.batch_size, self.max_new_tokens, self.temperature, self.top_p, self.seed, self.stop, self.dtype)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """What the decoders read of a `GenerateConfig` (`GenerateConfig.decoding()`): the scheduler and the steering search get
+    only these, so what can change a sample is visible in one place (as SAELens narrows its runner's config for the trainer)."""
+
+    samples: int
+    batch_size: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: str | None
+    dtype: str  # storage dtype: decoders round captured states to it before scoring, as the store will hold them
+
 
 STEP_SCORES = ("last", "mean", "gain")
 EMPTY_STEPS = ("allow", "last", "resample")

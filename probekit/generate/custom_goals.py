@@ -14,6 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from probekit.data.schema import read_trajectories
 from probekit.errors import ProbekitError
@@ -28,8 +31,6 @@ GOAL_FILES = ("goal.safetensors", "goal.json")
 def goal_from_examples(ckpt, examples_path: str | Path, loaded, template: str = "auto", max_length: int = 1024,
                        skip_invalid: bool = False) -> tuple[np.ndarray, dict]:
     """(prototype [1, rep], info) from a trajectories JSONL of examples; no example is an error."""
-    import torch
-
     examples, n_skipped = read_trajectories(examples_path, skip_invalid=skip_invalid)
     if loaded.hidden_size != ckpt.model.hidden_size:
         raise ProbekitError(f"checkpoint {ckpt.path} expects hidden size {ckpt.model.hidden_size}, but model {loaded.name} has {loaded.hidden_size}")
@@ -52,9 +53,6 @@ def goal_from_examples(ckpt, examples_path: str | Path, loaded, template: str = 
 
 def write_goal(out, name: str, prototype: np.ndarray, info: dict) -> None:
     """Write a goal folder into a claimed output folder (`probekit.outputs.OutputDir`)."""
-    import torch
-    from safetensors.torch import save_file
-
     with atomic_path(out.file("goal.safetensors")) as tmp:
         save_file({name: torch.from_numpy(np.ascontiguousarray(prototype, dtype=np.float32))}, str(tmp))
     write_json(out.file("goal.json"), {"name": name, **info})
@@ -62,9 +60,6 @@ def write_goal(out, name: str, prototype: np.ndarray, info: dict) -> None:
 
 def read_goal(path: str | Path) -> dict[str, np.ndarray]:
     """{name: prototype} from a goal folder written by `write_goal`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not (path / "goal.safetensors").is_file():
         raise ProbekitError(f"{path}: not a goal folder (no goal.safetensors); make one with `probekit goal --from`")

@@ -40,16 +40,16 @@ from probekit.data.prompts import Prompt
 from probekit.data.schema import Trajectory, derive_pairs, write_pairs, write_trajectories
 from probekit.errors import ProbekitError
 from probekit.extract.forward import STORE_DTYPES
-from probekit.extract.manifest import MODEL_DTYPE, build_manifest, finalize
+from probekit.extract.manifest import MODEL_DTYPE, build_manifest, describe_model, finalize
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
 from probekit.generate.config import GenerateConfig
 from probekit.generate.decoding import Sample, Scheduler
 from probekit.generate.stopping import OnlineStop
 from probekit.io import write_json
 from probekit.models import dtype_name, load_model, resolve_layers
-from probekit.outputs import claim_output
+from probekit.outputs import OutputDir, claim_output
 from probekit.progress import Progress, or_null
-from probekit.store import MANIFEST, PAIRS, ShardData, read_shard_attrs, shard_name, write_shard
+from probekit.store import MANIFEST, PAIRS, StoredTrajectory, read_shard_attrs, shard_data, shard_name, write_shard
 
 
 @dataclass
@@ -78,7 +78,8 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     template = resolve_template(config.template, loaded.tokenizer)
     contexts = [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts]
     _check_context(prompts, contexts, loaded, config.max_new_tokens)
-    writer = _StoreWriter(claim_output(out_dir.file("store"), "generate", (), overwrite=overwrite), prompts, layers, loaded, template, config, stop)
+    writer = StoreWriter(claim_output(out_dir.file("store"), "generate", (), overwrite=overwrite),
+                         generated_manifest(prompts, layers, loaded, template, config, stop), layers, config.dtype, config.shard_size)
 
     trajectories, finals = [], []
 
@@ -91,7 +92,7 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     t0 = time.perf_counter()
     task = or_null(progress).task("generate", len(prompts) * config.samples * config.max_new_tokens, unit="tokens")
     try:
-        counts = Scheduler(loaded, contexts, layers, config, stop, emit).run(task)
+        counts = Scheduler(loaded, contexts, layers, config.decoding(), stop, emit).run(task)
     finally:
         task.close()
     seconds = time.perf_counter() - t0
@@ -148,37 +149,36 @@ def _trajectory(p: Prompt, s: Sample, tokenizer, parse, fallback: bool):
     return Trajectory(id=f"{p.id}-{s.sample_index}", group=p.id, prompt=p.prompt, completion=text, label=label, answer=answer, meta=meta)
 
 
-class _StoreWriter:
+def generated_manifest(prompts: list[Prompt], layers: list[int], loaded, template: str, config: GenerateConfig, stop: OnlineStop | None) -> dict:
+    """The manifest of a generated store: its cache key records every setting that changes the samples."""
+    n = len(prompts) * config.samples
+    prompts_sha = hashlib.sha256("\x00".join(f"{p.id}\x00{p.prompt}" for p in prompts).encode()).hexdigest()
+    key = {"model_sha256": loaded.file_sha256 or loaded.source, MODEL_DTYPE: dtype_name(loaded.dtype), "layers": layers, "template": template,
+           "positions": "all", "dtype": config.dtype, "shard_size": config.shard_size, "prompts_sha256": prompts_sha,
+           "generated": {k: getattr(config, k) for k in ("samples", "max_new_tokens", "temperature", "top_p", "seed", "answer", "stop")},
+           "online_filter": None if stop is None else [stop.checkpoint, stop.goal, stop.threshold, stop.skip_first]}
+    return build_manifest(key, {
+        **describe_model(loaded),
+        "layers": layers, "dtype": config.dtype, "template": template, "positions": "all", "max_length": None,
+        "data": {"trajectories": "../trajectories.jsonl", "n_trajectories": n, "generated": True},
+        "shards": {"n": (n + config.shard_size - 1) // config.shard_size, "size": config.shard_size},
+    })
+
+
+class StoreWriter:
     """Writes the captured states as a probekit store (the layout `probekit extract` writes), a shard as soon as it fills."""
 
-    def __init__(self, store_dir, prompts: list[Prompt], layers: list[int], loaded, template: str, config: GenerateConfig,
-                 stop: OnlineStop | None):
-        self.dir, self.layers, self.config = store_dir, layers, config
-        self.np_dtype = STORE_DTYPES[config.dtype][1]
-        self.model_dtype = dtype_name(loaded.dtype)
-        n = len(prompts) * config.samples
-        prompts_sha = hashlib.sha256("\x00".join(f"{p.id}\x00{p.prompt}" for p in prompts).encode()).hexdigest()
-        key = {"model_sha256": loaded.file_sha256 or loaded.source, MODEL_DTYPE: self.model_dtype, "layers": layers, "template": template, "positions": "all",
-               "dtype": config.dtype, "shard_size": config.shard_size, "prompts_sha256": prompts_sha,
-               "generated": {k: getattr(config, k) for k in ("samples", "max_new_tokens", "temperature", "top_p", "seed", "answer", "stop")},
-               "online_filter": None if stop is None else [stop.checkpoint, stop.goal, stop.threshold, stop.skip_first]}
-        self.manifest = build_manifest(key, {
-            "model": {"name": loaded.name, "source": str(loaded.source), "file_sha256": loaded.file_sha256, "revision": loaded.revision,
-                      "num_layers": loaded.num_layers, "hidden_size": loaded.hidden_size, "dtype": self.model_dtype,
-                      "dtype_choice": loaded.dtype_choice},
-            "tokenizer": {"name_or_path": str(getattr(loaded.tokenizer, "name_or_path", "")), "vocab_size": len(loaded.tokenizer)},
-            "layers": layers, "dtype": config.dtype, "template": template, "positions": "all", "max_length": None,
-            "data": {"trajectories": "../trajectories.jsonl", "n_trajectories": n, "generated": True},
-            "shards": {"n": (n + config.shard_size - 1) // config.shard_size, "size": config.shard_size},
-        })
-        write_json(store_dir.file(MANIFEST), self.manifest)
-        self.pending: list[tuple[Sample, object]] = []
+    def __init__(self, store_dir: OutputDir, manifest: dict, layers: list[int], dtype: str, shard_size: int):
+        self.dir, self.manifest, self.layers, self.shard_size = store_dir, manifest, layers, shard_size
+        self.np_dtype = STORE_DTYPES[dtype][1]
+        write_json(store_dir.file(MANIFEST), manifest)
+        self.pending: list[tuple[Sample, Trajectory]] = []
         self.paths: list[Path] = []
 
     def add(self, seqs: list[Sample], trajectories: list) -> None:
         self.pending += list(zip(seqs, trajectories))
-        while len(self.pending) >= self.config.shard_size:
-            self._flush(self.config.shard_size)
+        while len(self.pending) >= self.shard_size:
+            self._flush(self.shard_size)
 
     def close(self, trajectories: list) -> dict:
         if self.pending:
@@ -188,17 +188,10 @@ class _StoreWriter:
 
     def _flush(self, n: int) -> None:
         part, self.pending = self.pending[:n], self.pending[n:]
-        counts = np.asarray([len(s.tokens) for s, _ in part], dtype=np.int64)
+        stored = [StoredTrajectory(t.id, t.group, t.answer, t.label, np.arange(len(s.tokens)),
+                                   {layer: np.stack(s.states[layer]) for layer in self.layers}, len(s.tokens)) for s, t in part]
         index = len(self.paths)
-        data = ShardData(
-            offsets=np.concatenate([[0], np.cumsum(counts)]),
-            positions=np.concatenate([np.arange(c) for c in counts]).astype(np.int32),
-            states={layer: np.stack([row for s, _ in part for row in s.states[layer]]).astype(self.np_dtype, copy=False) for layer in self.layers},
-            meta={"id": [t.id for _, t in part], "group": [t.group for _, t in part], "answer": [t.answer or "" for _, t in part],
-                  "label": [-1 if t.label is None else t.label for _, t in part],
-                  "completion_tokens": counts.tolist(), "truncated_tokens": [0] * len(part), "error_token": [-1] * len(part)},
-            attrs={"n_trajectories": len(part), "n_rows": int(counts.sum()), "n_tokens_processed": int(counts.sum()), "n_truncated": 0,
-                   "cache_key": self.manifest["cache_key"], "shard_index": index, "seconds": 0.0, "model_dtype": self.model_dtype},
-        )
+        data = shard_data(stored, self.layers, self.np_dtype, n_tokens_processed=sum(len(s.tokens) for s, _ in part),
+                          cache_key=self.manifest["cache_key"], shard_index=index, seconds=0.0, model_dtype=self.manifest["model"]["dtype"])
         self.paths.append(self.dir.file(shard_name(index)))
         write_shard(self.paths[-1], data)

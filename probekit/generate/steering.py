@@ -51,7 +51,7 @@ from probekit.data.answers import get_parser, grade
 from probekit.data.schema import Trajectory, write_trajectories
 from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layers, checked_states
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
-from probekit.generate.config import SteerConfig
+from probekit.generate.config import DecodeConfig, SteerConfig
 from probekit.generate.sampling import sample_next, sequence_generator
 from probekit.generate.stopping import eos_ids, hit_stop
 from probekit.io import write_json
@@ -91,12 +91,12 @@ def _newline_ids(tokenizer) -> set[int]:
 
 
 @torch.inference_mode()
-def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, gen, cfg: SteerConfig, seed_of,
+def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, gen: DecodeConfig, cfg: SteerConfig, seed_of,
                  newline: set[int]) -> tuple[list[Beam], SearchCounts]:
     """Beam search for one prompt; returns (final beams best first, what was decoded).
 
     `seed_of(step, row)` gives the generator of a candidate row, so a run is
-    reproducible; `gen` is the GenerateConfig (temperature, top_p, max_new_tokens, stop, dtype).
+    reproducible; `gen` holds the sampling settings (temperature, top_p, max_new_tokens, stop, dtype).
     """
     from transformers import DynamicCache
 
@@ -237,7 +237,7 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
                 return sequence_generator(gen.seed, pi, step * 100_000 + row)
 
             beams, counts = steer_prompt(loaded, prompt_ids(loaded.tokenizer, p.prompt, template), scorer, cfg.goal, ckpt.single_layer("steer"),
-                                         gen, cfg, seed_of, newline)
+                                         gen.decoding(), cfg, seed_of, newline)
             total.tokens += counts.tokens
             total.resampled_steps += counts.resampled_steps
             total.resampled_tokens += counts.resampled_tokens

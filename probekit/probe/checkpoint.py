@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from probekit.errors import ProbekitError
 from probekit.io import atomic_path, read_json, write_json
@@ -81,9 +84,6 @@ def store_info(store) -> dict:
 
 def save_checkpoint(out: OutputDir, model, config: dict, goals: dict[str, np.ndarray], split: dict[str, list[str]], metrics: dict) -> Checkpoint:
     """Write a checkpoint into a claimed output folder (see the module docstring) and return it."""
-    import torch
-    from safetensors.torch import save_file
-
     out.file("config.json").unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(out.file("weights.safetensors")) as tmp:
@@ -103,9 +103,6 @@ def _damaged(path: Path, why: str) -> ProbekitError:
 
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint folder written by `save_checkpoint`; any damage is one ProbekitError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_dir():
         raise ProbekitError(f"{path}: no such checkpoint folder")

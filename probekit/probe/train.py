@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from probekit.config import FitConfig
 from probekit.errors import ProbekitError
@@ -136,8 +138,6 @@ def _check_stored(store, pairs: np.ndarray) -> None:
 
 
 def _offsets_tensor(lengths: np.ndarray, device):
-    import torch
-
     return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)).to(device)
 
 
@@ -148,9 +148,6 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
     both sides' completions), then the contrastive samples; each distinct row is
     read and encoded once.
     """
-    import torch
-    import torch.nn.functional as F
-
     loss_cfg, device = config.loss, config.compute.device
     lam, K, margin = loss_cfg.lam, loss_cfg.K, loss_cfg.margin
     chosen, rejected = batch_pairs[:, 0], batch_pairs[:, 1]
@@ -217,8 +214,6 @@ class Monitor:
 
 
 def _rewards(model, x: np.ndarray, device: str, batch: int = 4096) -> np.ndarray:
-    import torch
-
     r = np.empty(len(x), np.float32)
     with torch.no_grad():
         for i in range(0, len(x), batch):
@@ -228,8 +223,6 @@ def _rewards(model, x: np.ndarray, device: str, batch: int = 4096) -> np.ndarray
 
 def _pooled_rewards(model, source, traj: np.ndarray, device: str) -> np.ndarray:
     """Pooled reward of each whole trajectory of `traj` (sorted unique), read block by block."""
-    import torch
-
     r = np.empty(len(traj), np.float32)
     with torch.no_grad():
         for block in source.blocks(traj):
@@ -244,8 +237,6 @@ def preferred_representations(model, data: FitData, device: str = "cpu") -> tupl
 
     Preferred = label 1 trajectories; when the train split has none, the chosen side of the train pairs.
     """
-    import torch
-
     meta = data.store.meta
     good = data.train_traj[meta.label[data.train_traj] == 1]
     source = "label 1 trajectories"
@@ -261,8 +252,6 @@ def preferred_representations(model, data: FitData, device: str = "cpu") -> tupl
 
 def train(data: FitData, config: FitConfig, progress: Progress | None = None) -> FitResult:
     """Train, pick the best epoch on validation pairwise accuracy, build the goals."""
-    import torch
-
     seed, device, optim_cfg = config.run.seed, config.compute.device, config.optim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,4 +1,7 @@
-"""Shared fixtures: the real-data folder option and a tiny random causal LM."""
+"""Shared fixtures: the real-data folder option, a tiny random causal LM, one torch thread, a temporary cache.
+
+Plain helpers that several test modules share are in tests/helpers.py; no test module imports another.
+"""
 
 from __future__ import annotations
 
@@ -58,3 +61,28 @@ def _float32_on_cpu():
         os.environ.pop(ENV, None)
     else:
         os.environ[ENV] = before
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny probes: one intra-op thread is faster and steadier on a shared 2-core machine.
+
+    Not autouse: the modules that fit probes take it for all their tests with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """PROBEKIT_CACHE in a temporary folder; the data folder under it."""
+    from probekit.data import fetch
+
+    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(fetch.MIRROR_ENV, raising=False)
+    return tmp_path / "cache" / "data"

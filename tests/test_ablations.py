@@ -21,7 +21,8 @@ from probekit.pipeline import fit_probe
 from probekit.probe.checkpoint import load_checkpoint
 from probekit.store import Store
 from tests.store_factory import make_store
-from tests.test_fit import one_torch_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 H = 8
 

@@ -16,8 +16,10 @@ from probekit.outputs import claim_output
 from probekit.probe.checkpoint import load_checkpoint
 from probekit.probe.scoring import Scores
 from probekit.store import Store
+from tests.helpers import fit, planted_arrays, planted_store, trained
 from tests.store_factory import make_store
-from tests.test_fit import one_torch_thread, planted_arrays, trained  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_weighted_auroc_matches_sklearn_with_ties():
@@ -239,7 +241,6 @@ def test_streamed_evaluation_equals_the_in_memory_one(tmp_path, monkeypatch, poo
     from probekit.eval.evaluate import evaluate
     from probekit.eval.context import make_context
     from probekit.probe.scoring import Scorer
-    from tests.test_fit import fit, planted_store
 
     path = planted_store(tmp_path / "s", n_groups=16)
     ckpt = fit(path, tmp_path / "ck", epochs=3, pooling=pooling)

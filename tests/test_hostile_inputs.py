@@ -28,8 +28,8 @@ from probekit.extract.run import extract, lock_name
 from probekit.models import load_model
 from probekit.outputs import MARKER
 from probekit.store import Store, read_shard_attrs, shard_name
+from tests.helpers import assert_same_store, toy_trajectories
 from tests.store_factory import make_store
-from tests.test_extract import _assert_same_store, _trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"id": "t0", "group": "g0", "prompt": "What is 2 + 2?", "completion": "2 + 2 = 4. A: 4", "label": 1}
@@ -44,7 +44,7 @@ def tiny(tiny_model_dir):
 def traj_file(tmp_path):
     path = tmp_path / "in" / "trajectories.jsonl"
     path.parent.mkdir()
-    write_trajectories(path, _trajectories())
+    write_trajectories(path, toy_trajectories())
     return path
 
 
@@ -171,7 +171,7 @@ def test_shard_held_by_another_process_is_left_alone(tiny, traj_file, tmp_path):
     live_tmp.unlink()
     res = extract(_opts(traj_file, out), loaded=tiny)
     assert res.shards_done == [1] and res.complete
-    _assert_same_store(tmp_path / "ref", out)
+    assert_same_store(tmp_path / "ref", out)
 
 
 def test_two_processes_writing_one_store_equal_one_process(tiny, tiny_model_dir, traj_file, tmp_path):
@@ -184,7 +184,7 @@ def test_two_processes_writing_one_store_equal_one_process(tiny, tiny_model_dir,
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0 and "Traceback" not in err, err
     extract(_opts(traj_file, tmp_path / "one2", shard_size=2), loaded=tiny)
-    _assert_same_store(tmp_path / "one2", tmp_path / "two", atol=2e-5)
+    assert_same_store(tmp_path / "one2", tmp_path / "two", atol=2e-5)
     assert Store(tmp_path / "two").manifest["status"] == "complete"
 
 
@@ -301,7 +301,7 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_extraction(tiny, traj_file,
     monkeypatch.setattr(run_mod, "write_shard", real_write)
     resumed = extract(_opts(traj_file, cut), loaded=tiny)
     assert resumed.shards_skipped == [0, 1] and resumed.shards_done == [2] and resumed.complete
-    _assert_same_store(tmp_path / "ref", cut)
+    assert_same_store(tmp_path / "ref", cut)
 
 
 def test_cli_ctrl_c_is_exit_130_and_one_line(tiny_model_dir, traj_file, tmp_path):

@@ -8,35 +8,15 @@ every file the user had is byte-for-byte unchanged.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import assert_one_line_error, run_cli
 from tests.store_factory import make_store
 
 HIDDEN = 8
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """(exit status, stderr) of `probekit ARGS` through the console script's main()."""
-    from cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["probekit", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    return int(exc.value.code or 0), capsys.readouterr().err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert lines and lines[0].startswith("error:"), err
-    text = " ".join(ln.strip() for ln in lines)  # rich wraps long lines on narrow terminals
-    for n in needles:
-        assert n in text, (n, err)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

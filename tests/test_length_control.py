@@ -17,8 +17,11 @@ from probekit.eval.context import make_context
 from probekit.metrics import auroc_ci, bootstrap_counts, stratified_auroc, weighted_auroc
 from probekit.pipeline import fit_probe
 from probekit.store import Store
+from tests.helpers import fast_config, planted_arrays, trained
 from tests.store_factory import make_store
-from tests.test_fit import fast_config, one_torch_thread, trained  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # ---- the metric --------------------------------------------------------------------------
 def test_stratified_auroc_hand_values():
@@ -165,8 +168,6 @@ def test_a_probe_of_a_direction_independent_of_length_beats_length(tmp_path_fact
 
 
 def test_controls_are_fitted_on_the_training_store_when_evaluating_another(tmp_path_factory, tmp_path):
-    from tests.test_fit import planted_arrays
-
     train_path, ckpt = trained(tmp_path_factory)
     states, groups, labels, errors = planted_arrays(n_groups=6, seed=7)
     states = [np.concatenate([s, s]) for s in states]  # other store, twice as long: its own quantiles would differ

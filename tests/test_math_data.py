@@ -15,8 +15,7 @@ from probekit.data import fetch
 from probekit.data.competition_math import boxed_answer, gold_solutions
 from probekit.data.fetch import fetch_datasets, resolve_data_dir
 from probekit.errors import ProbekitError
-from tests.test_fetch import cache, files_under, sha256  # noqa: F401  (fixture)
-from tests.test_hostile_outputs import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, files_under, run_cli, sha256
 
 RECORDS = [
     {"problem": "What is the greatest common factor of $20 !$ and $200,\\!000$?",
@@ -100,7 +99,7 @@ def test_math_is_pinned_to_prm800k_with_its_licence():
     assert (data.sha256, data.size) == ("35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132", 446564)
 
 
-def test_fetch_math_from_a_file_source_verifies_caches_and_feeds_the_adapter(cache, monkeypatch, tmp_path):  # noqa: F811
+def test_fetch_math_from_a_file_source_verifies_caches_and_feeds_the_adapter(cache, monkeypatch, tmp_path):
     """A copy laid out like a data folder, served by file://, pinned to its own bytes: fetched, then read as --data-dir math."""
     served = tmp_path / "served"
     write_math(served / "math" / "test.jsonl", RECORDS)
@@ -115,7 +114,7 @@ def test_fetch_math_from_a_file_source_verifies_caches_and_feeds_the_adapter(cac
     assert [t.answer for t in gold_solutions(root / "math" / "test.jsonl")] == ["40,000", "\\frac{\\sqrt{3}}{2}", "\\{0,1\\}"]
 
 
-def test_fetch_math_refuses_bytes_that_are_not_the_pinned_file(monkeypatch, capsys, cache, tmp_path):  # noqa: F811
+def test_fetch_math_refuses_bytes_that_are_not_the_pinned_file(monkeypatch, capsys, cache, tmp_path):
     served = tmp_path / "served"
     write_math(served / "math" / "test.jsonl", RECORDS)
     code, err = run_cli(monkeypatch, capsys, "data", "fetch", "math", "--mirror", served.as_uri(), "--no-progress")

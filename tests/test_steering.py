@@ -219,7 +219,7 @@ def test_gain_step_score_ranks_by_the_rise_of_q_over_the_beams_previous_step(tin
 
 
 def test_bad_steer_options_are_one_line_errors(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    from tests.test_hostile_outputs import assert_one_line_error, run_cli
+    from tests.helpers import assert_one_line_error, run_cli
 
     for cfg, needle in ((SteerConfig(step_score="best"), "--step-score 'best'"), (SteerConfig(empty_steps="drop"), "--empty-steps 'drop'"),
                         (SteerConfig(max_resamples=0), "--max-resamples 0"), (SteerConfig(require_before_end="A: ("), "--require-before-end")):
@@ -235,7 +235,7 @@ def test_bad_steer_options_are_one_line_errors(tiny_model_dir, tmp_path, monkeyp
 
 def test_search_options_reach_the_search_through_the_cli(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """The options are derived from SteerConfig: given on the command line, they are what steering.json records."""
-    from tests.test_hostile_outputs import run_cli
+    from tests.helpers import run_cli
 
     ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST)
     prompts = tmp_path / "prompts.jsonl"

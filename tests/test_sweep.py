@@ -12,7 +12,9 @@ from probekit.config import FitConfig, parse_widths, parse_widths_list
 from probekit.errors import ProbekitError
 from probekit.config import SweepConfig
 from probekit.sweep import run_name, run_sweep
-from tests.test_fit import one_torch_thread, planted_store  # noqa: F401  (fixture)
+from tests.helpers import planted_store
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BASE = FitConfig().vary(epochs=3, rep_size=8, lr=3e-3, n_boot=50)
 

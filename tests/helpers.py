@@ -1,0 +1,165 @@
+"""Plain helpers that several test modules share: planted stores and quick fits, the CLI runner and its
+one-line-error check, small file and hash helpers, and the extraction tests' trajectories and store comparison.
+
+Shared fixtures live in tests/conftest.py (pytest finds them without an import); the store writer is
+tests/store_factory.py and the tiny model builder tests/tiny_model.py. No test module imports another
+(tests/test_test_layout.py checks it): what two of them need goes here.
+
+Heavy imports (torch through the pipeline, h5py) sit inside the functions that need them, so a module that only
+runs the CLI does not load them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+if TYPE_CHECKING:
+    from probekit.config import FitConfig
+    from probekit.data.schema import Trajectory
+
+# ---- planted stores and quick fits (tests/test_fit.py, test_evaluate.py, test_length_control.py, test_sweep.py) ----
+PLANTED_HIDDEN = 16  # the width of planted_arrays' states
+
+
+def planted_arrays(n_groups: int = 30, per: int = 4, hidden: int = PLANTED_HIDDEN, seed: int = 0, amp: float = 3.0):
+    """Correct trajectories drift along u over the completion; incorrect ones switch to v after their error token.
+
+    Dimension 0 is a huge outlier feature (×100, +50), like real LM states.
+    Lengths are independent of the labels.
+    """
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=hidden)
+    u /= np.linalg.norm(u)
+    v = rng.normal(size=hidden)
+    v -= (v @ u) * u
+    v /= np.linalg.norm(v)
+    states, groups, labels, errors = [], [], [], []
+    for g in range(n_groups):
+        for j in range(per):
+            T = int(rng.integers(8, 17))
+            label = int(j < per // 2)
+            t = np.arange(T)[:, None]
+            x = rng.normal(size=(T, hidden)) + amp * (t + 1) / T * u
+            err = -1
+            if not label:
+                err = int(rng.integers(T // 4, 3 * T // 4))
+                x = np.where(t >= err, x - amp * (t + 1) / T * u + amp * v, x)
+            x[:, 0] = x[:, 0] * 100 + 50
+            states.append(x.astype(np.float32))
+            groups.append(f"g{g:02d}")
+            labels.append(label)
+            errors.append(err)
+    return states, groups, labels, errors
+
+
+def planted_store(path: Path, **kwargs) -> Path:
+    from tests.store_factory import make_store
+
+    model_name = kwargs.pop("model_name", "test-model")
+    layer = kwargs.pop("layer", 2)
+    states, groups, labels, errors = planted_arrays(**kwargs)
+    return make_store(path, states, groups, labels, error_tokens=errors, layer=layer, model_name=model_name)
+
+
+def fast_config(**kw) -> FitConfig:
+    from probekit.config import FitConfig
+
+    return FitConfig().vary(**{**dict(widths=(32,), rep_size=16, epochs=10, lr=3e-3, n_boot=200), **kw})
+
+
+def fit(store: Path, out: Path, **kw):
+    """A quick fit of the planted store at `store` into `out` (options by field name)."""
+    from probekit.pipeline import fit_probe
+    from probekit.store import Store
+
+    return fit_probe(Store(store), out, fast_config(**kw))
+
+
+_CACHE: dict = {}
+
+
+def trained(tmp_path_factory) -> tuple[Path, object]:
+    """One planted store and one probe trained on it, shared by the test modules of one session."""
+    if "ckpt" not in _CACHE:
+        root = tmp_path_factory.mktemp("planted")
+        store = planted_store(root / "store")
+        _CACHE["store"] = store
+        _CACHE["ckpt"] = fit(store, root / "ckpt", goal_prototypes=3)
+    return _CACHE["store"], _CACHE["ckpt"]
+
+
+# ---- the console entry point (tests/test_hostile_outputs.py, test_fetch.py, test_math_data.py, ...) ---------------
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """(exit status, stderr) of `probekit ARGS` through the console script's main()."""
+    from cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["probekit", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return int(exc.value.code or 0), capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert lines and lines[0].startswith("error:"), err
+    text = " ".join(ln.strip() for ln in lines)  # rich wraps long lines on narrow terminals
+    for n in needles:
+        assert n in text, (n, err)
+
+
+# ---- files and hashes (tests/test_fetch.py, test_math_data.py) -----------------------------------------------------
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file (temporary ones included) below `folder`."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# ---- extraction (tests/test_extract.py, test_hostile_inputs.py) ----------------------------------------------------
+def toy_trajectories(n: int = 11) -> list[Trajectory]:
+    from probekit.data.schema import Trajectory
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        a, b = int(rng.integers(2, 50)), int(rng.integers(2, 50))
+        steps = " ".join(f"Step {k}: {a} + {k} = {a + k}." for k in range(1, 2 + i % 4))
+        out.append(
+            Trajectory(
+                id=f"t{i}", group=f"g{i // 3}", prompt=f"Tom has {a} apples and buys {b} more. " * (1 + i % 3),
+                completion=f"{steps} A: {a + b}", label=i % 2, answer=str(a + b),
+                error_char=5 if i % 2 == 0 else None,
+            )
+        )
+    return out
+
+
+def read_store(path: Path) -> dict:
+    """Every array of every shard, for exact store comparisons."""
+    import h5py
+
+    out = {}
+    for shard in sorted(path.glob("shard-*.h5")):
+        with h5py.File(shard, "r") as fh:
+            fh.visititems(lambda name, obj: out.__setitem__(f"{shard.name}/{name}", obj[...]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def assert_same_store(a: Path, b: Path, atol: float = 0.0) -> None:
+    ra, rb = read_store(a), read_store(b)
+    assert ra.keys() == rb.keys()
+    for key in ra:
+        if ra[key].dtype.kind == "f":
+            np.testing.assert_allclose(ra[key], rb[key], atol=atol, rtol=0, err_msg=key)
+        else:
+            assert np.array_equal(ra[key], rb[key]), key

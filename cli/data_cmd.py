@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from cli.app import data_app
-from cli.common import console, emit_json
-from cli.options import with_config
+from probekit_cli.app import data_app
+from probekit_cli.common import console, emit_json
+from probekit_cli.options import with_config
 from probekit.data.fetch import DATASETS, MIRROR_ENV
 from probekit.data.samples import SampleFields
 
@@ -255,8 +255,8 @@ def fetch(
     json_out: bool = typer.Option(False, "--json", help="Print the data folder and every file (path, url, sha256, bytes, status) as JSON on stdout."),
 ) -> None:
     """Download public data sets from their pinned sources into the probekit cache, verified by sha256; prints the folder to pass as --data-dir."""
-    from cli.common import rich_table
-    from cli.progress import progress_for
+    from probekit_cli.common import rich_table
+    from probekit_cli.progress import progress_for
     from probekit.data.fetch import data_cache_dir, fetch_datasets
 
     root = data_cache_dir()

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from cli.app import app
-from cli.common import console, emit_json
-from cli.options import with_config
-from cli.progress import progress_for
-from cli.tables import demo_table, generation_table
+from probekit_cli.app import app
+from probekit_cli.common import console, emit_json
+from probekit_cli.options import with_config
+from probekit_cli.progress import progress_for
+from probekit_cli.tables import demo_table, generation_table
 from probekit.config import DemoConfig
 
 

@@ -8,9 +8,9 @@ from typing import Callable
 
 import typer
 
-from cli.app import app
-from cli.common import console, emit_json, rich_table
-from cli.options import with_config
+from probekit_cli.app import app
+from probekit_cli.common import console, emit_json, rich_table
+from probekit_cli.options import with_config
 from probekit.extract.options import ExtractOptions
 
 
@@ -28,7 +28,7 @@ def extract(
     options: Callable[..., ExtractOptions] = None,
 ) -> None:
     """Run a frozen causal LM once over prompt + completion trajectories and store completion-token hidden states."""
-    from cli.progress import progress_for
+    from probekit_cli.progress import progress_for
     from probekit.extract.run import extract as run_extract
 
     opts = options(trajectories=trajectories, out=out)

@@ -10,11 +10,11 @@ from typing import Optional
 
 import typer
 
-from cli.app import app
-from cli.common import console, emit_json, rich_table
-from cli.options import with_config
-from cli.progress import progress_for
-from cli.tables import metrics_table, sweep_table
+from probekit_cli.app import app
+from probekit_cli.common import console, emit_json, rich_table
+from probekit_cli.options import with_config
+from probekit_cli.progress import progress_for
+from probekit_cli.tables import metrics_table, sweep_table
 from probekit.config import ComputeConfig, EvalConfig, FitConfig, parse_widths_list
 from probekit.errors import ProbekitError
 from probekit.config import ABLATION_AXES

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from cli.app import app
-from cli.common import console, emit_json, rich_table
-from cli.options import with_config
-from cli.progress import progress_for
+from probekit_cli.app import app
+from probekit_cli.common import console, emit_json, rich_table
+from probekit_cli.options import with_config
+from probekit_cli.progress import progress_for
 from probekit.generate.config import GenerateConfig
 from probekit.generate.config import SteerConfig
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-from cli.app import app
+from probekit_cli.app import app
 from probekit.errors import ProbekitError
 
 # Each module registers its commands on `app` when imported.
-COMMAND_MODULES = ("cli.data_cmd", "cli.extract_cmd", "cli.fit_cmd", "cli.filter_cmd", "cli.demo_cmd", "cli.generate_cmd")
+COMMAND_MODULES = ("probekit_cli.data_cmd", "probekit_cli.extract_cmd", "probekit_cli.fit_cmd", "probekit_cli.filter_cmd", "probekit_cli.demo_cmd", "probekit_cli.generate_cmd")
 for _name in COMMAND_MODULES:
     try:
         importlib.import_module(_name)
@@ -29,7 +29,7 @@ def _fail(label: str, message: str, status: int) -> None:
     """Print one line on stderr (the message escaped: file names may hold [brackets]) and exit."""
     from rich.markup import escape
 
-    from cli.common import console
+    from probekit_cli.common import console
 
     console.print(f"[bold red]{label}[/]{escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(status)

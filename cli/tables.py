@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cli.common import rich_table
+from probekit_cli.common import rich_table
 from probekit.config import ablation_name
 
 

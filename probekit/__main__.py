@@ -1,5 +1,5 @@
 """`python -m probekit ...` (also what `torchrun -m probekit extract ...` runs)."""
 
-from cli.main import main
+from probekit_cli.main import main
 
 main()

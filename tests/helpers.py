@@ -97,7 +97,7 @@ def trained(tmp_path_factory) -> tuple[Path, object]:
 # ---- the console entry point (tests/test_hostile_outputs.py, test_fetch.py, test_math_data.py, ...) ---------------
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """(exit status, stderr) of `probekit ARGS` through the console script's main()."""
-    from cli.main import main
+    from probekit_cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["probekit", *map(str, args)])
     with pytest.raises(SystemExit) as exc:

@@ -331,8 +331,8 @@ def test_several_layers_need_a_store_with_several_layers(tmp_path):
 def test_cli_fit_and_sweep_take_the_ablation_options(tmp_path):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401
+    from probekit_cli.app import app
 
     store = split_layer_store(tmp_path / "s", n=48)
     runner = CliRunner()
@@ -362,8 +362,8 @@ def test_cli_fit_and_sweep_take_the_ablation_options(tmp_path):
 def test_one_at_a_time_runs_the_default_and_each_single_axis_change(tmp_path):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401
+    from probekit_cli.app import app
     from probekit.config import SweepConfig
 
     axes = {"features": ("single", "mix"), "pooling": ("last", "mean"), "contrastive": ("official", "infonce"), "pairs": ("group", "cross")}

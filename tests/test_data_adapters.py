@@ -150,8 +150,8 @@ def test_hh_bad_record(tmp_path):
 def test_cli_adapters(tmp_path, data_dir, args, counts):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401  (registers the commands)
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401  (registers the commands)
+    from probekit_cli.app import app
 
     args = [str(data_dir / a) if "/" in a else a for a in args]
     result = CliRunner().invoke(app, ["data", *args, "--out", str(tmp_path), "--json"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cli.tables import demo_table, generation_table
+from probekit_cli.tables import demo_table, generation_table
 from probekit.config import DemoConfig
 from probekit.demo import run_demo
 from probekit.models import load_model

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cli.tables import metric_rows
+from probekit_cli.tables import metric_rows
 from probekit.errors import ProbekitError
 from probekit.eval.evaluate import error_localisation, evaluate_checkpoint, prefix_rows, write_evaluation
 from probekit.metrics import auroc_ci, bootstrap_counts, pairwise_ci, weighted_auroc

@@ -223,8 +223,8 @@ def test_pinned_hashes_are_those_of_the_real_files(data_dir, cache):
     """Served from the shared copies, every data set we hold is fetched, verified and readable as --data-dir."""
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401  (registers the commands)
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401  (registers the commands)
+    from probekit_cli.app import app
 
     names = ["gsm8k", "gsm8k-model-solutions", "hh-rlhf-harmless"]
     server = Server(data_dir)

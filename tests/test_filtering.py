@@ -383,7 +383,7 @@ def test_filter_reports_how_well_its_signal_ranks_solutions_with_length_controls
     lc = sa["auroc"]["length_controlled"]
     assert lc["stratified"]["value"] == 1.0 and lc["residualised"]["value"] is not None
     assert sa["length_control"]["fitted_on"] == "train split" and sa["length_control"]["n_train"] == 15
-    from cli.tables import filter_table
+    from probekit_cli.tables import filter_table
 
     text = " ".join(str(c) for row in filter_table(m).columns[0]._cells for c in [row])
     assert "within length strata" in text

@@ -295,8 +295,8 @@ def test_fit_refuses_to_overwrite_a_folder_that_is_not_a_checkpoint(tmp_path):
 def test_cli_fit_and_eval_json(tmp_path_factory, tmp_path):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401  (registers the commands)
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401  (registers the commands)
+    from probekit_cli.app import app
 
     store, _ = trained(tmp_path_factory)
     runner = CliRunner()

@@ -1,7 +1,7 @@
 """Regression tests for hostile inputs and environments: every one failed on commit 4b231c4 unless noted.
 
 Each test names the defect it pins down. CLI tests go through the real entry
-point (`python -m probekit`, i.e. `cli.main.main`) and check the exit status,
+point (`python -m probekit`, i.e. `probekit_cli.main.main`) and check the exit status,
 a single stderr line naming the file, and the absence of a traceback.
 """
 
@@ -237,7 +237,7 @@ def test_non_utf8_line_names_the_line_and_is_skippable(tmp_path):
 
 def test_unexpected_os_error_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
     import probekit.data.synth
-    from cli.main import main
+    from probekit_cli.main import main
 
     def denied(*a, **kw):
         raise PermissionError(13, "Permission denied", "/some/where/file.jsonl")
@@ -316,7 +316,7 @@ def test_cli_ctrl_c_is_exit_130_and_one_line(tiny_model_dir, traj_file, tmp_path
         "        raise KeyboardInterrupt\n"
         "    return real(*a, **k)\n"
         "run.build_shard = build\n"
-        "from cli.main import main\n"
+        "from probekit_cli.main import main\n"
         f"sys.argv = ['probekit', 'extract', {str(traj_file)!r}, '--out', {str(tmp_path / 'o')!r}, '--model', {str(tiny_model_dir)!r},"
         " '--shard-size', '4', '--no-progress']\n"
         "main()\n"
@@ -345,8 +345,8 @@ def test_skip_invalid_skips_and_counts_malformed_and_non_utf8_lines(tmp_path):
 def test_outputs_follow_the_umask(tiny, traj_file, tmp_path, umask, mode):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401  (registers the commands)
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401  (registers the commands)
+    from probekit_cli.app import app
 
     old = os.umask(umask)
     try:
@@ -377,8 +377,8 @@ def test_boolean_error_char_is_refused_but_boolean_labels_stay(tmp_path):
 def _data_cli(*args: str):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401
+    from probekit_cli.app import app
 
     return CliRunner().invoke(app, ["data", *args])
 
@@ -414,8 +414,8 @@ def test_threads_option_sets_torch_threads_for_the_command(tmp_path):
     import torch
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401
+    from probekit_cli.app import app
 
     before = torch.get_num_threads()
     try:
@@ -430,7 +430,7 @@ def test_threads_option_sets_torch_threads_for_the_command(tmp_path):
 
 
 def test_out_help_no_longer_promises_replacement():
-    from cli.data_cmd import OUT_HELP
+    from probekit_cli.data_cmd import OUT_HELP
 
     assert "replacing earlier ones" not in OUT_HELP
 
@@ -456,6 +456,6 @@ def test_extract_reports_progress_through_the_protocol_and_imports_no_cli(tiny, 
     (_, name, total, unit), *rest = events
     assert name == "extract" and unit == "tokens" and total > 0
     assert sum(e[1] for e in rest if e[0] == "advance") == total and rest[-1] == ("close",)
-    code = "import sys, probekit.extract.run, probekit.store, probekit.data.schema; print([m for m in sys.modules if m == 'cli' or m.startswith('cli.')])"
+    code = "import sys, probekit.extract.run, probekit.store, probekit.data.schema; print([m for m in sys.modules if m == 'cli' or m.startswith('probekit_cli.')])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

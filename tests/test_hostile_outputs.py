@@ -1,6 +1,6 @@
 """Hostile-user cases for fit, eval and filter: a user's files are never replaced, bad input is one line with exit 2.
 
-Each test drives the real console entry point (`cli.main.main`) and checks the
+Each test drives the real console entry point (`probekit_cli.main.main`) and checks the
 exit status, that stderr is one `error:` line without a traceback, and that
 every file the user had is byte-for-byte unchanged.
 """
@@ -249,7 +249,7 @@ def test_cross_store_eval_without_the_training_store_says_so(tmp_path):
     # the length controls are fitted on the training split too: not on the evaluated data
     assert "not available" in m["length_control"]["note"] and m["beats_length"] is None
     assert "not available" in m["probe"]["auroc"]["length_controlled"]["note"]
-    from cli.tables import metric_rows
+    from probekit_cli.tables import metric_rows
 
     assert any(r[0] == "probe reward, length-controlled" and "not available" in r[3] for r in metric_rows(m))
 

@@ -74,7 +74,7 @@ def _imports(path: Path) -> list[str]:
 def test_library_module_never_imports_cli_or_rich(name, path):
     if name == "probekit.__main__":  # the `python -m probekit` shim is the CLI's entry point
         return
-    bad = [m for m in _imports(path) if m == "cli" or m.startswith("cli.") or m == "rich" or m.startswith("rich.")]
+    bad = [m for m in _imports(path) if m == "cli" or m.startswith("probekit_cli.") or m == "rich" or m.startswith("rich.")]
     assert not bad, f"{name} imports {bad}: the library takes a progress callback and returns data; the CLI draws"
 
 
@@ -95,7 +95,7 @@ def test_every_library_module_imports_without_the_cli():
     names = [n for n, _ in _library_modules() if n != "probekit.__main__"]
     code = ("import importlib, sys\n"
             f"for n in {names!r}: importlib.import_module(n)\n"
-            "bad = [m for m in sys.modules if m == 'cli' or m.startswith('cli.') or m == 'rich.console']\n"
+            "bad = [m for m in sys.modules if m == 'cli' or m.startswith('probekit_cli.') or m == 'rich.console']\n"
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent)
     assert out.stdout.strip() == "", f"importing the library loaded {out.stdout.strip()}"
@@ -206,6 +206,17 @@ def test_the_cli_starts_without_torch():
     import subprocess
     import sys
 
-    code = "import cli.main, sys; print(','.join(m for m in ('torch', 'transformers', 'matplotlib', 'sklearn') if m in sys.modules))"
+    code = "import probekit_cli.main, sys; print(','.join(m for m in ('torch', 'transformers', 'matplotlib', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent)
     assert out.stdout.strip() == "", f"the CLI's start-up imported {out.stdout.strip()}"
+
+
+def test_the_distribution_installs_every_package_and_the_cli_under_its_own_name():
+    """pyproject lists the packages by hand (the CLI folder is mapped to probekit_cli): a new wing must be listed too."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    conf = tomllib.loads((ROOT.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    folders = sorted(".".join(p.parent.relative_to(ROOT.parent).parts) for p in ROOT.rglob("__init__.py"))
+    assert sorted(set(conf["packages"]) - {"probekit_cli"}) == folders
+    assert conf["package-dir"] == {"probekit_cli": "cli"} and "probekit_cli" in conf["packages"]
+    assert "cli" not in conf["packages"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cli.tables import metric_rows
+from probekit_cli.tables import metric_rows
 from probekit.config import FitConfig
 from probekit.errors import ProbekitError
 from probekit.eval.evaluate import evaluate_checkpoint

@@ -69,8 +69,8 @@ def test_bad_records_name_the_file_and_line(tmp_path, bad, message):
 def test_cli_data_math_writes_trajectories_and_pairs(tmp_path):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401  (registers the commands)
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401  (registers the commands)
+    from probekit_cli.app import app
 
     src = write_math(tmp_path / "math" / "test.jsonl", RECORDS)
     result = CliRunner().invoke(app, ["data", "math", "--input", str(src), "--out", str(tmp_path / "out"), "--json"])

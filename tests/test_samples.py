@@ -64,7 +64,7 @@ def test_duplicate_ids_are_refused(tmp_path):
 
 
 def test_cli_writes_files_extract_reads(tmp_path, monkeypatch, capsys):
-    from cli.main import main
+    from probekit_cli.main import main
 
     src = write(tmp_path / "samples.jsonl", VLLM_STYLE)
     out = tmp_path / "data"

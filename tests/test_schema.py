@@ -115,8 +115,8 @@ def test_cli_check_error_is_one_line_with_exit_code_2(tmp_path):
 def test_cli_check_counts_and_skip_invalid(tmp_path):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401  (registers the commands)
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401  (registers the commands)
+    from probekit_cli.app import app
 
     path = write_lines(tmp_path / "t.jsonl", [good(0), good(1, label=0), good(2, label=0), {"id": "bad"}])
     pairs = write_lines(tmp_path / "p.jsonl", [{"chosen": "t0", "rejected": "t2"}])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cli.tables import sweep_table
+from probekit_cli.tables import sweep_table
 from probekit.config import FitConfig, parse_widths, parse_widths_list
 from probekit.errors import ProbekitError
 from probekit.config import SweepConfig
@@ -87,8 +87,8 @@ def test_sweep_rejects_bad_options(tmp_path):
 def test_cli_sweep_json(tmp_path):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401
+    from probekit_cli.app import app
 
     store = planted_store(tmp_path / "s", n_groups=8)
     res = CliRunner().invoke(app, ["sweep", "--store", str(store), "--out", str(tmp_path / "sw"), "--lam", "1", "--widths", "linear",

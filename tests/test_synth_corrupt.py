@@ -278,8 +278,8 @@ def test_corrupt_gold_is_deterministic(data_dir):
 def test_cli_data_synth(tmp_path):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401  (registers the commands)
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401  (registers the commands)
+    from probekit_cli.app import app
 
     out = tmp_path / "synth"
     result = CliRunner().invoke(app, ["data", "synth", "--out", str(out), "--n-problems", "12", "--seed", "5", "--json"])
@@ -297,8 +297,8 @@ def test_cli_data_synth(tmp_path):
 def test_cli_data_gsm8k_corrupt(tmp_path, data_dir):
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401
-    from cli.app import app
+    import probekit_cli.main  # noqa: F401
+    from probekit_cli.app import app
 
     out = tmp_path / "corrupt"
     args = ["data", "gsm8k-corrupt", "--input", str(data_dir / "gsm8k" / "train.jsonl"), "--out", str(out), "--limit", "40", "--json"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -10,19 +9,15 @@ import typer
 
 from cli.app import app
 from cli.common import console, emit_json, rich_table
-from cli.options import with_config
+from cli.options import field_help, with_config
 from probekit.extract.options import ExtractOptions
-
-
-def _help(name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(ExtractOptions) if f.name == name)
 
 
 @app.command()
 @with_config(ExtractOptions, exclude=("trajectories", "out", "padding_side"), param="options", partial=True)
 def extract(
-    trajectories: Path = typer.Argument(..., help=_help("trajectories")),
-    out: Path = typer.Option(..., "--out", "-o", help=_help("out")),
+    trajectories: Path = typer.Argument(..., help=field_help(ExtractOptions, "trajectories")),
+    out: Path = typer.Option(..., "--out", "-o", help=field_help(ExtractOptions, "out")),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
     options: Callable[..., ExtractOptions] = None,

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from probekit.data.fetch import DATASETS, MIRROR_ENV
+from probekit.data.samples import SampleFields
 from probekit_cli.app import data_app
 from probekit_cli.common import console, emit_json
 from probekit_cli.options import with_config
-from probekit.data.fetch import DATASETS, MIRROR_ENV
-from probekit.data.samples import SampleFields
 
 if TYPE_CHECKING:
     from probekit.data.schema import Pair, Trajectory
@@ -255,9 +255,9 @@ def fetch(
     json_out: bool = typer.Option(False, "--json", help="Print the data folder and every file (path, url, sha256, bytes, status) as JSON on stdout."),
 ) -> None:
     """Download public data sets from their pinned sources into the probekit cache, verified by sha256; prints the folder to pass as --data-dir."""
+    from probekit.data.fetch import data_cache_dir, fetch_datasets
     from probekit_cli.common import rich_table
     from probekit_cli.progress import progress_for
-    from probekit.data.fetch import data_cache_dir, fetch_datasets
 
     root = data_cache_dir()
     done = fetch_datasets(names, root, mirror, progress_for(progress))

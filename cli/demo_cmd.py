@@ -6,12 +6,12 @@ from pathlib import Path
 
 import typer
 
+from probekit.config import DemoConfig
 from probekit_cli.app import app
 from probekit_cli.common import console, emit_json
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
 from probekit_cli.tables import demo_table, generation_table
-from probekit.config import DemoConfig
 
 
 @app.command()

@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Callable
 
 import typer
 
+from probekit.extract.options import ExtractOptions
 from probekit_cli.app import app
 from probekit_cli.common import console, emit_json, rich_table
-from probekit_cli.options import with_config
-from probekit.extract.options import ExtractOptions
-
-
-def _help(name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(ExtractOptions) if f.name == name)
+from probekit_cli.options import field_help, with_config
 
 
 @app.command()
 @with_config(ExtractOptions, exclude=("trajectories", "out", "padding_side"), param="options", partial=True)
 def extract(
-    trajectories: Path = typer.Argument(..., help=_help("trajectories")),
-    out: Path = typer.Option(..., "--out", "-o", help=_help("out")),
+    trajectories: Path = typer.Argument(..., help=field_help(ExtractOptions, "trajectories")),
+    out: Path = typer.Option(..., "--out", "-o", help=field_help(ExtractOptions, "out")),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
     options: Callable[..., ExtractOptions] = None,
 ) -> None:
     """Run a frozen causal LM once over prompt + completion trajectories and store completion-token hidden states."""
-    from probekit_cli.progress import progress_for
     from probekit.extract.run import extract as run_extract
+    from probekit_cli.progress import progress_for
 
     opts = options(trajectories=trajectories, out=out)
     result = run_extract(opts, progress=progress_for(progress))

@@ -10,14 +10,13 @@ from typing import Optional
 
 import typer
 
+from probekit.config import ABLATION_AXES, ComputeConfig, EvalConfig, FitConfig, SweepConfig, parse_widths_list
+from probekit.errors import ProbekitError
 from probekit_cli.app import app
 from probekit_cli.common import console, emit_json, rich_table
-from probekit_cli.options import with_config
+from probekit_cli.options import field_help, with_config
 from probekit_cli.progress import progress_for
 from probekit_cli.tables import metrics_table, sweep_table
-from probekit.config import ComputeConfig, EvalConfig, FitConfig, parse_widths_list
-from probekit.errors import ProbekitError
-from probekit.config import ABLATION_AXES
 
 OVERWRITE_HELP = "Write into an --out that holds other files (they are never replaced) or another command's output."
 PROGRESS_HELP = "Show progress bars."
@@ -118,16 +117,15 @@ SWEEP_AXES = ("lam", "K", "widths", "layer", "seed", "goal_prototypes")
 def sweep(
     store: Path = typer.Option(..., "--store", "-s", help="Store folder written by `probekit extract`."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for runs/ (one checkpoint per run), results.csv and results.json."),
-    lam: str = typer.Option("0,0.1,0.5,1", "--lam", help="Comma list of contrastive weights λ; 0 (pure Bradley-Terry) is always added."),
-    layers: Optional[str] = typer.Option(None, help="Comma list of layers. Default: every layer of the store."),
-    widths: str = typer.Option("256", help="Comma list of encoders, each like 256, 128x128 (two hidden layers) or linear."),
-    k: str = typer.Option("8", "--k", help="Comma list of K (contrastive samples per pair); λ = 0 runs ignore K."),
-    goal: str = typer.Option("mean", help="Comma list of goal kinds for Q-values: mean, kmeans (evaluated on the same runs)."),
-    seeds: str = typer.Option("0,1,2", help="Comma list of seeds (split, init, sampling); results are mean ± std over them."),
-    prototypes: int = typer.Option(4, help="Number of k-means goal prototypes when --goal includes kmeans."),
-    split: str = typer.Option("valid", help="Split the runs are compared on: valid (default; keep test for the final number), test or all."),
-    one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help="Of the ablation axes' combinations, run only the template's "
-                                       "and those that change one axis from it (an ablation study); default: every combination."),
+    lam: str = typer.Option("0,0.1,0.5,1", "--lam", help=field_help(SweepConfig, "lams")),
+    layers: Optional[str] = typer.Option(None, help=field_help(SweepConfig, "layers")),
+    widths: str = typer.Option("256", help=field_help(SweepConfig, "widths")),
+    k: str = typer.Option("8", "--k", help=field_help(SweepConfig, "ks")),
+    goal: str = typer.Option("mean", help=field_help(SweepConfig, "goals")),
+    seeds: str = typer.Option("0,1,2", help=field_help(SweepConfig, "seeds")),
+    prototypes: int = typer.Option(4, help=field_help(SweepConfig, "prototypes")),
+    split: str = typer.Option("valid", help=field_help(SweepConfig, "split")),
+    one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help=field_help(SweepConfig, "one_at_a_time")),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
     json_out: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
@@ -135,7 +133,6 @@ def sweep(
     axes: dict = None,
 ) -> None:
     """Grid of fits over λ, layer, encoder widths, K, goal kind, seeds and the ablation axes; mean ± std over seeds beside the baselines."""
-    from probekit.config import SweepConfig
     from probekit.sweep import run_sweep
 
     config = SweepConfig(template=template, lams=_list(lam, float, "--lam"), layers=_list(layers, int, "--layers") if layers else None,

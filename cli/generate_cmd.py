@@ -7,12 +7,11 @@ from typing import Optional
 
 import typer
 
+from probekit.generate.config import GenerateConfig, SteerConfig
 from probekit_cli.app import app
 from probekit_cli.common import console, emit_json, rich_table
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
-from probekit.generate.config import GenerateConfig
-from probekit.generate.config import SteerConfig
 
 
 def _threshold(spec: str, ckpt, goal: str, skip_first: int) -> tuple[float, str]:
@@ -93,10 +92,10 @@ def steer(
     search: SteerConfig = None,
 ) -> None:
     """Q-guided decoding: a step-wise beam search that keeps the candidates whose Q-value is closest to the goal."""
-    from probekit.generate.custom_goals import read_goal
     from probekit.data.prompts import read_prompts
-    from probekit.probe.checkpoint import load_checkpoint
+    from probekit.generate.custom_goals import read_goal
     from probekit.generate.steering import steer as run_steer
+    from probekit.probe.checkpoint import load_checkpoint
 
     gen.validate()
     search.validate()
@@ -123,8 +122,8 @@ def goal(
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced)."),
 ) -> None:
     """Build a goal prototype from example completions: the mean φ of their final states."""
-    from probekit.generate.custom_goals import GOAL_FILES, goal_from_examples, write_goal
     from probekit.errors import ProbekitError
+    from probekit.generate.custom_goals import GOAL_FILES, goal_from_examples, write_goal
     from probekit.models import load_model
     from probekit.outputs import claim_output
     from probekit.probe.checkpoint import load_checkpoint

@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from probekit_cli.app import app
 from probekit.errors import ProbekitError
+from probekit_cli.app import app
 
 # Each module registers its commands on `app` when imported.
 COMMAND_MODULES = ("probekit_cli.data_cmd", "probekit_cli.extract_cmd", "probekit_cli.fit_cmd", "probekit_cli.filter_cmd", "probekit_cli.demo_cmd", "probekit_cli.generate_cmd")

@@ -39,6 +39,24 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
+def option_flag(f: dataclasses.Field, meta: dict | None = None) -> str:
+    """A field's flag: `metadata["flag"]`, else --its-name."""
+    meta = f.metadata if meta is None else meta
+    return meta.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def option_decls(f: dataclasses.Field, typ: Any, meta: dict | None = None) -> list[str]:
+    """The declarations of a field's option: its flag, and --flag/--no-flag for a bool (unless edited as text)."""
+    meta = f.metadata if meta is None else meta
+    flag = option_flag(f, meta)
+    return [f"{flag}/--no-{flag[2:]}"] if typ is bool and meta.get("parse") is None else [flag]
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of `cls`'s field `name`, for an option a command declares itself."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
 def config_parameters(cls: type, exclude: Iterable[str] = (), overrides: dict[str, dict] | None = None) -> list[inspect.Parameter]:
     """One keyword-only Typer option per config field (minus `exclude`); `overrides` change help/default/flag per field."""
     overrides = overrides or {}
@@ -50,8 +68,7 @@ def config_parameters(cls: type, exclude: Iterable[str] = (), overrides: dict[st
         default = meta.get("default", _default(f))
         if meta.get("parse") is not None:  # edited as text on the command line
             typ, default = str, (meta["show"](default) if meta.get("show") else str(default))
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        decls = [flag] if typ is not bool else [f"{flag}/--no-{flag[2:]}"]
+        decls = option_decls(f, typ, meta)
         params.append(inspect.Parameter(f.name, _KW, default=typer.Option(default, *decls, help=meta.get("help", "")), annotation=typ))
     return params
 
@@ -63,9 +80,8 @@ def axis_parameters(cls: type, names: Iterable[str]) -> list[inspect.Parameter]:
         if f.name in names:
             meta = f.metadata
             default = meta["show"](_default(f)) if meta.get("show") else str(_default(f))
-            flag = meta.get("flag") or "--" + f.name.replace("_", "-")
             help_text = meta.get("help", "") + " Comma list: the sweep runs each value."
-            params.append(inspect.Parameter(f.name, _KW, default=typer.Option(default, flag, help=help_text), annotation=str))
+            params.append(inspect.Parameter(f.name, _KW, default=typer.Option(default, option_flag(f), help=help_text), annotation=str))
     return params
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from probekit_cli.common import rich_table
 from probekit.config import ablation_name
+from probekit_cli.common import rich_table
 
 
 def fmt_ci(m: dict | None) -> str:

@@ -6,6 +6,14 @@ as nested JSON (`FitConfig.to_dict`). A sweep holds one `FitConfig` as a
 template and varies fields with `FitConfig.vary` (dataclasses.replace under
 the hood); nothing is copied by hand.
 
+Every config class (those here, and `ExtractOptions`, `GenerateConfig`,
+`SteerConfig`, `FilterConfig`, `SampleFields` beside their stages) is a frozen
+dataclass deriving from `Config`, which gives it `to_dict`/`from_dict` (one
+implementation, flat or grouped), and has its own `validate() -> None`, which
+raises a one-line `ProbekitError`; what parses an option (e.g.
+`FilterConfig.thresholds`) is a method of its own.
+`tests/test_config_common.py` runs the same checks over every one of them.
+
 Encoder widths are written the same way everywhere: `256x128` is ONE encoder
 with two hidden layers, `linear` is a single Linear layer, and a comma
 separates several encoders (only a sweep takes several).
@@ -13,9 +21,14 @@ separates several encoders (only a sweep takes several).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import itertools
 import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -32,8 +45,84 @@ GOAL_KINDS = ("mean", "kmeans")  # the goal prototypes every checkpoint has: the
 
 def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
            show: Callable[[Any], str] | None = None) -> Any:
-    """A config field with its CLI help; `parse`/`show` convert to and from the CLI's text form."""
-    return field(default=default, metadata={"help": help, "flag": flag, "parse": parse, "show": show})
+    """A config field with its CLI help; `parse`/`show` convert to and from the CLI's text form.
+
+    A mutable default (a dict or list) becomes a fresh copy per instance.
+    """
+    metadata = {"help": help, "flag": flag, "parse": parse, "show": show}
+    if isinstance(default, (dict, list, set)):
+        return field(default_factory=functools.partial(copy.copy, default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _label(cls: type) -> str:
+    """How errors name a config's options: FitConfig -> 'fit', ExtractOptions -> 'extract', SampleFields -> 'sample fields'."""
+    words = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower().split()
+    return " ".join(words[:-1] if len(words) > 1 and words[-1] in ("config", "options") else words)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: configs as objects, paths as strings, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _typed(hint: Any, value: Any, label: str) -> Any:
+    """`value` read back from JSON as the field's type says: configs, tuples (also nested) and paths; the rest as is."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        return _typed(kinds[0], value, label) if len(kinds) == 1 else value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, label)
+    if hint is Path:
+        return Path(value)
+    if origin is tuple or hint is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(args[0], v, label) for v in value)
+        return tuple(_typed(a, v, label) for a, v in zip(args, value)) if args else tuple(value)
+    if origin is dict and len(args) == 2:
+        return {k: _typed(args[1], v, label) for k, v in value.items()}
+    return value
+
+
+def _from_dict(cls: type, d: Any, label: str) -> Any:
+    if not isinstance(d, dict):
+        raise ProbekitError(f"{label} options: expected an object of options for {cls.__name__}, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    values = {k: _typed(hints[k], v, label) if k in names else v for k, v in d.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ProbekitError(f"{label} options: {exc}") from None
+
+
+class Config:
+    """What every config class shares (each is a frozen dataclass with its own `validate() -> None`).
+
+    `to_dict` is JSON-ready (nested for a config made of groups, paths as
+    strings, tuples as lists) and `from_dict` is its inverse. Unknown keys are
+    an error (they mean another probekit version); keys that an older probekit
+    did not write (e.g. `pooling`) take their defaults, which are the
+    behaviour of that older version.
+    """
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Any:
+        return _from_dict(cls, d, _label(cls))
 
 
 def parse_widths(spec: str) -> tuple[int, ...]:
@@ -78,7 +167,7 @@ def parse_widths_list(spec: str) -> list[tuple[int, ...]]:
 
 
 @dataclass(frozen=True)
-class ProbeArch:
+class ProbeArch(Config):
     """The probe network: φ (an MLP or one Linear layer) and the reward head on φ."""
 
     widths: tuple[int, ...] = option((256,), "Hidden widths of the encoder φ: 256, 256x128 (two hidden layers), or linear (one Linear layer).",
@@ -97,9 +186,21 @@ class ProbeArch:
     def encoder(self) -> str:
         return "mlp" if self.widths else "linear"
 
+    def validate(self) -> None:
+        _types(self)
+        _check(all(w >= 1 for w in self.widths), f"--widths {show_widths(self.widths)}: widths must be positive")
+        _check(self.rep_size >= 1 and self.head_hidden >= 1, "--rep-size and --head-hidden must be at least 1")
+        check_choice("--head", self.head, HEADS)
+        check_choice("--features", self.features, FEATURES)
+        _check(self.features != "single" or not self.feature_layers,
+               f"--feature-layers {show_layers(self.feature_layers)}: needs --features concat or mix (single reads --layer)")
+        _check(all(x >= 0 for x in self.feature_layers) and len(set(self.feature_layers)) == len(self.feature_layers),
+               f"--feature-layers {show_layers(self.feature_layers)}: layers must be distinct and >= 0")
+        check_choice("--pooling", self.pooling, POOLINGS)
+
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Config):
     """L = Bradley-Terry + λ · goal-conditioned contrastive (Nath et al. 2024)."""
 
     lam: float = option(0.5, "Weight λ of the contrastive loss; 0 = pure Bradley-Terry (the contrastive term is not computed).", flag="--lam")
@@ -112,9 +213,18 @@ class LossConfig:
                                           "rejected completions with a known first error: tokens before it near the chosen goal, after it away).")
     temperature: float = option(0.1, "Temperature of --contrastive infonce (cosines are divided by it).")
 
+    def validate(self) -> None:
+        _types(self)
+        check_choice("--contrastive", self.contrastive, CONTRASTIVES)
+        _check(self.temperature > 0, f"--temperature {self.temperature}: must be positive")
+        _check(self.lam >= 0, f"--lam {self.lam}: must be >= 0")
+        _check(self.K >= 1, f"--k {self.K}: must be at least 1")
+        _check(0 <= self.goal_min_frac < 1, f"--goal-min-frac {self.goal_min_frac}: must be in [0, 1)")
+        _check(self.late_frac is None or 0 < self.late_frac <= 1, f"--late-frac {self.late_frac}: must be in (0, 1]")
+
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Config):
     """AdamW with early stopping on validation pairwise accuracy."""
 
     epochs: int = option(30, "Maximum training epochs.")
@@ -123,9 +233,17 @@ class OptimConfig:
     weight_decay: float = option(0.01, "AdamW weight decay.")
     patience: int = option(5, "Stop after this many epochs without a better validation pairwise accuracy.")
 
+    def validate(self) -> None:
+        _types(self)
+        _check(self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1")
+        _check(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1")
+        _check(self.lr > 0, f"--lr {self.lr}: must be positive")
+        _check(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
+        _check(self.patience >= 1, f"--patience {self.patience}: must be at least 1")
+
 
 @dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(Config):
     """Which GROUPS (prompts) train, validate and test; all answers to one prompt stay on one side."""
 
     valid_frac: float = option(0.2, "Fraction of groups held out for validation (early stopping, reported metrics).")
@@ -135,32 +253,54 @@ class SplitConfig:
                                  "pair of the train split across prompts, subsampled to --max-pairs). Validation keeps the store's pairs.")
     max_pairs: int = option(20000, "Cap on the training pairs of --pairs cross (a seeded subsample).")
 
+    def validate(self) -> None:
+        _types(self)
+        _check(0 <= self.valid_frac < 1 and 0 <= self.test_frac < 1 and self.valid_frac + self.test_frac < 1,
+               f"--valid-frac and --test-frac must be in [0, 1) with a sum below 1, got {self.valid_frac} and {self.test_frac}")
+        check_choice("--pairs", self.pairs, PAIRINGS)
+        _check(self.max_pairs >= 1, f"--max-pairs {self.max_pairs}: must be at least 1")
+
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Config):
     """What one fit reads and how it is seeded."""
 
     layer: int | None = option(None, "Layer of the store to read. Default: the store's first layer.")
     seed: int = option(0, "Seed of the split, initialisation, batch order, sampling and bootstrap.")
     goal_prototypes: int = option(1, "K > 1 also stores K k-means goal prototypes (Q = best cosine over them).")
 
+    def validate(self) -> None:
+        _types(self)
+        _check(self.layer is None or self.layer >= 0, f"--layer {self.layer}: must be >= 0")
+        _check(self.goal_prototypes >= 1, f"--goal-prototypes {self.goal_prototypes}: must be at least 1")
+
 
 @dataclass(frozen=True)
-class ComputeConfig:
+class ComputeConfig(Config):
     """Where the probe runs and how much of a layer may sit in memory."""
 
     memory_budget_mb: float = option(2048.0, "Load the layer into memory when it fits this budget (MB), else stream rows from the shards.")
     device: str = option("cpu", "Torch device for the probe: cpu, cuda or cuda:N.")
 
+    def validate(self) -> None:
+        _types(self)
+        _check(self.memory_budget_mb > 0, f"--memory-budget-mb {self.memory_budget_mb}: must be positive")
+        validate_device(self.device)
+
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Config):
     """How results are reported."""
 
     n_boot: int = option(1000, "Bootstrap resamples (of groups) for the 95% intervals.")
     baselines: bool = option(True, "Also report the length, logistic-regression and random baselines.")
     q_threshold: float | None = option(None, "Q threshold for error localisation. Default: midpoint of the mean last-token Q of label 1 and 0.")
     length_bins: int = option(5, "Length-controlled AUROC: number of completion-length strata (quantile bins fitted on the training split).")
+
+    def validate(self) -> None:
+        _types(self)
+        _check(self.n_boot >= 1, f"--n-boot {self.n_boot}: must be at least 1")
+        _check(self.length_bins >= 2, f"--length-bins {self.length_bins}: must be at least 2")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -188,13 +328,19 @@ def _check_ints(group: Any) -> None:
             raise ProbekitError(f"{f.name}: expected a number, got {v!r}")
 
 
+def _types(group: Any) -> None:
+    """The checks every fit option group runs before its values: finite floats, no bool for a number."""
+    _finite_floats(group)
+    _check_ints(group)
+
+
 def validate_device(device: str) -> None:
     _check(device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()) or device == "mps",
            f"--device '{device}': expected cpu, cuda, cuda:N or mps")
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(Config):
     """Everything a fit needs besides its store and output folder."""
 
     probe: ProbeArch = field(default_factory=ProbeArch)
@@ -208,45 +354,20 @@ class FitConfig:
     def groups(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def validate(self) -> FitConfig:
-        """Refuse any setting that cannot train (the one place fit options are checked); returns self."""
+    def validate(self) -> None:
+        """Refuse any setting that cannot train (the one place fit options are checked).
+
+        Every group's types come first, then each group's values in order (and
+        the one check across groups after the probe's).
+        """
         for group in self.groups().values():
-            _finite_floats(group)
-            _check_ints(group)
-        p, loss, o, s, r = self.probe, self.loss, self.optim, self.split, self.run
-        _check(all(w >= 1 for w in p.widths), f"--widths {show_widths(p.widths)}: widths must be positive")
-        _check(p.rep_size >= 1 and p.head_hidden >= 1, "--rep-size and --head-hidden must be at least 1")
-        check_choice("--head", p.head, HEADS)
-        check_choice("--features", p.features, FEATURES)
-        _check(p.features != "single" or not p.feature_layers,
-               f"--feature-layers {show_layers(p.feature_layers)}: needs --features concat or mix (single reads --layer)")
-        _check(all(x >= 0 for x in p.feature_layers) and len(set(p.feature_layers)) == len(p.feature_layers),
-               f"--feature-layers {show_layers(p.feature_layers)}: layers must be distinct and >= 0")
+            _types(group)
+        self.probe.validate()
+        p, r = self.probe, self.run
         _check(p.features == "single" or r.layer is None,
                f"--layer {r.layer}: --features {p.features} reads --feature-layers (default: every layer of the store), not --layer")
-        check_choice("--pooling", p.pooling, POOLINGS)
-        check_choice("--contrastive", loss.contrastive, CONTRASTIVES)
-        _check(loss.temperature > 0, f"--temperature {loss.temperature}: must be positive")
-        _check(loss.lam >= 0, f"--lam {loss.lam}: must be >= 0")
-        _check(loss.K >= 1, f"--k {loss.K}: must be at least 1")
-        _check(0 <= loss.goal_min_frac < 1, f"--goal-min-frac {loss.goal_min_frac}: must be in [0, 1)")
-        _check(loss.late_frac is None or 0 < loss.late_frac <= 1, f"--late-frac {loss.late_frac}: must be in (0, 1]")
-        _check(o.epochs >= 1, f"--epochs {o.epochs}: must be at least 1")
-        _check(o.batch_size >= 1, f"--batch-size {o.batch_size}: must be at least 1")
-        _check(o.lr > 0, f"--lr {o.lr}: must be positive")
-        _check(o.weight_decay >= 0, f"--weight-decay {o.weight_decay}: must be >= 0")
-        _check(o.patience >= 1, f"--patience {o.patience}: must be at least 1")
-        _check(0 <= s.valid_frac < 1 and 0 <= s.test_frac < 1 and s.valid_frac + s.test_frac < 1,
-               f"--valid-frac and --test-frac must be in [0, 1) with a sum below 1, got {s.valid_frac} and {s.test_frac}")
-        check_choice("--pairs", s.pairs, PAIRINGS)
-        _check(s.max_pairs >= 1, f"--max-pairs {s.max_pairs}: must be at least 1")
-        _check(r.layer is None or r.layer >= 0, f"--layer {r.layer}: must be >= 0")
-        _check(r.goal_prototypes >= 1, f"--goal-prototypes {r.goal_prototypes}: must be at least 1")
-        _check(self.compute.memory_budget_mb > 0, f"--memory-budget-mb {self.compute.memory_budget_mb}: must be positive")
-        validate_device(self.compute.device)
-        _check(self.eval.n_boot >= 1, f"--n-boot {self.eval.n_boot}: must be at least 1")
-        _check(self.eval.length_bins >= 2, f"--length-bins {self.eval.length_bins}: must be at least 2")
-        return self
+        for group in (self.loss, self.optim, self.split, self.run, self.compute, self.eval):
+            group.validate()
 
     def vary(self, **changes: Any) -> FitConfig:
         """A copy with fields changed by their (unique) names, e.g. vary(lam=0, seed=2, widths=(128,))."""
@@ -259,34 +380,6 @@ class FitConfig:
             g = where[name]
             groups[g] = dataclasses.replace(groups[g], **{name: value})
         return dataclasses.replace(self, **groups)
-
-    def to_dict(self) -> dict:
-        """Nested, JSON-ready (paths as strings, widths as a list)."""
-        def plain(v: Any) -> Any:
-            return str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-        return {g: {k: plain(v) for k, v in dataclasses.asdict(obj).items()} for g, obj in self.groups().items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FitConfig:
-        """Inverse of `to_dict` (unknown keys are an error: they mean another probekit version).
-
-        Keys that an older probekit did not write (e.g. `pooling`) take their
-        defaults, which are the behaviour of that older version.
-        """
-        kwargs = {}
-        for f in fields(cls):
-            group_cls = f.default_factory  # type: ignore[misc]
-            values = dict(d.get(f.name, {}))
-            for name in ("widths", "feature_layers"):
-                if name in values:
-                    values[name] = tuple(values[name])
-            if values.get("split_file") is not None:
-                values["split_file"] = Path(values["split_file"])
-            try:
-                kwargs[f.name] = group_cls(**values)
-            except TypeError as exc:
-                raise ProbekitError(f"fit options: {exc}") from None
-        return cls(**kwargs)
 
 
 def field_groups(cls: type) -> dict[str, str]:
@@ -304,22 +397,25 @@ _DEFAULTS = {name: getattr(getattr(FitConfig(), field_groups(FitConfig)[name]), 
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Config):
     """A template fit and the axes varied around it (every combination is one run)."""
 
     template: FitConfig = field(default_factory=FitConfig)
-    lams: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0)
-    layers: tuple[int, ...] | None = None  # default: every layer of the store
-    widths: tuple[tuple[int, ...], ...] = ((256,),)  # () = linear encoder
-    ks: tuple[int, ...] = (8,)
-    goals: tuple[str, ...] = ("mean",)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    prototypes: int = 4
-    split: str = "valid"
-    axes: dict = field(default_factory=dict)  # ablation axis name -> tuple of values (default: the template's value)
-    one_at_a_time: bool = False  # runs change at most one ablation axis from the template (else: every combination)
+    lams: tuple[float, ...] = option((0.0, 0.1, 0.5, 1.0), "Comma list of contrastive weights λ; 0 (pure Bradley-Terry) is always added.",
+                                     flag="--lam")
+    layers: tuple[int, ...] | None = option(None, "Comma list of layers. Default: every layer of the store.")
+    widths: tuple[tuple[int, ...], ...] = option(((256,),), "Comma list of encoders, each like 256, 128x128 (two hidden layers) or linear.")
+    ks: tuple[int, ...] = option((8,), "Comma list of K (contrastive samples per pair); λ = 0 runs ignore K.", flag="--k")
+    goals: tuple[str, ...] = option(("mean",), "Comma list of goal kinds for Q-values: mean, kmeans (evaluated on the same runs).", flag="--goal")
+    seeds: tuple[int, ...] = option((0, 1, 2), "Comma list of seeds (split, init, sampling); results are mean ± std over them.")
+    prototypes: int = option(4, "Number of k-means goal prototypes when --goal includes kmeans.")
+    split: str = option("valid", "Split the runs are compared on: valid (default; keep test for the final number), test or all.")
+    axes: dict[str, tuple[str, ...]] = option({}, "Ablation axes varied around the template, by name (features, pooling, contrastive, "
+                                                  "pairs) -> values; an axis not given keeps the template's value.")
+    one_at_a_time: bool = option(False, "Of the ablation axes' combinations, run only the template's and those that change one axis "
+                                        "from it (an ablation study); default: every combination.")
 
-    def validate(self) -> SweepConfig:
+    def validate(self) -> None:
         for g in self.goals:
             if g not in GOAL_KINDS:
                 raise ProbekitError(f"--goal must be a comma list of {', '.join(GOAL_KINDS)}, got '{g}'")
@@ -334,7 +430,8 @@ class SweepConfig:
             raise ProbekitError(f"sweep axes: {', '.join(unknown) or 'an empty axis'}; the ablation axes are {', '.join(ABLATION_AXES)}, each with values")
         for run in self.runs([0]):  # every axis value through the one fit validation
             self.fit_config(run).validate()
-        return self
+        for group in self.template.groups().values():  # also the template's values the runs replace (λ): all finite
+            _finite_floats(group)
 
     def axis(self, name: str) -> tuple:
         """The values of an ablation axis: as given, else the template's value."""
@@ -378,7 +475,7 @@ def ablation_name(run: dict) -> str:
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Config):
     """The demo's few knobs; everything else is each stage's default."""
 
     model: str = option("smollm2-135m", "Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder or .gguf file.")
@@ -394,6 +491,7 @@ class DemoConfig:
     generate_tokens: int = option(48, "Most new tokens per sample in the generation stage.")
 
     def validate(self) -> None:
+        _finite_floats(self)
         if self.n_problems < 2 or self.solutions < 1 or self.epochs < 1 or self.n_boot < 1:
             raise ProbekitError("--n-problems must be at least 2, --solutions, --epochs and --n-boot at least 1")
         if self.generate_problems < 0 or self.generate_tokens < 1:

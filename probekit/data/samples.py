@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from probekit.config import option
+from probekit.config import Config, option
 from probekit.data.answers import get_parser, grade
 from probekit.data.schema import Trajectory, read_records
 from probekit.errors import ProbekitError
 
 
 @dataclass(frozen=True)
-class SampleFields:
+class SampleFields(Config):
     """Where each piece sits in a record (empty optional fields are simply absent)."""
 
     prompt_field: str = option("prompt", "Field holding the prompt text.")
@@ -32,6 +32,9 @@ class SampleFields:
     gold_field: str | None = option(None, "Field holding the gold answer; completions' answers are graded against it when no flags are given.")
     id_field: str | None = option(None, "Field holding the prompt's id (default: the line number).")
     answer_parser: str = option("gsm8k", "How answers are read from completions when no answers list is given: synth, gsm8k, last-number, regex:PATTERN.")
+
+    def validate(self) -> None:
+        get_parser(self.answer_parser)  # an unknown parser or a bad regex is a one-line error
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ def parse_record(obj: dict, loc: str, fields: SampleFields, parse) -> _Group:
 
 def read_samples(path: str | Path, fields: SampleFields = SampleFields(), skip_invalid: bool = False) -> tuple[list[Trajectory], int]:
     """(trajectories, records skipped) from a samples file; bad records are `file:line: reason`."""
+    fields.validate()
     parse = get_parser(fields.answer_parser)
     groups, skipped = read_records(path, lambda obj, loc: parse_record(obj, loc, fields, parse), skip_invalid, "records")
     return [t for g in groups for t in g.trajectories], skipped

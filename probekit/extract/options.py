@@ -1,15 +1,33 @@
-"""The options of an extraction, importable without torch (the CLI builds its options from them)."""
+"""The options of an extraction, importable without torch (the CLI builds its options from them), validated in one place."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from probekit.config import option
+from probekit.config import Config, option
+from probekit.errors import ProbekitError
+from probekit.extract.plan import batch_token_budget, parse_positions
+from probekit.store import STATE_DTYPES
 
 
-@dataclass
-class ExtractOptions:
+def parse_rank(shard: str | None) -> tuple[int, int]:
+    """(rank, world) from `--shard i/N`, else from torchrun's environment, else (0, 1)."""
+    if shard:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise ProbekitError(f"--shard must look like i/N (e.g. 0/4), got '{shard}'") from None
+    else:
+        i, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= i < n:
+        raise ProbekitError(f"shard rank {i} is outside 0..{n - 1}")
+    return i, n
+
+
+@dataclass(frozen=True)
+class ExtractOptions(Config):
     """What to extract and how; the help texts are the CLI's (`probekit extract --help`)."""
 
     trajectories: Path = option(None, "Trajectories JSONL (see data/README.md), e.g. from `probekit data synth`.")
@@ -30,3 +48,19 @@ class ExtractOptions:
     shard: str | None = option(None, "Process only part i of N (e.g. 0/4) for job arrays; under torchrun RANK/WORLD_SIZE are used.")
     overwrite: bool = option(False, "Replace a store in --out made with other settings or data (otherwise refused); never a file probekit did not write.")
     skip_invalid: bool = option(False, "Skip invalid records (and report their count) instead of stopping at the first.")
+
+    def validate(self) -> None:
+        """Refuse options that cannot extract, before any file is read or model loaded.
+
+        The rank of a job without --shard comes from the environment; `extract` checks it where it reads it.
+        """
+        if self.dtype not in STATE_DTYPES:
+            raise ProbekitError(f"--dtype must be float16 or float32, got '{self.dtype}'")
+        if self.padding_side not in ("left", "right"):
+            raise ProbekitError("padding side must be 'left' or 'right'")
+        if self.max_length < 2 or self.shard_size < 1:
+            raise ProbekitError("--max-length must be >= 2 and --shard-size >= 1")
+        parse_positions(self.positions)
+        batch_token_budget(self.max_batch_tokens, "cpu")  # a bad budget fails before the model loads
+        if self.shard:
+            parse_rank(self.shard)

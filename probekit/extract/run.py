@@ -29,7 +29,7 @@ from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_traj
 from probekit.errors import ProbekitError
 from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layers, forward_layers_shared, full_attention_everywhere
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, describe_model, finalize
-from probekit.extract.options import ExtractOptions
+from probekit.extract.options import ExtractOptions, parse_rank
 from probekit.extract.plan import batch_token_budget, length_buckets, parse_positions, select_positions, shared_prompts
 from probekit.extract.render import Encoded, encode, resolve_template
 from probekit.io import sha256_file, write_json
@@ -49,20 +49,6 @@ class ExtractResult:
     complete: bool = False
     n_truncated: int = 0
     n_skipped_invalid: int = 0
-
-
-def parse_rank(shard: str | None) -> tuple[int, int]:
-    """(rank, world) from `--shard i/N`, else from torchrun's environment, else (0, 1)."""
-    if shard:
-        try:
-            i, n = (int(x) for x in shard.split("/"))
-        except ValueError:
-            raise ProbekitError(f"--shard must look like i/N (e.g. 0/4), got '{shard}'") from None
-    else:
-        i, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= i < n:
-        raise ProbekitError(f"shard rank {i} is outside 0..{n - 1}")
-    return i, n
 
 
 def _device_for_rank(loaded: LoadedModel, rank: int) -> None:
@@ -86,14 +72,8 @@ def store_outputs(n_shards: int) -> list[str]:
 
 def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: Progress | None = None) -> ExtractResult:
     """Extract `opts.trajectories` into the store `opts.out`, resuming it; `progress` reports tokens done."""
-    if opts.dtype not in STORE_DTYPES:
-        raise ProbekitError(f"--dtype must be float16 or float32, got '{opts.dtype}'")
-    if opts.padding_side not in ("left", "right"):
-        raise ProbekitError("padding side must be 'left' or 'right'")
-    if opts.max_length < 2 or opts.shard_size < 1:
-        raise ProbekitError("--max-length must be >= 2 and --shard-size >= 1")
+    opts.validate()
     stride = parse_positions(opts.positions)
-    batch_token_budget(opts.max_batch_tokens, "cpu")  # a bad budget fails before the model loads
     rank, world = parse_rank(opts.shard)
     trajectories, n_invalid = read_trajectories(opts.trajectories, skip_invalid=opts.skip_invalid)
     pairs = read_pairs(opts.pairs, trajectories) if opts.pairs else derive_pairs(trajectories)

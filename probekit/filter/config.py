@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from probekit.config import GOAL_KINDS, check_choice, option
+from probekit.config import GOAL_KINDS, Config, check_choice, option
 from probekit.errors import ProbekitError
 from probekit.filter.thresholds import check_threshold_range, parse_thresholds
 from probekit.probe.scoring import SIGNALS
 
 
 @dataclass(frozen=True)
-class FilterConfig:
+class FilterConfig(Config):
     """How solutions are dropped and how the threshold is chosen."""
 
     threshold: str = option("0", "Drop threshold: a number (e.g. 0), a comma list (0.1,0.2) or auto (quantiles of per-trajectory min signal, plus 0). "
@@ -29,8 +29,8 @@ class FilterConfig:
     random_seeds: int = option(5, "Seeds averaged for the random-drop baseline.")
     plots: bool = option(True, "Write frontier.png and q_curves.png.")
 
-    def validate(self) -> list[float] | None:
-        """Check every option; return the parsed thresholds (None = auto)."""
+    def validate(self) -> None:
+        """Check every option (a threshold the signal cannot cross included)."""
         check_choice("--signal", self.signal, SIGNALS)
         check_choice("--goal", self.goal, GOAL_KINDS)
         if self.skip_first < 0:
@@ -39,6 +39,8 @@ class FilterConfig:
             raise ProbekitError(f"--random-seeds {self.random_seeds}: must be >= 1")
         if not 0.0 < self.valid_frac < 1.0:
             raise ProbekitError(f"--valid-frac {self.valid_frac}: must be between 0 and 1")
-        thresholds = parse_thresholds(self.threshold)
-        check_threshold_range(thresholds, self.signal)
-        return thresholds
+        check_threshold_range(self.thresholds(), self.signal)
+
+    def thresholds(self) -> list[float] | None:
+        """The parsed --threshold: sorted unique values, or None for auto."""
+        return parse_thresholds(self.threshold)

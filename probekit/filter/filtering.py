@@ -54,7 +54,8 @@ def _finite_or_none(x: float) -> float | None:
 def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConfig(), *, overwrite: bool = False,
                  progress: Progress | None = None) -> dict:
     """Score, filter, vote and write decisions.jsonl, metrics.json and plots to `out`."""
-    thresholds = config.validate()
+    config.validate()
+    thresholds = config.thresholds()
     check_compatible(ckpt, store)
     scorer = Scorer.from_checkpoint(ckpt, kinds=[config.goal])  # fails early on a missing goal kind
     signal, skip_first, seed = config.signal, config.skip_first, config.seed

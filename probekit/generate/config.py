@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from probekit.config import check_choice, option
+from probekit.config import Config, check_choice, option
 from probekit.errors import ProbekitError
 from probekit.store import STATE_DTYPES
 
@@ -24,7 +24,7 @@ def check_sampling(temperature: float, top_p: float) -> None:
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(Config):
     """How completions are sampled and what is kept of them."""
 
     model: str = option("smollm2-135m", "Frozen model: smollm2-135m (bundled), gemma3-270m, a local folder, a .gguf file or a hub id (needs network).")
@@ -50,13 +50,13 @@ class GenerateConfig:
         if self.dtype not in STATE_DTYPES:
             raise ProbekitError(f"--dtype must be float16 or float32, got '{self.dtype}'")
 
-    def decoding(self) -> DecodeConfig:
+    def decoding(self) -> DecodeSettings:
         """The fields the decoders read."""
-        return DecodeConfig(self.samples, self.batch_size, self.max_new_tokens, self.temperature, self.top_p, self.seed, self.stop, self.dtype)
+        return DecodeSettings(self.samples, self.batch_size, self.max_new_tokens, self.temperature, self.top_p, self.seed, self.stop, self.dtype)
 
 
 @dataclass(frozen=True)
-class DecodeConfig:
+class DecodeSettings:
     """What the decoders read of a `GenerateConfig` (`GenerateConfig.decoding()`): the scheduler and the steering search get
     only these, so what can change a sample is visible in one place (as SAELens narrows its runner's config for the trainer)."""
 
@@ -75,7 +75,7 @@ EMPTY_STEPS = ("allow", "last", "resample")
 
 
 @dataclass(frozen=True)
-class SteerConfig:
+class SteerConfig(Config):
     """The search; sampling, model and template come from a `GenerateConfig`."""
 
     beams: int = option(4, "Beams kept per prompt after each step (1 = best-of-k per step).")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layers, checked_states, position_ids_from_mask
-from probekit.generate.config import DecodeConfig
+from probekit.generate.config import DecodeSettings
 from probekit.generate.kv_rows import copy_rows, keep_rows, merge_rows
 from probekit.generate.sampling import sample_next, sequence_generator
 from probekit.generate.stopping import OnlineStop, eos_ids, hit_stop
@@ -194,7 +194,7 @@ class Scheduler:
     2x batch_size samples, which bounds memory.
     """
 
-    def __init__(self, loaded, contexts: list[list[int]], layers: list[int], config: DecodeConfig, stop: OnlineStop | None,
+    def __init__(self, loaded, contexts: list[list[int]], layers: list[int], config: DecodeSettings, stop: OnlineStop | None,
                  emit: Callable[[list[Sample], bool], None]):
         self.loaded, self.contexts, self.layers, self.config, self.stop, self.emit = loaded, contexts, layers, config, stop, emit
         self.rows = Rows(loaded)

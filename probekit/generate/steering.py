@@ -51,7 +51,7 @@ from probekit.data.answers import get_parser, grade
 from probekit.data.schema import Trajectory, write_trajectories
 from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layers, checked_states
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
-from probekit.generate.config import DecodeConfig, SteerConfig
+from probekit.generate.config import DecodeSettings, SteerConfig
 from probekit.generate.sampling import sample_next, sequence_generator
 from probekit.generate.stopping import eos_ids, hit_stop
 from probekit.io import write_json
@@ -91,7 +91,7 @@ def _newline_ids(tokenizer) -> set[int]:
 
 
 @torch.inference_mode()
-def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, gen: DecodeConfig, cfg: SteerConfig, seed_of,
+def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, gen: DecodeSettings, cfg: SteerConfig, seed_of,
                  newline: set[int]) -> tuple[list[Beam], SearchCounts]:
     """Beam search for one prompt; returns (final beams best first, what was decoded).
 

@@ -32,8 +32,6 @@ Results: benchmarks/results/ablations.json and the README's ablation section.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,9 +41,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.reproduce import (LENGTH_CONTROLLED, add_study_options, build_data, cached, data_folder,  # noqa: E402
-                                  extract_store, fmt, mean_ci)
-from benchmarks.report import console, table as rich_table  # noqa: E402
+from benchmarks.harness import ArgumentParser, Clock, console, machine, results_header, table as rich_table  # noqa: E402
+from benchmarks.studies import (LENGTH_CONTROLLED, add_study_options, build_data, cached, data_folder,  # noqa: E402
+                                extract_store, fmt, mean_ci)
 from probekit.io import read_json, write_json  # noqa: E402
 
 ARMS = ("gsm8k", "both", "hh", "synth")
@@ -54,6 +52,7 @@ VARIANTS = {"features": ("single", "concat", "mix"), "pooling": ("last", "mean",
             "contrastive": ("official", "infonce", "token"), "pairs": ("group", "cross")}  # default first
 METRICS = ("auroc", *LENGTH_CONTROLLED, "pairwise_acc", "q_auroc")
 GAINS = ("auroc", *LENGTH_CONTROLLED, "pairwise_acc")
+MACHINE_FIELDS = ("cpu", "cores=cpu_count", "gpu", "platform", "torch", "load_average_at_start=load_average_unrounded")
 
 
 # ---- data and stores --------------------------------------------------------------------------------------
@@ -215,18 +214,7 @@ def print_report(report: dict) -> None:
     console.print(report["verdict"]["text"], highlight=False, soft_wrap=True)
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(), "torch": torch.__version__,
-            "load_average_at_start": list(os.getloadavg())}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_cli_args(ap: ArgumentParser) -> None:
     add_study_options(ap, "ablations", "auto", "dtype the model computes in (auto: bfloat16 where this CPU runs it faster)")
     ap.add_argument("--layer", type=int, default=12, help="layer of the single-layer configurations")
     ap.add_argument("--feature-layers", default="4,8,12", help="layers of the stores, read together by features concat and mix "
@@ -244,19 +232,21 @@ def main() -> None:
                                                                  "an arm's result is cached with the axes it ran")
     ap.add_argument("--stores-only", action="store_true", help="extract the stores and stop (they are cached for the study)")
     ap.add_argument("--cut", action="append", default=[], help="what this run leaves out of the full study and why (recorded in the JSON)")
-    args = ap.parse_args()
+    ap.add_check(lambda args: f"unknown axes {sorted(unknown)}; choose from {', '.join(VARIANTS)}"
+                 if (unknown := {a for a in args.axes.split(",") if a} - set(VARIANTS)) else None)
+    ap.add_check(lambda args: f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}"
+                 if (unknown := {a for a in args.arms.split(",") if a} - set(ARMS)) else None)
+    ap.add_check(lambda args: f"--layer {args.layer} must be one of --feature-layers {args.feature_layers}"
+                 if str(args.layer) not in args.feature_layers.split(",") else None)
+
+
+def main(args) -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.arms = [a for a in args.arms.split(",") if a]
     args.axes = [a for a in args.axes.split(",") if a]
-    if unknown := set(args.axes) - set(VARIANTS):
-        ap.error(f"unknown axes {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    if unknown := set(args.arms) - set(ARMS):
-        ap.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
-    if str(args.layer) not in args.feature_layers.split(","):
-        ap.error(f"--layer {args.layer} must be one of --feature-layers {args.feature_layers}")
     work = args.work.resolve()
-    t0 = time.time()
-    start = machine()
+    started = Clock().start()
+    start = machine(*MACHINE_FIELDS)
 
     from probekit.models import load_model
     from probekit.store import Store
@@ -265,7 +255,7 @@ def main() -> None:
     files["synth"] = build_synth(work, args.synth_problems)
     loaded = load_model(args.model, dtype=args.model_dtype)
     stores = build_stores(files, work, args, loaded)
-    extracted = time.time() - t0
+    extracted = started.elapsed
     if args.stores_only:
         return
     import torch
@@ -275,16 +265,14 @@ def main() -> None:
     results, notes = [], {}
     for arm in args.arms:
         def run(arm=arm):
-            t = time.time()
+            clock = Clock().start()
             rows, why = arm_sweeps(arm, stores[STORE_OF_ARM[arm]], work / "sweeps" / f"{arm}-{tag}", args)
-            return {**summarise(args.model_tag, arm, rows), "notes": why, "fit_seconds": round(time.time() - t, 1)}
+            return {**summarise(args.model_tag, arm, rows), "notes": why, "fit_seconds": round(clock.elapsed, 1)}
         res = {"model": args.model_tag, "arm": arm, **cached(work / "results" / f"{tag}-s{'_'.join(map(str, args.seeds))}" / f"{arm}.json", run)}
         notes[arm] = res.pop("notes")
         results.append(res)
     report = {
-        "command": "python " + " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {**start, "fit_torch_threads": args.fit_threads},
+        **results_header(exact_command=False, day_only=True, machine={**start, "fit_torch_threads": args.fit_threads}),
         "settings": {"model": args.model, "model_tag": args.model_tag, "model_dtype": str(loaded.dtype).replace("torch.", ""),
                      "store_dtype": args.store_dtype, "layer": args.layer, "feature_layers": args.feature_layers, "lam": args.lam,
                      "seeds": args.seeds, "epochs": args.epochs, "n_boot": args.n_boot, "max_pairs": args.max_pairs,
@@ -297,7 +285,7 @@ def main() -> None:
         "cut": args.cut,
         "results": results,
         "verdict": verdict(results),
-        "seconds": {"this_invocation": round(time.time() - t0, 1), "of_which_extraction": round(extracted, 1),
+        "seconds": {"this_invocation": round(started.elapsed, 1), "of_which_extraction": round(extracted, 1),
                     "fits_per_arm": {r["arm"]: r["fit_seconds"] for r in results},
                     "extraction_per_store": {name: (Store(path).manifest.get("stats") or {}).get("seconds") for name, path in stores.items()}},
     }
@@ -314,4 +302,6 @@ def store_summary(store) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_cli_args(parser)
+    main(parser.parse_args())

@@ -24,10 +24,7 @@ differs:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import console, table  # noqa: E402
-from benchmarks.reproduce import evaluate_on  # noqa: E402
+from benchmarks.harness import Clock, console, machine, results_header, table  # noqa: E402
+from benchmarks.studies import evaluate_on  # noqa: E402
 from benchmarks.subsets import first_groups  # noqa: E402
 from probekit.io import iter_jsonl, write_json  # noqa: E402
 
@@ -58,20 +55,25 @@ def decisions(folder: Path) -> dict[str, bool]:
     return {r["id"]: bool(r["kept"]) for _, r in iter_jsonl(folder / "decisions.jsonl")}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def machine_summary() -> str:
+    """The machine in one line, with what decides bfloat16's speed: the CPU and its bfloat16 instructions, torch and its threads."""
+    m = machine("cpu", "arch", "cpu_count", "bf16_instructions", "torch", "torch_threads", "python")
+    return (f"{m['cpu']}, {m['arch']}, {m['cpu_count']} CPU cores (shared), bf16 flags: {m['bf16_instructions']}, "
+            f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}")
+
+
+def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--n-problems", type=int, default=25, help="GSM8K test problems (4 solutions each)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-bf16")
     ap.add_argument("--out", default="benchmarks/results/bf16_agreement.json")
-    args = ap.parse_args()
 
-    import torch
 
+def main(args) -> int:
     from probekit.config import FitConfig
-    from probekit.cpu_dtype import cpu_info, measure_speedup
+    from probekit.cpu_dtype import measure_speedup
     from probekit.data.gsm8k import labelled_solutions
     from probekit.data.schema import write_trajectories
     from probekit.extract.options import ExtractOptions
@@ -95,11 +97,11 @@ def main() -> int:
     runs: dict[str, list[dict]] = {d: [] for d in DTYPES}
     for r in range(args.repeats):  # interleaved, so drifting load on the shared machine hits both alike
         for d in DTYPES:
-            t0 = time.perf_counter()
-            res = extract(ExtractOptions(trajectories=traj, out=work / f"{d}-{r}", layers=str(LAYER), dtype="float32", overwrite=True),
-                          loaded=loaded[d])
+            with Clock() as clock:
+                res = extract(ExtractOptions(trajectories=traj, out=work / f"{d}-{r}", layers=str(LAYER), dtype="float32", overwrite=True),
+                              loaded=loaded[d])
             stats = res.manifest["stats"]
-            runs[d].append({"tokens": stats["n_tokens_processed"], "forward_seconds": stats["seconds"], "wall_seconds": round(time.perf_counter() - t0, 2),
+            runs[d].append({"tokens": stats["n_tokens_processed"], "forward_seconds": stats["seconds"], "wall_seconds": round(clock.seconds, 2),
                             "tokens_per_second": stats["tokens_per_second"]})
         console.log(f"repeat {r}: " + ", ".join(f"{d} {v[-1]['tokens_per_second']} tok/s" for d, v in runs.items()))
 
@@ -154,10 +156,7 @@ def main() -> int:
         return float(np.median([x["tokens_per_second"] for x in runs[d]]))
 
     result = {
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{cpu_info().get('model', platform.processor())}, {platform.machine()}, {os.cpu_count()} CPU cores (shared), "
-                   f"bf16 flags: {sorted(set(cpu_info().get('flags', [])) & {'avx512_bf16', 'amx_bf16', 'bf16'})}, "
-                   f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}",
+        **results_header(exact_command=False, day_only=True, machine=machine_summary()),
         "model": "smollm2-135m", "layer": LAYER, "storage_dtype": "float32",
         "data": {"source": "gsm8k/example_model_solutions.jsonl", "n_problems": args.n_problems, "n_solutions": len(stores["float32"])},
         "matmul_speedup_auto_measures": matmul,
@@ -180,4 +179,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cli_args(parser)
+    raise SystemExit(main(parser.parse_args()))

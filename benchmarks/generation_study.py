@@ -34,46 +34,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import add_threads_option, apply_threads, console, table  # noqa: E402
+from benchmarks.generation_task import (N_BOOT, SAMPLING, boot_ci, fit_study_probe, ratio_ci, study_config,  # noqa: E402
+                                        study_prompts)
+from benchmarks.harness import Clock, add_threads_option, apply_threads, console, machine_line, results_header, table  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
-SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 48, "stop": "\n\n"}
 # Part B's searches: SteerConfig options beside the plain search. "guarded_mean_step" adds both guards (the 2-shot
 # format's answer line is "A: n") and the official code's step score (the cosine of the step's mean φ).
 STEER_VARIANTS = {
     "plain": {},
     "guarded_mean_step": {"require_before_end": r"A: *-?\d", "empty_steps": "resample", "step_score": "mean"},
 }
-N_BOOT = 2000
-
-
-def boot_ci(per_problem: np.ndarray, seed: int = 0) -> dict:
-    """Mean over problems with a 95 % bootstrap interval over problems (`per_problem` [G], seeds already averaged)."""
-    from probekit.metrics import bootstrap_counts, percentile_interval
-
-    x = np.asarray(per_problem, dtype=np.float64)
-    counts = bootstrap_counts(len(x), N_BOOT, seed)
-    lo, hi = percentile_interval(counts @ x / len(x))
-    return {"mean": round(float(x.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)]}
-
-
-def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> dict:
-    """sum(num) / sum(den) over problems with a bootstrap interval over problems."""
-    from probekit.metrics import bootstrap_counts, percentile_interval
-
-    counts = bootstrap_counts(len(num), N_BOOT, seed)
-    lo, hi = percentile_interval((counts @ num) / (counts @ den))
-    return {"mean": round(float(num.sum() / den.sum()), 4), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
 def per_problem(run, prompts) -> dict:
@@ -97,48 +75,7 @@ def per_problem(run, prompts) -> dict:
     return {"vote": vote.correct[order].astype(float), "sample_acc": sample_acc, "tokens": tokens}
 
 
-def study_prompts(n_train: int, n_test: int) -> tuple[list, list]:
-    """(training, test) prompts: synthetic 1-step, 2-shot problems; test problems never appear in training."""
-    from probekit.data.synth import synth_prompts
-
-    train = [dataclasses.replace(p, id=f"train-{p.id}") for p in synth_prompts(n_train, 1, 1, shots=2, seed=100)]
-    seen = {p.prompt for p in train}
-    test = [dataclasses.replace(p, id=f"test-{p.id}") for p in synth_prompts(n_test, 1, 1, shots=2, seed=0) if p.prompt not in seen]
-    return train, test
-
-
-def study_config(samples: int, model_dtype: str):
-    """The generation settings of the study (and of benchmarks/run_generation.py)."""
-    from probekit.generate.config import GenerateConfig
-
-    return GenerateConfig(samples=samples, template="raw", layers="15", answer="synth", batch_size=32, model_dtype=model_dtype, **SAMPLING)
-
-
-def fit_study_probe(loaded, train: list, cfg, work: Path) -> tuple:
-    """Sample the training problems (seed 1000), fit the layer-15 probe on their states, and choose the online thresholds.
-
-    Returns (the training generate result, checkpoint, auto_threshold's answer, {"auto": t, "q20": t}): `auto` is the
-    filter's choice on the probe's validation groups, q20 the 20 % quantile of the training samples' minimum Q.
-    """
-    from probekit.config import FitConfig
-    from probekit.filter.early_stop import min_signal
-    from probekit.filter.filtering import auto_threshold
-    from probekit.generate.generation import generate
-    from probekit.pipeline import fit_probe
-    from probekit.probe.scoring import Scorer, score_store
-    from probekit.store import Store
-
-    first = generate(train, work / "train", dataclasses.replace(cfg, seed=1000), loaded=loaded, overwrite=True)
-    store = Store(first.out / "store")
-    ckpt = fit_probe(store, work / "probe", FitConfig().vary(layer=15, valid_frac=0.25, test_frac=0.0), overwrite=True)
-    scores = score_store(store, Scorer.from_checkpoint(ckpt, kinds=["mean"]), 15)
-    mins = min_signal(scores.offsets, scores.positions, scores.q["mean"], 5)
-    auto = auto_threshold(ckpt, "mean", 5)
-    return first, ckpt, auto, {"auto": auto["threshold"], "q20": float(np.quantile(mins[np.isfinite(mins)], 0.2))}
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-train", type=int, default=64)
     ap.add_argument("--n-test", type=int, default=40)
     ap.add_argument("--samples", type=int, default=4)
@@ -151,8 +88,9 @@ def main() -> int:
     add_threads_option(ap)
     ap.add_argument("--work", default="runs/generation-study")
     ap.add_argument("--out", default="benchmarks/results/generation_study.json")
-    args = ap.parse_args()
 
+
+def main(args) -> int:
     from probekit.generate.custom_goals import goal_from_examples
     from probekit.data.schema import write_trajectories
     from probekit.generate.generation import generate
@@ -165,7 +103,7 @@ def main() -> int:
 
     threads = apply_threads(args.threads)
     work = Path(args.work)
-    t_start = time.perf_counter()
+    started = Clock().start()
     loaded = load_model("smollm2-135m", device="cpu", dtype=args.model_dtype)
     train, test = study_prompts(args.n_train, args.n_test)
     cfg = study_config(args.samples, args.model_dtype)
@@ -180,9 +118,9 @@ def main() -> int:
     for s in range(args.seeds):
         for name in runs:
             stop = None if name == "plain" else OnlineStop(ckpt, thresholds[name], skip_first=5, chosen_on=name)
-            t0 = time.perf_counter()
-            res = generate(test, work / f"{name}-{s}", dataclasses.replace(cfg, seed=s), stop=stop, loaded=loaded, overwrite=True)
-            seconds[name].append(time.perf_counter() - t0)
+            with Clock() as clock:
+                res = generate(test, work / f"{name}-{s}", dataclasses.replace(cfg, seed=s), stop=stop, loaded=loaded, overwrite=True)
+            seconds[name].append(clock.seconds)
             runs[name].append(per_problem(res, test))
             if name == "plain":
                 plain_stores.append(res)
@@ -208,7 +146,7 @@ def main() -> int:
 
     # ---- B: steering toward the correct-answer goal vs plain sampling at equal tokens -----------------
     reward_scorer = Scorer.from_checkpoint(ckpt, kinds=["mean"])
-    pool_correct, pool_tokens, pool_reward, pool_answer = [], [], [], []  # per problem: every plain sample over seeds
+    pool_correct = []  # every plain sample over seeds: (problem, label, tokens, reward, answer)
     for res in plain_stores:
         sc = score_store(Store(res.out / "store"), reward_scorer, 15)
         last_reward = sc.last(sc.reward)
@@ -291,8 +229,7 @@ def main() -> int:
         console.log(f"length goal {name}: {np.mean(lengths):.1f} tokens (plain {plain_tokens.mean() / args.samples:.1f})")
 
     result = {
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
+        **results_header(exact_command=False, day_only=True, machine=machine_line()),
         "model": "smollm2-135m", "model_dtype": args.model_dtype, "torch_threads": threads, "layer": 15,
         "task": {"kind": "synthetic 1-step, 2-shot, raw template", "n_train_problems": len(train), "n_test_problems": len(test),
                  "samples": args.samples, "seeds": args.seeds, "why": "the bundled model's per-sample accuracy is in 20-80 % here "
@@ -302,7 +239,7 @@ def main() -> int:
         "training_accuracy_per_sample": first.stats["accuracy_per_sample"],
         "probe": {"checkpoint_valid_groups": len(ckpt.split.get("valid", [])), "auto_threshold_table": auto["table"]},
         "online_filtering": filtering, "steering_exact_match": steering, "steering_length": length,
-        "seconds_total": round(time.perf_counter() - t_start, 1),
+        "seconds_total": round(started.elapsed, 1),
     }
     write_json(args.out, result)
     rows = [["plain", filtering["plain"]["vote_accuracy"], filtering["plain"]["tokens_per_problem"], "-"]]
@@ -319,4 +256,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cli_args(parser)
+    sys.exit(main(parser.parse_args()))

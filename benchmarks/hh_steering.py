@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.generation_study import boot_ci  # noqa: E402
-from benchmarks.report import add_threads_option, apply_threads, console  # noqa: E402
+from benchmarks.generation_task import boot_ci  # noqa: E402
+from benchmarks.harness import Clock, add_threads_option, apply_threads, console, machine_line, results_header  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 LAYER = 15
@@ -63,8 +60,7 @@ def judge_rewards(trajectories, path: Path, judge, loaded) -> np.ndarray:
     return np.asarray([by_id[t.id] for t in trajectories])
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", default=None, help="folder with hh_rlhf/harmless-base/test.jsonl.gz, or a `probekit data fetch` name")
     ap.add_argument("--n-fit", type=int, default=200, help="dialogues for each of the two probes")
     ap.add_argument("--n-prompts", type=int, default=16)
@@ -74,8 +70,9 @@ def main() -> int:
     add_threads_option(ap)
     ap.add_argument("--work", default="runs/hh-steering")
     ap.add_argument("--out", default="benchmarks/results/hh_steering.json")
-    args = ap.parse_args()
 
+
+def main(args) -> int:
     from probekit.config import FitConfig
     from probekit.data.fetch import resolve_data_dir
     from probekit.data.hh import hh_pairs
@@ -93,7 +90,7 @@ def main() -> int:
     from probekit.store import Store
 
     threads = apply_threads(args.threads)
-    t_start = time.perf_counter()
+    started = Clock().start()
     data_dir = resolve_data_dir(args.data_dir, default=Path(__file__).resolve().parents[2] / "shared" / "data", need=("hh-rlhf-harmless",))
     trajs, pairs = hh_pairs(data_dir / "hh_rlhf/harmless-base/test.jsonl.gz")
     groups = sorted({t.group for t in trajs}, key=lambda g: int(g.split("-")[1]))
@@ -157,8 +154,7 @@ def main() -> int:
             "steered_minus_single_sample": boot_ci(judged - pj[:, :, 0].mean(axis=0)),
             "steered_minus_best_of_n": boot_ci(judged - best_of_n)}
     result = {
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
+        **results_header(exact_command=False, day_only=True, machine=machine_line()),
         "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "torch_threads": threads, "layer": LAYER,
         "data": {"source": "hh_rlhf/harmless-base/test.jsonl.gz", "fit_dialogues_each": args.n_fit, "prompts": len(prompts),
                  "split": "dialogues shuffled (seed 0): A fits the steering probe, B the judge, C gives the prompts; disjoint"},
@@ -170,7 +166,7 @@ def main() -> int:
                                 "newlines_per_response": round(float(np.mean(plain_newlines)), 2)},
         "plain_mean_of_samples": {"judge_reward": boot_ci(pj.mean(axis=(0, 2)))},
         "searches": searches,
-        "seconds_total": round(time.perf_counter() - t_start, 1),
+        "seconds_total": round(started.elapsed, 1),
     }
     write_json(args.out, result)
     console.print({k: result[k] for k in ("probes", "plain_single_sample", "searches")})
@@ -178,4 +174,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cli_args(parser)
+    sys.exit(main(parser.parse_args()))

@@ -18,146 +18,19 @@ Results: benchmarks/results/reproduce.json and the README's results section.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.subsets import concatenate, first_groups  # noqa: E402
-from benchmarks.report import console, table as rich_table  # noqa: E402
+from benchmarks.harness import ArgumentParser, Clock, console, results_header, table as rich_table  # noqa: E402
+from benchmarks.studies import (LENGTH_CONTROLLED, add_study_options, build_data, cached, data_folder,  # noqa: E402
+                                evaluate_on, extract_store, fmt, mean_ci)
 from probekit.io import read_json, write_json  # noqa: E402
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def mean_ci(values, bounded: bool = True) -> dict:
-    """Mean and 95% t-interval across seeds."""
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
-    if len(v) == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    if len(v) == 1:
-        return {"mean": float(v[0]), "lo": None, "hi": None, "n": 1}
-    half = T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
-    lo, hi = v.mean() - half, v.mean() + half
-    if bounded:  # shares and AUROCs live in [0, 1]
-        lo, hi = max(lo, 0.0), min(hi, 1.0)
-    return {"mean": float(v.mean()), "lo": float(lo), "hi": float(hi), "n": int(len(v))}
-
-
-def fmt(m: dict | None, pct: bool = False) -> str:
-    if not m or m.get("mean") is None:
-        return "-"
-    k = 100.0 if pct else 1.0
-    if m.get("lo") is None:
-        return f"{k * m['mean']:.3f}"
-    return f"{k * m['mean']:.3f} [{k * m['lo']:.3f}, {k * m['hi']:.3f}]" if not pct else f"{k * m['mean']:.1f}% [{k * m['lo']:.1f}, {k * m['hi']:.1f}]"
-
-
-def cached(path: Path, fn):
-    """Run `fn` once; later runs read its JSON result (delete the file to recompute)."""
-    if path.exists():
-        return read_json(path)
-    result = fn()
-    write_json(path, result)
-    return result
-
-
-# ---- data and stores ----------------------------------------------------------------------------------
-NEEDED = ("gsm8k", "gsm8k-model-solutions", "hh-rlhf-harmless")  # `probekit data fetch` names of the files read below
-
-
-def add_data_dir_option(ap) -> None:
-    ap.add_argument("--data-dir", default=None,
-                    help="folder with gsm8k/ and hh_rlhf/, or a data-set name (probekit's cache); default ../shared/data "
-                         f"when present, else probekit's cache with {', '.join(NEEDED)} fetched (verified by sha256)")
-
-
-def add_study_options(ap, name: str, model_dtype: str, model_dtype_help: str) -> None:
-    """The options every real-data study script shares (this one and ablations.py): data, cache, output, model, seeds."""
-    add_data_dir_option(ap)
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / name, help="cache folder for data, stores and runs")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
-    ap.add_argument("--model", default="smollm2-135m", help="frozen model (bundled name, folder or .gguf)")
-    ap.add_argument("--model-tag", default="smollm2", help="store folder suffix and report name of this model")
-    ap.add_argument("--store-dtype", default="float16", choices=("float16", "float32"),
-                    help="dtype of the cached states (Gemma-3's residual stream overflows float16: use float32)")
-    ap.add_argument("--model-dtype", default=model_dtype, help=model_dtype_help)
-    ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--n-boot", type=int, default=500)
-    ap.add_argument("--fit-threads", type=int, default=1, help="torch threads for the probe fits")
-
-
-def data_folder(arg: str | None) -> Path:
-    """The data folder `--data-dir` means (fetching what is missing); a failure is one line and exit status 2, as in the CLI."""
-    from probekit.data.fetch import resolve_data_dir
-    from probekit.errors import ProbekitError
-
-    try:
-        return resolve_data_dir(arg, default=ROOT.parent / "shared" / "data", need=NEEDED).resolve()
-    except ProbekitError as exc:  # offline, or a download that failed its sha256
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
-
-
-def build_data(data_dir: Path, work: Path, args) -> dict[str, Path]:
-    from probekit.data.corrupt import corrupt_gold
-    from probekit.data.gsm8k import labelled_solutions
-    from probekit.data.hh import hh_pairs
-    from probekit.data.schema import write_pairs, write_trajectories
-
-    for sub in ("gsm8k/example_model_solutions.jsonl", "gsm8k/train.jsonl", "hh_rlhf/harmless-base/test.jsonl.gz"):
-        if not (data_dir / sub).exists():
-            raise SystemExit(f"error: {data_dir / sub} not found (pass --data-dir pointing at a data folder, or leave it "
-                             f"out to fetch {', '.join(NEEDED)} into probekit's cache)")
-    out = {}
-    full = work / "gsm8k-all" / "trajectories.jsonl"
-    if not full.exists():
-        trajs = labelled_solutions(data_dir / "gsm8k/example_model_solutions.jsonl", strip_calculator=True)
-        from probekit.data.schema import derive_pairs
-
-        write_trajectories(full, trajs)
-        write_pairs(full.with_name("pairs.jsonl"), derive_pairs(trajs))
-    out["gsm8k"] = first_groups(full, work / f"gsm8k-{args.gsm8k_problems}" / "trajectories.jsonl", args.gsm8k_problems)
-    full = work / "corrupt" / "trajectories.jsonl"
-    if not full.exists():
-        trajs, pairs = corrupt_gold(data_dir / "gsm8k/train.jsonl", n_per_problem=1, seed=0, limit=1000)
-        write_trajectories(full, trajs)
-        write_pairs(full.with_name("pairs.jsonl"), pairs)
-    out["corrupt"] = first_groups(full, work / f"corrupt-{args.corrupt_problems}" / "trajectories.jsonl", args.corrupt_problems)
-    full = work / "hh-all" / "trajectories.jsonl"
-    if not full.exists():
-        trajs, pairs = hh_pairs(data_dir / "hh_rlhf/harmless-base/test.jsonl.gz")
-        write_trajectories(full, trajs)
-        write_pairs(full.with_name("pairs.jsonl"), pairs)
-    out["hh"] = first_groups(full, work / f"hh-{args.hh_dialogues}" / "trajectories.jsonl", args.hh_dialogues)
-    both = work / f"both-{args.corrupt_problems}-{args.gsm8k_problems}" / "trajectories.jsonl"
-    out["both"] = concatenate([out["corrupt"], out["gsm8k"]], both)  # corrupted gold + real labelled, one store
-    return out
-
 
 STUDIES = ("gsm8k", "filter", "transfer", "hh")
 STORES_OF_STUDY = {"gsm8k": ("gsm8k",), "filter": ("gsm8k",), "transfer": ("gsm8k", "corrupt", "both"), "hh": ("hh",)}
-
-
-# How each kind of data is extracted (layers aside): solutions every 2nd token; HH dialogues as raw text, cut at 512 tokens.
-EXTRACT = {"solutions": dict(positions="stride:2"), "hh": dict(positions="stride:2", template="raw", max_length=512)}
-
-
-def extract_store(trajectories: Path, out: Path, kind: str, layers: str, args, loaded) -> Path:
-    """Extract (or resume, or find complete) the store of `trajectories` and its pairs.jsonl at `out`."""
-    from probekit.extract.options import ExtractOptions
-    from probekit.extract.run import extract
-
-    console.print(f"[bold]extract[/] {trajectories} -> {out}")
-    extract(ExtractOptions(trajectories=trajectories, pairs=trajectories.with_name("pairs.jsonl"), out=out, model=args.model,
-                           dtype=args.store_dtype, layers=layers, **EXTRACT[kind]), loaded=loaded)
-    return out
 
 
 def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, Path]:
@@ -178,9 +51,6 @@ def sweep(store: Path, out: Path, args, layers=None, goals=("mean",)) -> dict:
     config = SweepConfig(template=FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot), lams=(0.0, args.lam),
                          layers=tuple(layers) if layers else None, seeds=tuple(args.seeds), goals=tuple(goals), prototypes=4, split="test")
     return run_sweep(store, out, config, overwrite=True)
-
-
-LENGTH_CONTROLLED = ("auroc_strat", "auroc_resid")  # within length strata / log length regressed out (probekit.eval.length_control)
 
 
 def summarise_sweep(result: dict) -> list[dict]:
@@ -278,17 +148,6 @@ def probe_summary(probes: list[dict]) -> dict:
             "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in probes)}
 
 
-def evaluate_on(ckpt, store, layer: int, split: dict, seed: int) -> dict:
-    """A checkpoint's probe on the test split of `split` in `store` (no baselines: the studies report them once)."""
-    from probekit.eval.evaluate import evaluate
-    from probekit.eval.context import make_context
-    from probekit.probe.data import open_rows
-    from probekit.probe.scoring import Scorer
-
-    ctx = make_context(store, split, "test", n_boot=200, seed=seed)
-    return evaluate(Scorer.from_checkpoint(ckpt), ctx, open_rows(store, layer, 2048), layer=layer, baselines=False)
-
-
 def transfer_study(corrupt_result: dict, gsm8k_result: dict, gsm8k_store: Path, layer: int) -> list[dict]:
     """Probes fit on corrupted-gold pairs, evaluated on the same real test problems as the in-domain probes."""
     from probekit.probe.checkpoint import load_checkpoint
@@ -343,8 +202,7 @@ def real_only(gsm8k_result: dict, layer: int) -> list[dict]:
             for x in summarise_sweep(gsm8k_result) if x["layer"] == layer and x["goal"] == "mean"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_cli_args(ap: ArgumentParser) -> None:
     add_study_options(ap, "reproduce", "float32",
                       "dtype the model computes in (the recorded results and their cached stores are float32; auto may pick bfloat16 on a CPU)")
     ap.add_argument("--layers", default="4,8,12,16,20", help="layers of the GSM8K layer sweep")
@@ -357,16 +215,18 @@ def main() -> None:
                     help="which studies to run (comma list of gsm8k, filter, transfer, hh; the GSM8K layer sweep always runs: the others build on it)")
     ap.add_argument("--figure-only", action="store_true",
                     help="only redraw the prefix-AUROC figure from the JSON at --out (same --layer as the run)")
-    args = ap.parse_args()
+    ap.add_check(lambda args: f"unknown studies {sorted(unknown)}; choose from {', '.join(STUDIES)}"
+                 if (unknown := set(args.studies.split(",")) - set(STUDIES)) else None)
+
+
+def main(args) -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.studies = ["gsm8k"] + [s for s in args.studies.split(",") if s != "gsm8k"]
-    if unknown := set(args.studies) - set(STUDIES):
-        ap.error(f"unknown studies {sorted(unknown)}; choose from {', '.join(STUDIES)}")
     if args.figure_only:
         console.print(f"wrote {write_figure(read_json(args.out), args.out, args.layer)}")
         return
     work = args.work.resolve()
-    t0 = time.time()
+    started = Clock().start()
 
     from probekit.models import load_model
 
@@ -382,8 +242,7 @@ def main() -> None:
     res = work / "results" / tag
     g = cached(res / "gsm8k_sweep.json", lambda: sweep(stores["gsm8k"], work / "sweeps" / f"gsm8k-{tag}", args, goals=("mean", "kmeans")))
     report = {
-        "command": "python " + " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%d"),
+        **results_header(exact_command=False, day_only=True),
         "model": args.model,
         "seeds": args.seeds,
         "data": {k: str(v) for k, v in files.items()},
@@ -398,7 +257,7 @@ def main() -> None:
     if "hh" in args.studies:
         h = cached(res / "hh_sweep.json", lambda: sweep(stores["hh"], work / "sweeps" / f"hh-{tag}", args))
         report["hh"] = {"table": summarise_sweep(h), "gain": paired_gain(h, "hh", "pairwise_acc"), "baselines": h["baselines"]}
-    report["seconds"] = round(time.time() - t0, 1)
+    report["seconds"] = round(started.elapsed, 1)
     write_json(args.out, report)
     write_figure(report, args.out, args.layer)
     print_report(report)
@@ -455,4 +314,6 @@ def print_hh(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_cli_args(parser)
+    main(parser.parse_args())

@@ -11,7 +11,7 @@ repeated and interleaved:
    and probekit's decoding loop alone, without hooks or store (`no_capture`),
    which isolates what capturing and storing the states costs;
 3. filtered   the same with online early stopping by the generation study's
-              probe (`benchmarks.generation_study.fit_study_probe`: fitted on
+              probe (`benchmarks.generation_task.fit_study_probe`: fitted on
               the states of its training problems) at its two thresholds,
               `auto` and `q20`. A prompt whose samples are all stopped is
               resumed for the fallback vote, and those tokens count.
@@ -38,69 +38,20 @@ same loop without capture, and against plain generate).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.generation_study import SAMPLING, fit_study_probe, study_config, study_prompts  # noqa: E402
-from benchmarks.report import add_threads_option, apply_threads, console, table  # noqa: E402
+from benchmarks.generation_task import SAMPLING, fit_study_probe, study_config, study_prompts  # noqa: E402
+from benchmarks.harness import Clock, add_threads_option, apply_threads, console, machine_line, results_header, table  # noqa: E402
+from benchmarks.naive import decode_without_capture, plain_generate  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 
-class Clock:
-    """Wall-clock and CPU seconds of a block. With one torch thread, CPU time is the work done, whatever else loads the machine."""
-
-    def __enter__(self):
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds, self.cpu_seconds = time.perf_counter() - self.t0, time.process_time() - self.c0
-
-
-def plain_generate(loaded, prompts, samples: int, seed: int) -> int:
-    """Generated tokens of HF generate on the same prompts, left-padded in one batch per 8 prompts."""
-    import torch
-
-    from probekit.extract.render import prompt_ids
-
-    tok, model = loaded.tokenizer, loaded.model
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    eos = tok.eos_token_id
-    sampling = {k: v for k, v in SAMPLING.items() if k != "stop"}
-    torch.manual_seed(seed)
-    n_tokens = 0
-    for i in range(0, len(prompts), 8):
-        ids = [prompt_ids(tok, p.prompt, "raw") for p in prompts[i:i + 8]]
-        width = max(map(len, ids))
-        inp = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=model.device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
-        with torch.inference_mode():
-            out = model.generate(input_ids=inp, attention_mask=mask, do_sample=True, num_return_sequences=samples, pad_token_id=pad,
-                                 stop_strings=[SAMPLING["stop"]], tokenizer=tok, **sampling)
-        new = out[:, width:]
-        n_tokens += int(((new != pad) & (new != eos)).sum())
-    return n_tokens
-
-
-def decode_without_capture(loaded, prompts, cfg) -> int:
-    """Tokens decoded by probekit's scheduler with no layer captured and nothing stored: the cost floor of generate."""
-    from probekit.extract.render import prompt_ids
-    from probekit.generate.decoding import Scheduler
-    from probekit.progress import or_null
-
-    contexts = [prompt_ids(loaded.tokenizer, p.prompt, "raw") for p in prompts]
-    return Scheduler(loaded, contexts, [], cfg, None, lambda seqs, fallback: None).run(or_null(None).task("decode", 0)).fed
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-problems", type=int, default=24, help="test problems generated in every run")
     ap.add_argument("--n-train", type=int, default=64, help="training problems the probe is fitted on (as the generation study)")
     ap.add_argument("--samples", type=int, default=4)
@@ -109,8 +60,9 @@ def main() -> int:
     add_threads_option(ap)
     ap.add_argument("--work", default="runs/bench-generation")
     ap.add_argument("--out", default="benchmarks/results/generation.json")
-    args = ap.parse_args()
 
+
+def main(args) -> int:
     from probekit.generate.generation import generate
     from probekit.generate.stopping import OnlineStop
     from probekit.models import load_model
@@ -171,11 +123,10 @@ def main() -> int:
             "cpu_seconds_per_token_vs_unfiltered": round(float(np.median(ratio["cpu_seconds"] / ratio["tokens"])), 3),
         }
     result = {
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
+        **results_header(exact_command=False, day_only=True, machine=machine_line()),
         "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "torch_threads": threads, "layer": 15,
         "prompts": {"n": len(prompts), "samples": args.samples, "task": "1-step, 2-shot, raw (the generation study's test problems)"},
-        "probe": {"n_train_problems": len(train), "fitted_by": "benchmarks.generation_study.fit_study_probe", "thresholds": thresholds},
+        "probe": {"n_train_problems": len(train), "fitted_by": "benchmarks.generation_task.fit_study_probe", "thresholds": thresholds},
         "sampling": {**SAMPLING, "stop": "\\n\\n"}, "batch_size": cfg.batch_size, "batching": "continuous", "repeats": args.repeats,
         "plain_model_generate": plain, "probekit_decode_without_capture": bare,
         "probekit_generate": {**pk, "runs": runs["probekit"]},
@@ -203,4 +154,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cli_args(parser)
+    sys.exit(main(parser.parse_args()))

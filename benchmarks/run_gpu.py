@@ -7,7 +7,7 @@ functions, on a GPU and records them in one JSON with the device named
 
 1. extraction  probekit.extract (--model-dtype auto = bfloat16 on CUDA, forward
                truncated after the layer, length-bucketed batches, float16 shards)
-               against run_speed's naive loop (whole model in float32,
+               against the naive loop of naive.py (whole model in float32,
                output_hidden_states, batches of 8, right padding) and the same
                naive loop with the model in bfloat16 (a fairer GPU baseline),
                interleaved in chunks; achieved TFLOP/s against a measured
@@ -16,7 +16,7 @@ functions, on a GPU and records them in one JSON with the device named
 2. fit         one fit (λ = 0.5) with the probe on the GPU and on the CPU, side by
                side, and the 18-fit λ sweep with the probe on the GPU.
 3. filter      probekit's scorer (score_store + apply_threshold) with φ on the GPU
-               and on the CPU, against run_speed's per-token naive loop on the GPU.
+               and on the CPU, against naive.py's per-token loop on the GPU.
 4. generation  plain `model.generate` vs probekit's decoding loop without capture vs
                `probekit generate` (states of layer 15 captured and stored).
 5. curves      benchmarks/run_scale.py --device cuda at the sizes given (a child
@@ -32,14 +32,10 @@ with a synchronisation before each clock read.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -48,97 +44,32 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import run_speed  # noqa: E402
+from benchmarks.harness import (Clock, cuda_peak_bytes, cuda_reset_peak, cuda_sync, machine, plain_log as log,  # noqa: E402
+                                results_header, timed)
+from benchmarks.naive import (NAIVE_BATCH, decode_without_capture, forward_flops, matmul_peak_cuda, naive_extract,  # noqa: E402
+                              naive_filter, plain_generate)
+from benchmarks.speed_stages import (LAYER, SKIP_FIRST, SWEEP_LAMS, SWEEP_SEEDS, input_lengths, probekit_extract,  # noqa: E402
+                                     separated_threshold, warm_up)
 from probekit.io import write_json  # noqa: E402
 
-LAYER = run_speed.LAYER
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn):
-    """(value, wall seconds) with the GPU drained before both clock reads."""
-    sync()
-    t0 = time.perf_counter()
-    value = fn()
-    sync()
-    return value, time.perf_counter() - t0
-
-
-def gpu_info() -> dict:
-    import torch
-    import transformers
-
-    info = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "cuda_available": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update({"gpu": p.name, "gpu_memory_gb": round(p.total_memory / 2**30, 1), "multiprocessors": p.multi_processor_count,
-                     "cuda": torch.version.cuda, "bf16_supported": torch.cuda.is_bf16_supported()})
-    return info
-
-
-def reset_peak() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_bytes() -> int:
-    import torch
-
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-
-
-def matmul_peak_cuda(dtype_name: str, size: int = 8192, repeats: int = 10) -> dict:
-    """TFLOP/s of a size³ matmul on random data (median of `repeats` after 3 warm-ups, CUDA events)."""
-    import torch
-
-    if not torch.cuda.is_available():  # the CPU smoke run of this script
-        p = run_speed.matmul_peak(dtype_name, size=512, repeats=2)
-        return {**p, "tflops": p["gflops"] / 1000}
-
-    dtype = getattr(torch, dtype_name)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    a = torch.randn(size, size, device="cuda", dtype=dtype, generator=gen)
-    b = torch.randn(size, size, device="cuda", dtype=dtype, generator=gen)
-    times = []
-    for k in range(repeats + 3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        torch.mm(a, b)
-        end.record()
-        torch.cuda.synchronize()
-        if k >= 3:
-            times.append(start.elapsed_time(end) / 1000)
-    med = float(np.median(times))
-    return {"dtype": dtype_name, "shape": f"{size}x{size} @ {size}x{size}", "median_seconds": round(med, 6),
-            "tflops": round(2 * size**3 / med / 1e12, 1), "repeats": repeats}
+MACHINE_FIELDS = ("torch", "transformers", "python", "cpu_count", "cuda_available", "gpu_properties")
 
 
 # ---- 1. extraction -----------------------------------------------------------------------
 
 
 def stage_extract(args, loaded, naive32, naive16, subset: Path, work: Path) -> dict:
-    per_traj = run_speed.input_lengths(loaded, subset)
+    from probekit.models import dtype_name
+
+    per_traj = input_lengths(loaded, subset)
     n = len(per_traj)
     n_in = sum(per_traj)
     chunk = -(-n // args.chunks)
-    chunk = -(-chunk // run_speed.NAIVE_BATCH) * run_speed.NAIVE_BATCH
+    chunk = -(-chunk // NAIVE_BATCH) * NAIVE_BATCH
     n_chunks = -(-n // chunk)
     store_dir = work / "store-gsm8k"
     for m in (loaded, naive32, naive16):
-        run_speed.warm_up(m)
+        warm_up(m)
     totals = {"probekit": 0.0, "naive_float32": 0.0, "naive_bfloat16": 0.0}
     peaks = {k: 0 for k in totals}
     naive_tokens = 0
@@ -146,17 +77,16 @@ def stage_extract(args, loaded, naive32, naive16, subset: Path, work: Path) -> d
     for k in range(n_chunks):
         lo, hi = k * chunk, min(n, (k + 1) * chunk)
         runs = {
-            "probekit": lambda: run_speed.probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"{k}/{n_chunks}",
-                                                           model=args.model),
-            "naive_float32": lambda: run_speed.naive_extract(naive32, subset, LAYER, start=lo, stop=hi),
-            "naive_bfloat16": lambda: run_speed.naive_extract(naive16, subset, LAYER, start=lo, stop=hi),
+            "probekit": lambda: probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"{k}/{n_chunks}", model=args.model),
+            "naive_float32": lambda: naive_extract(naive32, subset, LAYER, start=lo, stop=hi),
+            "naive_bfloat16": lambda: naive_extract(naive16, subset, LAYER, start=lo, stop=hi),
         }
         order = list(runs) if k % 2 == 0 else list(reversed(runs))
         row = {"chunk": k, "order": order, "tokens": sum(per_traj[lo:hi])}
         for name in order:
-            reset_peak()
-            value, seconds = timed(runs[name])
-            peaks[name] = max(peaks[name], peak_bytes())
+            cuda_reset_peak()
+            value, seconds, _ = timed(runs[name], sync=True, collect=False)
+            peaks[name] = max(peaks[name], cuda_peak_bytes())
             totals[name] += seconds
             row[f"{name}_seconds"] = round(seconds, 3)
             if name == "naive_float32":
@@ -169,8 +99,8 @@ def stage_extract(args, loaded, naive32, naive16, subset: Path, work: Path) -> d
     peak = matmul_peak_cuda("bfloat16")
     peak32 = matmul_peak_cuda("float32")
     cfg = loaded.model.config
-    pk_flops = run_speed.forward_flops(cfg, LAYER, per_traj)
-    nv_flops = run_speed.forward_flops(cfg, cfg.num_hidden_layers, per_traj, lm_head=True)
+    pk_flops = forward_flops(cfg, LAYER, per_traj)
+    nv_flops = forward_flops(cfg, cfg.num_hidden_layers, per_traj, lm_head=True)
     result = {
         "data": f"GSM8K labelled model solutions, first {n} trajectories in file order",
         "n_trajectories": n, "n_input_tokens": n_in, "layer": LAYER, "chunks": n_chunks, "per_chunk": per_chunk,
@@ -179,14 +109,14 @@ def stage_extract(args, loaded, naive32, naive16, subset: Path, work: Path) -> d
         "speedup_vs_naive_float32": round(totals["naive_float32"] / totals["probekit"], 2),
         "speedup_vs_naive_bfloat16": round(totals["naive_bfloat16"] / totals["probekit"], 2),
         "peak_gpu_memory_mb": {m: round(v / 2**20, 1) for m, v in peaks.items()},
-        "model_dtype": {"probekit": run_speed.dtype_name(loaded.dtype), "naive_float32": "float32", "naive_bfloat16": "bfloat16"},
+        "model_dtype": {"probekit": dtype_name(loaded.dtype), "naive_float32": "float32", "naive_bfloat16": "bfloat16"},
         "flop_rate": {
             "probekit_tflops_achieved": round(pk_flops / totals["probekit"] / 1e12, 2),
             "probekit_fraction_of_bf16_peak": round(pk_flops / totals["probekit"] / 1e12 / peak["tflops"], 4),
             "naive_float32_tflops_achieved": round(nv_flops / totals["naive_float32"] / 1e12, 2),
             "naive_float32_fraction_of_float32_peak": round(nv_flops / totals["naive_float32"] / 1e12 / peak32["tflops"], 4),
             "matmul_peaks": [peak, peak32],
-            "formula": "benchmarks/run_speed.py forward_flops (useful matmul FLOPs; padding, norms, rotary not counted)",
+            "formula": "benchmarks/naive.py forward_flops (useful matmul FLOPs; padding, norms, rotary not counted)",
         },
         "profile_of_one_probekit_chunk": profile_chunk(loaded, subset, work / "store-profile", chunk, n_chunks, args.model),
     }
@@ -198,13 +128,12 @@ def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: i
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    sync()
-    t0 = time.perf_counter()
+    clock = Clock(sync=True).start()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
-        run_speed.probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"0/{n_chunks}", model=model)
-        sync()
-    wall = time.perf_counter() - t0
+        probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"0/{n_chunks}", model=model)
+        cuda_sync()
+    wall = clock.elapsed
     events = prof.key_averages()
 
     def top(attr: str, k: int = 12) -> list[dict]:
@@ -234,16 +163,16 @@ def stage_fit(args, store_dir: Path, work: Path) -> tuple[dict, dict]:
     ckpts = {}
     for device in args.probe_devices:
         cfg = FitConfig().vary(lam=0.5, layer=LAYER, device=device)
-        ckpt, one = timed(lambda: fit_probe(store, work / f"fit-{device}", cfg, overwrite=True))
+        ckpt, one, _ = timed(lambda: fit_probe(store, work / f"fit-{device}", cfg, overwrite=True), sync=True, collect=False)
         ckpts[device] = ckpt
         out["by_device"][device] = {"one_fit_seconds": round(one, 3), "train_seconds": ckpt.metrics["train"]["train_seconds"],
                                     "epochs_run": ckpt.metrics["train"]["epochs_run"],
                                     "valid_auroc": ckpt.metrics["valid"]["probe"]["auroc"]["value"]}
         log(f"  one fit on {device}: {one:.1f} s")
     # the 18-fit sweep on the probe device only (the CPU's is run_speed.py's, on the project's machine)
-    sweep_cfg = SweepConfig(template=FitConfig().vary(device=args.device), lams=tuple(run_speed.SWEEP_LAMS), layers=(LAYER,),
-                            seeds=tuple(run_speed.SWEEP_SEEDS))
-    sweep, sw = timed(lambda: run_sweep(store_dir, work / "sweep", sweep_cfg, overwrite=True))
+    sweep_cfg = SweepConfig(template=FitConfig().vary(device=args.device), lams=tuple(SWEEP_LAMS), layers=(LAYER,),
+                            seeds=tuple(SWEEP_SEEDS))
+    sweep, sw, _ = timed(lambda: run_sweep(store_dir, work / "sweep", sweep_cfg, overwrite=True), sync=True, collect=False)
     out["sweep"] = {"device": args.device, "fits": len(sweep["runs"]), "seconds": round(sw, 3)}
     log(f"  sweep of {len(sweep['runs'])} fits on {args.device}: {sw:.1f} s")
     return out, ckpts
@@ -264,9 +193,8 @@ def stage_filter(args, store_dir: Path, ckpts: dict) -> dict:
     ckpt = ckpts["cpu"]
     positions = store.positions()
     first = score_store(store, Scorer.from_checkpoint(ckpt, kinds=["mean"]), LAYER)
-    mins = min_signal(first.offsets, first.positions, first.q["mean"], run_speed.SKIP_FIRST)
-    thr, margin = run_speed.separated_threshold(first.q["mean"], positions >= run_speed.SKIP_FIRST,
-                                                float(np.median(mins[np.isfinite(mins)])))
+    mins = min_signal(first.offsets, first.positions, first.q["mean"], SKIP_FIRST)
+    thr, margin = separated_threshold(first.q["mean"], positions >= SKIP_FIRST, float(np.median(mins[np.isfinite(mins)])))
     res = {}
     decisions = {}
     for device in args.probe_devices:
@@ -274,19 +202,19 @@ def stage_filter(args, store_dir: Path, ckpts: dict) -> dict:
 
         def once():
             sc = score_store(store, Scorer.from_checkpoint(ckpt, kinds=["mean"]), LAYER)
-            return apply_threshold(sc.offsets, sc.positions, sc.q["mean"], meta.completion_tokens, thr, run_speed.SKIP_FIRST)
+            return apply_threshold(sc.offsets, sc.positions, sc.q["mean"], meta.completion_tokens, thr, SKIP_FIRST)
 
         once()
         times = []
         for _ in range(args.filter_repeats):
-            d, s = timed(once)
+            d, s, _ = timed(once, sync=True, collect=False)
             times.append(s)
         decisions[device] = d
         res[device] = {"seconds_median": round(float(np.median(times)), 4), "q_values_per_s": round(store.n_rows / np.median(times), 1)}
     same = bool(all(np.array_equal(d.kept, decisions["cpu"].kept) for d in decisions.values()))
     ckpt.model.to(args.device)
     subset = np.arange(min(args.n_naive_filter, len(meta)))
-    (kept, drop, n_q), nv = timed(lambda: run_speed.naive_filter(store, ckpt, subset, positions, thr, run_speed.SKIP_FIRST))
+    (kept, drop, n_q), nv, _ = timed(lambda: naive_filter(store, ckpt, subset, positions, thr, SKIP_FIRST), sync=True, collect=False)
     ckpt.model.to("cpu")
     agree = bool(np.array_equal(kept, decisions["cpu"].kept[subset]))
     whole = nv * len(meta) / len(subset)
@@ -303,21 +231,21 @@ def stage_filter(args, store_dir: Path, ckpts: dict) -> dict:
 
 
 def stage_generation(args, loaded, work: Path) -> dict:
-    from benchmarks.run_generation import SAMPLING, STOP, decode_without_capture, plain_generate
+    from benchmarks.generation_task import SAMPLING
     from probekit.data.synth import synth_prompts
     from probekit.generate.config import GenerateConfig
     from probekit.generate.generation import generate
 
     prompts = synth_prompts(args.gen_problems, 1, 1, shots=2, seed=0)
-    cfg = GenerateConfig(samples=4, template="raw", layers=str(LAYER), answer="synth", stop=STOP, batch_size=args.gen_batch, **SAMPLING)
+    cfg = GenerateConfig(samples=4, template="raw", layers=str(LAYER), answer="synth", batch_size=args.gen_batch, **SAMPLING)
     generate(prompts[:4], work / "gen-warm", cfg, loaded=loaded, overwrite=True)
     runs: dict[str, list] = {"plain_model_generate": [], "probekit_decode_without_capture": [], "probekit_generate": []}
     for r in range(2):
-        (n, s), _ = timed(lambda: plain_generate(loaded, prompts, 4, seed=r))
+        n, s, _ = timed(lambda: plain_generate(loaded, prompts, 4, seed=r), sync=True, collect=False)
         runs["plain_model_generate"].append({"tokens": n, "seconds": round(s, 3)})
-        (n, s), _ = timed(lambda: decode_without_capture(loaded, prompts, cfg))
+        n, s, _ = timed(lambda: decode_without_capture(loaded, prompts, cfg), sync=True, collect=False)
         runs["probekit_decode_without_capture"].append({"tokens": n, "seconds": round(s, 3)})
-        res, s = timed(lambda: generate(prompts, work / f"gen-{r}", cfg, loaded=loaded, overwrite=True))
+        res, s, _ = timed(lambda: generate(prompts, work / f"gen-{r}", cfg, loaded=loaded, overwrite=True), sync=True, collect=False)
         runs["probekit_generate"].append({"tokens": res.stats["tokens_generated"], "seconds": round(s, 3),
                                           "accuracy_per_sample": res.stats["accuracy_per_sample"]})
         log("  generation repeat " + str(r) + ": " + ", ".join(f"{k} {v[-1]['tokens'] / v[-1]['seconds']:.0f} tok/s" for k, v in runs.items()))
@@ -349,8 +277,7 @@ def stage_curves(args) -> dict:
 # ---- main -----------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", default=None, help="folder holding gsm8k/example_model_solutions.jsonl, or a `probekit data fetch` "
                     "name; default ../shared/data when present, else probekit's cache")
     ap.add_argument("--model", default="smollm2-135m", help="bundled name, model folder or .gguf file")
@@ -366,7 +293,9 @@ def main(argv=None) -> int:
     ap.add_argument("--curve-timeout", type=float, default=240)
     ap.add_argument("--stages", default="extract,fit,filter,generation,curves")
     ap.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run of this script on a machine without a GPU")
-    args = ap.parse_args(argv)
+
+
+def main(args) -> int:
     args.probe_devices = [args.device, "cpu"] if args.device != "cpu" else ["cpu"]
 
     import torch
@@ -379,10 +308,8 @@ def main(argv=None) -> int:
         print("run_gpu.py: no CUDA device (this benchmark is for a GPU machine; run_speed.py is the CPU one)", file=sys.stderr)
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "probekit on a CUDA GPU: extraction, fit, filter, generation, cost curves",
-              "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
-              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": gpu_info(), "model": args.model,
-              "stages": {}}
+    result = {**results_header("probekit on a CUDA GPU: extraction, fit, filter, generation, cost curves", machine=machine(*MACHINE_FIELDS)),
+              "model": args.model, "stages": {}}
 
     def save() -> None:
         write_json(args.out, result)
@@ -395,15 +322,15 @@ def main(argv=None) -> int:
         trajectories = trajectories[:args.n_extract]
     subset = args.work / "subset.jsonl"
     write_trajectories(subset, trajectories)
-    t0 = time.perf_counter()
-    loaded = load_model(args.model, device=args.device, dtype="auto")
-    result["model_load_seconds"] = round(time.perf_counter() - t0, 2)
+    with Clock() as clock:
+        loaded = load_model(args.model, device=args.device, dtype="auto")
+    result["model_load_seconds"] = round(clock.seconds, 2)
     stages = args.stages.split(",")
     store_dir = args.work / "store-gsm8k"
     ckpts: dict = {}
     for stage in stages:
         log(f"stage {stage}")
-        t0 = time.perf_counter()
+        clock = Clock().start()
         try:
             if stage == "extract":
                 naive32 = load_model(args.model, device=args.device, dtype="float32")
@@ -425,7 +352,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # a lent machine's one run must bring back every stage that worked
             value = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
             log(value["traceback"])
-        value["stage_seconds"] = round(time.perf_counter() - t0, 2)
+        value["stage_seconds"] = round(clock.elapsed, 2)
         result["stages"][stage] = value
         save()
         log(json.dumps({k: v for k, v in value.items() if not isinstance(v, (list, dict)) or k in ("tokens_per_s", "by_device", "probekit")})[:1500])
@@ -433,4 +360,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_cli_args(parser)
+    sys.exit(main(parser.parse_args()))

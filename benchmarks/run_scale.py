@@ -2,7 +2,7 @@
 
 Stores of about 1e5, 1e6 and 1e7 rows of one 576-wide layer (SmolLM2's width,
 layer 15) are written with synthetic states *through the real store writer*
-(`probekit.store.write_shard`, `probekit.extract.manifest.build_manifest` /
+(benchmarks/planted.py: `probekit.store.write_shard`, `probekit.extract.manifest.build_manifest` /
 `finalize`, `write_pairs`: the same calls `probekit extract` makes); running the
 model to extract 1e7 tokens would take days on this machine. The states carry a
 planted signal, so fitting is meaningful: every row is a random noise row plus
@@ -27,15 +27,9 @@ the fitted log-log slopes) and scale.png (time and memory against rows, log-log)
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import shlex
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,99 +37,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-HIDDEN = 576
-LAYER = 15
-GROUP = 4  # 2 correct + 2 incorrect trajectories per group
-SHARD_SIZE = 512  # trajectories per shard: extract's default
+from benchmarks.harness import Clock, PeakMemory, machine, results_header, run_child as run_script_child  # noqa: E402
+from benchmarks.planted import HIDDEN, LAYER, POOL_ROWS, SHARD_SIZE, SIGNAL, fit_config, write_planted_store  # noqa: E402
+
 SWEEP_LAMS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 SWEEP_SEEDS = (0, 1, 2)
-SIGNAL = 1.0  # a: planted signal along u, against unit-variance noise per feature
-POOL_ROWS = 1 << 15  # noise rows drawn once and sampled with replacement (drawing 1e10 normals would dominate)
 STEPS = ("fit", "sweep", "score", "eval")
 TIME_SLOPE_TARGET = 1.1
 SCORE_TARGET_S = 120.0
+MACHINE_FIELDS = ("cpu", "cpu_count", "cpus_available", "bf16_instructions", "torch", "torch_threads", "python")
+MACHINE_AFTER = ("ram_gb", "load_average_at_start=load_average", "gpu")
 
 
 def parse_sizes(text: str) -> list[int]:
     return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
-# ---- the synthetic store ---------------------------------------------------------------
-
-
-def planted_lengths(n_rows: int, mean_len: int, seed: int) -> np.ndarray:
-    """Trajectory lengths (uniform in mean ± 25%) in whole groups, totalling about `n_rows`."""
-    rng = np.random.default_rng(seed)
-    n_traj = max(GROUP * 3, int(round(n_rows / mean_len / GROUP)) * GROUP)
-    return rng.integers(int(mean_len * 0.75), int(mean_len * 1.25) + 1, size=n_traj)
-
-
-def write_planted_store(path: Path, n_rows: int, mean_len: int = 200, seed: int = 0) -> dict:
-    """Write a planted store of about `n_rows` rows to `path` through probekit's store writer; returns its summary."""
-    from probekit.data.schema import Pair, write_pairs
-    from probekit.extract.manifest import build_manifest, finalize
-    from probekit.io import write_json
-    from probekit.store import MANIFEST, PAIRS, ShardData, shard_name, write_shard
-
-    t0 = time.perf_counter()
-    lengths = planted_lengths(n_rows, mean_len, seed)
-    n = len(lengths)
-    labels = np.tile([1, 1, 0, 0], n // GROUP)
-    rng = np.random.default_rng(seed + 1)
-    error = np.where(labels == 0, (rng.random(n) * 0.8 * lengths).astype(np.int64) + 1, -1)
-    u = rng.standard_normal(HIDDEN).astype(np.float32)
-    u /= np.linalg.norm(u)
-    pool = rng.standard_normal((POOL_ROWS, HIDDEN), dtype=np.float32)
-    n_shards = -(-n // SHARD_SIZE)
-    key = {"model_sha256": "synthetic-planted", "layers": [LAYER], "dtype": "float16", "shard_size": SHARD_SIZE,
-           "data_sha256": f"planted-{n}-{mean_len}-{seed}"}
-    manifest = build_manifest(key, {
-        "model": {"name": "synthetic-planted", "source": "benchmarks/run_scale.py", "file_sha256": None, "revision": None,
-                  "num_layers": 30, "hidden_size": HIDDEN, "dtype": "float32", "dtype_choice": "synthetic states, no model"},
-        "layers": [LAYER], "dtype": "float16", "template": "raw", "positions": "all", "max_length": 1024,
-        "data": {"trajectories": "synthetic", "n_trajectories": n, "n_pairs": 4 * (n // GROUP)},
-        "shards": {"n": n_shards, "size": SHARD_SIZE},
-    })
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(path / MANIFEST, manifest)
-    ids = np.asarray([f"t{i}" for i in range(n)], dtype=object)
-    groups = np.asarray([f"g{i // GROUP}" for i in range(n)], dtype=object)
-    attrs = []
-    for s in range(n_shards):
-        lo, hi = s * SHARD_SIZE, min(n, (s + 1) * SHARD_SIZE)
-        lens = lengths[lo:hi]
-        offsets = np.concatenate([[0], np.cumsum(lens)])
-        positions = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lens)
-        sign = np.repeat(np.where(labels[lo:hi] == 1, 1.0, 0.0), lens)
-        bad = np.repeat(labels[lo:hi] == 0, lens)
-        sign[bad] = np.where(positions[bad] < np.repeat(error[lo:hi], lens)[bad], 1.0, -1.0)
-        states = pool[rng.integers(0, POOL_ROWS, size=offsets[-1])]
-        states += (SIGNAL * sign.astype(np.float32))[:, None] * u
-        data = ShardData(
-            offsets=offsets, positions=positions, states={LAYER: states.astype(np.float16)},
-            meta={"id": ids[lo:hi], "group": groups[lo:hi], "answer": [""] * (hi - lo), "label": labels[lo:hi],
-                  "completion_tokens": lens, "truncated_tokens": np.zeros(hi - lo), "error_token": error[lo:hi]},
-            attrs={"n_trajectories": hi - lo, "n_rows": int(offsets[-1]), "n_tokens_processed": int(offsets[-1]), "n_truncated": 0,
-                   "cache_key": manifest["cache_key"], "shard_index": s, "seconds": 0.0, "model_dtype": "synthetic"})
-        write_shard(path / shard_name(s), data)
-        attrs.append(data.attrs)
-        del states, data
-    chosen = np.flatnonzero(labels == 1)
-    write_pairs(path / PAIRS, [Pair(ids[c], ids[r]) for c in chosen for r in (c // GROUP * GROUP + 2, c // GROUP * GROUP + 3)])
-    finalize(path, manifest, attrs)
-    return {"n_rows": int(lengths.sum()), "n_trajectories": n, "n_groups": n // GROUP, "n_pairs": 2 * len(chosen),
-            "n_shards": n_shards, "bytes_on_disk": sum(p.stat().st_size for p in path.glob("shard-*.h5")),
-            "write_seconds": round(time.perf_counter() - t0, 2)}
-
-
 # ---- measurements, one per child process -------------------------------------------------
-
-
-def proc_status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 class EpochClock:
@@ -144,7 +62,7 @@ class EpochClock:
     def __init__(self):
         self.stamps: list[tuple[float, float]] = []  # (seconds since start, batches done)
         self.total = 0.0
-        self.t0 = time.perf_counter()
+        self.started = Clock().start()
 
     def task(self, description, total, unit=""):
         clock = self
@@ -154,7 +72,7 @@ class EpochClock:
             class _Task:
                 def advance(self, n=1, note=""):
                     done[0] += n
-                    clock.stamps.append((time.perf_counter() - clock.t0, done[0]))
+                    clock.stamps.append((clock.started.elapsed, done[0]))
 
                 def close(self):
                     pass
@@ -173,13 +91,6 @@ class EpochClock:
         return [round(b - a, 3) for a, b in zip([self.stamps[0][0]] + ends[:-1], ends)]
 
 
-def fit_config(args, epochs: int, **changes):
-    from probekit.config import FitConfig
-
-    return FitConfig().vary(layer=LAYER, epochs=epochs, patience=epochs, memory_budget_mb=args.memory_budget_mb, device=args.device,
-                            **changes)
-
-
 def child_main(args) -> None:
     """One measurement alone in this process; prints its result as one JSON line."""
     from probekit.store import Store
@@ -194,8 +105,8 @@ def child_main(args) -> None:
     from probekit.config import SweepConfig
     from probekit.sweep import run_sweep
 
-    base_rss = proc_status_mb("VmRSS")
-    t0 = time.perf_counter()
+    memory = PeakMemory()
+    timer = Clock().start()
     out: dict = {}
     if args._child == "fit":
         clock = EpochClock()
@@ -229,20 +140,17 @@ def child_main(args) -> None:
                                 memory_budget_mb=args.memory_budget_mb)
         out = {"n_trajectories": m["n_trajectories"], "auroc": m["probe"]["auroc"]["value"],
                "q_auroc": m["probe"]["q_auroc_mean"]["value"]}
-    seconds = time.perf_counter() - t0
-    print(json.dumps({"step": args._child, "seconds": round(seconds, 3), "peak_rss_mb": round(proc_status_mb("VmHWM"), 1),
-                      "rss_before_mb": round(base_rss, 1), **out}))
+    seconds = timer.elapsed
+    print(json.dumps({"step": args._child, "seconds": round(seconds, 3), "peak_rss_mb": round(memory.peak_mb(), 1),
+                      "rss_before_mb": round(memory.before_mb, 1), **out}))
 
 
 def run_child(args, step: str, store: Path, work: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", step, "--_store", str(store), "--_work", str(work),
-           "--memory-budget-mb", str(args.memory_budget_mb), "--fit-epochs", str(args.fit_epochs),
-           "--sweep-epochs", str(args.sweep_epochs), "--n-boot", str(args.n_boot), "--device", args.device]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{step} child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    """One measurement alone in a fresh process (this script with --_child): its result and peak memory."""
+    return run_script_child(__file__, ["--_child", step, "--_store", str(store), "--_work", str(work),
+                                       "--memory-budget-mb", str(args.memory_budget_mb), "--fit-epochs", str(args.fit_epochs),
+                                       "--sweep-epochs", str(args.sweep_epochs), "--n-boot", str(args.n_boot), "--device", args.device],
+                            f"{step} child")
 
 
 # ---- curves ----------------------------------------------------------------------------------
@@ -289,26 +197,10 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def machine_info() -> dict:
-    import torch
-
-    from probekit.cpu_dtype import cpu_info
-
-    info = cpu_info()
-    flags = set(info.get("flags", []))
-    return {"cpu": info.get("model") or platform.processor(), "cpu_count": os.cpu_count(),
-            "cpus_available": len(os.sched_getaffinity(0)), "bf16_instructions": sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"}),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "probe_dtype": "float32 (stored states float16)", "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 # ---- main ------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default="1e5,1e6,1e7", help="approximate stored rows of each store")
     p.add_argument("--work", type=Path, default=Path("/tmp/scale"), help="where the synthetic stores and checkpoints go (never the repo)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
@@ -324,11 +216,9 @@ def parse_args(argv=None):
     p.add_argument("--_child", choices=STEPS, help=argparse.SUPPRESS)
     p.add_argument("--_store", help=argparse.SUPPRESS)
     p.add_argument("--_work", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(args) -> int:
     if args._child:
         args.sweep_epochs = int(args.sweep_epochs)
         child_main(args)
@@ -343,10 +233,8 @@ def main(argv=None) -> int:
         return 2
     steps = [s for s in STEPS if s in args.steps.split(",")]
     result = {
-        "benchmark": "cost curves: fit, sweep, filter scoring and eval against store rows (one 576-wide layer)",
-        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine_info(),
+        **results_header("cost curves: fit, sweep, filter scoring and eval against store rows (one 576-wide layer)",
+                         machine={**machine(*MACHINE_FIELDS), "probe_dtype": "float32 (stored states float16)", **machine(*MACHINE_AFTER)}),
         "settings": {"sizes": sizes, "mean_rows_per_trajectory": args.mean_len, "memory_budget_mb": args.memory_budget_mb,
                      "fit_epochs": args.fit_epochs, "sweep_epochs": sweep_epochs, "n_boot": args.n_boot, "shard_size": SHARD_SIZE,
                      "probe_device": args.device,
@@ -380,7 +268,7 @@ def main(argv=None) -> int:
             shutil.rmtree(store, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
     summarise(result, steps)
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"].update(machine("load_average_at_end=load_average"))
     write_json(args.out, result)
     if len(sizes) > 1 and set(STEPS) <= set(steps):
         plot(result, args.png or args.out.with_suffix(".png"))
@@ -395,8 +283,6 @@ def summarise(result: dict, steps: list[str]) -> None:
     time_of = {"fit": "seconds_per_epoch", "sweep": "seconds_per_fit_epoch", "score": "seconds", "eval": "seconds"}
     slopes = {f"{step}_time": loglog_slope(rows, [s[step][time_of[step]] for s in sizes]) for step in steps}
     slopes.update({f"{step}_peak_rss": loglog_slope(rows, [s[step]["peak_rss_mb"] for s in sizes]) for step in steps})
-    ax_m.plot(rows, [s["store"]["bytes_on_disk"] / 2**20 for s in sizes], "k--", lw=1, label="the store's states on disk")
-    ax_m.axhline(result["settings"]["memory_budget_mb"], color="grey", ls="-.", lw=1, label="--memory-budget-mb")
     budget_rows = result["settings"]["memory_budget_mb"] * 2**20 / (4 * HIDDEN)
     over = [s for s in sizes if s["store"]["n_rows"] > budget_rows]
     summary: dict = {"rows": rows, "loglog_slopes": slopes, "rows_at_memory_budget": int(budget_rows),
@@ -416,4 +302,6 @@ def summarise(result: dict, steps: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_cli_args(parser)
+    sys.exit(main(parser.parse_args()))

@@ -14,17 +14,14 @@ accuracy, and tokens/s.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import console, table  # noqa: E402
+from benchmarks.harness import Clock, console, machine_line, results_header, table  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 CONFIGS = [  # (name, min steps, max steps, shots, template)
@@ -46,9 +43,9 @@ def measure(loaded, name: str, lo: int, hi: int, shots: int, template: str, args
     prompts = synth_prompts(args.n_problems, lo, hi, shots, seed=args.seed)
     cfg = GenerateConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=args.seed,
                          template=template, answer="synth", stop="\n\n", batch_size=32)
-    t0 = time.perf_counter()
-    res = generate(prompts, Path(args.work) / name.replace(" ", "_"), cfg, loaded=loaded, overwrite=True)
-    seconds = time.perf_counter() - t0
+    with Clock() as clock:
+        res = generate(prompts, Path(args.work) / name.replace(" ", "_"), cfg, loaded=loaded, overwrite=True)
+    seconds = clock.seconds
     trajs = res.trajectories
     labels = np.array([t.label for t in trajs], dtype=float)
     groups = np.repeat(np.arange(len(prompts)), args.samples)
@@ -65,8 +62,7 @@ def measure(loaded, name: str, lo: int, hi: int, shots: int, template: str, args
             "example": trajs[0].completion}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-problems", type=int, default=40)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -74,7 +70,9 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--work", default="runs/task-accuracy")
     ap.add_argument("--out", default="benchmarks/results/task_accuracy.json")
-    args = ap.parse_args()
+
+
+def main(args) -> int:
     from probekit.models import load_model
 
     loaded = load_model(args.model, device="cpu")
@@ -84,8 +82,7 @@ def main() -> int:
         rows.append(measure(loaded, name, lo, hi, shots, template, args))
         r = rows[-1]
         console.log(f"  accuracy {r['accuracy_per_sample']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}], {r['tokens_per_second']} tok/s")
-    result = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}", "model": args.model,
+    result = {**results_header(exact_command=False, day_only=True, machine=machine_line(shared=False)), "model": args.model,
               "sampling": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": args.max_new_tokens, "stop": "\\n\\n", "answer": "synth"},
               "tasks": rows}
     write_json(args.out, result)
@@ -97,4 +94,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cli_args(parser)
+    sys.exit(main(parser.parse_args()))

@@ -139,7 +139,7 @@ def decode_without_capture(loaded, prompts, cfg) -> int:
     from probekit.progress import or_null
 
     contexts = [prompt_ids(loaded.tokenizer, p.prompt, "raw") for p in prompts]
-    return Scheduler(loaded, contexts, [], cfg, None, lambda seqs, fallback: None).run(or_null(None).task("decode", 0)).fed
+    return Scheduler(loaded, contexts, [], cfg.decoding(), None, lambda seqs, fallback: None).run(or_null(None).task("decode", 0)).fed
 
 
 # ---- the FLOP model --------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ import numpy as np
 from probekit.data.answers import get_parser, grade
 from probekit.data.prompts import Prompt
 from probekit.data.schema import Trajectory, derive_pairs, write_pairs, write_trajectories
-from probekit.errors import ProbekitError
 from probekit.extract.forward import STORE_DTYPES
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, describe_model, finalize
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template

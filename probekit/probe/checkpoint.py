@@ -1,4 +1,4 @@
-"""A trained probe on disk, and the check that a store fits it.
+"""A trained probe on disk, and the checks that a store or a loaded model fits it.
 
 A checkpoint folder holds::
 
@@ -35,8 +35,8 @@ checkpoint" and that the same command may overwrite, never a mix of two runs.
 Two checks tie a checkpoint to the states it reads: `check_compatible` for a
 store (eval, filter) and `check_model` for a loaded model whose states are
 computed live (generate --filter, steer, goal --from); both compare the model
-by its sha256 (by name where a sha256 is unknown) with one rule,
-`same_model`.
+by its sha256 (by name where a sha256 is unknown) with one rule
+(`_same_model`) and say so in one line naming both models.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ Positive = Annotated[int, Field(strict=True, ge=1)]  # a layer number (HF hidden
 class Record(BaseModel):
     """A JSON object of an on-disk format: types are strict (the string "7" is no layer) and unknown fields are kept."""
 
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = ConfigDict(strict=True, extra="allow", protected_namespaces=())  # "model_name" is a field, not pydantic's
 
 
 class StoreRecord(Record):
@@ -88,7 +88,7 @@ class StoreRecord(Record):
 class ProbeArgs(BaseModel):
     """config.json "model": the `ProbeModel` arguments (absent ones take the defaults older versions had)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")  # an unknown argument would be a TypeError in ProbeModel
+    model_config = ConfigDict(strict=True, extra="forbid", protected_namespaces=())  # an unknown argument would be a TypeError in ProbeModel
 
     hidden_size: Positive
     encoder: str = "mlp"
@@ -120,7 +120,7 @@ class CheckpointConfig(Record):
         return list(self.layers or [self.layer])
 
     @model_validator(mode="after")
-    def _layers_fit_the_network_and_the_store(self) -> "CheckpointConfig":
+    def _layers_fit_the_network_and_the_store(self) -> CheckpointConfig:
         layers = self.input_layers
         if self.layer not in layers:
             raise ValueError(f"layer {self.layer} is not one of layers {layers}")
@@ -295,7 +295,7 @@ def load_checkpoint(path) -> Checkpoint:
     if not path.is_dir():
         raise ProbekitError(f"{path}: no such checkpoint folder")
     missing = [f for f in FILES if not (path / f).exists()]
-    if missing:
+    if "config.json" in missing:  # written last: without it the folder never was a checkpoint, or its save did not finish
         raise ProbekitError(f"{path}: not a probekit checkpoint (missing {', '.join(missing)}); run `probekit fit` first")
     try:
         raw = read_json(path / "config.json")
@@ -305,6 +305,8 @@ def load_checkpoint(path) -> Checkpoint:
         raise ProbekitError(f"{path}: not a probekit checkpoint (config.json has no format '{FORMAT}')")
     if isinstance(raw, dict) and raw.get("format_version") != FORMAT_VERSION:
         raise ProbekitError(f"{path}: unsupported checkpoint format version {raw.get('format_version')!r}")
+    if missing:  # config.json is written last, so these were there once
+        raise ProbekitError(f"damaged checkpoint: {path / missing[0]}: missing" + (f" (and {', '.join(missing[1:])})" if missing[1:] else ""))
     try:
         config = validated(CheckpointConfig, raw, path / "config.json")
         model = _probe_network(path, config.model)
@@ -321,14 +323,14 @@ def load_checkpoint(path) -> Checkpoint:
     return Checkpoint(path=path, config=raw, model=model, goals=goals, split=split, metrics=metrics)
 
 
-def same_model(recorded_name, recorded_sha, name, sha) -> bool:
+def _same_model(recorded_name, recorded_sha, name, sha) -> bool:
     """Whether two records name one model: by sha256 when both know it (names differ with the path given), else by name."""
     return recorded_sha == sha if recorded_sha and sha else recorded_name == name
 
 
 def _refuse_other_model(ckpt: Checkpoint, name, sha, other: str) -> None:
     info = ckpt.config["store"]
-    if not same_model(info.get("model_name"), info.get("model_sha256"), name, sha):
+    if not _same_model(info.get("model_name"), info.get("model_sha256"), name, sha):
         raise ProbekitError(f"checkpoint {ckpt.path} was trained on states of model '{info.get('model_name')}' "
                             f"(sha256 {str(info.get('model_sha256'))[:12]}), but {other} '{name}' (sha256 {str(sha)[:12]})")
 

@@ -16,9 +16,7 @@ from probekit_cli.progress import progress_for
 
 def _threshold(spec: str, ckpt, goal: str, skip_first: int) -> tuple[float, str]:
     """(threshold, where it comes from): a number, `auto`, or a `probekit filter` output folder whose chosen threshold is used."""
-    from probekit.errors import ProbekitError
-    from probekit.filter.filtering import auto_threshold
-    from probekit.io import read_json
+    from probekit.filter.filtering import auto_threshold, filter_output_threshold
 
     if spec == "auto":
         chosen = auto_threshold(ckpt, goal, skip_first)
@@ -26,11 +24,7 @@ def _threshold(spec: str, ckpt, goal: str, skip_first: int) -> tuple[float, str]
     try:
         return float(spec), "given"
     except ValueError:
-        pass
-    metrics = Path(spec) / "metrics.json"
-    if not metrics.is_file():
-        raise ProbekitError(f"--threshold '{spec}': expected a number, auto, or a `probekit filter` output folder (with metrics.json)")
-    return float(read_json(metrics)["chosen_threshold"]), str(metrics)
+        return filter_output_threshold(spec, ckpt, goal, skip_first)
 
 
 @app.command()
@@ -100,8 +94,9 @@ def steer(
     gen.validate()
     search.validate()
     items, _ = read_prompts(prompts, skip_invalid=skip_invalid)
-    extra = read_goal(goal_dir) if goal_dir is not None else None
-    result = run_steer(items, out, gen, search, load_checkpoint(ckpt), extra, overwrite=overwrite, inputs=(prompts, ckpt),
+    checkpoint = load_checkpoint(ckpt)
+    extra = read_goal(goal_dir, checkpoint) if goal_dir is not None else None
+    result = run_steer(items, out, gen, search, checkpoint, extra, overwrite=overwrite, inputs=(prompts, ckpt),
                        progress=progress_for(progress))
     if json_out:
         emit_json(result.stats)
@@ -122,14 +117,12 @@ def goal(
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced)."),
 ) -> None:
     """Build a goal prototype from example completions: the mean φ of their final states."""
-    from probekit.errors import ProbekitError
-    from probekit.generate.custom_goals import GOAL_FILES, goal_from_examples, write_goal
+    from probekit.generate.custom_goals import GOAL_FILES, check_goal_name, goal_from_examples, write_goal
     from probekit.models import load_model
     from probekit.outputs import claim_output
     from probekit.probe.checkpoint import load_checkpoint
 
-    if not name.strip() or name in ("mean", "kmeans"):
-        raise ProbekitError(f"--name '{name}': choose a name other than the checkpoint's own goals (mean, kmeans)")
+    check_goal_name(name)
     checkpoint = load_checkpoint(ckpt)
     out_dir = claim_output(out, "goal", GOAL_FILES, overwrite=overwrite, inputs=[examples, ckpt])
     prototype, info = goal_from_examples(checkpoint, examples, load_model(model), template, skip_invalid=skip_invalid)

@@ -149,11 +149,57 @@ def iter_jsonl(path: str | os.PathLike, on_invalid: Callable[[ProbekitError], No
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open_text(path) as fh:
-        try:
+    """The JSON value in a file; a file that is missing, unreadable, not UTF-8 or not JSON is one ProbekitError naming it."""
+    try:
+        with open_text(path) as fh:
             return json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ProbekitError(f"{path}: malformed JSON ({exc.msg})") from None
+    except json.JSONDecodeError as exc:
+        raise ProbekitError(f"{path}: malformed JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise ProbekitError(f"{path}: not UTF-8 text") from None
+    except (OSError, EOFError) as exc:
+        raise ProbekitError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def validated(model: Any, obj: Any, source: str | os.PathLike) -> Any:
+    """`obj` (parsed JSON) checked against the pydantic `model` of its on-disk format, as a `model` instance.
+
+    Every format probekit reads back (checkpoint configs, goal folders, filter
+    outputs) declares its shape once, as a pydantic model beside the code that
+    writes it; this is the one place that turns a mismatch into the one-line
+    error users see: the file, the first bad field (dotted, list items by
+    index) and what is wrong with it.
+    """
+    from pydantic import ValidationError
+
+    if not isinstance(obj, dict):
+        raise ProbekitError(f"{source}: expected a JSON object, got {_json_kind(obj)}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ProbekitError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def read_validated(path: str | os.PathLike, model: Any) -> Any:
+    """A JSON file read and checked against `model` (`read_json`, then `validated`)."""
+    return validated(model, read_json(path), path)
+
+
+def describe_validation_error(exc: Any) -> str:
+    """A pydantic ValidationError as one line: its first error (field path, message, the value found), and how many more."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    msg = str(first["ctx"]["error"]) if first["type"] == "value_error" and "error" in first.get("ctx", {}) else first["msg"]
+    found = first.get("input")
+    if first["type"] not in ("missing", "value_error") and not isinstance(found, (dict, list)):
+        msg += f" (found {json.dumps(found, default=str)[:60]})"
+    loc = ".".join(str(x) for x in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return (f"field '{loc}': {msg}" if loc else msg) + more
+
+
+def _json_kind(obj: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -102,14 +102,19 @@ def _finished_run(path: Path, cfg: FitConfig, store, split: str):
 
     This makes an interrupted or extended sweep resume: only missing runs are fit.
     Options are compared as configs, so a run saved before an option existed
-    counts as that option's default (which is what it did).
+    counts as that option's default (which is what it did). A run folder
+    without config.json never finished (`save_checkpoint` writes it last) and
+    is fit again; one whose checkpoint is damaged or hand-edited (its
+    config.json, weights or metrics.json, checked by `load_checkpoint`) is
+    refused with one line naming the file: neither fit over unseen nor read
+    into the results.
     """
     if not (path / "config.json").exists():
         return None
     try:
         ckpt = load_checkpoint(path)
-    except ProbekitError:
-        return None
+    except ProbekitError as exc:
+        raise ProbekitError(f"sweep: run {path.name}: {exc}; remove {path} to fit that run again") from None
     try:
         same = FitConfig.from_dict(ckpt.config.get("fit") or {}) == cfg and ckpt.config.get("store") == store_info(store)
     except ProbekitError:  # options of another probekit version
@@ -136,7 +141,7 @@ def _row(run: dict, goal: str, m: dict, ckpt, seconds: float) -> dict:
         "err_token_auroc": err.get("token_auroc") if goal == "mean" else None,
         "err_mean_abs": err.get("mean_abs_error") if goal == "mean" else None,
         "beats_baselines": m.get("beats_baselines"), "beats_logistic": m.get("beats_logistic"), "beats_length": m.get("beats_length"),
-        "best_epoch": ckpt.metrics["train"]["best_epoch"], "seconds": round(seconds, 3), "checkpoint": str(ckpt.path),
+        "best_epoch": (ckpt.metrics.get("train") or {}).get("best_epoch"), "seconds": round(seconds, 3), "checkpoint": str(ckpt.path),
     }
 
 

@@ -81,6 +81,13 @@ def fit(store: Path, out: Path, **kw):
     return fit_probe(Store(store), out, fast_config(**kw))
 
 
+def planted_store_record(loaded, layers) -> dict:
+    """A checkpoint's "store" record for a probe planted by hand on the live states of `loaded` (no store was extracted):
+    the model's identity and width, which `check_model` compares with the model a command loads."""
+    return {"path": "(planted: no store)", "model_name": loaded.name, "model_sha256": loaded.file_sha256, "hidden_size": loaded.hidden_size,
+            "cache_key": "planted", "layers": list(layers)}
+
+
 _CACHE: dict = {}
 
 

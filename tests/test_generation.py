@@ -262,7 +262,7 @@ def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, pro
     assert code == 0, err
     steered = [json.loads(line) for line in (tmp_path / "s" / "trajectories.jsonl").read_text().splitlines()]
     steered_q = np.array([t["meta"]["q"] for t in steered if t["meta"]["rank"] == 0])
-    plain = score_store(Store(unfiltered.out / "store"), Scorer(probe.model, {**probe.goals, **read_goal(tmp_path / "goal")}, kinds=["mine"]), 4)
+    plain = score_store(Store(unfiltered.out / "store"), Scorer(probe.model, {**probe.goals, **read_goal(tmp_path / "goal", probe)}, kinds=["mine"]), 4)
     assert steered_q.mean() > np.nanmean(plain.last(plain.q["mine"])) + 0.05
     code, err = run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", probe.path, "--out", tmp_path / "s2", "--goal", "nothing", *common)
     assert code == 2 and "unknown goal 'nothing'" in err and "Traceback" not in err

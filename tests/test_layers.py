@@ -183,6 +183,7 @@ LAZY_IMPORTS = {
     "matplotlib": 0.5,  # only when a figure is drawn
     "faiss": 0.16,  # k-means goals only; probe.goals is on the CLI's start-up path
     "safetensors": 0.0,  # with torch, where torch is lazy
+    "pydantic": 0.11,  # io.validated only: io is on the CLI's start-up path, the formats' models are not
 }
 
 

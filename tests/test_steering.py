@@ -59,11 +59,12 @@ def plant_lm(tiny_model_dir, successors: dict[str, list[str]]):
     return loaded
 
 
-def plant_probe(folder, q: dict[str, float]):
-    """A checkpoint over layer 4 whose φ of a class-k token is (q_k, sqrt(1 - q_k²)): Q toward the goal (1, 0) is q_k."""
+def plant_probe(folder, q: dict[str, float], lm):
+    """A checkpoint over layer 4 of `lm` whose φ of a class-k token is (q_k, sqrt(1 - q_k²)): Q toward the goal (1, 0) is q_k."""
     from probekit.outputs import claim_output
     from probekit.probe.checkpoint import save_checkpoint
     from probekit.probe.network import ProbeModel
+    from tests.helpers import planted_store_record
 
     model = ProbeModel(32, "linear", rep_size=2)
     with torch.no_grad():
@@ -73,7 +74,7 @@ def plant_probe(folder, q: dict[str, float]):
         for name, value in q.items():
             enc.weight[:, CLASSES.index(name)] = torch.tensor([value, math.sqrt(1 - value ** 2)])
     goals = {"mean": np.array([[1.0, 0.0]], np.float32)}
-    return save_checkpoint(claim_output(folder, "fit"), model, {"layer": 4, "store": {}}, goals, {"train": [], "valid": [], "test": []}, {})
+    return save_checkpoint(claim_output(folder, "fit"), model, {"layer": 4, "store": planted_store_record(lm, [4])}, goals, {"train": [], "valid": [], "test": []}, {})
 
 
 def gen_config(**kw) -> GenerateConfig:
@@ -97,7 +98,7 @@ def blank_lines(tiny_model_dir):
 
 def test_empty_steps_ranked_last_or_resampled_give_the_answer_instead_of_blank_lines(blank_lines, tmp_path):
     """Line steps: a blank line (Q 1.0, not an ending) beats "A: 5" (ends, Q 0.2) unless empty steps are ranked last or redrawn."""
-    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST)
+    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST, blank_lines)
     runs = {mode: steer(PROMPTS, tmp_path / mode, gen_config(), SteerConfig(beams=1, candidates=4, empty_steps=mode), ckpt, loaded=blank_lines)
             for mode in ("allow", "last", "resample")}
     blank = {}
@@ -122,7 +123,7 @@ def test_a_redrawn_step_continues_exactly_from_its_beam(blank_lines, tmp_path):
     from probekit.probe.scoring import Scorer, score_store
     from probekit.store import Store
 
-    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST)
+    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST, blank_lines)
     res = steer(PROMPTS, tmp_path / "s", gen_config(dtype="float32"), SteerConfig(beams=1, candidates=4, empty_steps="resample"), ckpt,
                 loaded=blank_lines)
     assert res.stats["resampled_steps"] > 0
@@ -146,7 +147,7 @@ def test_each_step_starts_from_the_logits_of_its_beams_last_token(early_end, tmp
     successors = {"OTHER": {"NL", "A"}, "NL": {"NL", "A"}, "A": {"COLON"}, "COLON": {"FIVE"}, "FIVE": {"NL"}}
     tok = early_end.tokenizer
     name = {tok(text, add_special_tokens=False)["input_ids"][0]: n for n, text in TEXTS.items()}
-    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST)
+    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST, early_end)
     for step_tokens in (0, 1, 3):
         res = steer(PROMPTS, tmp_path / f"s{step_tokens}", gen_config(stop="\n\n", max_new_tokens=10),
                     SteerConfig(beams=1, candidates=1, step_tokens=step_tokens), ckpt, loaded=early_end)
@@ -157,7 +158,7 @@ def test_each_step_starts_from_the_logits_of_its_beams_last_token(early_end, tmp
 
 def test_an_ending_without_the_required_answer_ranks_below_continuing_candidates(early_end, tmp_path):
     """One-token steps: "\\n\\n" ends at once with the goal's Q (1.0); with --require-before-end the search writes the answer first."""
-    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST)
+    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST, early_end)
     gen = gen_config(stop="\n\n", max_new_tokens=10)
     plain = steer(PROMPTS, tmp_path / "plain", gen, SteerConfig(beams=1, candidates=12, step_tokens=1), ckpt, loaded=early_end)
     # "\n\n" is chosen at step 2 unless all 12 candidates drew "A" (about 1/2 ** 12 per prompt)
@@ -175,7 +176,7 @@ def test_mean_step_score_ranks_a_step_by_the_cosine_of_its_mean_phi(tiny_model_d
     """Two-token steps "\\nA" and "A:": the last token prefers "A:" (0.3 > -0.2), the step's mean φ prefers "\\nA" (0.63 > 0.05)."""
     lm = plant_lm(tiny_model_dir, {"OTHER": ["NL", "A"], "NL": ["A"], "A": ["COLON"], "COLON": ["FIVE"], "FIVE": ["EOS"]})
     q = {"OTHER": 0.0, "NL": 1.0, "A": -0.2, "COLON": 0.3}
-    ckpt = plant_probe(tmp_path / "ck", q)
+    ckpt = plant_probe(tmp_path / "ck", q, lm)
     phi = {k: np.array([v, math.sqrt(1 - v * v)]) for k, v in q.items()}
     cos = {"\nA": phi["NL"] + phi["A"], "A:": phi["A"] + phi["COLON"]}
     cos = {k: float(v[0] / np.linalg.norm(v)) for k, v in cos.items()}
@@ -200,7 +201,7 @@ def test_mean_step_score_ranks_a_step_by_the_cosine_of_its_mean_phi(tiny_model_d
 def test_gain_step_score_ranks_by_the_rise_of_q_over_the_beams_previous_step(tiny_model_dir, tmp_path):
     """Beams "\\n" (Q 1.0) and ":" (Q -0.5) each take one token: "\\nA" ends higher (0.5 vs 0.3), ": 5" rises more (+0.8 vs -0.5)."""
     lm = plant_lm(tiny_model_dir, {"OTHER": ["NL", "COLON"], "NL": ["A"], "COLON": ["FIVE"], "A": ["EOS"], "FIVE": ["EOS"]})
-    ckpt = plant_probe(tmp_path / "ck", {"OTHER": 0.0, "NL": 1.0, "COLON": -0.5, "A": 0.5, "FIVE": 0.3})
+    ckpt = plant_probe(tmp_path / "ck", {"OTHER": 0.0, "NL": 1.0, "COLON": -0.5, "A": 0.5, "FIVE": 0.3}, lm)
     search = SteerConfig(beams=2, candidates=2, step_tokens=1)
     first = steer(PROMPTS, tmp_path / "first", gen_config(max_new_tokens=1), search, ckpt, loaded=lm)  # the same first step's beams
     runs = {kind: steer(PROMPTS, tmp_path / kind, gen_config(max_new_tokens=2), SteerConfig(beams=2, candidates=2, step_tokens=1, step_score=kind),
@@ -237,7 +238,7 @@ def test_search_options_reach_the_search_through_the_cli(tiny_model_dir, tmp_pat
     """The options are derived from SteerConfig: given on the command line, they are what steering.json records."""
     from tests.helpers import run_cli
 
-    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST)
+    ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST, load_model(str(tiny_model_dir), device="cpu"))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Question: 2 + 3?", "gold": "5"}\n')
     code, err = run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", ckpt.path, "--out", tmp_path / "o", "--model", tiny_model_dir,

@@ -13,14 +13,19 @@
 Outputs (in a folder this command owns): decisions.jsonl (one line per
 solution: kept, drop position, Q and reward summaries), metrics.json,
 frontier.png, q_curves.png. No output has the name of an input file.
+metrics.json is read back by `generate --threshold DIR` (`filter_output_threshold`),
+which checks its shape (`FilterRecord`) and that it was chosen for the same
+probe (by fingerprint), signal, goal and skip-first.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import Field
 
 from probekit.errors import ProbekitError
 from probekit.eval.context import make_context
@@ -37,14 +42,31 @@ from probekit.filter.thresholds import (
     threshold_sweep,
 )
 from probekit.filter.voting import Ballot
-from probekit.io import write_json, write_jsonl
-from probekit.outputs import claim_output
-from probekit.probe.checkpoint import check_compatible, training_store
+from probekit.io import read_validated, write_json, write_jsonl
+from probekit.outputs import claim_output, read_marker
+from probekit.probe.checkpoint import Positive, Record, check_compatible, training_store
 from probekit.probe.data import StreamRows
 from probekit.probe.scoring import Scorer, iter_trajectory_scores, score_store, score_trajectories
 from probekit.progress import Progress
 
 FILTER_OUTPUTS = ("decisions.jsonl", "metrics.json", "frontier.png", "q_curves.png")
+
+
+class FilterCheckpointRecord(Record):
+    path: str
+    layer: Positive
+    layers: list[Positive] = Field(min_length=1)
+    fingerprint: Optional[str] = None  # absent in outputs written before it was recorded
+
+
+class FilterRecord(Record):
+    """metrics.json of a filter output, as far as a reader of its chosen threshold needs it."""
+
+    signal: Literal["q", "reward"]
+    goal: Optional[str]
+    skip_first: int = Field(ge=0)
+    chosen_threshold: float = Field(allow_inf_nan=False)
+    checkpoint: FilterCheckpointRecord
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -124,7 +146,7 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
         },
         "store": {"path": str(store.path), "n_trajectories": len(meta), "n_rows": int(store.n_rows),
                   "n_without_answer": ballot.n_without_answer},
-        "checkpoint": {"path": str(getattr(ckpt, "path", "")), "layer": int(ckpt.config["layer"]), "layers": list(ckpt.layers)},
+        "checkpoint": {"path": str(ckpt.path), "layer": int(ckpt.config["layer"]), "layers": list(ckpt.layers), "fingerprint": ckpt.fingerprint},
         "definitions": {
             "drop": "a trajectory is dropped at its first stored token with position >= skip_first and signal < threshold",
             "saved_tokens": "completion tokens - (drop position + 1); 0 for kept trajectories",
@@ -204,3 +226,37 @@ def auto_threshold(ckpt, goal: str = "mean", skip_first: int = 5, progress: Prog
         res = apply_threshold(scores.offsets, scores.positions, q, tokens[scores.traj], t, skip_first).on_store(scores.traj, tokens)
         table.append({"threshold": float(t), "selection": evaluate_filter(res, ballot, sel_g)})
     return {"threshold": choose_threshold(table), "chosen_on": f"{int(sel_g.sum())} validation groups of {store.path}", "table": table}
+
+
+def filter_output_threshold(folder: str | Path, ckpt, goal: str, skip_first: int) -> tuple[float, str]:
+    """(threshold, where it was chosen) from a `probekit filter` output folder, for online stopping with `ckpt`.
+
+    A threshold means something only for the signal, probe, goal and
+    skip-first it was chosen with: a reward-scale threshold applied to Q, or
+    one chosen for another checkpoint, stops the wrong samples with exit 0.
+    So the folder must be a filter output (its marker) whose metrics.json
+    has the filter's shape, a Q threshold, this checkpoint's fingerprint
+    (outputs written before it was recorded: its path and layers), and the
+    same goal and skip-first; any other is one ProbekitError saying what differs.
+    """
+    folder = Path(folder)
+    marker = read_marker(folder) if folder.is_dir() else None
+    if marker is None or marker["command"] != "filter" or not (folder / "metrics.json").is_file():
+        raise ProbekitError(f"--threshold '{folder}': expected a number, auto, or a `probekit filter` output folder (with its metrics.json)")
+    where = folder / "metrics.json"
+    rec = read_validated(where, FilterRecord)
+    if rec.signal != "q":
+        raise ProbekitError(f"{where}: its threshold is on the reward (--signal reward); online stopping compares Q-values, "
+                            "so use a `probekit filter --signal q` output")
+    if rec.checkpoint.fingerprint is not None:
+        same = rec.checkpoint.fingerprint == ckpt.fingerprint
+    else:
+        same = Path(rec.checkpoint.path).resolve() == Path(ckpt.path).resolve() and rec.checkpoint.layers == list(ckpt.layers)
+    if not same:
+        raise ProbekitError(f"{where}: its threshold was chosen for checkpoint {rec.checkpoint.path}, not for --filter {ckpt.path}")
+    if rec.goal != goal:
+        raise ProbekitError(f"{where}: its threshold was chosen for goal '{rec.goal}', not '{goal}'; pass --goal {rec.goal}")
+    if rec.skip_first != skip_first:
+        raise ProbekitError(f"{where}: its threshold was chosen with --skip-first {rec.skip_first}, not {skip_first}; "
+                            f"pass --skip-first {rec.skip_first}")
+    return rec.chosen_threshold, str(where)

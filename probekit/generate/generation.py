@@ -38,16 +38,16 @@ import numpy as np
 from probekit.data.answers import get_parser, grade
 from probekit.data.prompts import Prompt
 from probekit.data.schema import Trajectory, derive_pairs, write_pairs, write_trajectories
-from probekit.errors import ProbekitError
 from probekit.extract.forward import STORE_DTYPES
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, describe_model, finalize
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
 from probekit.generate.config import GenerateConfig
 from probekit.generate.decoding import Sample, Scheduler
-from probekit.generate.stopping import OnlineStop
+from probekit.generate.stopping import OnlineStop, check_context
 from probekit.io import write_json
 from probekit.models import dtype_name, load_model, resolve_layers
 from probekit.outputs import OutputDir, claim_output
+from probekit.probe.checkpoint import check_model
 from probekit.progress import Progress, or_null
 from probekit.store import MANIFEST, PAIRS, StoredTrajectory, read_shard_attrs, shard_data, shard_name, write_shard
 
@@ -72,12 +72,14 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     parse = get_parser(config.answer)
     out_dir = claim_output(out, "generate", ("trajectories.jsonl", "pairs.jsonl", "store", "generation.json"), overwrite=overwrite, inputs=inputs)
     loaded = loaded or load_model(config.model, device=config.device, dtype=config.model_dtype)
+    if stop is not None:
+        check_model(stop.ckpt, loaded)
     layers = resolve_layers(config.layers, loaded.num_layers)
     if stop is not None and stop.layer not in layers:
         layers = sorted(set(layers) | {stop.layer})
     template = resolve_template(config.template, loaded.tokenizer)
     contexts = [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts]
-    _check_context(prompts, contexts, loaded, config.max_new_tokens)
+    check_context(prompts, contexts, loaded, config.max_new_tokens)
     writer = StoreWriter(claim_output(out_dir.file("store"), "generate", (), overwrite=overwrite),
                          generated_manifest(prompts, layers, loaded, template, config, stop), layers, config.dtype, config.shard_size)
 
@@ -121,16 +123,6 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     }
     write_json(out_dir.file("generation.json"), stats)
     return GenerateResult(out_dir.path, stats, trajectories)
-
-
-def _check_context(prompts: list[Prompt], contexts: list[list[int]], loaded, max_new_tokens: int) -> None:
-    """Refuse, before any work, a prompt that cannot fit the model's context together with the new tokens."""
-    limit = getattr(loaded.model.config, "max_position_embeddings", None)
-    if not limit:
-        return
-    for p, ids in zip(prompts, contexts):
-        if len(ids) + max_new_tokens > limit:
-            raise ProbekitError(f"prompt '{p.id}': {len(ids)} tokens + --max-new-tokens {max_new_tokens} exceed the model's context of {limit} tokens")
 
 
 def _summary(s: Sample) -> dict:

@@ -53,10 +53,11 @@ from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layer
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
 from probekit.generate.config import DecodeSettings, SteerConfig
 from probekit.generate.sampling import sample_next, sequence_generator
-from probekit.generate.stopping import eos_ids, hit_stop
+from probekit.generate.stopping import check_context, eos_ids, hit_stop
 from probekit.io import write_json
 from probekit.models import load_model
 from probekit.outputs import claim_output
+from probekit.probe.checkpoint import check_model
 from probekit.probe.scoring import Scorer
 from probekit.progress import or_null
 
@@ -227,7 +228,10 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
     parse = get_parser(gen.answer)
     out_dir = claim_output(out, "steer", ("trajectories.jsonl", "steering.json"), overwrite=overwrite, inputs=inputs)
     loaded = loaded or load_model(gen.model, device=gen.device, dtype=gen.model_dtype)
+    check_model(ckpt, loaded)
     template = resolve_template(gen.template, loaded.tokenizer)
+    contexts = [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts]
+    check_context(prompts, contexts, loaded, gen.max_new_tokens)
     newline = _newline_ids(loaded.tokenizer) if cfg.step_tokens == 0 else set()
     trajectories, total, unmatched = [], SearchCounts(), 0
     task = or_null(progress).task("steer", len(prompts), unit="prompts")
@@ -236,7 +240,7 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
             def seed_of(step: int, row: int, pi: int = pi) -> torch.Generator:
                 return sequence_generator(gen.seed, pi, step * 100_000 + row)
 
-            beams, counts = steer_prompt(loaded, prompt_ids(loaded.tokenizer, p.prompt, template), scorer, cfg.goal, ckpt.single_layer("steer"),
+            beams, counts = steer_prompt(loaded, contexts[pi], scorer, cfg.goal, ckpt.single_layer("steer"),
                                          gen.decoding(), cfg, seed_of, newline)
             total.tokens += counts.tokens
             total.resampled_steps += counts.resampled_steps

@@ -2,7 +2,9 @@
 
 They sit below the scheduler that applies them row by row
 (`probekit.generate.decoding`) and the steering search, as vLLM keeps its
-stop checks under its scheduler, so both decoders stop for the same reasons.
+stop checks under its scheduler, so both decoders stop for the same reasons;
+and so does the one limit checked before any decoding, the model's context
+(`check_context`), which `generate` and `steer` apply to the same prompts alike.
 """
 
 from __future__ import annotations
@@ -14,6 +16,21 @@ from probekit.filter.thresholds import check_threshold_range
 from probekit.probe.scoring import Scorer
 
 
+def check_context(prompts, contexts: list[list[int]], loaded, max_new_tokens: int) -> None:
+    """Refuse, before any work, a prompt that cannot fit the model's context together with the new tokens.
+
+    Past `max_position_embeddings` a model has no trained positions, so a
+    decoder would go on producing tokens from states it was never trained on
+    (and a probe would score them) with exit 0; every decoder checks here.
+    """
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for p, ids in zip(prompts, contexts):
+        if len(ids) + max_new_tokens > limit:
+            raise ProbekitError(f"prompt '{p.id}': {len(ids)} tokens + --max-new-tokens {max_new_tokens} exceed the model's context of {limit} tokens")
+
+
 class OnlineStop:
     """The filter's drop rule, applied as tokens are produced (see `probekit.generate.generation`)."""
 
@@ -22,6 +39,7 @@ class OnlineStop:
         if skip_first < 0:
             raise ProbekitError(f"--skip-first {skip_first}: must be >= 0")
         self.scorer = Scorer.from_checkpoint(ckpt, kinds=[goal])
+        self.ckpt = ckpt  # `generate` checks it against the model it loads (`probekit.probe.checkpoint.check_model`)
         self.layer, self.goal, self.threshold, self.skip_first = ckpt.single_layer("online filtering"), goal, float(threshold), int(skip_first)
         self.checkpoint, self.chosen_on = str(ckpt.path), chosen_on
 

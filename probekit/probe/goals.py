@@ -69,6 +69,24 @@ def goal_prototypes(goals: dict[str, np.ndarray], kind: str, where: object = "ch
     return np.asarray(protos, dtype=np.float32)
 
 
+def check_goal_arrays(goals: dict[str, np.ndarray], rep_size: int, source: object) -> None:
+    """Refuse goal prototypes a probe with representations of width `rep_size` cannot score.
+
+    Each goal must be a finite [K >= 1, rep_size] array. One check for both
+    files that hold prototypes (a checkpoint's goals.safetensors and a goal
+    folder's goal.safetensors): a wrong shape is named with its file here,
+    not found later as a faiss or matmul error mid-run.
+    """
+    if not goals:
+        raise ProbekitError(f"{source}: holds no goal prototypes")
+    for name, protos in goals.items():
+        shape = list(np.shape(protos))
+        if len(shape) != 2 or shape[0] < 1 or shape[1] != rep_size:
+            raise ProbekitError(f"{source}: goal '{name}' has shape {shape}; this probe's goals are [K, {rep_size}] (K >= 1)")
+        if not np.isfinite(protos).all():
+            raise ProbekitError(f"{source}: goal '{name}' holds NaN or infinite values")
+
+
 def ordered_kinds(goals: dict[str, np.ndarray]) -> list[str]:
     """The goal kinds present, the paper's mean goal first."""
     return sorted(goals, key=lambda k: (k != "mean", k))

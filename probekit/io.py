@@ -154,6 +154,8 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(fh)
         except json.JSONDecodeError as exc:
             raise ProbekitError(f"{path}: malformed JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise ProbekitError(f"{path}: not UTF-8") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -15,6 +15,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Fetch public data sets (pinned, sha256-verified) and write trajectory/pair JSONL files: adapters for public data and a synthetic generator.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+store_app = typer.Typer(help="Check stores of cached hidden states written by `probekit extract` or `probekit generate`.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 
 
 @app.callback()

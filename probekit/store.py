@@ -22,12 +22,17 @@ i-th trajectory::
     meta/truncated_tokens                       int32  tokens cut from the left (prompt first)
     meta/error_token                            int32  first wrong completion token (-1 = none/unknown)
 
-A shard is written under a temporary name and renamed when complete, so a
-file named `shard-*.h5` is always whole. The reader streams: it never loads
-more than one shard's states unless asked to (`load_layer`). Every reader
-refuses non-finite states (a store written by other tools, or damaged on
-disk), naming the shard, the layer and the row, so that a NaN never reaches a
-probe's loss. HDF5 is read only through this module.
+A shard is built in memory and written under a temporary name, renamed when
+complete, so a file named `shard-*.h5` is always whole (see `write_shard`).
+
+What is checked when (the manifest's schema, each shard's offsets and meta,
+checksums), and how: probekit.store_schema.
+
+The reader streams: it never loads more than one shard's states unless asked
+to (`load_layer`). Every reader refuses non-finite states (a store written by
+other tools, or damaged on disk), naming the shard, the layer and the row, so
+that a NaN never reaches a probe's loss. HDF5 is read only through this module
+and probekit.store_schema.
 
 Rows by index (`read_rows`: a training batch's contrastive samples, an
 evaluation's trajectories) are read with one `pread` per run of rows that lie
@@ -40,6 +45,7 @@ Other layouts (compressed, written by other tools) are read through h5py.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 from dataclasses import dataclass
@@ -50,14 +56,13 @@ import h5py
 import numpy as np
 
 from probekit.errors import ProbekitError
-from probekit.io import atomic_path, iter_jsonl, read_json
+from probekit.io import atomic_path, iter_jsonl, sha256_file
+from probekit.progress import Progress, or_null
+from probekit.store_schema import META_INT_FIELDS, META_STR_FIELDS, open_shard, read_manifest, read_shard_index
 
-FORMAT_VERSION = 1
 STATE_DTYPES = ("float16", "float32")  # the dtypes a shard stores states in
 MANIFEST = "manifest.json"
 PAIRS = "pairs.jsonl"
-META_STR_FIELDS = ("id", "group", "answer")
-META_INT_FIELDS = {"label": np.int8, "completion_tokens": np.int32, "truncated_tokens": np.int32, "error_token": np.int32}
 
 
 def shard_name(index: int) -> str:
@@ -116,22 +121,33 @@ def shard_data(trajectories: Sequence[StoredTrajectory], layers: Sequence[int], 
 
 
 def write_shard(path: Path, data: ShardData) -> None:
-    """Write a shard atomically: temporary name, fsync'd by h5py close, then rename."""
-    with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("offsets", data=data.offsets.astype(np.int64))
-            fh.create_dataset("positions", data=data.positions.astype(np.int32))
-            grp = fh.create_group("states")
-            for layer, arr in data.states.items():
-                grp.create_dataset(f"L{layer}", data=arr, chunks=(min(len(arr), 256) or 1, arr.shape[1]) if len(arr) else None)
-            meta = fh.create_group("meta")
-            for name in META_STR_FIELDS:
-                meta.create_dataset(name, data=np.asarray(data.meta[name], dtype=object), dtype=h5py.string_dtype())
-            for name, dtype in META_INT_FIELDS.items():
-                meta.create_dataset(name, data=np.asarray(data.meta[name], dtype=dtype))
-            for key, value in data.attrs.items():
-                fh.attrs[key] = value
-            fh.attrs["complete"] = True
+    """Write a shard atomically: built in memory, written to a temporary name, then renamed.
+
+    HDF5 never writes to the disk itself: when one of its writes fails (a full disk), h5py raises from inside
+    its cleanup, the file stays open in the HDF5 library and the interpreter dies of a segmentation fault at
+    exit. The image is made in memory (one more shard-sized buffer while it is written) and written with
+    plain file I/O, whose failure is one ProbekitError naming the shard, with no temporary file left.
+    """
+    image = io.BytesIO()
+    with h5py.File(image, "w") as fh:
+        fh.create_dataset("offsets", data=data.offsets.astype(np.int64))
+        fh.create_dataset("positions", data=data.positions.astype(np.int32))
+        grp = fh.create_group("states")
+        for layer, arr in data.states.items():
+            grp.create_dataset(f"L{layer}", data=arr, chunks=(min(len(arr), 256) or 1, arr.shape[1]) if len(arr) else None)
+        meta = fh.create_group("meta")
+        for name in META_STR_FIELDS:
+            meta.create_dataset(name, data=np.asarray(data.meta[name], dtype=object), dtype=h5py.string_dtype())
+        for name, dtype in META_INT_FIELDS.items():
+            meta.create_dataset(name, data=np.asarray(data.meta[name], dtype=dtype))
+        for key, value in data.attrs.items():
+            fh.attrs[key] = value
+        fh.attrs["complete"] = True
+    try:
+        with atomic_path(path, suffix=".h5") as tmp, open(tmp, "wb") as out:
+            out.write(image.getbuffer())
+    except OSError as exc:
+        raise ProbekitError(f"{path}: cannot write this shard ({exc.strerror or exc}); nothing of it was kept") from None
 
 
 def read_shard_attrs(path: Path) -> dict:
@@ -301,12 +317,10 @@ class Store:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if not manifest_path.exists():
+        self.manifest_path = self.path / MANIFEST
+        if not self.manifest_path.exists():
             raise ProbekitError(f"{self.path}: not a probekit store (no {MANIFEST}); run `probekit extract` first")
-        self.manifest = read_json(manifest_path)
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ProbekitError(f"{manifest_path}: unsupported store format {self.manifest.get('format_version')!r}")
+        self.manifest = read_manifest(self.manifest_path)
         self.cache_key: str = self.manifest["cache_key"]
         self.layers: list[int] = list(self.manifest["layers"])
         self.hidden_size: int = int(self.manifest["model"]["hidden_size"])
@@ -318,6 +332,8 @@ class Store:
                 f"{self.path}: store incomplete, {len(missing)} of {n_shards} shards missing or partial "
                 f"(first: {missing[0]}); re-run the same `probekit extract` command to resume"
             )
+        self.checksums: list[dict] | None = self.manifest["shards"].get("checksums")  # None: written before checksums
+        self._hashed: set[int] = set()  # shards whose file sha256 was compared by this Store
         self.meta = self._read_meta()
         firsts = np.searchsorted(self.meta.shard, np.arange(n_shards))
         self._shard_starts = np.append(self.meta.row_start, self.n_rows)[firsts]  # global row of each shard's first row
@@ -326,24 +342,37 @@ class Store:
         self._layouts: dict[tuple[int, int], RowLayout | None] = {}  # (shard, layer) -> layout, read once
 
     # ---- metadata -------------------------------------------------------
+    def _damaged(self, shard: int, why: str) -> ProbekitError:
+        return ProbekitError(f"{self.shard_paths[shard]}: {why}; the shard was damaged or changed since it was written, re-extract it")
+
     def _read_meta(self) -> TrajectoryTable:
+        """Every shard's checked offsets and meta (`read_shard_index`), compared with the manifest's checksums and
+        totals, as one table."""
         cols: dict[str, list[np.ndarray]] = {k: [] for k in (*META_STR_FIELDS, *META_INT_FIELDS, "offsets", "shard")}
         row_base = 0
         for s, path in enumerate(self.shard_paths):
-            with h5py.File(path, "r") as fh:
-                for name in META_STR_FIELDS:
-                    cols[name].append(fh["meta"][name].asstr()[...].astype(object))
-                for name in META_INT_FIELDS:
-                    cols[name].append(fh["meta"][name][...])
-                offsets = fh["offsets"][...]
-                cols["offsets"].append(offsets[:-1] + row_base)
-                cols["shard"].append(np.full(len(offsets) - 1, s, dtype=np.int32))
-                row_base += int(offsets[-1])
+            index = read_shard_index(path, self.layers, self.hidden_size)
+            if self.checksums is not None:
+                record, size = self.checksums[s], path.stat().st_size
+                if size != record["bytes"]:
+                    raise self._damaged(s, f"{size} bytes, but {self.manifest_path} recorded {record['bytes']}")
+                if index.meta_sha256 != record["meta_sha256"]:
+                    raise self._damaged(s, f"its offsets or meta (ids, groups, answers, labels, token counts) do not match the sha256 "
+                                           f"{self.manifest_path} recorded")
+            for name in (*META_STR_FIELDS, *META_INT_FIELDS):
+                cols[name].append(index.meta[name])
+            cols["offsets"].append(index.offsets[:-1] + row_base)
+            cols["shard"].append(np.full(len(index.offsets) - 1, s, dtype=np.int32))
+            row_base += int(index.offsets[-1])
         starts = np.concatenate(cols["offsets"]).astype(np.int64)
         ends = np.append(starts[1:], row_base)
         answer = np.concatenate(cols["answer"])
         answer[answer == ""] = None
         self.n_rows = row_base
+        stats = self.manifest.get("stats")
+        if stats and (stats["n_trajectories"], stats["n_rows_stored"]) != (len(starts), row_base):
+            raise ProbekitError(f"{self.manifest_path}: records {stats['n_trajectories']} trajectories and {stats['n_rows_stored']} rows, "
+                                f"but its shards hold {len(starts)} and {row_base}; this store is damaged, re-extract it")
         return TrajectoryTable(
             id=np.concatenate(cols["id"]),
             group=np.concatenate(cols["group"]),
@@ -356,6 +385,19 @@ class Store:
             row_end=ends,
             shard=np.concatenate(cols["shard"]),
         )
+
+    def check_file(self, shard: int) -> None:
+        """Compare a shard file's sha256 with the manifest's, once per Store (nothing to compare in stores written
+        before checksums). Costs one more read of the file; `iter_shards` calls it before reading a shard whole."""
+        if self.checksums is None or shard in self._hashed:
+            return
+        try:
+            digest = sha256_file(self.shard_paths[shard])
+        except OSError as exc:
+            raise ProbekitError(f"{self.shard_paths[shard]}: cannot read ({exc.strerror or exc})") from None
+        if digest != self.checksums[shard]["sha256"]:
+            raise self._damaged(shard, f"its sha256 does not match the one {self.manifest_path} recorded")
+        self._hashed.add(shard)
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -399,7 +441,7 @@ class Store:
         if self._positions is not None:
             end = self._shard_starts[shard + 1] if shard + 1 < len(self._shard_starts) else self.n_rows
             return self._positions[self._shard_starts[shard]:end][start:stop]
-        with h5py.File(self.shard_paths[shard], "r") as fh:
+        with open_shard(self.shard_paths[shard]) as fh:
             return fh["positions"][start:stop]
 
     def _check_finite(self, block: np.ndarray, shard: int, layer: int, local_rows: np.ndarray | None = None) -> None:
@@ -430,11 +472,11 @@ class Store:
         into its float32 output in place (a float32 copy here would be a second block-sized array)."""
         key = (shard, layer)
         if key not in self._layouts:
-            with h5py.File(self.shard_paths[shard], "r") as fh:
+            with open_shard(self.shard_paths[shard]) as fh:
                 self._layouts[key] = row_layout(fh["states"][f"L{layer}"])
         layout = self._layouts[key]
         if layout is None:
-            with h5py.File(self.shard_paths[shard], "r") as fh:
+            with open_shard(self.shard_paths[shard]) as fh:
                 return self._read_states(fh, shard, layer, as_float32=False, local_rows=local_rows)
         try:
             block = pread_rows(self.shard_paths[shard], layout, local_rows)
@@ -444,9 +486,11 @@ class Store:
         return block
 
     def shard_states(self, shard: int, layer: int, as_float32: bool = True) -> np.ndarray:
-        """All states of one layer of one shard, [rows, hidden] (float32, or the stored dtype), checked finite."""
+        """All states of one layer of one shard, [rows, hidden] (float32, or the stored dtype), checked finite
+        (and its file's sha256, `check_file`)."""
         self.check_layer(layer)
-        with h5py.File(self.shard_paths[shard], "r") as fh:
+        self.check_file(shard)
+        with open_shard(self.shard_paths[shard]) as fh:
             return self._read_states(fh, shard, layer, as_float32)
 
     def read_rows(self, layer: int, rows: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -486,7 +530,8 @@ class Store:
         return self.read_rows(layer, np.arange(start, end))
 
     def iter_shards(self, layer: int, as_float32: bool = True) -> Iterator[ShardBlock]:
-        """Yield one shard at a time: memory stays bounded by the largest shard.
+        """Yield one shard at a time: memory stays bounded by the largest shard. Each shard's file sha256 is
+        compared with the manifest's before it is first read (`check_file`).
 
         as_float32=False yields states in their stored dtype (float16 by default), for
         callers that convert batch by batch themselves: numpy's whole-shard float16 ->
@@ -495,7 +540,8 @@ class Store:
         self.check_layer(layer)
         first = 0
         for s, path in enumerate(self.shard_paths):
-            with h5py.File(path, "r") as fh:
+            self.check_file(s)
+            with open_shard(path) as fh:
                 offsets = fh["offsets"][...]
                 n = len(offsets) - 1
                 block = ShardBlock(
@@ -516,3 +562,19 @@ class Store:
     def nbytes(self) -> int:
         """Bytes that `load_layer` would take (float32)."""
         return self.n_rows * self.hidden_size * 4
+
+    def verify(self, progress: Progress | None = None) -> dict:
+        """The full check behind `probekit store verify`: what opening checked, then every shard's file sha256 and
+        every state of every layer finite; the first damaged shard is a ProbekitError naming it. Returns a summary."""
+        task = or_null(progress).task("verify", len(self.shard_paths) * len(self.layers), "shards")
+        try:
+            for layer in self.layers:
+                for _ in self.iter_shards(layer, as_float32=False):
+                    task.advance()
+        finally:
+            task.close()
+        return {
+            "store": str(self.path), "shards": len(self.shard_paths), "trajectories": len(self), "rows": int(self.n_rows),
+            "layers": list(self.layers), "bytes": sum(p.stat().st_size for p in self.shard_paths),
+            "checksums": self.checksums is not None,
+        }

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from probekit.config import FitConfig
     from probekit.data.schema import Trajectory
 
-# ---- planted stores and quick fits (tests/test_fit.py, test_evaluate.py, test_length_control.py, test_sweep.py) ----
+# ---- planted stores and quick fits (tests/test_fit.py, test_evaluate.py, test_hostile_outputs.py, test_store_integrity.py, ...) ----
 PLANTED_HIDDEN = 16  # the width of planted_arrays' states
 
 
@@ -65,6 +65,26 @@ def planted_store(path: Path, **kwargs) -> Path:
     layer = kwargs.pop("layer", 2)
     states, groups, labels, errors = planted_arrays(**kwargs)
     return make_store(path, states, groups, labels, error_tokens=errors, layer=layer, model_name=model_name)
+
+
+def answered_store(path: Path, n_groups: int = 24, seed: int = 0, shorter_better: bool = False) -> Path:
+    """A store of 8-wide states with answers (1 = correct), whose label 1 trajectories carry a direction (and, optionally,
+    are shorter): what `filter` needs besides a probe."""
+    from tests.store_factory import make_store
+
+    rng = np.random.default_rng(seed)
+    states, groups, labels, answers = [], [], [], []
+    for g in range(n_groups):
+        for j in range(4):
+            label = int(j < 2)
+            T = int(rng.integers(8, 14)) + (0 if (label or not shorter_better) else 10)
+            x = rng.normal(size=(T, 8)).astype(np.float32)
+            x[:, 0] += 2.0 if label else -2.0
+            states.append(x)
+            groups.append(f"g{seed}-{g}")
+            labels.append(label)
+            answers.append("1" if label else str(2 + j))
+    return make_store(path, states, groups, labels, answers=answers)
 
 
 def fast_config(**kw) -> FitConfig:
@@ -132,7 +152,14 @@ def files_under(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-# ---- extraction (tests/test_extract.py, test_hostile_inputs.py) ----------------------------------------------------
+# ---- extraction (tests/test_extract.py, test_hostile_inputs.py, test_store_integrity.py) ----------------------------------------------------
+def extract_options(traj_file: Path, out: Path, **kw):
+    """`ExtractOptions` for the tiny model: layers 1 and 2, 4 trajectories a shard, float32 states; `kw` changes fields."""
+    from probekit.extract.options import ExtractOptions
+
+    return ExtractOptions(**{**dict(trajectories=traj_file, out=out, model="tiny", layers="1,2", shard_size=4, dtype="float32"), **kw})
+
+
 def toy_trajectories(n: int = 11) -> list[Trajectory]:
     from probekit.data.schema import Trajectory
 

@@ -23,12 +23,11 @@ from filelock import FileLock
 from probekit.data.schema import read_trajectories, write_trajectories
 from probekit.errors import ProbekitError
 from probekit.extract import run as run_mod
-from probekit.extract.options import ExtractOptions
 from probekit.extract.run import extract, lock_name
 from probekit.models import load_model
 from probekit.outputs import MARKER
 from probekit.store import Store, read_shard_attrs, shard_name
-from tests.helpers import assert_same_store, toy_trajectories
+from tests.helpers import assert_same_store, extract_options, toy_trajectories
 from tests.store_factory import make_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +45,6 @@ def traj_file(tmp_path):
     path.parent.mkdir()
     write_trajectories(path, toy_trajectories())
     return path
-
-
-def _opts(traj_file: Path, out: Path, **kw) -> ExtractOptions:
-    return ExtractOptions(**{**dict(trajectories=traj_file, out=out, model="tiny", layers="1,2", shard_size=4, dtype="float32"), **kw})
 
 
 def _cli(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
@@ -79,7 +74,7 @@ def test_extract_into_the_data_folder_is_refused_and_keeps_hand_made_pairs(tiny,
     data = traj_file.parent
     hand_made = _lines(data / "pairs.jsonl", [{"chosen": "t1", "rejected": "t0"}]).read_bytes()
     with pytest.raises(ProbekitError, match="holds the input"):
-        extract(_opts(traj_file, data), loaded=tiny)
+        extract(extract_options(traj_file, data), loaded=tiny)
     assert (data / "pairs.jsonl").read_bytes() == hand_made
     assert sorted(p.name for p in data.iterdir()) == ["pairs.jsonl", "trajectories.jsonl"]
 
@@ -90,19 +85,19 @@ def test_extract_never_replaces_a_user_file_with_an_output_name(tiny, traj_file,
     (out / "pairs.jsonl").write_text("mine\n")
     for overwrite in (False, True):
         with pytest.raises(ProbekitError, match="pairs.jsonl"):
-            extract(_opts(traj_file, out, overwrite=overwrite), loaded=tiny)
+            extract(extract_options(traj_file, out, overwrite=overwrite), loaded=tiny)
     assert (out / "pairs.jsonl").read_text() == "mine\n"
 
 
 def test_overwrite_of_another_store_deletes_only_probekit_shards(tiny, traj_file, tmp_path):
     out = tmp_path / "st"
-    extract(_opts(traj_file, out), loaded=tiny)
+    extract(extract_options(traj_file, out), loaded=tiny)
     assert json.loads((out / MARKER).read_text())["command"] == "extract"
     (out / "shard-00099.h5").write_text("a file of the user's that looks like a shard")
     with pytest.raises(ProbekitError, match="other settings"):  # refused without --overwrite
-        extract(_opts(traj_file, out, layers="3"), loaded=tiny)
+        extract(extract_options(traj_file, out, layers="3"), loaded=tiny)
     assert (out / "shard-00099.h5").exists()
-    res = extract(_opts(traj_file, out, layers="3", overwrite=True), loaded=tiny)
+    res = extract(extract_options(traj_file, out, layers="3", overwrite=True), loaded=tiny)
     assert res.complete and Store(out).layers == [3]
     assert (out / "shard-00099.h5").read_text() == "a file of the user's that looks like a shard"
 
@@ -148,7 +143,7 @@ def test_infinity_is_refused_and_finite_shards_still_read(tmp_path):
 
 
 def test_shard_attrs_are_read_through_the_store_module(tiny, traj_file, tmp_path):
-    extract(_opts(traj_file, tmp_path / "st"), loaded=tiny)
+    extract(extract_options(traj_file, tmp_path / "st"), loaded=tiny)
     attrs = read_shard_attrs(tmp_path / "st" / shard_name(0))
     assert attrs["complete"] and attrs["cache_key"] == Store(tmp_path / "st").cache_key and int(attrs["shard_index"]) == 0
     with pytest.raises(ProbekitError, match="not a readable shard"):
@@ -159,23 +154,23 @@ def test_shard_attrs_are_read_through_the_store_module(tiny, traj_file, tmp_path
 
 
 def test_shard_held_by_another_process_is_left_alone(tiny, traj_file, tmp_path):
-    extract(_opts(traj_file, tmp_path / "ref"), loaded=tiny)
+    extract(extract_options(traj_file, tmp_path / "ref"), loaded=tiny)
     out = tmp_path / "st"
-    extract(_opts(traj_file, out, shard="0/3"), loaded=tiny)  # creates the store (shard 0)
+    extract(extract_options(traj_file, out, shard="0/3"), loaded=tiny)  # creates the store (shard 0)
     live_tmp = out / f".{shard_name(1)}.live.h5.tmp"  # another writer's file in progress
     live_tmp.write_bytes(b"being written")
     with FileLock(out / lock_name(1)):
-        res = extract(_opts(traj_file, out), loaded=tiny)
+        res = extract(extract_options(traj_file, out), loaded=tiny)
         assert res.shards_busy == [1] and res.shards_done == [2] and not res.complete
         assert live_tmp.read_bytes() == b"being written"  # not deleted under the other writer's feet
     live_tmp.unlink()
-    res = extract(_opts(traj_file, out), loaded=tiny)
+    res = extract(extract_options(traj_file, out), loaded=tiny)
     assert res.shards_done == [1] and res.complete
     assert_same_store(tmp_path / "ref", out)
 
 
 def test_two_processes_writing_one_store_equal_one_process(tiny, tiny_model_dir, traj_file, tmp_path):
-    extract(_opts(traj_file, tmp_path / "one"), loaded=tiny)
+    extract(extract_options(traj_file, tmp_path / "one"), loaded=tiny)
     cmd = ["extract", str(traj_file), "--out", str(tmp_path / "two"), "--model", str(tiny_model_dir), "--layers", "1,2",
            "--shard-size", "2", "--dtype", "float32", "--no-progress"]
     procs = [subprocess.Popen([sys.executable, "-m", "probekit", *cmd], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -183,7 +178,7 @@ def test_two_processes_writing_one_store_equal_one_process(tiny, tiny_model_dir,
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0 and "Traceback" not in err, err
-    extract(_opts(traj_file, tmp_path / "one2", shard_size=2), loaded=tiny)
+    extract(extract_options(traj_file, tmp_path / "one2", shard_size=2), loaded=tiny)
     assert_same_store(tmp_path / "one2", tmp_path / "two", atol=2e-5)
     assert Store(tmp_path / "two").manifest["status"] == "complete"
 
@@ -273,7 +268,7 @@ def _sigint_inside_a_finalizer() -> None:
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt, on purpose
 def test_ctrl_c_swallowed_by_a_finalizer_still_stops_extraction(tiny, traj_file, tmp_path, monkeypatch):
-    extract(_opts(traj_file, tmp_path / "ref"), loaded=tiny)
+    extract(extract_options(traj_file, tmp_path / "ref"), loaded=tiny)
     real_write = run_mod.write_shard
     calls = {"n": 0}
 
@@ -291,7 +286,7 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_extraction(tiny, traj_file,
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            extract(_opts(traj_file, cut), loaded=tiny)
+            extract(extract_options(traj_file, cut), loaded=tiny)
     finally:
         restored = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, previous)
@@ -299,7 +294,7 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_extraction(tiny, traj_file,
     assert not list(cut.glob("*.tmp")) and not list(cut.glob(".*.tmp"))
     assert restored is signal.default_int_handler  # the guard put it back
     monkeypatch.setattr(run_mod, "write_shard", real_write)
-    resumed = extract(_opts(traj_file, cut), loaded=tiny)
+    resumed = extract(extract_options(traj_file, cut), loaded=tiny)
     assert resumed.shards_skipped == [0, 1] and resumed.shards_done == [2] and resumed.complete
     assert_same_store(tmp_path / "ref", cut)
 
@@ -350,7 +345,7 @@ def test_outputs_follow_the_umask(tiny, traj_file, tmp_path, umask, mode):
 
     old = os.umask(umask)
     try:
-        extract(_opts(traj_file, tmp_path / "st"), loaded=tiny)
+        extract(extract_options(traj_file, tmp_path / "st"), loaded=tiny)
         result = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "data"), "--n-problems", "3"])
         assert result.exit_code == 0, result.output
     finally:
@@ -452,7 +447,7 @@ def test_extract_reports_progress_through_the_protocol_and_imports_no_cli(tiny, 
         def close(self):
             events.append(("close",))
 
-    extract(_opts(traj_file, tmp_path / "st"), loaded=tiny, progress=Recorder())
+    extract(extract_options(traj_file, tmp_path / "st"), loaded=tiny, progress=Recorder())
     (_, name, total, unit), *rest = events
     assert name == "extract" and unit == "tokens" and total > 0
     assert sum(e[1] for e in rest if e[0] == "advance") == total and rest[-1] == ("close",)

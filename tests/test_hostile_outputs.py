@@ -10,34 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.helpers import assert_one_line_error, run_cli
-from tests.store_factory import make_store
-
-HIDDEN = 8
+from tests.helpers import answered_store, assert_one_line_error, run_cli
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def planted(path: Path, n_groups: int = 24, seed: int = 0, shorter_better: bool = False) -> Path:
-    """A store whose label 1 trajectories carry a direction (and, optionally, are shorter)."""
-    rng = np.random.default_rng(seed)
-    states, groups, labels, answers = [], [], [], []
-    for g in range(n_groups):
-        for j in range(4):
-            label = int(j < 2)
-            T = int(rng.integers(8, 14)) + (0 if (label or not shorter_better) else 10)
-            x = rng.normal(size=(T, HIDDEN)).astype(np.float32)
-            x[:, 0] += 2.0 if label else -2.0
-            states.append(x)
-            groups.append(f"g{seed}-{g}")
-            labels.append(label)
-            answers.append("1" if label else str(2 + j))
-    return make_store(path, states, groups, labels, answers=answers)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +27,7 @@ def fitted(tmp_path_factory):
     from probekit.store import Store
 
     root = tmp_path_factory.mktemp("fitted")
-    store = Store(planted(root / "store"))
+    store = Store(answered_store(root / "store"))
     cfg = FitConfig().vary(epochs=3, n_boot=20, widths=(8,), rep_size=4)
     return store, fit_probe(store, root / "ckpt", cfg)
 
@@ -216,8 +195,8 @@ def test_cross_store_eval_fits_baselines_on_the_training_store(tmp_path):
     from probekit.pipeline import fit_probe
     from probekit.store import Store
 
-    train = Store(planted(tmp_path / "train", n_groups=24, seed=1, shorter_better=True))
-    other = Store(planted(tmp_path / "other", n_groups=12, seed=2, shorter_better=True))
+    train = Store(answered_store(tmp_path / "train", n_groups=24, seed=1, shorter_better=True))
+    other = Store(answered_store(tmp_path / "other", n_groups=12, seed=2, shorter_better=True))
     ckpt = fit_probe(train, tmp_path / "ckpt", FitConfig().vary(epochs=2, n_boot=20, widths=(8,), rep_size=4))
     m = evaluate_checkpoint(ckpt, other, "all", n_boot=50)
     length = m["baselines"]["length"]
@@ -238,8 +217,8 @@ def test_cross_store_eval_without_the_training_store_says_so(tmp_path):
     from probekit.pipeline import fit_probe
     from probekit.store import Store
 
-    train = Store(planted(tmp_path / "train", seed=3))
-    other = Store(planted(tmp_path / "other", n_groups=8, seed=4))
+    train = Store(answered_store(tmp_path / "train", seed=3))
+    other = Store(answered_store(tmp_path / "other", n_groups=8, seed=4))
     ckpt = fit_probe(train, tmp_path / "ckpt", FitConfig().vary(epochs=1, n_boot=10, widths=(8,), rep_size=4))
     shutil.rmtree(train.path)
     m = evaluate_checkpoint(ckpt, other, "all", n_boot=20)
@@ -264,9 +243,9 @@ def test_a_store_re_extracted_in_place_is_not_taken_for_the_training_store(tmp_p
     from probekit.store import Store
 
     path = tmp_path / "store"
-    ckpt = fit_probe(Store(planted(path, seed=5)), tmp_path / "ckpt", FitConfig().vary(epochs=1, n_boot=10, widths=(8,), rep_size=4))
+    ckpt = fit_probe(Store(answered_store(path, seed=5)), tmp_path / "ckpt", FitConfig().vary(epochs=1, n_boot=10, widths=(8,), rep_size=4))
     shutil.rmtree(path)
-    again = Store(planted(path, n_groups=10, seed=6))
+    again = Store(answered_store(path, n_groups=10, seed=6))
     m = evaluate_checkpoint(ckpt, again, "all", n_boot=20)
     assert "not available" in m["baselines"]["length"]["note"] and m["baselines_fitted_on"] is None
 

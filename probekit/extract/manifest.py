@@ -23,9 +23,10 @@ from pathlib import Path
 
 from probekit import __version__
 from probekit.errors import ProbekitError
-from probekit.io import read_json, write_json
+from probekit.io import write_json
 from probekit.models import dtype_name
-from probekit.store import FORMAT_VERSION, MANIFEST, read_shard_attrs, shard_is_complete
+from probekit.store import MANIFEST, read_shard_attrs, shard_is_complete, shard_name
+from probekit.store_schema import FORMAT_VERSION, file_matches, read_manifest, shard_checksum
 
 # The key field of the dtype the model computes in (absent from stores written before it was keyed).
 MODEL_DTYPE = "model_dtype"
@@ -72,14 +73,22 @@ def check_existing(out: Path, manifest: dict, overwrite: bool) -> dict | None:
     A store made from another model, other data or other settings is never
     mixed with new shards: the user must pass --overwrite (or choose another
     folder), and the error says which fields differ, and for the compute dtype
-    both dtypes.
+    both dtypes. A damaged manifest (`read_manifest` refuses it) is replaced only with --overwrite.
+    A resumed store keeps the checksums its manifest recorded, so that a re-run can tell a shard damaged
+    since then (`damaged_shards`) instead of recording the damage as the shard's new checksum.
     """
     path = out / MANIFEST
     if not path.exists():
         return None
-    old = read_json(path)
+    try:
+        old = read_manifest(path)
+    except ProbekitError as exc:
+        if overwrite:
+            return None
+        raise ProbekitError(f"{exc}; pass --overwrite to replace this store or choose another --out") from None
     if old.get("cache_key") == manifest["cache_key"]:
-        return manifest
+        recorded = old["shards"].get("checksums")
+        return manifest if recorded is None else {**manifest, "shards": {**manifest["shards"], "checksums": recorded}}
     old_key, new_key = old.get("key", {}), manifest["key"]
     stored_dtype = old_key.get(MODEL_DTYPE)
     if MODEL_DTYPE not in old_key and old.get("cache_key") == cache_key({k: v for k, v in new_key.items() if k != MODEL_DTYPE}):
@@ -102,17 +111,31 @@ def check_existing(out: Path, manifest: dict, overwrite: bool) -> dict | None:
     )
 
 
+def damaged_shards(out: Path, manifest: dict, shards: list[int]) -> list[int]:
+    """Those of `shards` whose file no longer has the size and sha256 the manifest recorded (none where it
+    recorded none): a re-run extracts them again (one read of each file)."""
+    recorded = manifest["shards"].get("checksums")
+    if recorded is None:
+        return []
+    return [s for s in shards if not file_matches(out / shard_name(s), recorded[s])]
+
+
 def _shard_dtypes(out: Path, key: str) -> set[str]:
     """The compute dtypes recorded by the finished shards of the store `key` in `out`."""
     return {str(read_shard_attrs(p).get("model_dtype", "an unrecorded dtype")) for p in sorted(out.glob("shard-*.h5")) if shard_is_complete(p, key)}
 
 
 def finalize(out: Path, manifest: dict, shard_attrs: list[dict]) -> dict:
-    """Write the completed manifest with counts and throughput summed over all shards."""
+    """Write the completed manifest with counts and throughput summed over all shards (`shard_attrs`, as
+    `read_shard_attrs` reads them) and each shard's checksum (`probekit.store_schema.shard_checksum`), which every
+    reader compares (probekit.store's docstring says when)."""
+    paths = [out / shard_name(int(a["shard_index"])) for a in shard_attrs]
+    checksums = [shard_checksum(p, manifest["layers"], manifest["model"]["hidden_size"]) for p in paths]
     processed = sum(int(a["n_tokens_processed"]) for a in shard_attrs)
     seconds = sum(float(a["seconds"]) for a in shard_attrs)
     done = dict(manifest)
     done["status"] = "complete"
+    done["shards"] = {**manifest["shards"], "checksums": checksums}
     done["stats"] = {
         "n_trajectories": sum(int(a["n_trajectories"]) for a in shard_attrs),
         "n_rows_stored": sum(int(a["n_rows"]) for a in shard_attrs),

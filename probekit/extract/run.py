@@ -4,7 +4,9 @@ Work is cut into shards of `shard_size` trajectories in input order. A rank
 (torchrun's RANK/WORLD_SIZE, or `--shard i/N`) takes shards i, i+N, ...; the
 shard layout does not depend on the number of ranks, so one process and N
 processes write byte-for-byte the same set of shard files. A shard that is
-already complete is skipped, which is what makes re-running a command resume.
+already complete is skipped, which is what makes re-running a command resume;
+one whose file no longer matches the checksum the manifest recorded (damaged
+since) is extracted again.
 
 Each shard is written while holding its lock file (`.shard-NNNNN.h5.lock`), so
 two processes pointed at one `--out` never write, or clean up after, the same
@@ -28,7 +30,7 @@ from filelock import FileLock, Timeout
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
 from probekit.errors import ProbekitError
 from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layers, forward_layers_shared, full_attention_everywhere
-from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, describe_model, finalize
+from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, damaged_shards, describe_model, finalize
 from probekit.extract.options import ExtractOptions, parse_rank
 from probekit.extract.plan import batch_token_budget, length_buckets, parse_positions, select_positions, shared_prompts
 from probekit.extract.render import Encoded, encode, resolve_template
@@ -132,7 +134,9 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
     write_pairs(out_dir.file(PAIRS), pairs)
 
     mine = list(range(rank, n_shards, world))
-    todo = [s for s in mine if not shard_is_complete(out / shard_name(s), manifest["cache_key"])]
+    complete = [s for s in mine if shard_is_complete(out / shard_name(s), manifest["cache_key"])]
+    damaged = set(damaged_shards(out, manifest, complete))  # changed since the manifest recorded them: extracted again
+    todo = [s for s in mine if s not in complete or s in damaged]
     result = ExtractResult(out=out, manifest=manifest, shards_skipped=[s for s in mine if s not in todo], n_skipped_invalid=n_invalid)
 
     encoded = {s: _encode_shard(trajectories, s, opts, loaded, template) for s in todo}
@@ -143,7 +147,7 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
                 with _ShardLock(out, s) as held:
                     if not held:
                         result.shards_busy.append(s)
-                    elif shard_is_complete(out / shard_name(s), manifest["cache_key"]):
+                    elif s not in damaged and shard_is_complete(out / shard_name(s), manifest["cache_key"]):
                         result.shards_skipped.append(s)  # finished by another process since `todo` was made
                     else:
                         _write_one_shard(out, s, trajectories, encoded[s], loaded, layers, stride, opts, manifest, task, guard)

@@ -154,15 +154,6 @@ def test_data_samples_skips_and_counts_such_a_record(tmp_path):
     assert skipped == 1 and [t.answer for t in trajectories] == ["2"]
 
 
-def test_write_trajectories_refuses_what_read_trajectories_refuses(tmp_path):
-    out = tmp_path / "o" / "trajectories.jsonl"
-    for bad, needle in [(Trajectory("a", "g", "p", "A: 1", answer="1\u0000"), "NUL"), (Trajectory("a", "g", "p", "  "), "empty completion"),
-                        (Trajectory("a", "g", "p", "A: 1", error_char=4), "error_char"), (Trajectory("a", "g", "p", "A: 1", label=2), "label")]:
-        with pytest.raises(ProbekitError, match=needle):
-            write_trajectories(out, [Trajectory("ok", "g", "p", "A: 1"), bad])
-        assert files_under(tmp_path / "o") == []
-
-
 @pytest.mark.parametrize("command, name", [
     ("gsm8k", "gsm8k/example_model_solutions.jsonl"), ("gsm8k-gold", "gsm8k/test.jsonl"), ("gsm8k-corrupt", "gsm8k/train.jsonl"),
     ("math", "math/test.jsonl"), ("hh", "hh_rlhf/harmless-base/test.jsonl.gz"), ("samples", "samples.jsonl"),

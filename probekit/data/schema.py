@@ -64,9 +64,9 @@ def check_trajectory(t: Trajectory, loc: str) -> Trajectory:
     """Refuse a trajectory the reader would refuse: an empty completion, a label other than 0/1, an `error_char`
     outside the completion, a NUL character in a field a store keeps as an HDF5 string (which cannot hold one).
 
-    The one check of a trajectory's values: the reader makes it on each record it parses, the adapters on each
-    trajectory they build (naming their input's `file:line`), and `write_trajectories` on each it writes, so no
-    adapter writes what the reader refuses. (Strings that are not valid text are `probekit.io.check_text`'s.)
+    The one check of a trajectory's values: the reader makes it on each record it parses and every `probekit data`
+    adapter on each trajectory it builds (refusing its input's `file:line`), so no adapter writes what the reader
+    refuses. (Strings that are not valid text are `probekit.io.check_text`'s, which every JSONL writer makes.)
     """
     if not t.completion.strip():
         raise ProbekitError(f"{loc}: empty completion (trajectory '{t.id}')")
@@ -199,8 +199,7 @@ def derive_pairs(trajectories: Iterable[Trajectory]) -> list[Pair]:
 
 
 def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory]) -> int:
-    """Write trajectories in the format `read_trajectories` reads; one it would refuse is refused here (nothing is written)."""
-    return write_jsonl(path, (check_trajectory(t, f"{path}: trajectory '{t.id}'").to_record() for t in trajectories))
+    return write_jsonl(path, (t.to_record() for t in trajectories))
 
 
 def write_pairs(path: str | Path, pairs: Iterable[Pair]) -> int:

@@ -19,14 +19,34 @@ store_app = typer.Typer(help="Check stores of cached hidden states written by `p
 app.add_typer(store_app, name="store")
 
 
+THREADS_ENV = "PROBEKIT_THREADS"
+MAX_THREADS = 4096  # far above any machine's cores; torch takes a C int and OpenMP starts every thread asked for
+
+
+def thread_count(text: str, source: str) -> int:
+    """The `--threads` value (given as `source`: the option or the variable) as an int in [0, MAX_THREADS]; one line otherwise."""
+    from probekit.errors import ProbekitError
+
+    try:
+        n = int(text.strip())
+    except ValueError:
+        n = -1
+    if not 0 <= n <= MAX_THREADS:
+        raise ProbekitError(f"{source}: must be a whole number from 0 (torch's default) to {MAX_THREADS} threads, got {text!r}")
+    return n
+
+
 @app.callback()
 def _global_options(
-    threads: int = typer.Option(0, "--threads", envvar="PROBEKIT_THREADS", min=0,
-                                help="Torch CPU threads for the command (0 = torch's default, one per core). On a shared machine "
-                                     "1 avoids OpenMP spin-waits that can slow a run several times."),
+    ctx: typer.Context,
+    threads: str = typer.Option("0", "--threads", envvar=THREADS_ENV, metavar="N",
+                                help="Torch CPU threads for the command (0 = torch's default, one per core; at most "
+                                     f"{MAX_THREADS}). On a shared machine 1 avoids OpenMP spin-waits that can slow a run several times."),
 ) -> None:
     """Options for every command (given before the command's name: `probekit --threads 1 fit ...`)."""
-    if threads:
+    from_env = getattr(ctx.get_parameter_source("threads"), "name", None) == "ENVIRONMENT"
+    n = thread_count(threads, f"${THREADS_ENV}" if from_env else "--threads")
+    if n:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(n)

@@ -1,4 +1,10 @@
-"""Helpers shared by the command modules: consoles and output modes."""
+"""Helpers shared by the command modules: consoles and output modes.
+
+Rich reads `[...]` in printed text as markup, and paths and names are the user's: a folder named `out[/]`
+crashed a success message after all the work was done, and one named `[red]x[/red]` printed as `x`. So every
+path, name or other value put into a console line goes through `esc`, and `rich_table` escapes every cell and
+title itself; only probekit's own styling (`[bold]...[/]`) stays markup.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from probekit.io import json_default
 
@@ -20,16 +28,24 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
+def esc(value: Any) -> str:
+    """`value` as console text that prints as it is: a path or a name holding [brackets] is not markup."""
+    return escape(str(value))
+
+
 def rich_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    table = Table(title=title)
+    """A table whose title, headers and cells print as they are (`esc`); a cell that is a rich `Text` keeps its style."""
+    table = Table(title=esc(title))
     for col in columns:
-        table.add_column(col)
+        table.add_column(esc(col))
     for row in rows:
         table.add_row(*(fmt(v) for v in row))
     return table
 
 
-def fmt(value: Any) -> str:
+def fmt(value: Any) -> str | Text:
+    if isinstance(value, Text):
+        return value
     if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
+        return esc(f"{value:.4f}")
+    return esc(value)

@@ -18,7 +18,7 @@ import typer
 from probekit.data.fetch import DATASETS, MIRROR_ENV
 from probekit.data.samples import SampleFields
 from probekit_cli.app import data_app
-from probekit_cli.common import console, emit_json
+from probekit_cli.common import console, emit_json, esc
 from probekit_cli.options import with_config
 
 if TYPE_CHECKING:
@@ -58,11 +58,11 @@ def report(title: str, summary: dict, json_out: bool) -> None:
     labels = ", ".join(f"label {k}: {v}" for k, v in summary["labels"].items())
     reasons = ", ".join(f"{k}: {v}" for k, v in summary["skipped_by_reason"].items())
     line = (
-        f"[bold]{title}[/]: {summary['trajectories']} trajectories in {summary['groups']} groups, "
-        f"{summary['pairs']} pairs ({labels}); skipped {summary['skipped']}" + (f" ({reasons})" if reasons else "")
+        f"[bold]{esc(title)}[/]: {summary['trajectories']} trajectories in {summary['groups']} groups, "
+        f"{summary['pairs']} pairs ({esc(labels)}); skipped {summary['skipped']}" + (f" ({esc(reasons)})" if reasons else "")
     )
     if "out" in summary:
-        line += f" -> {summary['out']}"
+        line += f" -> {esc(summary['out'])}"
     console.print(line, highlight=False, soft_wrap=True)
 
 
@@ -129,7 +129,7 @@ def synth_prompts(
     target = claim_output(out, "data", ("prompts.jsonl",), overwrite=overwrite)
     prompts = build(n_problems, min_steps, max_steps, shots, seed)
     write_prompts(target.file("prompts.jsonl"), prompts)
-    console.print(f"[bold]synth-prompts[/]: {len(prompts)} prompts ({shots}-shot, {min_steps}-{max_steps} steps) -> {out}/prompts.jsonl", highlight=False)
+    console.print(f"[bold]synth-prompts[/]: {len(prompts)} prompts ({shots}-shot, {min_steps}-{max_steps} steps) -> {esc(out / 'prompts.jsonl')}", highlight=False, soft_wrap=True)
 
 
 @data_app.command()
@@ -266,4 +266,4 @@ def fetch(
         return
     rows = [[f.dataset, str(f.path.relative_to(root)), f.bytes, f.status] for f in done]
     console.print(rich_table("probekit data fetch", ["data set", "file", "bytes", "status"], rows))
-    console.print(f"[bold]data fetch[/]: {len(done)} files verified by sha256 in {root} (pass it as --data-dir)", highlight=False, soft_wrap=True)
+    console.print(f"[bold]data fetch[/]: {len(done)} files verified by sha256 in {esc(root)} (pass it as --data-dir)", highlight=False, soft_wrap=True)

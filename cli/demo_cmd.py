@@ -8,7 +8,7 @@ import typer
 
 from probekit.config import DemoConfig
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json
+from probekit_cli.common import console, emit_json, esc
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
 from probekit_cli.tables import demo_table, generation_table
@@ -27,11 +27,11 @@ def demo(
     from probekit.demo import run_demo
 
     summary = run_demo(out, config, overwrite=overwrite, progress=progress_for(progress),
-                       log=lambda text: console.print(f"[bold cyan]demo[/] {text}", highlight=False))
+                       log=lambda text: console.print(f"[bold cyan]demo[/] {esc(text)}", highlight=False, soft_wrap=True))
     if json_out:
         emit_json(summary)
     console.print(demo_table(summary))
     if summary.get("generation"):
         console.print(generation_table(summary["generation"]))
-    console.print(f"plots: {', '.join(summary['plots'])}")
-    console.print(f"everything is in {out}/ (summary.json); took {summary['seconds']['total']:.0f} s")
+    console.print(f"plots: {esc(', '.join(summary['plots']))}", soft_wrap=True)
+    console.print(f"everything is in {esc(out)}/ (summary.json); took {summary['seconds']['total']:.0f} s", soft_wrap=True)

@@ -9,7 +9,7 @@ import typer
 
 from probekit.extract.options import ExtractOptions
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json, rich_table
+from probekit_cli.common import console, emit_json, esc, rich_table
 from probekit_cli.options import field_help, with_config
 
 
@@ -42,7 +42,7 @@ def extract(
     if result.n_truncated:
         console.print(f"[yellow]warning:[/] {result.n_truncated} trajectories were longer than --max-length {opts.max_length} and were truncated from the left (counted in manifest.json)")
     if result.shards_busy:
-        console.print(f"[yellow]warning:[/] shards {result.shards_busy} are being written by another live process and were left to it; "
+        console.print(f"[yellow]warning:[/] shards {esc(result.shards_busy)} are being written by another live process and were left to it; "
                       "the store is complete once that process finishes (or re-run this command after it stops)")
     if not result.complete:
         console.print("This rank's shards are done; the store is complete once every rank has finished.")

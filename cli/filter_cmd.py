@@ -8,7 +8,7 @@ import typer
 
 from probekit.filter.config import FilterConfig
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json
+from probekit_cli.common import console, emit_json, esc
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
 from probekit_cli.tables import filter_table
@@ -33,17 +33,17 @@ def filter_cmd(
     config.validate()
     metrics = filter_store(load_checkpoint(ckpt), Store(store), out, config, overwrite=overwrite, progress=progress_for(progress))
     for warning in metrics["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {esc(warning)}", highlight=False, soft_wrap=True)
     groups = metrics["groups"]
     if groups["n_excluded_train"]:
         console.print(f"{groups['n_excluded_train']} groups of the checkpoint's training split are excluded from the report.")
     if metrics["threshold_mode"] != "fixed":
         console.print(
             f"threshold {metrics['chosen_threshold']:.4g} chosen on {groups['n_selection']} selection groups "
-            f"({groups['selection_source']}); reported on {groups['n_report']} other groups."
+            f"({esc(groups['selection_source'])}); reported on {groups['n_report']} other groups."
         )
     if json_out:
         emit_json({k: metrics[k] for k in ("signal", "goal", "skip_first", "chosen_threshold", "report", "warnings", "seconds")})
         return
     console.print(filter_table(metrics))
-    console.print(f"wrote {out}/decisions.jsonl, metrics.json" + (", frontier.png, q_curves.png" if config.plots else ""))
+    console.print(f"wrote {esc(out)}/decisions.jsonl, metrics.json" + (", frontier.png, q_curves.png" if config.plots else ""), soft_wrap=True)

@@ -13,7 +13,7 @@ import typer
 from probekit.config import ABLATION_AXES, ComputeConfig, EvalConfig, FitConfig, SweepConfig, parse_widths_list
 from probekit.errors import ProbekitError
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json, rich_table
+from probekit_cli.common import console, emit_json, esc, rich_table
 from probekit_cli.options import field_help, with_config
 from probekit_cli.progress import progress_for
 from probekit_cli.tables import metrics_table, sweep_table
@@ -106,7 +106,7 @@ def eval_cmd(
     err = metrics["probe"].get("error_localisation")
     if err:
         console.print(rich_table("error localisation (incorrect trajectories with a known first error)", ["field", "value"], [[k, v] for k, v in err.items()]))
-    console.print(f"metrics and plot written to {out_dir.path}")
+    console.print(f"metrics and plot written to {esc(out_dir.path)}", soft_wrap=True)
 
 
 SWEEP_AXES = ("lam", "K", "widths", "layer", "seed", "goal_prototypes")
@@ -144,4 +144,4 @@ def sweep(
         emit_json(result)
         return
     console.print(sweep_table(result))
-    console.print(f"results written to {out / 'results.csv'} and {out / 'results.json'}")
+    console.print(f"results written to {esc(out / 'results.csv')} and {esc(out / 'results.json')}", soft_wrap=True)

@@ -9,7 +9,7 @@ import typer
 
 from probekit.generate.config import GenerateConfig, SteerConfig
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json, rich_table
+from probekit_cli.common import console, emit_json, esc, rich_table
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
 
@@ -67,7 +67,7 @@ def generate(
     keys = ("n_prompts", "n_trajectories", "tokens_generated", "seconds", "tokens_per_second", "accuracy_per_sample",
             "n_hit_max_new_tokens", "n_stopped_early", "n_fallback_groups", "tokens_resumed_for_fallback")
     console.print(rich_table("probekit generate", ["field", "value"], [[k, stats[k]] for k in keys]))
-    console.print(f"wrote {out}/trajectories.jsonl, pairs.jsonl, store/ and generation.json")
+    console.print(f"wrote {esc(out)}/trajectories.jsonl, pairs.jsonl, store/ and generation.json", soft_wrap=True)
 
 
 @app.command()
@@ -103,6 +103,7 @@ def steer(
         return
     keys = ("n_prompts", "tokens_generated", "goal", "mean_q_best_beam", "accuracy_best_beam", "resampled_steps", "n_best_ended_without_match")
     console.print(rich_table("probekit steer", ["field", "value"], [[k, result.stats[k]] for k in keys]))
+    console.print(f"wrote {esc(out)}/trajectories.jsonl and steering.json", soft_wrap=True)
 
 
 @app.command()
@@ -127,4 +128,4 @@ def goal(
     out_dir = claim_output(out, "goal", GOAL_FILES, overwrite=overwrite, inputs=[examples, ckpt])
     prototype, info = goal_from_examples(checkpoint, examples, load_model(model), template, skip_invalid=skip_invalid)
     write_goal(out_dir, name, prototype, info)
-    console.print(f"goal '{name}' from {info['n_examples']} examples written to {out}")
+    console.print(f"goal '{esc(name)}' from {info['n_examples']} examples written to {esc(out)}", soft_wrap=True)

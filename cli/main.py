@@ -28,11 +28,9 @@ for _name in COMMAND_MODULES:
 
 def _fail(label: str, message: str, status: int) -> None:
     """Print one line on stderr (the message escaped: file names may hold [brackets]) and exit."""
-    from rich.markup import escape
+    from probekit_cli.common import console, esc
 
-    from probekit_cli.common import console
-
-    console.print(f"[bold red]{label}[/]{escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]{label}[/]{esc(message)}", highlight=False, soft_wrap=True)
     sys.exit(status)
 
 

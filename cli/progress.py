@@ -7,15 +7,15 @@ import time
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichBar
 
-from probekit_cli.common import console
+from probekit_cli.common import console, esc
 
 
 class _RichTask:
     def __init__(self, description: str, total: float | None, unit: str):
-        columns = [TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn()]
+        columns = [TextColumn(f"[bold]{esc(description)}"), BarColumn(), MofNCompleteColumn()]
         if unit:
-            columns += [TextColumn(unit), TextColumn("{task.fields[rate]}")]
-        columns += [TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
+            columns += [TextColumn(esc(unit)), TextColumn("{task.fields[rate]}", markup=False)]
+        columns += [TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[note]}", markup=False)]
         self._bar = RichBar(*columns, console=console, transient=True)
         self._task = self._bar.add_task(description, total=total, note="", rate="")
         self._unit = unit

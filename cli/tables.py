@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
+
 from probekit.config import ablation_name
 from probekit_cli.common import rich_table
 
@@ -147,7 +149,7 @@ def demo_table(summary: dict):
     ]
     for name, b in (summary.get("baselines") or {}).items():
         if b:
-            rows.append([f"[dim]{name}[/]", fmt_ci(b.get("auroc")), "-", fmt_ci(b.get("pairwise_accuracy")), "-", "-", "-", ""])
+            rows.append([Text(name, style="dim"), fmt_ci(b.get("auroc")), "-", fmt_ci(b.get("pairwise_accuracy")), "-", "-", "-", ""])
     return rich_table(
         f"probekit demo: {summary['model']} layer {summary['layer']}, {summary['n_trajectories']} trajectories (test problems)",
         ["probe", "AUROC [95% CI]", "Q AUROC", "pairwise acc", "vote acc", "vote acc (filtered)", "tokens saved (official / effective)", "beats baselines"],

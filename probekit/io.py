@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -60,13 +61,58 @@ def write_json(dest: str | os.PathLike, obj: Any) -> None:
 
 
 def write_jsonl(dest: str | os.PathLike, records: Iterator[dict] | list[dict]) -> int:
-    """Write records atomically, one JSON object per line; return the count."""
+    """Write records atomically, one JSON object per line; return the count.
+
+    A record holding a string that is not valid text (see `check_text`) is refused, naming the file and the record,
+    and nothing is written: the readers would refuse it.
+    """
     n = 0
     with atomic_path(dest) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False, default=json_default) + "\n")
+            line = json.dumps(rec, ensure_ascii=False, default=json_default)
+            if _SURROGATE.search(line):
+                check_text(rec, where(dest, n + 1))  # names the field
+                raise ProbekitError(f"{where(dest, n + 1)}: not valid text (it holds a lone UTF-16 surrogate)")
+            fh.write(line + "\n")
             n += 1
     return n
+
+
+# A lone UTF-16 surrogate: JSON's \u escapes can spell one ("\ud800"), but it is not a character and UTF-8 cannot encode
+# it, so such a string crashes whatever writes or tokenises it later. A pair is decoded into one character by json.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")  # a cheap test of a raw line before the walk of its values
+
+
+def _not_text(value: Any, at: str = "") -> str | None:
+    """Which string of a JSON value (keys included) is not valid text ("field 'meta.notes[2]'", "a key of field
+    'meta'"), or None."""
+    if isinstance(value, str):
+        return f"field '{at}'" if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return f"a key of field '{at}'" if at else "a field name"
+            found = _not_text(item, f"{at}.{key}" if at else str(key))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            found = _not_text(item, f"{at}[{k}]")
+            if found:
+                return found
+    return None
+
+
+def check_text(record: Any, loc: str) -> None:
+    """Refuse a record with a string that is not valid text (a lone UTF-16 surrogate), naming `loc` and the field.
+
+    The one check of a record's strings as text: every JSONL reader makes it on each line (`iter_jsonl`) and every
+    JSONL writer on each record (`write_jsonl`), so nothing is written that a reader refuses.
+    """
+    found = _not_text(record)
+    if found is not None:
+        raise ProbekitError(f"{loc}: {found} is not valid text (it holds a lone UTF-16 surrogate such as \\ud800)")
 
 
 def json_default(obj: Any) -> Any:
@@ -123,14 +169,16 @@ def _parse_line(raw: bytes, loc: str) -> dict | None:
         raise ProbekitError(f"{loc}: malformed JSON ({exc.msg})") from None
     if not isinstance(obj, dict):
         raise ProbekitError(f"{loc}: expected a JSON object, got {type(obj).__name__}")
+    if _ESCAPED_SURROGATE.search(line):
+        check_text(obj, loc)
     return obj
 
 
 def iter_jsonl(path: str | os.PathLike, on_invalid: Callable[[ProbekitError], None] | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, object) for each non-blank line.
 
-    A line that is not UTF-8, not JSON or not an object is a ProbekitError naming
-    `file:line`; with `on_invalid` it is handed to that callback and skipped
+    A line that is not UTF-8, not JSON, not an object or with a string that is not
+    valid text (`check_text`) is a ProbekitError naming `file:line`; with `on_invalid` it is handed to that callback and skipped
     instead, so `--skip-invalid` callers can count it. Lines are decoded one by
     one (not by a text-mode reader) so that a bad byte names its line and does
     not end the file.

@@ -128,9 +128,35 @@ def test_damaged_cached_file_offline_is_an_error_and_stays_as_it_was(served, cac
     fetch_datasets(["toy"])
     damaged = cache / files[0].path
     damaged.write_bytes(b"not the data")
-    with pytest.raises(ProbekitError, match="toy/a.jsonl: cannot download"):
+    with pytest.raises(ProbekitError) as exc:
         fetch_datasets(["toy"], mirror=closed_port_url())
     assert damaged.read_bytes() == b"not the data"
+    _assert_says_the_cached_copy_failed_its_sha256(str(exc.value), damaged, files[0].sha256, sha256(b"not the data"))
+
+
+def _assert_says_the_cached_copy_failed_its_sha256(msg: str, damaged: Path, expected: str, got: str) -> None:
+    """Issue 19, defect 18: the message said only "cannot download" and told the user to save the file where the damaged
+    copy already was (checked on 904a079); it must say that the cached copy failed its sha256, and where it is."""
+    assert "\n" not in msg and msg.startswith(f"{damaged}: the cached copy failed its sha256 check"), msg
+    assert f"expected {expected}, got {got}" in msg and "save it as DIR" not in msg
+    assert f"replace it by hand with the right file (sha256 {expected})" in msg and "fetch again when online" in msg
+
+
+def test_cli_offline_with_a_damaged_cached_copy_says_it_failed_its_sha256(served, cache, monkeypatch, capsys):
+    root, server = served
+    files = plant(monkeypatch, root, server.url)
+    monkeypatch.setenv(fetch.MIRROR_ENV, server.url)  # the local mirror: the first fetch works
+    code, err = run_cli(monkeypatch, capsys, "data", "fetch", "toy", "--no-progress")
+    assert code == 0, err
+    damaged = cache / files[1].path
+    damaged.write_bytes(damaged.read_bytes()[:-3])  # a truncated copy
+    got = sha256(damaged.read_bytes())
+    monkeypatch.setenv(fetch.MIRROR_ENV, closed_port_url())  # offline
+    code, err = run_cli(monkeypatch, capsys, "data", "fetch", "toy", "--no-progress")
+    assert_one_line_error(code, err)
+    _assert_says_the_cached_copy_failed_its_sha256(" ".join(ln.strip() for ln in err.splitlines())[len("error: "):], damaged,
+                                                   files[1].sha256, got)
+    assert sha256(damaged.read_bytes()) == got  # left as it was
 
 
 def test_unreachable_server_names_the_file_url_and_how_to_place_it(served, cache, monkeypatch):

@@ -85,6 +85,21 @@ def test_samples_do_not_depend_on_batching(unfiltered, tiny, tmp_path):
     assert [t.completion for t in other.trajectories] != [t.completion for t in unfiltered.trajectories]
 
 
+def test_a_tiny_positive_temperature_samples_what_greedy_decoding_does(tiny, probe, tmp_path):
+    """logits / 1e-40 overflows float32: each token must be the greedy one (not garbage from inf - inf), in both decoders."""
+    from probekit.generate.config import SteerConfig
+    from probekit.generate.steering import steer
+
+    greedy = generate(PROMPTS, tmp_path / "g0", config(temperature=0.0), loaded=tiny)
+    search = SteerConfig(beams=2, candidates=2, step_tokens=3)
+    steered = steer(PROMPTS, tmp_path / "s0", config(temperature=0.0), search, probe, loaded=tiny)
+    for k, temperature in enumerate((1e-40, 1e-300, 5e-324)):
+        tiny_t = generate(PROMPTS, tmp_path / f"g{k + 1}", config(temperature=temperature), loaded=tiny)
+        assert [t.completion for t in tiny_t.trajectories] == [t.completion for t in greedy.trajectories], temperature
+        tiny_s = steer(PROMPTS, tmp_path / f"s{k + 1}", config(temperature=temperature), search, probe, loaded=tiny)
+        assert [t.completion for t in tiny_s.trajectories] == [t.completion for t in steered.trajectories], temperature
+
+
 @pytest.fixture(scope="module")
 def probe(unfiltered, tmp_path_factory):
     """A random probe over layer 4 of the tiny model, saved as a checkpoint of the generated store."""

@@ -419,9 +419,26 @@ def test_threads_option_sets_torch_threads_for_the_command(tmp_path):
         assert result.exit_code == 0, result.output
         assert torch.get_num_threads() == 1
         result = CliRunner().invoke(app, ["--threads", "-1", "data", "synth", "--n-problems", "2", "--out", str(out)])
-        assert result.exit_code == 2 and torch.get_num_threads() == 1
+        assert isinstance(result.exception, ProbekitError) and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", [str(2**31), "99999999999", "4097", "-1", "abc", "1.5"])
+def test_a_thread_count_out_of_range_is_one_line_naming_where_it_came_from(tmp_path, monkeypatch, capsys, value):
+    """Issue 19, defect 17: PROBEKIT_THREADS beyond the C int range was an overflow traceback (checked on 904a079)."""
+    import torch
+
+    from tests.helpers import assert_one_line_error, run_cli
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("PROBEKIT_THREADS", value)
+    code, err = run_cli(monkeypatch, capsys, "data", "synth", "--n-problems", "2", "--out", tmp_path / "a")
+    assert_one_line_error(code, err, "$PROBEKIT_THREADS", "from 0", "4096", repr(value))
+    monkeypatch.setenv("PROBEKIT_THREADS", "1")
+    code, err = run_cli(monkeypatch, capsys, "--threads", value, "data", "synth", "--n-problems", "2", "--out", tmp_path / "b")
+    assert_one_line_error(code, err, "--threads", repr(value))
+    assert "PROBEKIT_THREADS" not in err and torch.get_num_threads() == before and not (tmp_path / "a").exists()
 
 
 def test_out_help_no_longer_promises_replacement():

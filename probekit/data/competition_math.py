@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from probekit.data.gsm8k import split_name
-from probekit.data.schema import Trajectory
+from probekit.data.schema import Trajectory, check_trajectory, require_records
 from probekit.errors import ProbekitError, where
 from probekit.io import iter_jsonl
 
@@ -69,6 +69,6 @@ def gold_solutions(path: str | Path) -> list[Trajectory]:
         if answer is None:
             raise ProbekitError(f"{loc}: the solution has no \\boxed{{...}} answer")
         meta = {k: obj[k] for k in ("unique_id", "subject", "type", "level") if k in obj}
-        out.append(Trajectory(id=f"math-{split}-{index}-gold", group=f"math-{split}-{index}", prompt=obj["problem"],
-                              completion=obj["solution"], label=1, answer=answer, meta=meta))
-    return out
+        out.append(check_trajectory(Trajectory(id=f"math-{split}-{index}-gold", group=f"math-{split}-{index}", prompt=obj["problem"],
+                                               completion=obj["solution"], label=1, answer=answer, meta=meta), loc))
+    return require_records(out, path, "problems")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from probekit.data.gsm8k import final_answer, gold_completion, gold_records, gold_trajectory, split_name
-from probekit.data.schema import Pair, Trajectory
+from probekit.data.schema import Pair, Trajectory, require_records
 
 ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>=]*)>>")
 UNANNOTATED_EQUALS = re.compile(r"=(?!\s*\$?\s*<<)")
@@ -333,4 +333,4 @@ def corrupt_gold(
             )
             trajectories.append(bad)
             pairs.append(Pair(gold.id, bad.id))
-    return trajectories, pairs
+    return require_records(trajectories, gold_path, "problems", skipped), pairs

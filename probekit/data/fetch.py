@@ -143,7 +143,7 @@ def fetch_datasets(names: Iterable[str], root: Path | None = None, mirror: str |
 def _fetch_file(dataset: str, file: DataFile, root: Path, mirror: str | None, progress: Progress | None) -> Fetched:
     target = root / file.path
     url = f"{mirror.rstrip('/')}/{file.path}" if mirror else file.url
-    damaged = False
+    got = None  # the sha256 of a cached copy that is not the pinned file
     if target.is_dir():
         raise ProbekitError(f"{target}: is a folder, not the data file {file.path}")
     if target.exists():
@@ -153,9 +153,17 @@ def _fetch_file(dataset: str, file: DataFile, root: Path, mirror: str | None, pr
             raise ProbekitError(f"{target}: cannot read ({exc.strerror or exc})") from None
         if got == file.sha256:
             return Fetched(dataset, target, url, file.sha256, target.stat().st_size, "cached")
-        damaged = True
-    size = _download(file, url, target, root, progress)
-    return Fetched(dataset, target, url, file.sha256, size, "replaced damaged copy" if damaged else "downloaded")
+    try:
+        size = _download(file, url, target, root, progress)
+    except _Unreachable as exc:
+        if got is None:
+            raise
+        raise ProbekitError(
+            f"{target}: the cached copy failed its sha256 check (expected {file.sha256}, got {got}) and no good copy can be "
+            f"downloaded from {url} ({exc.reason}); it is left as it is: fetch again when online (or with --mirror), or "
+            f"replace it by hand with the right file (sha256 {file.sha256})"
+        ) from None
+    return Fetched(dataset, target, url, file.sha256, size, "replaced damaged copy" if got is not None else "downloaded")
 
 
 def _download(file: DataFile, url: str, target: Path, root: Path, progress: Progress | None) -> int:
@@ -207,10 +215,18 @@ def _network_errors(file: DataFile, url: str, root: Path) -> Iterator[None]:
         raise _unreachable(file, url, root, str(exc) or type(exc).__name__) from None
 
 
+class _Unreachable(ProbekitError):
+    """A download that failed on the connection, not on the bytes (`reason` says how)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def _unreachable(file: DataFile, url: str, root: Path, reason: str) -> ProbekitError:
-    return ProbekitError(
+    return _Unreachable(
         f"{file.path}: cannot download {url} ({reason}); to place it by hand, save it as DIR/{file.path} "
-        f"(sha256 {file.sha256}) and pass --data-dir DIR (DIR may be {root})"
+        f"(sha256 {file.sha256}) and pass --data-dir DIR (DIR may be {root})", reason
     )
 
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from probekit.data.schema import Trajectory
+from probekit.data.schema import Trajectory, check_trajectory, require_records
 from probekit.errors import ProbekitError, where
 from probekit.io import iter_jsonl
 
@@ -73,7 +73,7 @@ def labelled_solutions(path: str | Path, strip_calculator: bool = False) -> list
             if not isinstance(entry, dict) or not isinstance(entry.get("solution"), str) or not isinstance(entry.get("is_correct"), bool):
                 raise ProbekitError(f"{loc}: field '{key}' must be {{\"is_correct\": bool, \"solution\": str}}")
             solution = entry["solution"]
-            out.append(
+            out.append(check_trajectory(
                 Trajectory(
                     id=f"{index}-{key}",
                     group=f"gsm8k-test-{index}",
@@ -82,19 +82,24 @@ def labelled_solutions(path: str | Path, strip_calculator: bool = False) -> list
                     label=int(entry["is_correct"]),
                     answer=final_answer(solution),
                     meta={"source_key": key, "ground_truth": final_answer(obj["ground_truth"])},
-                )
-            )
-    return out
+                ), loc))
+    return require_records(out, path, "problems")
 
 
 def gold_records(path: str | Path) -> Iterator[tuple[int, str, str]]:
-    """Yield (problem_index, question, annotated answer) of a GSM8K split file, checked."""
+    """Yield (problem_index, question, annotated answer) of a GSM8K split file, checked (its gold trajectory too);
+    a file without any is an error."""
+    split = split_name(path)
+    index = -1
     for index, (lineno, obj) in enumerate(iter_jsonl(path)):
         loc = where(path, lineno)
         _require_strings(obj, ("question", "answer"), loc)
         if GOLD_FINAL.search(obj["answer"]) is None:
             raise ProbekitError(f"{loc}: answer has no '#### <answer>' line")
+        check_trajectory(gold_trajectory(split, index, obj["question"], obj["answer"]), loc)
         yield index, obj["question"], obj["answer"]
+    if index < 0:
+        require_records([], path, "problems")
 
 
 def split_name(path: str | Path) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from probekit.data.schema import Pair, Trajectory
+from probekit.data.schema import Pair, Trajectory, check_trajectory, require_records
 from probekit.errors import ProbekitError, where
 from probekit.io import iter_jsonl
 
@@ -55,6 +55,6 @@ def hh_pairs(path: str | Path, skipped: Counter | None = None) -> tuple[list[Tra
                 skipped[reason] += 1
             continue
         for key, label in (("chosen", 1), ("rejected", 0)):
-            trajectories.append(Trajectory(f"hh-{i}-{key}", f"hh-{i}", chosen_prompt, sides[key][1], label=label))
+            trajectories.append(check_trajectory(Trajectory(f"hh-{i}-{key}", f"hh-{i}", chosen_prompt, sides[key][1], label=label), loc))
         pairs.append(Pair(f"hh-{i}-chosen", f"hh-{i}-rejected"))
-    return trajectories, pairs
+    return require_records(trajectories, path, "pairs", skipped), pairs

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from probekit.data.schema import read_records
+from probekit.data.schema import read_records, scalar_text
 from probekit.errors import ProbekitError
 from probekit.io import write_jsonl
 
@@ -29,11 +29,10 @@ def _parse(obj: dict, loc: str) -> Prompt:
         raise ProbekitError(f"{loc}: field 'id' must be a string or integer")
     if not isinstance(text, str) or not text.strip():
         raise ProbekitError(f"{loc}: field 'prompt' must be a non-empty string")
-    if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
-        raise ProbekitError(f"{loc}: field 'gold' must be a string or number")
-    if "\x00" in str(pid) or (gold is not None and "\x00" in str(gold)):
+    gold = scalar_text(gold, loc, "field 'gold'")
+    if "\x00" in str(pid) or (gold is not None and "\x00" in gold):
         raise ProbekitError(f"{loc}: 'id' and 'gold' may not contain a NUL character")
-    return Prompt(str(pid), text, None if gold is None else str(gold))
+    return Prompt(str(pid), text, gold)
 
 
 def read_prompts(path: str | Path, skip_invalid: bool = False) -> tuple[list[Prompt], int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from probekit.config import Config, option
 from probekit.data.answers import get_parser, grade
-from probekit.data.schema import Trajectory, read_records
+from probekit.data.schema import Trajectory, check_trajectory, read_records, scalar_text
 from probekit.errors import ProbekitError
 
 
@@ -78,12 +78,13 @@ def parse_record(obj: dict, loc: str, fields: SampleFields, parse) -> _Group:
         raise ProbekitError(f"{loc}: field '{fields.id_field}' must be a string or integer without NUL characters")
     answers = _list_field(obj, fields.answers_field, len(texts), loc)
     flags = _list_field(obj, fields.correct_field, len(texts), loc)
-    gold = obj.get(fields.gold_field) if fields.gold_field else None
+    gold = scalar_text(obj.get(fields.gold_field), loc, f"field '{fields.gold_field}'") if fields.gold_field else None
     out = []
     for k, text in enumerate(texts):
-        answer = parse(text) if answers is None else (None if answers[k] is None else str(answers[k]))
-        label = _flag(flags[k], loc, k) if flags is not None else grade(answer, None if gold is None else str(gold))
-        out.append(Trajectory(id=f"{group}-{k}", group=str(group), prompt=prompt, completion=text, label=label, answer=answer))
+        answer = parse(text) if answers is None else scalar_text(answers[k], loc, f"answer {k + 1} of field '{fields.answers_field}'")
+        label = _flag(flags[k], loc, k) if flags is not None else grade(answer, gold)
+        t = Trajectory(id=f"{group}-{k}", group=str(group), prompt=prompt, completion=text, label=label, answer=answer)
+        out.append(check_trajectory(t, loc))
     return _Group(str(group), out)
 
 

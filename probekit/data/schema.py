@@ -10,6 +10,7 @@ the file and line, never later inside a forward pass.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -44,16 +45,42 @@ class Pair:
     rejected: str
 
 
-def _refuse_nul(obj: dict, loc: str) -> None:
-    """Refuse NUL in the fields a store keeps as HDF5 strings, which cannot hold it.
+def scalar_text(value: object, loc: str, name: str) -> str | None:
+    """A JSON string or number as text (None for null or absent): an answer or a gold answer. An object, a list or a
+    boolean is refused, naming `loc` and `name`: its text ("{'value': 5}", "True") would never equal an answer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ProbekitError(f"{loc}: {name} must be a string or number, got {type(value).__name__} {_short(value)}")
+    return str(value)
 
-    Caught here, at read time, rather than when the first shard is written after
-    a whole forward pass.
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_trajectory(t: Trajectory, loc: str) -> Trajectory:
+    """Refuse a trajectory the reader would refuse: an empty completion, a label other than 0/1, an `error_char`
+    outside the completion, a NUL character in a field a store keeps as an HDF5 string (which cannot hold one).
+
+    The one check of a trajectory's values: the reader makes it on each record it parses and every `probekit data`
+    adapter on each trajectory it builds (refusing its input's `file:line`), so no adapter writes what the reader
+    refuses. (Strings that are not valid text are `probekit.io.check_text`'s, which every JSONL writer makes.)
     """
+    if not t.completion.strip():
+        raise ProbekitError(f"{loc}: empty completion (trajectory '{t.id}')")
+    if t.label not in (None, 0, 1):
+        raise ProbekitError(f"{loc}: field 'label' must be 0, 1 or absent, got {t.label!r}")
     for key in STORED_STRING_FIELDS:
-        value = obj.get(key)
-        if isinstance(value, str) and "\x00" in value:
+        value = getattr(t, key)
+        if value is not None and "\x00" in value:
             raise ProbekitError(f"{loc}: field '{key}' contains a NUL character")
+    e = t.error_char
+    # bool is an int in Python: `true` would silently become offset 1.
+    if e is not None and (isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < len(t.completion)):
+        raise ProbekitError(f"{loc}: field 'error_char' must be a character offset (an integer) inside the completion")
+    return t
 
 
 def _parse_trajectory(obj: dict, loc: str) -> Trajectory:
@@ -66,37 +93,22 @@ def _parse_trajectory(obj: dict, loc: str) -> Trajectory:
     for key in ("prompt", "completion"):
         if not isinstance(obj[key], str):
             raise ProbekitError(f"{loc}: field '{key}' must be a string")
-    if not obj["completion"].strip():
-        raise ProbekitError(f"{loc}: empty completion (trajectory '{obj['id']}')")
     label = obj.get("label")
-    if label is not None:
-        if isinstance(label, bool):
-            label = int(label)
-        if label not in (0, 1):
-            raise ProbekitError(f"{loc}: field 'label' must be 0, 1 or absent, got {label!r}")
-    answer = obj.get("answer")
-    if answer is not None and not isinstance(answer, (str, int, float)):
-        raise ProbekitError(f"{loc}: field 'answer' must be a string or number")
-    _refuse_nul(obj, loc)
-    error_char = obj.get("error_char")
-    if error_char is not None:
-        # bool is an int in Python: `true` would silently become offset 1.
-        if isinstance(error_char, bool) or not isinstance(error_char, int) or not 0 <= error_char < len(obj["completion"]):
-            raise ProbekitError(f"{loc}: field 'error_char' must be a character offset (an integer) inside the completion")
+    answer = scalar_text(obj.get("answer"), loc, "field 'answer'")
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise ProbekitError(f"{loc}: field 'meta' must be an object")
     extra = {k: v for k, v in obj.items() if k not in TRAJECTORY_FIELDS}
-    return Trajectory(
+    return check_trajectory(Trajectory(
         id=str(obj["id"]),
         group=str(obj["group"]),
         prompt=obj["prompt"],
         completion=obj["completion"],
-        label=label,
-        answer=None if answer is None else str(answer),
-        error_char=error_char,
+        label=int(label) if isinstance(label, bool) else label,
+        answer=answer,
+        error_char=obj.get("error_char"),
         meta={**meta, **extra},
-    )
+    ), loc)
 
 
 def read_trajectories(path: str | Path, skip_invalid: bool = False) -> tuple[list[Trajectory], int]:
@@ -139,9 +151,16 @@ def read_records(path: str | Path, parse: Callable[[dict, str], R], skip_invalid
             raise ProbekitError(f"{loc}: duplicate id '{record.id}' (first seen on line {seen[record.id]})")
         seen[record.id] = lineno
         out.append(record)
-    if not out:
-        raise ProbekitError(f"{path}: no valid {noun}")
-    return out, skipped
+    return require_records(out, path, noun), skipped
+
+
+def require_records(records: list[R], path: str | Path, noun: str = "records", skipped: Counter | None = None) -> list[R]:
+    """`records`, unless there are none: a file (a reader's or an adapter's input) that yields no record is an error,
+    not an empty output; `skipped` (reason -> count) says why, where the caller counted what it left out."""
+    if not records:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in (skipped or {}).items() if n)
+        raise ProbekitError(f"{path}: no valid {noun}" + (f" (skipped: {reasons})" if reasons else ""))
+    return records
 
 
 def read_pairs(path: str | Path, trajectories: Iterable[Trajectory]) -> list[Pair]:

@@ -22,12 +22,18 @@ def sequence_generator(seed: int, prompt_index: int, sample_index: int) -> torch
 
 
 def sample_next(logits: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
-    """Next token of each row of logits [B, V], one uniform draw per row from its own generator (greedy at temperature 0)."""
+    """Next token of each row of logits [B, V], one uniform draw per row from its own generator (greedy at temperature 0).
+
+    NaN-safe at any tiny positive temperature: a row whose logits/temperature overflows (to inf, where softmax would
+    compute inf - inf) or rounds the temperature to 0 gets its greedy token, which is the limit of its distribution
+    (every other token's probability underflows to 0 long before); the other rows are sampled as usual.
+    """
     u = torch.stack([torch.rand((), generator=g) for g in generators]).to(logits.device)  # draw even when greedy: same stream
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    scaled = logits / temperature
+    probs = torch.softmax(scaled, dim=-1)
     sorted_p, order = probs.sort(dim=-1, descending=True)
     cum = sorted_p.cumsum(dim=-1)
     if top_p < 1:
@@ -36,4 +42,6 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator], tempera
         cum = sorted_p.cumsum(dim=-1)
     target = u * cum[:, -1]
     idx = torch.searchsorted(cum, target[:, None]).clamp(max=cum.shape[1] - 1)
-    return order.gather(1, idx).squeeze(1)
+    sampled = order.gather(1, idx).squeeze(1)
+    overflowed = ~torch.isfinite(scaled.amax(dim=-1))
+    return torch.where(overflowed, logits.argmax(dim=-1), sampled)

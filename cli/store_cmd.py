@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from probekit_cli.app import store_app
-from probekit_cli.common import console, emit_json
+from probekit_cli.common import console, emit_json, esc
 from probekit_cli.progress import progress_for
 
 
@@ -28,5 +27,5 @@ def verify(
         return
     what = "sha256 of every shard matches the manifest" if summary["checksums"] else (
         "no checksums to compare (the store was written before probekit recorded them; re-extract it to get them)")
-    console.print(f"[green]ok[/] {escape(summary['store'])}: {summary['shards']} shards, {summary['trajectories']} trajectories, "
+    console.print(f"[green]ok[/] {esc(summary['store'])}: {summary['shards']} shards, {summary['trajectories']} trajectories, "
                   f"{summary['rows']} rows, layers {summary['layers']}; {what}; every state finite", highlight=False, soft_wrap=True)

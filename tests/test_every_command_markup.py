@@ -87,6 +87,15 @@ def _check(inp, out: Path, _name: str, _monkeypatch) -> list:
     return ["data", "check", target]
 
 
+def _verify(inp, out: Path, _name: str, _monkeypatch) -> list:
+    """`store verify` of a copy of the store in a folder named `out` (printed: the folder)."""
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(inp["store"], out)
+    return ["store", "verify", out, "--no-progress"]
+
+
 # command -> its arguments, given the inputs, the output folder, its hostile name (goal's --name too) and monkeypatch
 COMMANDS = {
     "data synth": lambda inp, out, name, mp: ["data", "synth", "--n-problems", "2", "--out", out],
@@ -99,6 +108,7 @@ COMMANDS = {
     "data samples": lambda inp, out, name, mp: ["data", "samples", inp["samples"], "--gold-field", "gold", "--out", out],
     "data check": _check,
     "data fetch": _fetch,
+    "store verify": _verify,
     "extract": lambda inp, out, name, mp: ["extract", inp["trajectories"], "--out", out, *_model(inp), "--layers", "2", "--no-progress"],
     "fit": lambda inp, out, name, mp: ["fit", "--store", inp["store"], "--out", out, "--widths", "16", "--rep-size", "8", "--epochs", "2",
                                  "--n-boot", "20", "--no-progress"],

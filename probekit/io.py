@@ -10,6 +10,7 @@ folder; it ends with its process, however that ends.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import importlib
@@ -37,11 +38,16 @@ def apply_umask(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+# Write errors of the disk rather than of the data: a full disk, a file-size limit, a quota, a read-only file system.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `dest`; rename it onto `dest` on success.
 
-    On any exception the temporary file is removed and `dest` is untouched.
+    On any exception the temporary file is removed and `dest` is untouched; a
+    full or read-only disk is a ProbekitError naming `dest`.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +58,11 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         apply_umask(tmp_path)  # mkstemp makes 0600; outputs get the user's usual mode
         os.replace(tmp_path, dest)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno in _STORAGE_ERRORS:  # a full or read-only disk: one line naming the file, not the temporary name
+            raise ProbekitError(f"{dest}: cannot write ({exc.strerror or exc}); nothing was replaced") from None
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

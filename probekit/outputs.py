@@ -245,6 +245,10 @@ class OutputDir:
             names = list(self._set)
             self._set = None
             self._commit(names, tuple(last))
+        except ProbekitError as exc:  # a staged file is named as the output it was to become
+            if not keep:
+                _remove(self.staging)
+            raise ProbekitError(str(exc).replace(f"{self.staging}{os.sep}", f"{self.path}{os.sep}")) from None
         except BaseException:
             if not keep:
                 _remove(self.staging)
@@ -542,7 +546,9 @@ def claim_output(
         record = marker["set"] if marker is not None and marker["command"] == command else None
         if not shared and not (resume and _staged_by(out) == command):
             _remove(out / STAGING)  # what a failed run left there
-        write_marker(out, command, owned, record)
+        old = _read_marker_object(out)
+        if old is None or (old["command"], sorted(old.get("files") or []), _set_record(old)) != (command, sorted(owned - RESERVED), record):
+            write_marker(out, command, owned, record)  # an unchanged marker stays as it was, byte for byte
     except ProbekitError:
         claim.close(failed=True)
         raise

@@ -68,8 +68,8 @@ def world(tmp_path_factory, tiny_model_dir):
 
     from probekit.data.prompts import Prompt
     from probekit.data.schema import write_trajectories
-    from probekit.generate.custom_goals import goal_from_examples, write_goal
     from probekit.generate.config import GenerateConfig
+    from probekit.generate.custom_goals import goal_from_examples, write_goal
     from probekit.generate.generation import generate
     from probekit.models import load_model
     from probekit.outputs import claim_output
@@ -174,8 +174,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_every_command_that_writes_a_folder_is_covered():
+    from probekit_cli.app import app as top
+    from probekit_cli.app import data_app
     from probekit_cli.main import app  # noqa: F401  (registers every command)
-    from probekit_cli.app import app as top, data_app
 
     writers = {c.name or c.callback.__name__ for c in top.registered_commands} - {"data"}
     data_writers = {c.name or c.callback.__name__ for c in data_app.registered_commands} - {"check", "fetch"}
@@ -482,7 +483,6 @@ def test_a_command_that_fails_after_claiming_its_out_leaves_no_folder(command, w
 def test_steer_has_only_the_options_it_reads_with_help_true_for_it(world, tmp_path, monkeypatch, capsys):
     """Defect 20: steer took --samples, --dtype "storage" and others it never reads, and its errors named them."""
     import typer.main
-
     from probekit_cli.main import app
 
     params = {p.name: p for p in typer.main.get_command(app).commands["steer"].params}

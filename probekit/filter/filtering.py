@@ -60,10 +60,9 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
     thresholds = config.thresholds()
     check_compatible(ckpt, store)
     scorer = Scorer.from_checkpoint(ckpt, kinds=[config.goal])  # fails early on a missing goal kind
-    signal, skip_first, seed = config.signal, config.skip_first, config.seed
     meta = store.meta
     ballot = Ballot(meta.group, meta.answer, meta.label)  # fails early when the store has no answers
-    groups = selection_and_report_groups(meta.group, ckpt.split, thresholds is None or len(thresholds) > 1, config.valid_frac, seed)
+    groups = selection_and_report_groups(meta.group, ckpt.split, thresholds is None or len(thresholds) > 1, config.valid_frac, config.seed)
     with claim_output(out, "filter", FILTER_OUTPUTS, overwrite=overwrite, inputs=[store.path, *checkpoint_inputs(ckpt)]) as out_dir:
         return _filter(ckpt, store, out_dir, config, thresholds, scorer, ballot, groups, progress)
 

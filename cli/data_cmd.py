@@ -1,9 +1,10 @@
 """`probekit data ...`: write and check trajectory/pair JSONL files.
 
-Every writer claims `--out` first (before reading its input: a refused or
-read-only folder fails at once), puts `trajectories.jsonl` and `pairs.jsonl`
-there (both written atomically) and prints one summary line, or the summary as
-JSON with `--json`. The adapters live in `probekit.data.*`; this module only
+Every writer claims `--out` first (before reading its input: a refused,
+read-only or busy folder fails at once) and holds it until it is done, puts
+`trajectories.jsonl` and `pairs.jsonl` there as one set (both written under
+temporary names, then renamed together: `probekit.outputs.OutputDir.commit_set`)
+and prints one summary line, or the summary as JSON with `--json`. The adapters live in `probekit.data.*`; this module only
 wires them.
 """
 
@@ -74,14 +75,15 @@ def claim(out: Path, overwrite: bool, source: Path | None = None) -> OutputDir:
 
 
 def write_out(title: str, out: OutputDir, trajectories: list[Trajectory], pairs: list[Pair] | None, skipped: Counter | None, json_out: bool) -> None:
-    """Write both files (pairs derived within groups when the adapter gives none) and report."""
+    """Write both files as one set (pairs derived within groups when the adapter gives none), end the claim, and report."""
     from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
 
     if pairs is None:
         pairs = derive_pairs(trajectories)
     traj_name, pairs_name = OUTPUTS
-    write_trajectories(out.file(traj_name), trajectories)
-    write_pairs(out.file(pairs_name), pairs)
+    with out.commit_set():
+        write_trajectories(out.file(traj_name), trajectories)
+        write_pairs(out.file(pairs_name), pairs)
     report(title, {**summarize(trajectories, pairs, skipped), "out": str(out.path)}, json_out)
 
 
@@ -103,9 +105,9 @@ def synth(
 
     if min_steps > max_steps:
         raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
-    out_dir = claim(out, overwrite)
-    trajectories = synth_problems(n_problems, solutions, p_correct, min_steps, max_steps, seed)
-    write_out("synth", out_dir, trajectories, None, None, json_out)
+    with claim(out, overwrite) as out_dir:
+        trajectories = synth_problems(n_problems, solutions, p_correct, min_steps, max_steps, seed)
+        write_out("synth", out_dir, trajectories, None, None, json_out)
 
 
 @data_app.command("synth-prompts")
@@ -126,9 +128,9 @@ def synth_prompts(
 
     if min_steps > max_steps:
         raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
-    target = claim_output(out, "data", ("prompts.jsonl",), overwrite=overwrite)
-    prompts = build(n_problems, min_steps, max_steps, shots, seed)
-    write_prompts(target.file("prompts.jsonl"), prompts)
+    with claim_output(out, "data", ("prompts.jsonl",), overwrite=overwrite) as target, target.commit_set():
+        prompts = build(n_problems, min_steps, max_steps, shots, seed)
+        write_prompts(target.file("prompts.jsonl"), prompts)
     console.print(f"[bold]synth-prompts[/]: {len(prompts)} prompts ({shots}-shot, {min_steps}-{max_steps} steps) -> {esc(out / 'prompts.jsonl')}", highlight=False, soft_wrap=True)
 
 
@@ -143,8 +145,8 @@ def gsm8k(
     """Labelled GSM8K model solutions: one group per test problem, pairs = every (correct, incorrect) combination."""
     from probekit.data.gsm8k import labelled_solutions
 
-    out_dir = claim(out, overwrite, solutions)
-    write_out("gsm8k", out_dir, labelled_solutions(solutions, strip_calculator), None, None, json_out)
+    with claim(out, overwrite, solutions) as out_dir:
+        write_out("gsm8k", out_dir, labelled_solutions(solutions, strip_calculator), None, None, json_out)
 
 
 @data_app.command("gsm8k-gold")
@@ -157,8 +159,8 @@ def gsm8k_gold(
     """GSM8K gold solutions as label-1 trajectories, rewritten as 'A: n' solutions without calculator annotations."""
     from probekit.data.gsm8k import gold_solutions
 
-    out_dir = claim(out, overwrite, source)
-    write_out("gsm8k-gold", out_dir, gold_solutions(source), None, None, json_out)
+    with claim(out, overwrite, source) as out_dir:
+        write_out("gsm8k-gold", out_dir, gold_solutions(source), None, None, json_out)
 
 
 @data_app.command("gsm8k-corrupt")
@@ -174,10 +176,10 @@ def gsm8k_corrupt(
     """Gold solutions paired with copies that have one arithmetic result changed and carried forward (known error position)."""
     from probekit.data.corrupt import corrupt_gold
 
-    out_dir = claim(out, overwrite, source)
-    skipped: Counter = Counter()
-    trajectories, pairs = corrupt_gold(source, per_problem, seed, limit, skipped)
-    write_out("gsm8k-corrupt", out_dir, trajectories, pairs, skipped, json_out)
+    with claim(out, overwrite, source) as out_dir:
+        skipped: Counter = Counter()
+        trajectories, pairs = corrupt_gold(source, per_problem, seed, limit, skipped)
+        write_out("gsm8k-corrupt", out_dir, trajectories, pairs, skipped, json_out)
 
 
 @data_app.command("math")
@@ -190,8 +192,8 @@ def math_gold(
     """MATH problems with their gold solutions as label-1 trajectories; the answer is the solution's \\boxed{} content."""
     from probekit.data.competition_math import gold_solutions
 
-    out_dir = claim(out, overwrite, source)
-    write_out("math", out_dir, gold_solutions(source), None, None, json_out)
+    with claim(out, overwrite, source) as out_dir:
+        write_out("math", out_dir, gold_solutions(source), None, None, json_out)
 
 
 @data_app.command()
@@ -204,10 +206,10 @@ def hh(
     """HH-RLHF preference pairs: prompt = shared dialogue, completions = the chosen and rejected last Assistant turns."""
     from probekit.data.hh import hh_pairs
 
-    out_dir = claim(out, overwrite, source)
-    skipped: Counter = Counter()
-    trajectories, pairs = hh_pairs(source, skipped)
-    write_out("hh", out_dir, trajectories, pairs, skipped, json_out)
+    with claim(out, overwrite, source) as out_dir:
+        skipped: Counter = Counter()
+        trajectories, pairs = hh_pairs(source, skipped)
+        write_out("hh", out_dir, trajectories, pairs, skipped, json_out)
 
 
 @data_app.command()
@@ -223,9 +225,9 @@ def samples(
     """Bring your own samples: one record per prompt with N completions (vLLM-style) as trajectories and pairs."""
     from probekit.data.samples import read_samples
 
-    target = claim(out, overwrite, source)
-    trajectories, n_skipped = read_samples(source, fields, skip_invalid=skip_invalid)
-    write_out("samples", target, trajectories, None, Counter({"invalid record": n_skipped}) if n_skipped else None, json_out)
+    with claim(out, overwrite, source) as target:
+        trajectories, n_skipped = read_samples(source, fields, skip_invalid=skip_invalid)
+        write_out("samples", target, trajectories, None, Counter({"invalid record": n_skipped}) if n_skipped else None, json_out)
 
 
 @data_app.command()

@@ -80,7 +80,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a probe: pairwise accuracy, AUROC with group-bootstrap CIs, prefix AUROC, error localisation, baselines."""
     from probekit.eval.evaluate import evaluate_checkpoint, write_evaluation
-    from probekit.outputs import claim_output
+    from probekit.outputs import checkpoint_inputs, claim_output
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 
@@ -91,14 +91,15 @@ def eval_cmd(
         if not (store / "manifest.json").exists():
             raise ProbekitError(f"the store checkpoint {ckpt} was trained on ({store}) is gone; pass --store")
     st = Store(store)
-    out_dir = claim_output(out if out is not None else ckpt / f"eval-{split}", "eval", ("metrics.json", "prefix_auroc.png"),
-                           overwrite=overwrite, inputs=[st.path, ckpt])
-    checkpoint.model.to(compute.device)
-    metrics = evaluate_checkpoint(checkpoint, st, split, n_boot=eval_config.n_boot, seed=seed, baselines=eval_config.baselines,
-                                  q_threshold=eval_config.q_threshold, length_bins=eval_config.length_bins,
-                                  memory_budget_mb=compute.memory_budget_mb,
-                                  progress=progress_for(progress))
-    write_evaluation(metrics, out_dir)
+    target = out if out is not None else ckpt / f"eval-{split}"
+    with claim_output(target, "eval", ("metrics.json", "prefix_auroc.png"), overwrite=overwrite,
+                      inputs=[st.path, *checkpoint_inputs(checkpoint)], hosts=[ckpt]) as out_dir:
+        checkpoint.model.to(compute.device)
+        metrics = evaluate_checkpoint(checkpoint, st, split, n_boot=eval_config.n_boot, seed=seed, baselines=eval_config.baselines,
+                                      q_threshold=eval_config.q_threshold, length_bins=eval_config.length_bins,
+                                      memory_budget_mb=compute.memory_budget_mb,
+                                      progress=progress_for(progress))
+        write_evaluation(metrics, out_dir)
     if json_out:
         emit_json(metrics)
         return

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from probekit.generate.config import GenerateConfig, SteerConfig
+from probekit.generate.config import STEER_IGNORES, GenerateConfig, SteerConfig
 from probekit_cli.app import app
 from probekit_cli.common import console, emit_json, esc, rich_table
 from probekit_cli.options import with_config
@@ -51,13 +51,18 @@ def generate(
     config.validate()
     items, n_skipped = read_prompts(prompts, skip_invalid=skip_invalid)
     stop = None
+    inputs = [prompts]
     if filter_ckpt is not None:
+        from probekit.outputs import check_not_input, checkpoint_inputs
         from probekit.probe.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(filter_ckpt)
+        # Everything read is an input: the checkpoint, the store it was trained on (read by --threshold auto), a filter folder.
+        inputs += [*checkpoint_inputs(checkpoint), threshold if Path(threshold).is_dir() else None]
+        check_not_input(out, inputs)  # before the threshold is computed: the refusal costs nothing
         value, chosen_on = _threshold(threshold, checkpoint, goal, skip_first)
         stop = OnlineStop(checkpoint, value, skip_first, goal, chosen_on)
-    result = run_generate(items, out, config, stop=stop, overwrite=overwrite, inputs=(prompts, filter_ckpt), progress=progress_for(progress))
+    result = run_generate(items, out, config, stop=stop, overwrite=overwrite, inputs=tuple(inputs), progress=progress_for(progress))
     stats = {**result.stats, "n_skipped_invalid": n_skipped}
     if n_skipped:
         console.print(f"[yellow]warning:[/] skipped {n_skipped} invalid prompt records (--skip-invalid)")
@@ -70,8 +75,16 @@ def generate(
     console.print(f"wrote {esc(out)}/trajectories.jsonl, pairs.jsonl, store/ and generation.json", soft_wrap=True)
 
 
+# steer reads only some of GenerateConfig's fields, and three of them mean something else for it than for generate.
+STEER_HELP = {
+    "max_new_tokens": {"help": "Most tokens of a completion: a beam that reaches it ends."},
+    "seed": {"help": "Seed; each (prompt, step, candidate) has its own generator, so a run is reproducible."},
+    "dtype": {"help": "Precision the captured states are rounded to before they are scored: float16 or float32 (nothing is stored)."},
+}
+
+
 @app.command()
-@with_config(GenerateConfig, exclude=("layers", "batch_size", "shard_size"), param="gen")
+@with_config(GenerateConfig, exclude=STEER_IGNORES, overrides=STEER_HELP, param="gen")
 @with_config(SteerConfig, param="search")
 def steer(
     prompts: Path = typer.Argument(..., help="Prompts JSONL: one {\"id\", \"prompt\", \"gold\"?} per line."),
@@ -93,10 +106,12 @@ def steer(
 
     gen.validate()
     search.validate()
-    items, _ = read_prompts(prompts, skip_invalid=skip_invalid)
+    items, n_skipped = read_prompts(prompts, skip_invalid=skip_invalid)
+    if n_skipped:
+        console.print(f"[yellow]warning:[/] skipped {n_skipped} invalid prompt records (--skip-invalid)")
     checkpoint = load_checkpoint(ckpt)
     extra = read_goal(goal_dir, checkpoint) if goal_dir is not None else None
-    result = run_steer(items, out, gen, search, checkpoint, extra, overwrite=overwrite, inputs=(prompts, ckpt),
+    result = run_steer(items, out, gen, search, checkpoint, extra, overwrite=overwrite, inputs=(prompts, ckpt, goal_dir),
                        progress=progress_for(progress))
     if json_out:
         emit_json(result.stats)
@@ -120,12 +135,13 @@ def goal(
     """Build a goal prototype from example completions: the mean φ of their final states."""
     from probekit.generate.custom_goals import GOAL_FILES, check_goal_name, goal_from_examples, write_goal
     from probekit.models import load_model
-    from probekit.outputs import claim_output
+    from probekit.outputs import checkpoint_inputs, claim_output
     from probekit.probe.checkpoint import load_checkpoint
 
     check_goal_name(name)
     checkpoint = load_checkpoint(ckpt)
-    out_dir = claim_output(out, "goal", GOAL_FILES, overwrite=overwrite, inputs=[examples, ckpt])
-    prototype, info = goal_from_examples(checkpoint, examples, load_model(model), template, skip_invalid=skip_invalid)
-    write_goal(out_dir, name, prototype, info)
+    with claim_output(out, "goal", GOAL_FILES, overwrite=overwrite, inputs=[examples, *checkpoint_inputs(checkpoint)]) as out_dir:
+        prototype, info = goal_from_examples(checkpoint, examples, load_model(model), template, skip_invalid=skip_invalid)
+        with out_dir.commit_set(last=("goal.safetensors",)):  # the two files replace the previous goal together
+            write_goal(out_dir, name, prototype, info)
     console.print(f"goal '{esc(name)}' from {info['n_examples']} examples written to {esc(out)}", soft_wrap=True)

@@ -3,7 +3,8 @@
 A `ProbekitError` (bad input, mismatching store, missing model) is printed as
 one line and exits with status 2, and so is an `OSError` that no command
 turned into one (a full disk, a permission problem): the user's environment,
-not a bug. Ctrl-C prints `interrupted` and exits with status 130. Anything else
+not a bug. Ctrl-C prints `interrupted` (with what was kept and what a re-run
+does, where the command says) and exits with status 130. Anything else
 is a bug and keeps its traceback.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from probekit.errors import ProbekitError
+from probekit.errors import Interrupted, ProbekitError
 from probekit_cli.app import app
 
 # Each module registers its commands on `app` when imported.
@@ -34,13 +35,18 @@ def _fail(label: str, message: str, status: int) -> None:
     sys.exit(status)
 
 
-def _interrupted(exc: BaseException | None) -> bool:
-    """True when a KeyboardInterrupt is among the causes of `exc` (typer turns Ctrl-C into `Exit(130)`)."""
+def _interrupted(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt among the causes of `exc` (typer turns Ctrl-C into `Exit(130)`), or None."""
     while exc is not None:
         if isinstance(exc, KeyboardInterrupt):
-            return True
+            return exc
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
+
+
+def _what_was_kept(exc: BaseException | None) -> str:
+    """The message of an `Interrupted` (what was kept, what a re-run does), as the rest of the line."""
+    return f": {exc}" if isinstance(exc, Interrupted) and str(exc) else ""
 
 
 def main() -> None:
@@ -51,11 +57,12 @@ def main() -> None:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         _fail("error: ", f"{where}{exc.strerror or exc}", 2)
-    except KeyboardInterrupt:
-        _fail("interrupted", "", 130)
+    except KeyboardInterrupt as exc:
+        _fail("interrupted", _what_was_kept(exc), 130)
     except SystemExit as exc:
-        if exc.code == 130 and _interrupted(exc):
-            _fail("interrupted", "", 130)
+        cause = _interrupted(exc) if exc.code == 130 else None
+        if cause is not None:
+            _fail("interrupted", _what_was_kept(cause), 130)
         raise
 
 

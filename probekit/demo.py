@@ -46,17 +46,22 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
     `log` receives one line per stage; `loaded` (a `probekit.models.LoadedModel`) skips loading the model.
     """
     config.validate()
-    out_dir = claim_output(out, "demo", STAGES, overwrite=overwrite)
-    out_dir.record(*STAGES[:-1])
+    with claim_output(out, "demo", STAGES, overwrite=overwrite) as out_dir:  # held until the last stage is done
+        out_dir.record(*STAGES[:-1])
+        return _run_demo(out_dir, config, overwrite, progress, log, loaded)
+
+
+def _run_demo(out_dir, config: DemoConfig, overwrite: bool, progress: Progress | None, log: Callable[[str], None], loaded) -> dict:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
     log(f"1/6 generating {config.n_problems} synthetic problems x {config.solutions} solutions (seed {config.seed})")
     trajectories = synth_problems(config.n_problems, solutions_per_problem=config.solutions, seed=config.seed)
-    data_dir = claim_output(out_dir.path / "data", "data", ("trajectories.jsonl", "pairs.jsonl"), overwrite=overwrite)
-    data_file, pairs_file = data_dir.file("trajectories.jsonl"), data_dir.file("pairs.jsonl")
-    write_trajectories(data_file, trajectories)
-    write_pairs(pairs_file, derive_pairs(trajectories))
+    with claim_output(out_dir.path / "data", "data", ("trajectories.jsonl", "pairs.jsonl"), overwrite=overwrite) as data_dir:
+        with data_dir.commit_set():
+            write_trajectories(data_dir.file("trajectories.jsonl"), trajectories)
+            write_pairs(data_dir.file("pairs.jsonl"), derive_pairs(trajectories))
+    data_file, pairs_file = data_dir.path / "trajectories.jsonl", data_dir.path / "pairs.jsonl"
     timings["data"] = time.perf_counter() - t0
 
     log(f"2/6 extracting hidden states with {config.model} (resumes if interrupted)")
@@ -78,7 +83,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
         timings[f"fit_{tag}"] = time.perf_counter() - t
         log(f"4/6 evaluating the {name} probe on held-out problems")
         ev = evaluate_checkpoint(ckpt, store, "test", n_boot=config.n_boot, seed=config.seed, progress=progress)
-        write_evaluation(ev, claim_output(out_dir.path / f"eval-{tag}", "eval", ("metrics.json", "prefix_auroc.png"), overwrite=overwrite))
+        with claim_output(out_dir.path / f"eval-{tag}", "eval", ("metrics.json", "prefix_auroc.png"), overwrite=overwrite) as eval_dir:
+            write_evaluation(ev, eval_dir)
         log(f"5/6 Q-value filtering with the {name} probe (threshold chosen on validation problems)")
         fl = filter_store(ckpt, store, out_dir.path / f"filter-{tag}", FilterConfig(threshold="auto", seed=config.seed),
                           overwrite=overwrite, progress=progress)
@@ -118,7 +124,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, overwrite: b
         "plots": sorted(str(p) for p in out_dir.path.glob("*/*.png")),
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
-    write_json(out_dir.file("summary.json"), summary)
+    with out_dir.commit_set():
+        write_json(out_dir.file("summary.json"), summary)
     return summary
 
 
@@ -132,7 +139,8 @@ def _generation_stage(out_dir, config: DemoConfig, ckpt, threshold: float, layer
     simulation.
     """
     prompts = synth_prompts(config.generate_problems, 1, 1, shots=2, seed=config.seed + 1)
-    write_prompts(out_dir.file("generate-prompts.jsonl"), prompts)
+    with out_dir.commit_set():
+        write_prompts(out_dir.file("generate-prompts.jsonl"), prompts)
     gen = GenerateConfig(model=config.model, samples=config.solutions, max_new_tokens=config.generate_tokens, seed=config.seed,
                          template="raw", layers=",".join(map(str, layers)), answer="synth", stop="\n\n")
     runs = {}

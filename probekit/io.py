@@ -1,15 +1,19 @@
-"""Atomic file output and line-checked JSONL input.
+"""Atomic file output, line-checked JSONL input, and the lock file of an output folder.
 
 Outputs are written to a temporary name in the destination folder and renamed
 into place only when complete, so a crash never leaves a half-written file
-that a later run could mistake for a finished one.
+that a later run could mistake for a finished one. `FolderLock` is the
+operating-system lock (flock) that `probekit.outputs` takes on every output
+folder; it ends with its process, however that ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -18,6 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from probekit.errors import ProbekitError, where
+
+# The OS lock primitive: flock (shared and exclusive) on POSIX, msvcrt's byte lock (exclusive only) on Windows.
+fcntl = importlib.import_module("fcntl") if os.name == "posix" else None
+msvcrt = importlib.import_module("msvcrt") if os.name == "nt" else None
 
 
 def _umask() -> int:
@@ -31,11 +39,16 @@ def apply_umask(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+# Write errors of the disk rather than of the data: a full disk, a file-size limit, a quota, a read-only file system.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `dest`; rename it onto `dest` on success.
 
-    On any exception the temporary file is removed and `dest` is untouched.
+    On any exception the temporary file is removed and `dest` is untouched; a
+    full or read-only disk is a ProbekitError naming `dest`.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +59,11 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         apply_umask(tmp_path)  # mkstemp makes 0600; outputs get the user's usual mode
         os.replace(tmp_path, dest)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno in _STORAGE_ERRORS:  # a full or read-only disk: one line naming the file, not the temporary name
+            raise ProbekitError(f"{dest}: cannot write ({exc.strerror or exc}); nothing was replaced") from None
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -256,3 +274,108 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class FolderLock:
+    """A lock file taken without waiting: exclusive for one writer, or shared (the ranks of one extract).
+
+    `probekit.outputs` locks every output folder with it. The lock file is
+    removed by its last holder on release; a process that locked a file just
+    removed this way notices (the path no longer names the file it locked) and
+    locks the new one, so two holders never hold different files. Where the OS
+    has no shared lock (Windows) a shared hold takes no lock, as before locks existed.
+    """
+
+    def __init__(self, path: str | os.PathLike, shared: bool = False):
+        self.path = Path(path)
+        self.shared = shared
+        self._fd: int | None = None
+
+    def acquire(self, holder: dict) -> bool:
+        """Take the lock; False when another process holds it. `holder` is written into the lock file for the others."""
+        for _ in range(50):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                got = _os_lock(fd, exclusive=not self.shared)
+            except BaseException:
+                os.close(fd)
+                raise
+            if not got:
+                os.close(fd)
+                return False
+            if _same_file(fd, self.path):
+                self._fd = fd
+                self._write_holder(holder)
+                return True
+            os.close(fd)  # its holder removed it as it released it: lock the file that is there now
+        return False
+
+    def make_exclusive(self) -> bool:
+        """Turn a shared hold into an exclusive one; False when another process holds the lock too."""
+        if self._fd is None or not self.shared:
+            return True
+        if not _os_lock(self._fd, exclusive=True):
+            _os_lock(self._fd, exclusive=False)  # the conversion may have dropped the shared hold
+            return False
+        self.shared = False
+        return True
+
+    def _write_holder(self, holder: dict) -> None:
+        data = json.dumps(holder).encode()
+        try:
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, data)
+        except OSError:
+            pass  # the lock is held; only the message of a refused writer gets vaguer
+
+    def holder(self) -> dict | None:
+        """What the process holding the lock wrote about itself (None when unreadable)."""
+        try:
+            obj = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def release(self) -> None:
+        """Release the lock; the last holder removes the lock file."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if (not self.shared or _os_lock(fd, exclusive=True)) and _same_file(fd, self.path):
+                self.path.unlink()
+        except OSError:
+            pass  # Windows cannot remove an open file: it stays, unlocked, for the next holder
+        finally:
+            os.close(fd)
+
+    def __del__(self) -> None:  # a claim dropped without release (a script): the lock ends with the object
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+
+def _os_lock(fd: int, exclusive: bool) -> bool:
+    """Lock open file `fd` without waiting; False when another process holds a conflicting lock."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+    if msvcrt is not None and exclusive:  # pragma: no cover - Windows
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)

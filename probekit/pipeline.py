@@ -2,7 +2,9 @@
 
 Each floor does one job (probe.train fits, evaluate measures, probe.checkpoint
 saves); this module wires them, and claims the output folder before any work
-so that a folder that may not be written fails in a second, not after training.
+so that a folder that may not be written (or that another process is writing)
+fails in a second, not after training; the checkpoint's files are committed as
+one set (`probekit.outputs.OutputDir.commit_set`).
 """
 
 from __future__ import annotations
@@ -35,20 +37,22 @@ def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = Fa
         t0 = time.time()
         data = data if data is not None else prepare(store, config)
         result = train(data, config, progress)
-    train_info = {**result.info, "n_train_pairs": int(len(data.train_pairs)), "n_valid_pairs": int(len(data.valid_pairs)),
-                  "history": result.history, "row_source": "memory" if data.source.in_memory else "stream",
-                  "train_seconds": round(time.time() - t0, 3)}
-    metrics: dict = {"train": train_info}
-    if eval_split == "all" or data.split.get(eval_split):
-        ctx = make_context(data.store, data.split, eval_split, n_boot=config.eval.n_boot, seed=config.run.seed,
-                           length_bins=config.eval.length_bins)
-        metrics[eval_split] = evaluate(Scorer(result.model, result.goals), ctx, data.source, layer=data.layer,
-                                       baselines=config.eval.baselines, q_threshold=config.eval.q_threshold, baseline_cache=baseline_cache)
-    train_info["seconds"] = round(time.time() - t0, 3)
-    ckpt = save_checkpoint(out_dir, result.model, {"fit": config.to_dict(), "layer": data.layer, "layers": list(data.layers), "store": store_info(data.store)},
-                           result.goals, data.split, metrics)
-    if eval_split in metrics:
-        plot_prefix_auroc(metrics[eval_split], out_dir.file("prefix_auroc.png"))
-    else:  # nothing evaluated: an earlier run's plot must not sit beside this checkpoint
-        out_dir.file("prefix_auroc.png").unlink(missing_ok=True)
+        train_info = {**result.info, "n_train_pairs": int(len(data.train_pairs)), "n_valid_pairs": int(len(data.valid_pairs)),
+                      "history": result.history, "row_source": "memory" if data.source.in_memory else "stream",
+                      "train_seconds": round(time.time() - t0, 3)}
+        metrics: dict = {"train": train_info}
+        if eval_split == "all" or data.split.get(eval_split):
+            ctx = make_context(data.store, data.split, eval_split, n_boot=config.eval.n_boot, seed=config.run.seed,
+                               length_bins=config.eval.length_bins)
+            metrics[eval_split] = evaluate(Scorer(result.model, result.goals), ctx, data.source, layer=data.layer,
+                                           baselines=config.eval.baselines, q_threshold=config.eval.q_threshold, baseline_cache=baseline_cache)
+        train_info["seconds"] = round(time.time() - t0, 3)
+        # One set: the checkpoint's files and its plot replace the previous ones together, config.json (the record) last.
+        with out_dir.commit_set(last=("config.json",)):
+            ckpt = save_checkpoint(out_dir, result.model, {"fit": config.to_dict(), "layer": data.layer, "layers": list(data.layers),
+                                                           "store": store_info(data.store)}, result.goals, data.split, metrics)
+            if eval_split in metrics:
+                plot_prefix_auroc(metrics[eval_split], out_dir.file("prefix_auroc.png"))
+            else:  # nothing evaluated: naming the plot without writing it removes an earlier run's
+                out_dir.file("prefix_auroc.png")
     return ckpt

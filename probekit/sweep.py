@@ -48,7 +48,11 @@ def run_name(run: dict) -> str:
 
 def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, overwrite: bool = False, progress: Progress | None = None) -> dict:
     config.validate()
-    out_dir = claim_output(out, "sweep", ("runs", "results.csv", "results.json"), overwrite=overwrite, inputs=[store_path])
+    with claim_output(out, "sweep", ("runs", "results.csv", "results.json"), overwrite=overwrite, inputs=[store_path]) as out_dir:
+        return _run_sweep(store_path, out, out_dir, config, overwrite, progress)
+
+
+def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, progress: Progress | None) -> dict:
     store = Store(store_path)
     layers = list(store.layers) if not config.layers else [int(x) for x in config.layers]
     for layer in layers:
@@ -210,11 +214,12 @@ def summarise_baselines(baselines: dict) -> list[dict]:
 
 
 def write_results(out, rows: list[dict], result: dict) -> None:
-    """results.csv and results.json into the sweep's claimed output folder."""
+    """results.csv and results.json into the sweep's claimed output folder, as one set."""
     cols = list(rows[0].keys()) if rows else []
-    with atomic_path(out.file("results.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: "" if v is None else v for k, v in r.items()})
-    write_json(out.file("results.json"), result)
+    with out.commit_set():
+        with atomic_path(out.file("results.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=cols)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: "" if v is None else v for k, v in r.items()})
+        write_json(out.file("results.json"), result)

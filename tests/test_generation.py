@@ -270,7 +270,7 @@ def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, pro
     code, err = run_cli(monkeypatch, capsys, "goal", "--ckpt", probe.path, "--from", examples, "--name", "mine", "--out", tmp_path / "goal",
                         "--model", tiny_model_dir, "--template", "raw")
     assert code == 0, err
-    common = ["--model", tiny_model_dir, "--template", "raw", "--samples", "3", "--max-new-tokens", "12", "--temperature", "1.0",
+    common = ["--model", tiny_model_dir, "--template", "raw", "--max-new-tokens", "12", "--temperature", "1.0",
               "--answer", "last-number", "--no-progress"]
     code, err = run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", probe.path, "--out", tmp_path / "s", "--goal-from", tmp_path / "goal",
                         "--goal", "mine", "--beams", "2", "--candidates", "4", "--step-tokens", "3", *common)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from probekit.errors import ProbekitError, where
 from probekit.io import iter_jsonl, write_jsonl
+from probekit.outputs import check_set
 
 R = TypeVar("R")
 TRAJECTORY_FIELDS = ("id", "group", "prompt", "completion", "label", "answer", "error_char", "meta")
@@ -128,8 +129,10 @@ def read_records(path: str | Path, parse: Callable[[dict, str], R], skip_invalid
     Returns the records and the number of invalid ones skipped (lines that are
     not UTF-8 or not JSON count too); without `skip_invalid` the first invalid
     one raises. Duplicate ids are an error either way, and so is a file with
-    no valid record.
+    no valid record. A file in a folder whose set of files is incomplete (an
+    interrupted write left files of two runs) is refused (`probekit.outputs.check_set`).
     """
+    check_set(path)
     out: list[R] = []
     seen: dict[str, int] = {}
     skipped = 0
@@ -165,6 +168,7 @@ def require_records(records: list[R], path: str | Path, noun: str = "records", s
 
 def read_pairs(path: str | Path, trajectories: Iterable[Trajectory]) -> list[Pair]:
     """Read a pairs JSONL file ({"chosen": id, "rejected": id}) and check it against the trajectories."""
+    check_set(path)
     by_id = {t.id: t for t in trajectories}
     pairs: list[Pair] = []
     for lineno, obj in iter_jsonl(path):

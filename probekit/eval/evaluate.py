@@ -243,10 +243,11 @@ def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000
 
 
 def write_evaluation(metrics: dict, out) -> None:
-    """metrics.json and prefix_auroc.png into a claimed output folder (`probekit.outputs.OutputDir`)."""
-    plot_prefix_auroc(metrics, out.file("prefix_auroc.png"))
-    metrics["plot"] = "prefix_auroc.png"
-    write_json(out.file("metrics.json"), metrics)
+    """metrics.json and prefix_auroc.png into a claimed output folder (`probekit.outputs.OutputDir`), as one set."""
+    with out.commit_set(last=("metrics.json",)):
+        plot_prefix_auroc(metrics, out.file("prefix_auroc.png"))
+        metrics["plot"] = "prefix_auroc.png"
+        write_json(out.file("metrics.json"), metrics)
 
 
 def midpoint_threshold(last_q: np.ndarray, labels: np.ndarray) -> float:

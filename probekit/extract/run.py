@@ -28,7 +28,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
-from probekit.errors import ProbekitError
+from probekit.errors import Interrupted, ProbekitError
 from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layers, forward_layers_shared, full_attention_everywhere
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, damaged_shards, describe_model, finalize
 from probekit.extract.options import ExtractOptions, parse_rank
@@ -80,11 +80,16 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
     trajectories, n_invalid = read_trajectories(opts.trajectories, skip_invalid=opts.skip_invalid)
     pairs = read_pairs(opts.pairs, trajectories) if opts.pairs else derive_pairs(trajectories)
     n_shards = (len(trajectories) + opts.shard_size - 1) // opts.shard_size
-    # Claimed before the model loads: a refused or read-only --out fails in a second.
+    # Claimed before the model loads: a refused, read-only or busy --out fails in a second. The ranks of one
+    # run share the folder's lock; each shard has its own.
     outputs = store_outputs(n_shards)
-    out_dir = claim_output(opts.out, "extract", outputs, overwrite=opts.overwrite, inputs=[opts.trajectories, opts.pairs])
-    out_dir.record(*outputs)
+    with claim_output(opts.out, "extract", outputs, overwrite=opts.overwrite, inputs=[opts.trajectories, opts.pairs], shared=True) as out_dir:
+        out_dir.record(*outputs)
+        return _extract(opts, out_dir, trajectories, pairs, n_invalid, n_shards, rank, world, stride, loaded, progress)
 
+
+def _extract(opts: ExtractOptions, out_dir: OutputDir, trajectories: list[Trajectory], pairs, n_invalid: int, n_shards: int,
+             rank: int, world: int, stride: int, loaded: LoadedModel | None, progress: Progress | None) -> ExtractResult:
     loaded = loaded or load_model(opts.model, device=opts.device, dtype=opts.model_dtype)
     _device_for_rank(loaded, rank)
     layers = resolve_layers(opts.layers, loaded.num_layers)
@@ -128,6 +133,8 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
     resume = resumed is not None
     manifest = resumed or manifest
     if not resume:
+        if (out / MANIFEST).exists():
+            out_dir.exclusive()  # replacing another store (--overwrite): no other rank may be writing it
         _remove_old_shards(out_dir)
     if not resume or rank == 0:
         write_json(out_dir.file(MANIFEST), manifest)
@@ -142,7 +149,7 @@ def extract(opts: ExtractOptions, loaded: LoadedModel | None = None, progress: P
     encoded = {s: _encode_shard(trajectories, s, opts, loaded, template) for s in todo}
     task = or_null(progress).task("extract", sum(len(e.input_ids) for enc in encoded.values() for e in enc), "tokens")
     try:
-        with _InterruptGuard() as guard:
+        with _InterruptGuard(f"complete shards are kept in {out}; re-run the same command to resume") as guard:
             for s in todo:
                 with _ShardLock(out, s) as held:
                     if not held:
@@ -243,17 +250,18 @@ class _InterruptGuard:
     not ignored), so a caller's or shell's choice is respected.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kept: str = "") -> None:
         self.interrupted = False
+        self.kept = kept  # what was kept, for the message (`probekit.errors.Interrupted`)
         self._previous = None
 
     def _handler(self, signum, frame) -> None:
         self.interrupted = True
-        raise KeyboardInterrupt
+        raise Interrupted(self.kept)
 
     def check(self) -> None:
         if self.interrupted:
-            raise KeyboardInterrupt
+            raise Interrupted(self.kept)
 
     def __enter__(self) -> "_InterruptGuard":
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:

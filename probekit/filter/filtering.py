@@ -10,12 +10,14 @@
    (`probekit.filter.thresholds`, which also chooses the threshold on selection groups
    and reports on the others).
 
-Outputs (in a folder this command owns): decisions.jsonl (one line per
-solution: kept, drop position, Q and reward summaries), metrics.json,
-frontier.png, q_curves.png. No output has the name of an input file.
-metrics.json is read back by `generate --threshold DIR` (`filter_output_threshold`),
-which checks its shape (`FilterRecord`) and that it was chosen for the same
-probe (by fingerprint), signal, goal and skip-first.
+Outputs (in a folder this command owns, committed as one set): decisions.jsonl
+(one line per solution: kept, drop position, Q and reward summaries),
+metrics.json, frontier.png, q_curves.png. No output has the name of an input
+file, and the folder may not hold the store, the checkpoint or the store it was
+trained on (read for the length controls). metrics.json is read back by
+`generate --threshold DIR` (`filter_output_threshold`), which checks its shape
+(`FilterRecord`) and that it was chosen for the same probe (by fingerprint),
+signal, goal and skip-first.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from probekit.filter.thresholds import (
 )
 from probekit.filter.voting import Ballot
 from probekit.io import read_validated, write_json, write_jsonl
-from probekit.outputs import claim_output, read_marker
+from probekit.outputs import checkpoint_inputs, claim_output, read_marker
 from probekit.probe.checkpoint import Positive, Record, check_compatible, training_store
 from probekit.probe.data import StreamRows
 from probekit.probe.scoring import Scorer, iter_trajectory_scores, score_store, score_trajectories
@@ -80,11 +82,16 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
     thresholds = config.thresholds()
     check_compatible(ckpt, store)
     scorer = Scorer.from_checkpoint(ckpt, kinds=[config.goal])  # fails early on a missing goal kind
-    signal, skip_first, seed = config.signal, config.skip_first, config.seed
     meta = store.meta
     ballot = Ballot(meta.group, meta.answer, meta.label)  # fails early when the store has no answers
-    groups = selection_and_report_groups(meta.group, ckpt.split, thresholds is None or len(thresholds) > 1, config.valid_frac, seed)
-    out_dir = claim_output(out, "filter", FILTER_OUTPUTS, overwrite=overwrite, inputs=[store.path, ckpt.path])
+    groups = selection_and_report_groups(meta.group, ckpt.split, thresholds is None or len(thresholds) > 1, config.valid_frac, config.seed)
+    with claim_output(out, "filter", FILTER_OUTPUTS, overwrite=overwrite, inputs=[store.path, *checkpoint_inputs(ckpt)]) as out_dir:
+        return _filter(ckpt, store, out_dir, config, thresholds, scorer, ballot, groups, progress)
+
+
+def _filter(ckpt, store, out_dir, config: FilterConfig, thresholds, scorer, ballot, groups, progress) -> dict:
+    signal, skip_first, seed = config.signal, config.skip_first, config.seed
+    meta = store.meta
 
     scores = score_store(store, scorer, ckpt.layers, progress)
     t0 = time.perf_counter()
@@ -123,50 +130,55 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
         }
         for i in range(len(meta))
     )
-    write_jsonl(out_dir.file("decisions.jsonl"), records)
+    # decisions, metrics and plots replace the previous ones together (metrics.json, the record, last)
+    with out_dir.commit_set(last=("metrics.json",)):
+        write_jsonl(out_dir.file("decisions.jsonl"), records)
 
-    metrics = {
-        "signal": signal,
-        "goal": config.goal if signal == "q" else None,
-        "skip_first": skip_first,
-        "threshold_mode": "auto" if thresholds is None else ("list" if len(thresholds) > 1 else "fixed"),
-        "chosen_threshold": result["chosen_threshold"],
-        "chosen_on": "selection groups" if len(result["table"]) > 1 else "fixed by --threshold (no choice made)",
-        "report": result["report"],
-        "thresholds": result["table"],
-        "groups": {
-            "selection_source": groups["selection_source"],
-            "n_selection": len(groups["selection"]),
-            "n_report": len(groups["report"]),
-            "n_excluded_train": len(groups["excluded_train"]),
-            "note": "the checkpoint's training groups are excluded from the report; the threshold is chosen on the selection groups only",
-            "selection": groups["selection"],
-            "report": groups["report"],
-            "excluded_train": groups["excluded_train"],
-        },
-        "store": {"path": str(store.path), "n_trajectories": len(meta), "n_rows": int(store.n_rows),
-                  "n_without_answer": ballot.n_without_answer},
-        "checkpoint": {"path": str(ckpt.path), "layer": int(ckpt.config["layer"]), "layers": list(ckpt.layers), "fingerprint": ckpt.fingerprint},
-        "definitions": {
-            "drop": "a trajectory is dropped at its first stored token with position >= skip_first and signal < threshold",
-            "saved_tokens": "completion tokens - (drop position + 1); 0 for kept trajectories",
-            "tokens_saved_share": "saved tokens / all completion tokens, as the official evaluation counts them",
-            "tokens_saved_share_effective": "the same, but groups that fall back to voting over all trajectories count as fully generated",
-            "correct": "the group's chosen answer equals the answer of any label-1 trajectory of the group",
-            "fallback": "a group with no kept trajectory that has an answer votes over all its trajectories",
-            "best_of_n": "the trajectory with the highest reward (reward head at the last token)",
-            "weighted_vote": "each trajectory adds sigmoid(reward) to its answer",
-        },
-        "signal_auroc": _signal_auroc(ckpt, store, scorer, signal, config.goal, skip_first, result["min_signal"], groups["report"], seed),
-        "seconds": {"scoring": round(scores.seconds, 3), "evaluation": round(eval_seconds, 3)},
-        "warnings": degenerate_warnings(res, np.isin(meta.group, groups["report"]), np.isfinite(result["min_signal"])),
-    }
-    write_json(out_dir.file("metrics.json"), metrics)
-    if config.plots:
-        plot_frontier(out_dir.file("frontier.png"), metrics)
-        plot_curves(out_dir.file("q_curves.png"), scores, sig, res, ballot, groups["report"], result["chosen_threshold"], skip_first, signal, seed)
-        metrics["plots"] = ["frontier.png", "q_curves.png"]
+        metrics = {
+            "signal": signal,
+            "goal": config.goal if signal == "q" else None,
+            "skip_first": skip_first,
+            "threshold_mode": "auto" if thresholds is None else ("list" if len(thresholds) > 1 else "fixed"),
+            "chosen_threshold": result["chosen_threshold"],
+            "chosen_on": "selection groups" if len(result["table"]) > 1 else "fixed by --threshold (no choice made)",
+            "report": result["report"],
+            "thresholds": result["table"],
+            "groups": {
+                "selection_source": groups["selection_source"],
+                "n_selection": len(groups["selection"]),
+                "n_report": len(groups["report"]),
+                "n_excluded_train": len(groups["excluded_train"]),
+                "note": "the checkpoint's training groups are excluded from the report; the threshold is chosen on the selection groups only",
+                "selection": groups["selection"],
+                "report": groups["report"],
+                "excluded_train": groups["excluded_train"],
+            },
+            "store": {"path": str(store.path), "n_trajectories": len(meta), "n_rows": int(store.n_rows),
+                      "n_without_answer": ballot.n_without_answer},
+            "checkpoint": {"path": str(ckpt.path), "layer": int(ckpt.config["layer"]), "layers": list(ckpt.layers),
+                            "fingerprint": ckpt.fingerprint},
+            "definitions": {
+                "drop": "a trajectory is dropped at its first stored token with position >= skip_first and signal < threshold",
+                "saved_tokens": "completion tokens - (drop position + 1); 0 for kept trajectories",
+                "tokens_saved_share": "saved tokens / all completion tokens, as the official evaluation counts them",
+                "tokens_saved_share_effective": "the same, but groups that fall back to voting over all trajectories count as fully generated",
+                "correct": "the group's chosen answer equals the answer of any label-1 trajectory of the group",
+                "fallback": "a group with no kept trajectory that has an answer votes over all its trajectories",
+                "best_of_n": "the trajectory with the highest reward (reward head at the last token)",
+                "weighted_vote": "each trajectory adds sigmoid(reward) to its answer",
+            },
+            "signal_auroc": _signal_auroc(ckpt, store, scorer, signal, config.goal, skip_first, result["min_signal"], groups["report"], seed),
+            "seconds": {"scoring": round(scores.seconds, 3), "evaluation": round(eval_seconds, 3)},
+            "warnings": degenerate_warnings(res, np.isin(meta.group, groups["report"]), np.isfinite(result["min_signal"])),
+        }
         write_json(out_dir.file("metrics.json"), metrics)
+        if config.plots:
+            plot_frontier(out_dir.file("frontier.png"), metrics)
+            plot_curves(out_dir.file("q_curves.png"), scores, sig, res, ballot, groups["report"], result["chosen_threshold"], skip_first, signal, seed)
+            metrics["plots"] = ["frontier.png", "q_curves.png"]
+            write_json(out_dir.file("metrics.json"), metrics)
+        else:  # named and not written: an earlier run's plots do not stay beside these metrics
+            out_dir.file("frontier.png"), out_dir.file("q_curves.png")
     return metrics
 
 

@@ -45,8 +45,10 @@ class GenerateConfig(Config):
 
     def validate(self) -> None:
         check_sampling(self.temperature, self.top_p)
-        if self.samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1 or self.shard_size < 1:
-            raise ProbekitError("--samples, --max-new-tokens, --batch-size and --shard-size must be at least 1")
+        for flag, value in (("--samples", self.samples), ("--max-new-tokens", self.max_new_tokens), ("--batch-size", self.batch_size),
+                            ("--shard-size", self.shard_size)):
+            if value < 1:  # one option named: `steer` has only some of them
+                raise ProbekitError(f"{flag} {value}: must be at least 1")
         if self.dtype not in STATE_DTYPES:
             raise ProbekitError(f"--dtype must be float16 or float32, got '{self.dtype}'")
 
@@ -69,6 +71,10 @@ class DecodeSettings:
     stop: str | None
     dtype: str  # storage dtype: decoders round captured states to it before scoring, as the store will hold them
 
+
+# The `GenerateConfig` fields `steer` never reads (its beams and candidates take the place of samples; it stores no states),
+# so it has no option for them and its steering.json does not record them.
+STEER_IGNORES = ("samples", "layers", "batch_size", "shard_size")
 
 STEP_SCORES = ("last", "mean", "gain")
 EMPTY_STEPS = ("allow", "last", "resample")

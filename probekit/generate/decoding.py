@@ -195,14 +195,15 @@ class Scheduler:
     """
 
     def __init__(self, loaded, contexts: list[list[int]], layers: list[int], config: DecodeSettings, stop: OnlineStop | None,
-                 emit: Callable[[list[Sample], bool], None]):
+                 emit: Callable[[list[Sample], bool], None], start: int = 0):
+        """`start`: the first prompt to decode (earlier ones were finished by an interrupted run); seeds stay per prompt index."""
         self.loaded, self.contexts, self.layers, self.config, self.stop, self.emit = loaded, contexts, layers, config, stop, emit
         self.rows = Rows(loaded)
         self.counts = Counts()
         self.groups: dict[int, Group] = {}
         self.resumes: deque[Sample] = deque()
         self.n_fresh = len(contexts) * config.samples
-        self.next_fresh = self.next_emit = 0
+        self.next_fresh, self.next_emit = start * config.samples, start
         self.buffered = 0  # done samples not yet emitted
         self.n_parked = 0  # samples holding a copy of their KV rows
 

@@ -42,21 +42,25 @@ compared with plain sampling and best-of-n at the same token budget.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from probekit.data.answers import get_parser, grade
 from probekit.data.schema import Trajectory, write_trajectories
+from probekit.errors import Interrupted
 from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layers, checked_states
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
-from probekit.generate.config import DecodeSettings, SteerConfig
+from probekit.generate.config import STEER_IGNORES, DecodeSettings, SteerConfig
 from probekit.generate.sampling import sample_next, sequence_generator
 from probekit.generate.stopping import check_context, eos_ids, hit_stop
-from probekit.io import write_json
-from probekit.models import load_model
-from probekit.outputs import claim_output
+from probekit.io import atomic_path, write_json
+from probekit.models import dtype_name, load_model
+from probekit.outputs import checkpoint_inputs, claim_output
 from probekit.probe.checkpoint import check_model
 from probekit.probe.scoring import Scorer
 from probekit.progress import or_null
@@ -215,54 +219,112 @@ class SteerResult:
     trajectories: list
 
 
+OUTPUTS = ("trajectories.jsonl", "steering.json")
+JOURNAL = "prompts.partial.jsonl"  # in the staging area: one line per finished prompt, in order
+
+
 def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, *, loaded=None, overwrite: bool = False,
           inputs: tuple = (), progress=None) -> SteerResult:
-    """Steer every prompt; write trajectories.jsonl (each prompt's final beams, best first) and steering.json.
+    """Steer every prompt; write trajectories.jsonl (each prompt's final beams, best first) and steering.json, as one set.
 
     `goals` adds prototypes beside the checkpoint's (e.g. from `probekit goal --from`), by name.
+    Each finished prompt is written to the staging area as it finishes; an
+    interrupted run's finished prompts are kept there, and a re-run with the
+    same settings resumes after them (a prompt's search does not depend on the
+    others, so the output is the one an uninterrupted run writes).
     """
     gen.validate()
     cfg.validate()
     all_goals = {**ckpt.goals, **(goals or {})}
     scorer = Scorer(ckpt.model, all_goals, kinds=[cfg.goal], where=ckpt.path)
     parse = get_parser(gen.answer)
-    out_dir = claim_output(out, "steer", ("trajectories.jsonl", "steering.json"), overwrite=overwrite, inputs=inputs)
-    loaded = loaded or load_model(gen.model, device=gen.device, dtype=gen.model_dtype)
-    check_model(ckpt, loaded)
-    template = resolve_template(gen.template, loaded.tokenizer)
-    contexts = [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts]
-    check_context(prompts, contexts, loaded, gen.max_new_tokens)
-    newline = _newline_ids(loaded.tokenizer) if cfg.step_tokens == 0 else set()
-    trajectories, total, unmatched = [], SearchCounts(), 0
-    task = or_null(progress).task("steer", len(prompts), unit="prompts")
-    try:
-        for pi, p in enumerate(prompts):
-            def seed_of(step: int, row: int, pi: int = pi) -> torch.Generator:
-                return sequence_generator(gen.seed, pi, step * 100_000 + row)
-
-            beams, counts = steer_prompt(loaded, contexts[pi], scorer, cfg.goal, ckpt.single_layer("steer"),
-                                         gen.decoding(), cfg, seed_of, newline)
-            total.tokens += counts.tokens
-            total.resampled_steps += counts.resampled_steps
-            total.resampled_tokens += counts.resampled_tokens
-            unmatched += bool(beams and beams[0].unmatched_end)
-            for rank, b in enumerate(beams):
-                text = loaded.tokenizer.decode(b.tokens, skip_special_tokens=True)
-                answer = parse(text)
-                trajectories.append(Trajectory(id=f"{p.id}-{rank}", group=p.id, prompt=p.prompt, completion=text,
-                                               label=None if p.gold is None else grade(answer, p.gold), answer=answer,
-                                               meta={"rank": rank, "q": b.q, "score": b.score, "steps": b.steps, COMPLETION_IDS: b.tokens}))
-            task.advance(1)
-    finally:
-        task.close()
-    write_trajectories(out_dir.file("trajectories.jsonl"), trajectories)
-    best = [t for t in trajectories if t.meta["rank"] == 0]
-    labels = [t.label for t in best if t.label is not None]
-    stats = {"n_prompts": len(prompts), "tokens_generated": int(total.tokens), "goal": cfg.goal, "layer": ckpt.layer,
-             "accuracy_best_beam": float(np.mean(labels)) if labels else None, "mean_q_best_beam": float(np.mean([t.meta["q"] for t in best])),
-             "resampled_steps": total.resampled_steps, "tokens_in_resampled_steps": total.resampled_tokens,
-             "n_best_ended_without_match": unmatched if cfg.require_before_end is not None else None,
-             "config": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **{k: getattr(gen, k) for k in gen.__dataclass_fields__}},
-             "checkpoint": str(ckpt.path)}
-    write_json(out_dir.file("steering.json"), stats)
+    with claim_output(out, "steer", OUTPUTS, overwrite=overwrite, inputs=(*inputs, *checkpoint_inputs(ckpt)), resume=True) as out_dir:
+        loaded = loaded or load_model(gen.model, device=gen.device, dtype=gen.model_dtype)
+        template = resolve_template(gen.template, loaded.tokenizer)
+        check_model(ckpt, loaded)
+        check_context(prompts, [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts], loaded, gen.max_new_tokens)
+        layer = ckpt.single_layer("steer")
+        key = _settings_key(prompts, gen, cfg, ckpt, all_goals[cfg.goal], loaded, template)
+        with out_dir.commit_set(last=("steering.json",), keep=True):
+            done = _resume(out_dir.scratch(JOURNAL), prompts) if out_dir.resume_key(key) else []
+            newline = _newline_ids(loaded.tokenizer) if cfg.step_tokens == 0 else set()
+            task = or_null(progress).task("steer", len(prompts) - len(done), unit="prompts")
+            try:
+                with open(out_dir.scratch(JOURNAL), "a", encoding="utf-8") as journal:
+                    for pi in range(len(done), len(prompts)):
+                        done.append(_steer_one(pi, prompts[pi], loaded, template, scorer, layer, gen, cfg, newline, parse))
+                        journal.write(json.dumps(done[-1], ensure_ascii=False) + "\n")
+                        journal.flush()
+                        task.advance(1)
+            except KeyboardInterrupt as exc:
+                raise Interrupted(f"{len(done)} of {len(prompts)} prompts were finished and are kept in {out_dir.staging}; re-running "
+                                  f"the same command resumes after them ({out_dir.path} is unchanged until every prompt is done)") from exc
+            finally:
+                task.close()
+            trajectories = [Trajectory(**rec) for entry in done for rec in entry["trajectories"]]
+            write_trajectories(out_dir.file("trajectories.jsonl"), trajectories)
+            best = [t for t in trajectories if t.meta["rank"] == 0]
+            labels = [t.label for t in best if t.label is not None]
+            stats = {"n_prompts": len(prompts), "tokens_generated": sum(e["tokens"] for e in done), "goal": cfg.goal, "layer": ckpt.layer,
+                     "accuracy_best_beam": float(np.mean(labels)) if labels else None,
+                     "mean_q_best_beam": float(np.mean([t.meta["q"] for t in best])),
+                     "resampled_steps": sum(e["resampled_steps"] for e in done),
+                     "tokens_in_resampled_steps": sum(e["resampled_tokens"] for e in done),
+                     "n_best_ended_without_match": sum(e["unmatched"] for e in done) if cfg.require_before_end is not None else None,
+                     "config": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **{k: getattr(gen, k) for k in gen.__dataclass_fields__ if k not in STEER_IGNORES}},
+                     "checkpoint": str(ckpt.path)}
+            write_json(out_dir.file("steering.json"), stats)
     return SteerResult(out_dir.path, stats, trajectories)
+
+
+def _steer_one(pi: int, p, loaded, template: str, scorer, layer: int, gen, cfg: SteerConfig, newline: set[int], parse) -> dict:
+    """One prompt's search, as the journal line that records it (its trajectories and what it decoded)."""
+    def seed_of(step: int, row: int) -> torch.Generator:
+        return sequence_generator(gen.seed, pi, step * 100_000 + row)
+
+    beams, counts = steer_prompt(loaded, prompt_ids(loaded.tokenizer, p.prompt, template), scorer, cfg.goal, layer, gen.decoding(), cfg,
+                                 seed_of, newline)
+    records = []
+    for rank, b in enumerate(beams):
+        text = loaded.tokenizer.decode(b.tokens, skip_special_tokens=True)
+        answer = parse(text)
+        records.append(Trajectory(id=f"{p.id}-{rank}", group=p.id, prompt=p.prompt, completion=text,
+                                  label=None if p.gold is None else grade(answer, p.gold), answer=answer,
+                                  meta={"rank": rank, "q": b.q, "score": b.score, "steps": b.steps, COMPLETION_IDS: b.tokens}).to_record())
+    return {"index": pi, "id": p.id, "tokens": counts.tokens, "resampled_steps": counts.resampled_steps,
+            "resampled_tokens": counts.resampled_tokens, "unmatched": bool(beams and beams[0].unmatched_end), "trajectories": records}
+
+
+def _resume(journal: Path, prompts) -> list[dict]:
+    """The finished prompts an interrupted run recorded (in order, up to the first line cut short), the journal cut to them."""
+    done: list[dict] = []
+    try:
+        with open(journal, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    break
+                k = len(done)
+                if not isinstance(entry, dict) or entry.get("index") != k or k >= len(prompts) or entry.get("id") != prompts[k].id:
+                    break
+                done.append(entry)
+    except FileNotFoundError:
+        pass
+    with atomic_path(journal) as tmp:
+        tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in done), encoding="utf-8")
+    return done
+
+
+def _settings_key(prompts, gen, cfg: SteerConfig, ckpt, goal: np.ndarray, loaded, template: str) -> str:
+    """What makes a steered output: the prompts, the settings read, the probe's weights and goal, the model; a re-run resumes only under the same."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"prompts": [[p.id, p.prompt, p.gold] for p in prompts], "search": cfg.to_dict(),
+                         "gen": {k: getattr(gen, k) for k in gen.__dataclass_fields__ if k not in STEER_IGNORES + ("device",)},
+                         "model": [loaded.file_sha256 or str(loaded.source), dtype_name(loaded.dtype)], "template": template},
+                        sort_keys=True, default=str).encode())
+    for name, tensor in sorted(ckpt.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(goal, dtype=np.float32).tobytes())
+    return h.hexdigest()

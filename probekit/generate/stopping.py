@@ -13,6 +13,7 @@ import numpy as np
 
 from probekit.errors import ProbekitError
 from probekit.filter.thresholds import check_threshold_range
+from probekit.outputs import checkpoint_inputs
 from probekit.probe.scoring import Scorer
 
 
@@ -42,6 +43,7 @@ class OnlineStop:
         self.ckpt = ckpt  # `generate` checks it against the model it loads (`probekit.probe.checkpoint.check_model`)
         self.layer, self.goal, self.threshold, self.skip_first = ckpt.single_layer("online filtering"), goal, float(threshold), int(skip_first)
         self.checkpoint, self.chosen_on = str(ckpt.path), chosen_on
+        self.inputs = checkpoint_inputs(ckpt)  # what a generate --out may not hold: the checkpoint and its training store
 
     def drops(self, stored_states: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """bool [n]: which sequences stop at this token (states as stored, positions in the completion)."""

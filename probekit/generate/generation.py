@@ -39,7 +39,7 @@ from probekit.data.answers import get_parser, grade
 from probekit.data.prompts import Prompt
 from probekit.data.schema import Trajectory, derive_pairs, write_pairs, write_trajectories
 from probekit.errors import ProbekitError
-from probekit.extract.forward import STORE_DTYPES
+from probekit.extract.forward import STORE_DTYPES, require_kv_attention
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, describe_model, finalize
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
 from probekit.generate.config import GenerateConfig
@@ -72,6 +72,7 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     parse = get_parser(config.answer)
     out_dir = claim_output(out, "generate", ("trajectories.jsonl", "pairs.jsonl", "store", "generation.json"), overwrite=overwrite, inputs=inputs)
     loaded = loaded or load_model(config.model, device=config.device, dtype=config.model_dtype)
+    require_kv_attention(loaded.model, "generate")
     layers = resolve_layers(config.layers, loaded.num_layers)
     if stop is not None and stop.layer not in layers:
         layers = sorted(set(layers) | {stop.layer})

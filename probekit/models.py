@@ -229,7 +229,8 @@ def resolve_layers(spec: str | None, num_layers: int) -> list[int]:
 # multimodal Gemma3 also has `model.vision_tower` blocks that must not match.
 _ARCHITECTURES = (
     ("model.language_model.layers", "model.language_model.norm"),  # Gemma3ForConditionalGeneration
-    ("model.layers", "model.norm"),  # Llama, Mistral, Qwen2, Gemma3ForCausalLM
+    ("model.layers", "model.norm"),  # Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, OLMo 2, SmolLM3
+    ("gpt_neox.layers", "gpt_neox.final_layer_norm"),  # GPT-NeoX (Pythia)
     ("transformer.h", "transformer.ln_f"),  # GPT-2
 )
 
@@ -250,8 +251,9 @@ def _find_architecture(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
         if isinstance(layers, nn.ModuleList) and isinstance(norm, nn.Module):
             return layers, norm
     raise ProbekitError(
-        f"unsupported model architecture {type(model).__name__}: "
-        "cannot find its decoder blocks (supported: Llama-like, Gemma3, GPT-2)"
+        f"unsupported model architecture {type(model).__name__}: cannot find its decoder blocks and final norm "
+        f"(probekit looks for {', '.join(' + '.join(paths) for paths in _ARCHITECTURES)}); "
+        "add the two attribute paths of this architecture to probekit.models._ARCHITECTURES"
     )
 
 

@@ -63,12 +63,13 @@ def _float32_on_cpu():
         os.environ[ENV] = before
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_torch_thread():
-    """Tiny probes: one intra-op thread is faster and steadier on a shared 2-core machine.
+    """Tiny probes and models: one intra-op thread is faster and steadier on a shared 2-core machine.
 
     Not autouse: the modules that fit probes take it for all their tests with
-    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`; module-scoped, so
+    a module's own module-scoped fixtures (a model, its generations) can depend on it.
     """
     import torch
 

@@ -178,6 +178,18 @@ def toy_trajectories(n: int = 11) -> list[Trajectory]:
     return out
 
 
+def shared_prompt_file(path: Path) -> Path:
+    """Four questions with three samples each (one prompt per group, as best-of-n data has), and one lone question."""
+    import dataclasses
+
+    from probekit.data.schema import write_trajectories
+
+    base = toy_trajectories(15)
+    out = [dataclasses.replace(t, prompt=base[3 * (i // 3)].prompt) for i, t in enumerate(base[:12])] + base[12:13]
+    write_trajectories(path, out)
+    return path
+
+
 def read_store(path: Path) -> dict:
     """Every array of every shard, for exact store comparisons."""
     import h5py
@@ -197,3 +209,77 @@ def assert_same_store(a: Path, b: Path, atol: float = 0.0) -> None:
             np.testing.assert_allclose(ra[key], rb[key], atol=atol, rtol=0, err_msg=key)
         else:
             assert np.array_equal(ra[key], rb[key]), key
+
+
+# ---- probes on a generated store, online stopping and steering (tests/test_generation.py, test_steering.py, -------
+# ---- test_architectures.py) ---------------------------------------------------------------------------------------
+def random_probe(store_path: Path, layer: int, folder: Path):
+    """A random probe over `layer` of the store (normalised by its states, one random goal "mean"), saved as a
+    checkpoint whose test split is every group of the store."""
+    import torch
+
+    from probekit.outputs import claim_output
+    from probekit.probe.checkpoint import save_checkpoint, store_info
+    from probekit.probe.network import ProbeModel
+    from probekit.store import Store
+
+    store = Store(store_path)
+    torch.manual_seed(0)
+    model = ProbeModel(store.hidden_size, "mlp", (16,), rep_size=8)
+    x = store.load_layer(layer)
+    model.set_normalization(x.mean(0), x.std(0))
+    goals = {"mean": np.random.default_rng(0).normal(size=(1, 8)).astype(np.float32)}
+    split = {"train": [], "valid": [], "test": sorted(set(store.meta.group))}
+    return save_checkpoint(claim_output(folder, "fit"), model, {"layer": layer, "store": store_info(store)}, goals, split, {})
+
+
+def assert_online_stopping_decides_what_the_filter_decides(unfiltered, probe, prompts, config, loaded, out: Path):
+    """`generate --filter` at a threshold that stops about half of the samples: each sample is stopped where the filter's rule,
+    applied after the fact to the unfiltered run's store (`unfiltered`, same prompts and config), stops it; a
+    stopped sample's stored rows end there, the others are the unfiltered samples, and the tokens saved are the
+    filter's. Returns the online run."""
+    from probekit.filter.early_stop import apply_threshold
+    from probekit.generate.generation import generate
+    from probekit.generate.stopping import OnlineStop
+    from probekit.probe.scoring import Scorer, score_store
+    from probekit.store import Store
+
+    store = Store(unfiltered.out / "store")
+    scores = score_store(store, Scorer.from_checkpoint(probe), probe.layer)
+    eligible = np.where(scores.positions >= 2, scores.q["mean"], np.inf)
+    lowest = np.sort(np.minimum.reduceat(eligible, scores.offsets[:-1]))  # each sample's lowest Q where stopping may apply
+    half = int(np.isfinite(lowest).sum()) // 2
+    # between two samples' lowest Q: stops about half of the samples whatever the model, and no Q sits on the threshold
+    threshold = float(lowest[half - 1] + lowest[half]) / 2
+    offline = apply_threshold(scores.offsets, scores.positions, scores.q["mean"], store.meta.completion_tokens, threshold, skip_first=2)
+    assert 0 < offline.dropped.sum() < len(store), "the threshold should stop some samples and keep others"
+
+    online = generate(prompts, out, config, stop=OnlineStop(probe, threshold, skip_first=2), loaded=loaded)
+    dropped_at = np.array([t.meta.get("dropped_at", -1) for t in online.trajectories])
+    np.testing.assert_array_equal(dropped_at, offline.first_drop_position)
+    on_store = Store(out / "store")
+    for i, t in enumerate(online.trajectories):
+        if dropped_at[i] >= 0 and not t.meta["fallback"]:  # stopped samples really stopped (unless their group fell back)
+            assert on_store.meta.completion_tokens[i] == dropped_at[i] + 1 and t.answer is None and t.label is None
+        else:
+            assert t.completion == unfiltered.trajectories[i].completion
+    stats = online.stats
+    saved = int(offline.saved_tokens.sum())
+    assert stats["tokens_generated"] - stats["tokens_resumed_for_fallback"] == int(store.meta.completion_tokens.sum()) - saved
+    return online
+
+
+def extracted_last_q(trajectories, ckpt, loaded, folder: Path) -> np.ndarray:
+    """The Q toward goal "mean" that `extract` (float32, last positions, raw template) and the scorer give the last
+    token of each trajectory: what steer must report for a beam it decoded with its KV cache."""
+    from probekit.data.schema import write_trajectories
+    from probekit.extract.options import ExtractOptions
+    from probekit.extract.run import extract
+    from probekit.probe.scoring import Scorer, score_store
+    from probekit.store import Store
+
+    write_trajectories(folder / "beams.jsonl", trajectories)
+    extract(ExtractOptions(trajectories=folder / "beams.jsonl", out=folder / "beams-store", layers=str(ckpt.layer), template="raw",
+                           positions="last", dtype="float32"), loaded=loaded)
+    scores = score_store(Store(folder / "beams-store"), Scorer.from_checkpoint(ckpt), ckpt.layer)
+    return scores.last(scores.q["mean"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from probekit.extract.options import ExtractOptions
 from probekit.extract.run import extract
 from probekit.models import load_model
 from probekit.store import Store, shard_name
-from tests.helpers import assert_same_store, read_store, toy_trajectories
+from tests.helpers import assert_same_store, read_store, shared_prompt_file, toy_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,26 +106,19 @@ def test_default_batch_budget_gives_the_store_of_one_at_a_time(tiny, traj_file, 
     assert_same_store(tmp_path / "d", tmp_path / "s", atol=2e-5)
 
 
-def _shared_prompt_file(path: Path) -> Path:
-    """Four questions with three samples each (one prompt per group, as best-of-n data has), and one lone question."""
-    base = toy_trajectories(15)
-    out = [dataclasses.replace(t, prompt=base[3 * (i // 3)].prompt) for i, t in enumerate(base[:12])] + base[12:13]
-    write_trajectories(path, out)
-    return path
-
-
 @pytest.mark.parametrize("max_batch_tokens", [4096, 64])
 def test_shared_prompts_equal_full_forwards(tiny, tmp_path, max_batch_tokens):
     """A prompt run once for its group's completions (KV cache) gives each completion the states of its own full forward."""
-    data = _shared_prompt_file(tmp_path / "t.jsonl")
+    data = shared_prompt_file(tmp_path / "t.jsonl")
     shared = extract(_opts(data, tmp_path / "shared", max_batch_tokens=max_batch_tokens), loaded=tiny)
     full = extract(_opts(data, tmp_path / "full", share_prompts=False), loaded=tiny)
     assert_same_store(tmp_path / "shared", tmp_path / "full", atol=2e-5)
     assert shared.manifest["stats"]["n_prompt_tokens_reused"] > 0 and full.manifest["stats"]["n_prompt_tokens_reused"] == 0
 
 
-def test_shared_prompts_within_bfloat16_rounding_and_not_with_sliding_windows(tiny_bf16, tiny_model_dir, tmp_path):
-    data = _shared_prompt_file(tmp_path / "t.jsonl")
+def test_shared_prompts_within_bfloat16_rounding(tiny_bf16, tmp_path):
+    """(Sliding-window and hybrid models: tests/test_architectures.py.)"""
+    data = shared_prompt_file(tmp_path / "t.jsonl")
     extract(_opts(data, tmp_path / "shared"), loaded=tiny_bf16)
     extract(_opts(data, tmp_path / "full", share_prompts=False), loaded=tiny_bf16)
     a, b = Store(tmp_path / "shared"), Store(tmp_path / "full")
@@ -134,10 +126,6 @@ def test_shared_prompts_within_bfloat16_rounding_and_not_with_sliding_windows(ti
         x, y = a.load_layer(layer), b.load_layer(layer)
         rel = np.linalg.norm(x - y, axis=1) / np.linalg.norm(y, axis=1)
         assert rel.max() < 2**-6, (layer, rel.max())  # bfloat16 rounding (2^-8 per element), not a wrong offset
-    windowed = load_model(str(tiny_model_dir), device="cpu")
-    windowed.model.config.sliding_window = 4  # a window the shared cache would not honour: the plain path runs
-    res = extract(_opts(data, tmp_path / "windowed"), loaded=windowed)
-    assert res.manifest["stats"]["n_prompt_tokens_reused"] == 0
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

@@ -103,45 +103,15 @@ def test_a_tiny_positive_temperature_samples_what_greedy_decoding_does(tiny, pro
 @pytest.fixture(scope="module")
 def probe(unfiltered, tmp_path_factory):
     """A random probe over layer 4 of the tiny model, saved as a checkpoint of the generated store."""
-    from probekit.outputs import claim_output
-    from probekit.probe.checkpoint import save_checkpoint, store_info
-    from probekit.probe.network import ProbeModel
+    from tests.helpers import random_probe
 
-    store = Store(unfiltered.out / "store")
-    torch.manual_seed(0)
-    model = ProbeModel(store.hidden_size, "mlp", (16,), rep_size=8)
-    x = store.load_layer(4)
-    model.set_normalization(x.mean(0), x.std(0))
-    goals = {"mean": np.random.default_rng(0).normal(size=(1, 8)).astype(np.float32)}
-    split = {"train": [], "valid": [], "test": sorted({p.id for p in PROMPTS})}
-    return save_checkpoint(claim_output(tmp_path_factory.mktemp("ck") / "ck", "fit"), model,
-                           {"layer": 4, "store": store_info(store)}, goals, split, {})
+    return random_probe(unfiltered.out / "store", 4, tmp_path_factory.mktemp("ck") / "ck")
 
 
 def test_online_stopping_decides_what_the_filter_decides_after_the_fact(unfiltered, probe, tiny, tmp_path):
-    from probekit.filter.early_stop import apply_threshold
-    from probekit.probe.scoring import Scorer, score_store
+    from tests.helpers import assert_online_stopping_decides_what_the_filter_decides
 
-    store = Store(unfiltered.out / "store")
-    scores = score_store(store, Scorer.from_checkpoint(probe), 4)
-    eligible = scores.positions >= 2
-    threshold = float(np.quantile(scores.q["mean"][eligible], 0.3))
-    offline = apply_threshold(scores.offsets, scores.positions, scores.q["mean"], store.meta.completion_tokens, threshold, skip_first=2)
-    assert 0 < offline.dropped.sum() < len(store), "the threshold should stop some samples and keep others"
-
-    online = generate(PROMPTS, tmp_path / "on", config(), stop=OnlineStop(probe, threshold, skip_first=2), loaded=tiny)
-    dropped_at = np.array([t.meta.get("dropped_at", -1) for t in online.trajectories])
-    np.testing.assert_array_equal(dropped_at, offline.first_drop_position)
-    # stopped samples really stopped: their stored rows end at the drop position (unless their group fell back)
-    on_store = Store(tmp_path / "on" / "store")
-    for i, t in enumerate(online.trajectories):
-        if dropped_at[i] >= 0 and not t.meta["fallback"]:
-            assert on_store.meta.completion_tokens[i] == dropped_at[i] + 1 and t.answer is None and t.label is None
-        else:
-            assert t.completion == unfiltered.trajectories[i].completion
-    stats = online.stats
-    saved = int(offline.saved_tokens.sum())
-    assert stats["tokens_generated"] - stats["tokens_resumed_for_fallback"] == int(store.meta.completion_tokens.sum()) - saved
+    assert_online_stopping_decides_what_the_filter_decides(unfiltered, probe, PROMPTS, config(), tiny, tmp_path / "on")
 
 
 def test_bad_inputs_are_one_line_errors(tiny, tmp_path, probe):

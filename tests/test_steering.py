@@ -117,22 +117,14 @@ def test_empty_steps_ranked_last_or_resampled_give_the_answer_instead_of_blank_l
 
 def test_a_redrawn_step_continues_exactly_from_its_beam(blank_lines, tmp_path):
     """The rewound rows' masked cache entries are invisible: the best beam's reported Q is the Q extract + score compute on its tokens."""
-    from probekit.data.schema import write_trajectories
-    from probekit.extract.options import ExtractOptions
-    from probekit.extract.run import extract
-    from probekit.probe.scoring import Scorer, score_store
-    from probekit.store import Store
+    from tests.helpers import extracted_last_q
 
     ckpt = plant_probe(tmp_path / "ck", FINISHED_LOOKS_BEST, blank_lines)
     res = steer(PROMPTS, tmp_path / "s", gen_config(dtype="float32"), SteerConfig(beams=1, candidates=4, empty_steps="resample"), ckpt,
                 loaded=blank_lines)
     assert res.stats["resampled_steps"] > 0
     top = list(best(res).values())
-    write_trajectories(tmp_path / "best.jsonl", top)
-    extract(ExtractOptions(trajectories=tmp_path / "best.jsonl", out=tmp_path / "ex", layers="4", template="raw", positions="last",
-                           dtype="float32"), loaded=blank_lines)
-    scores = score_store(Store(tmp_path / "ex"), Scorer.from_checkpoint(ckpt), 4)
-    np.testing.assert_allclose([t.meta["q"] for t in top], scores.last(scores.q["mean"]), atol=1e-5)
+    np.testing.assert_allclose([t.meta["q"] for t in top], extracted_last_q(top, ckpt, blank_lines, tmp_path), atol=1e-5)
 
 
 @pytest.fixture(scope="module")

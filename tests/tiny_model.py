@@ -1,4 +1,4 @@
-"""Build a tiny random Llama + byte-level BPE tokenizer on disk, with no download."""
+"""Build a tiny random causal LM (Llama unless asked otherwise) + byte-level BPE tokenizer on disk, with no download."""
 
 from __future__ import annotations
 
@@ -42,12 +42,21 @@ def build_tokenizer():
     return fast
 
 
-def build_tiny_model(folder: Path, num_layers: int = 4, hidden: int = 32, seed: int = 0) -> Path:
+OMIT = object()  # an override that leaves a common config field out (GPT-NeoX has no num_key_value_heads)
+
+
+def build_tiny_model(folder: Path, num_layers: int = 4, hidden: int = 32, seed: int = 0, config_class: str = "LlamaConfig",
+                     **overrides) -> Path:
+    """A random model of transformers' `config_class` (Llama by default) saved with the tiny tokenizer.
+
+    The common fields (widths, heads, vocabulary and special tokens of the tokenizer) fit every decoder that
+    transformers ships with Llama-style names; `overrides` adds architecture-specific ones or, as OMIT, drops one.
+    """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
+    fields = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -59,8 +68,10 @@ def build_tiny_model(folder: Path, num_layers: int = 4, hidden: int = 32, seed: 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    fields.update(overrides)
+    config = getattr(transformers, config_class)(**{k: v for k, v in fields.items() if v is not OMIT})
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
     folder = Path(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -98,12 +98,41 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def full_attention_everywhere(model) -> bool:
-    """True when every layer attends causally over the whole context (no sliding windows), so a prompt's KV cache,
+# Layer kinds (a config's `layer_types`) whose cache is the keys and values of every earlier token, as a
+# `DynamicCache()` without a config keeps them, and whose mask depends only on the distance between columns:
+# a sliding window is `q - k < window` in columns (transformers' eager, sdpa and flex masks). Every layout
+# probekit builds keeps the tokens a query attends to in contiguous columns ending at the query (left-padded
+# prompts followed by their completions, right padding after a row's last token, rows merged by left padding,
+# steer's rewound or waiting rows closed up by `kv_rows.close_gaps`), so column distances are token distances
+# and a window covers what it covers in a plain forward: shared prompts, continuous batching and rewinds are
+# exact for these layers (tests/test_architectures.py, with windows shorter than the contexts).
+KV_LAYER_KINDS = frozenset({"full_attention", "sliding_attention"})
+
+
+def other_layer_kinds(model) -> list[str]:
+    """The model's layer kinds that are not attention over a plain KV cache (recurrent `linear_attention`, `conv`,
+    `chunked_attention` ...), from its config's `layer_types`; configs without them (Llama, Mistral, Phi-3,
+    GPT-NeoX ...) have attention layers only."""
+    types = getattr(model.config.get_text_config(), "layer_types", None) or ()
+    return sorted(set(types) - KV_LAYER_KINDS)
+
+
+def kv_attention_everywhere(model) -> bool:
+    """True when every layer is full or sliding-window attention (`KV_LAYER_KINDS`), so a prompt's KV cache,
     computed once, gives its completions the same states as a forward over prompt + completion."""
-    cfg = getattr(model, "config", None)
-    types = set(getattr(cfg, "layer_types", None) or ())
-    return getattr(cfg, "sliding_window", None) is None and types <= {"full_attention"}
+    return not other_layer_kinds(model)
+
+
+def require_kv_attention(model, command: str) -> None:
+    """Refuse, in one line, a model whose layers keep other state than keys and values: `command` (generate,
+    steer) batches, merges, drops and rewinds rows of a KV cache, which a recurrent state cannot do."""
+    kinds = other_layer_kinds(model)
+    if kinds:
+        raise ProbekitError(
+            f"{command}: {type(model).__name__} has {', '.join(kinds)} layers, whose state probekit's batched decoding "
+            f"cannot merge or rewind (it supports full and sliding-window attention); sample with another tool "
+            f"(e.g. transformers' generate) and run `probekit extract` on the samples, which supports this model"
+        )
 
 
 @torch.inference_mode()

@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
 from probekit.errors import Interrupted, ProbekitError
-from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layers, forward_layers_shared, full_attention_everywhere
+from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layers, forward_layers_shared, kv_attention_everywhere
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, damaged_shards, describe_model, finalize
 from probekit.extract.options import ExtractOptions, parse_rank
 from probekit.extract.plan import batch_token_budget, length_buckets, parse_positions, select_positions, shared_prompts
@@ -288,8 +288,8 @@ def build_shard(
 
     Trajectories that share their prompt tokens (n samples of one question)
     run the prompt once and their completions on its KV cache
-    (`--share-prompts`, models whose every layer attends to the whole
-    context); the others run prompt + completion in one pass.
+    (`--share-prompts`, models whose every layer is full or sliding-window
+    attention); the others run prompt + completion in one pass.
     """
     torch_dtype, np_dtype = STORE_DTYPES[opts.dtype]
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
@@ -304,7 +304,7 @@ def build_shard(
                 per_traj[i][layer] = rows
         advance(sum(len(encoded[i].input_ids) for i in batch))
 
-    share = opts.share_prompts and full_attention_everywhere(loaded.model)
+    share = opts.share_prompts and kv_attention_everywhere(loaded.model)
     units, alone = shared_prompts([tuple(e.input_ids[:e.completion_start]) if share else () for e in encoded])
     for bucket in length_buckets([len(encoded[i].input_ids) for i in alone], budget):
         batch = [alone[b] for b in bucket]

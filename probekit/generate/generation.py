@@ -40,7 +40,7 @@ from probekit.data.answers import get_parser, grade
 from probekit.data.prompts import Prompt
 from probekit.data.schema import Trajectory, derive_pairs, write_pairs, write_trajectories
 from probekit.errors import Interrupted
-from probekit.extract.forward import STORE_DTYPES
+from probekit.extract.forward import STORE_DTYPES, require_kv_attention
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, describe_model, finalize
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
 from probekit.generate.config import GenerateConfig
@@ -87,6 +87,7 @@ def generate(prompts: list[Prompt], out: str | Path, config: GenerateConfig = Ge
     inputs = (*inputs, *(stop.inputs if stop is not None else ()))
     with claim_output(out, "generate", OUTPUTS, overwrite=overwrite, inputs=inputs, resume=True) as out_dir:
         loaded = loaded or load_model(config.model, device=config.device, dtype=config.model_dtype)
+        require_kv_attention(loaded.model, "generate")
         if stop is not None:
             check_model(stop.ckpt, loaded)
         layers = resolve_layers(config.layers, loaded.num_layers)

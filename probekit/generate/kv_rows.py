@@ -11,8 +11,13 @@ each of these, columns that no row attends to (the leading ones, masked in
 every row) are dropped, so a step's attention cost follows the rows actually
 decoding, not the longest row that ever was.
 
-Only full-attention `DynamicLayer`s are handled (what `DynamicCache()` without
-a config builds, as generation does): their keys and values are plain tensors.
+Only `DynamicLayer`s are handled (what `DynamicCache()` without a config
+builds, as generation does): their keys and values are plain tensors over
+every earlier token, also for sliding-window layers, whose window the mask
+applies. The mask counts a window in columns, so every row keeps the tokens
+its next query attends to in contiguous columns ending at the last one:
+merges pad on the left, and `close_gaps` closes up rows that have masked
+columns among their tokens (steer's rewound draws and waiting rows).
 """
 
 from __future__ import annotations
@@ -56,6 +61,27 @@ def merge_rows(cache, mask: torch.Tensor, others: list[tuple]) -> torch.Tensor:
         mine.keys = torch.cat([_left_pad(x.keys, width, 2) for x in layers])
         mine.values = torch.cat([_left_pad(x.values, width, 2) for x in layers])
     return compact(cache, torch.cat([_left_pad(m, width, 1) for m in masks]))
+
+
+def close_gaps(cache, mask: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Move every row's masked columns in front of its real ones (keys, values and mask, in place; the real ones
+    keep their order) and compact; returns the new mask. Nothing moves unless a row in `rows` (bool [rows], the
+    rows about to be fed; None: all) has a gap, so rows that merely wait cost no copy per step.
+
+    A masked column between a row's tokens changes nothing under full attention, but a sliding window counts
+    columns, so it would hide a real token that a plain forward's window still covers. Position ids are the
+    caller's and rotary embeddings are already in the keys, so moving columns changes no state.
+    """
+    closed = (mask[:, 1:] >= mask[:, :-1]).all(dim=1)  # the row is 0...0 1...1
+    if rows is not None:
+        closed |= ~rows
+    if bool(closed.all()):
+        return mask
+    order = torch.sort(mask, dim=1, stable=True).indices
+    for layer in cache.layers:
+        layer.keys = layer.keys.gather(2, order[:, None, :, None].expand_as(layer.keys))
+        layer.values = layer.values.gather(2, order[:, None, :, None].expand_as(layer.values))
+    return compact(cache, mask.gather(1, order))
 
 
 def keep_rows(cache, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,10 @@ default:
 Every candidate token is decoded with the KV cache of its beam (beams are
 expanded and selected by indexing the cache). A step drawn again is rewound in
 place: its cache entries are masked out and its positions reused, so the new
-draw continues exactly from its beam. Every decoded token counts in
+draw continues exactly from its beam; before a row is fed again after a
+rewind or after waiting for the others to end their step, its masked columns
+are moved in front of its tokens (`kv_rows.close_gaps`), since a sliding
+window counts columns. Every decoded token counts in
 `tokens_generated`, those of redrawn steps included, so steering can be
 compared with plain sampling and best-of-n at the same token budget.
 """
@@ -53,9 +56,10 @@ import torch
 from probekit.data.answers import get_parser, grade
 from probekit.data.schema import Trajectory, write_trajectories
 from probekit.errors import Interrupted
-from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layers, checked_states
+from probekit.extract.forward import STORE_DTYPES, cache_argument, capture_layers, checked_states, require_kv_attention
 from probekit.extract.render import COMPLETION_IDS, prompt_ids, resolve_template
 from probekit.generate.config import STEER_IGNORES, DecodeSettings, SteerConfig
+from probekit.generate.kv_rows import close_gaps
 from probekit.generate.sampling import sample_next, sequence_generator
 from probekit.generate.stopping import check_context, eos_ids, hit_stop
 from probekit.io import atomic_path, write_json
@@ -135,7 +139,7 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
             parents = [live[i // cfg.candidates] for i in range(len(rows))]
             cands = [Beam(list(b.tokens), q=b.q, score=b.score, steps=b.steps + 1) for b in parents]
             gens = [seed_of(step, r) for r in range(len(rows))]
-            start_col, start_pos, start_logits = mask.shape[1], next_pos.clone(), logits.clone()  # where a redrawn step restarts
+            start_pos, start_logits = next_pos.clone(), logits.clone()  # where a redrawn step restarts
             in_step = np.zeros(len(rows), np.int64)  # tokens of the current draw of each row's step
             tries = np.zeros(len(rows), np.int64)
             phi_sum = np.zeros((len(rows), scorer.model.rep_size), np.float64)
@@ -150,6 +154,7 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
                         cands[r].done, active[r] = True, False
                 feeding = torch.from_numpy(active.copy()).to(device)  # a copy: `active` changes below, these rows were fed
                 tok = torch.where(feeding, tok, torch.full_like(tok, pad))
+                mask = close_gaps(cache, mask, feeding)  # a row fed after waiting or a rewind: its tokens in contiguous columns
                 mask = torch.cat([mask, feeding.long()[:, None]], dim=1)
                 out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True, **kv)
                 next_pos = next_pos + feeding.long()
@@ -173,7 +178,7 @@ def steer_prompt(loaded, prompt_ids: list[int], scorer, goal: str, layer: int, g
                 # rows that ended keep their logits from the forward that produced their last token
                 logits = torch.where(feeding[:, None], out.logits[:, -1], logits)
                 for r in redraw:  # rewind the row to its beam: the draw's cache entries are masked out, its positions reused
-                    mask[r, start_col:] = 0
+                    mask[r, mask.shape[1] - in_step[r]:] = 0  # fed at every iteration of its draw: the draw is its last columns
                     next_pos[r], logits[r] = start_pos[r], start_logits[r]
                     counts.resampled_steps += 1
                     counts.resampled_tokens += int(in_step[r])
@@ -240,6 +245,7 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
     parse = get_parser(gen.answer)
     with claim_output(out, "steer", OUTPUTS, overwrite=overwrite, inputs=(*inputs, *checkpoint_inputs(ckpt)), resume=True) as out_dir:
         loaded = loaded or load_model(gen.model, device=gen.device, dtype=gen.model_dtype)
+        require_kv_attention(loaded.model, "steer")
         template = resolve_template(gen.template, loaded.tokenizer)
         check_model(ckpt, loaded)
         check_context(prompts, [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts], loaded, gen.max_new_tokens)

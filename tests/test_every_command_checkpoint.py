@@ -205,13 +205,14 @@ def test_generate_threshold_from_a_filter_output_must_be_a_q_threshold_of_the_sa
     online = json.loads((tmp_path / "ok" / "generation.json").read_text())["online_filter"]
     assert online["threshold"] == chosen and online["threshold_chosen_on"] == str(filtered / "q" / "metrics.json")
 
-    null_threshold, text_threshold = tmp_path / "null", tmp_path / "text"
+    null_threshold, text_threshold, plain = tmp_path / "null", tmp_path / "text", tmp_path / "plain"
+    plain.mkdir()  # a folder that is no probekit output (not --out's parent: that is refused as an input holding --out)
     for folder, value in ((null_threshold, None), (text_threshold, "0.1")):
         shutil.copytree(filtered / "q", folder)
         _edit(folder / "metrics.json", lambda m, value=value: m.update(chosen_threshold=value))
     refused = [
         ([world.ckpt], "expected a number, auto, or a `probekit filter` output folder"),  # a fit folder has a metrics.json too
-        ([tmp_path], "expected a number, auto, or a `probekit filter` output folder"),
+        ([plain], "expected a number, auto, or a `probekit filter` output folder"),
         ([filtered / "reward"], "on the reward"),
         ([filtered / "q-other-probe"], f"chosen for checkpoint {world.ckpt2}, not for --filter {world.ckpt}"),
         ([filtered / "q", "--skip-first", "3"], "pass --skip-first 5"),

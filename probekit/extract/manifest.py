@@ -125,12 +125,15 @@ def _shard_dtypes(out: Path, key: str) -> set[str]:
     return {str(read_shard_attrs(p).get("model_dtype", "an unrecorded dtype")) for p in sorted(out.glob("shard-*.h5")) if shard_is_complete(p, key)}
 
 
-def finalize(out: Path, manifest: dict, shard_attrs: list[dict]) -> dict:
+def finalize(out: Path, manifest: dict, shard_attrs: list[dict], verified: dict[int, dict] | None = None) -> dict:
     """Write the completed manifest with counts and throughput summed over all shards (`shard_attrs`, as
     `read_shard_attrs` reads them) and each shard's checksum (`probekit.store_schema.shard_checksum`), which every
-    reader compares (probekit.store's docstring says when)."""
-    paths = [out / shard_name(int(a["shard_index"])) for a in shard_attrs]
-    checksums = [shard_checksum(p, manifest["layers"], manifest["model"]["hidden_size"]) for p in paths]
+    reader compares (probekit.store's docstring says when). `verified` holds the recorded checksums of shards this
+    run has just found unchanged (`damaged_shards`): they are kept rather than hashed a second time."""
+    verified = verified or {}
+    checksums = [verified.get(int(a["shard_index"])) or
+                 shard_checksum(out / shard_name(int(a["shard_index"])), manifest["layers"], manifest["model"]["hidden_size"])
+                 for a in shard_attrs]
     processed = sum(int(a["n_tokens_processed"]) for a in shard_attrs)
     seconds = sum(float(a["seconds"]) for a in shard_attrs)
     done = dict(manifest)

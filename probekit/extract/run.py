@@ -164,7 +164,9 @@ def _extract(opts: ExtractOptions, out_dir: OutputDir, trajectories: list[Trajec
 
     all_paths = [out / shard_name(s) for s in range(n_shards)]
     if all(shard_is_complete(p, manifest["cache_key"]) for p in all_paths):
-        result.manifest = finalize(out, manifest, [read_shard_attrs(p) for p in all_paths])
+        recorded = manifest["shards"].get("checksums") or []
+        unchanged = {s: recorded[s] for s in complete if s not in damaged and s < len(recorded)}  # hashed just now, found as recorded
+        result.manifest = finalize(out, manifest, [read_shard_attrs(p) for p in all_paths], unchanged)
         result.complete = True
         result.n_truncated = result.manifest["stats"]["n_truncated"]
     return result

@@ -171,14 +171,13 @@ def _filter(ckpt, store, out_dir, config: FilterConfig, thresholds, scorer, ball
             "seconds": {"scoring": round(scores.seconds, 3), "evaluation": round(eval_seconds, 3)},
             "warnings": degenerate_warnings(res, np.isin(meta.group, groups["report"]), np.isfinite(result["min_signal"])),
         }
-        write_json(out_dir.file("metrics.json"), metrics)
         if config.plots:
             plot_frontier(out_dir.file("frontier.png"), metrics)
             plot_curves(out_dir.file("q_curves.png"), scores, sig, res, ballot, groups["report"], result["chosen_threshold"], skip_first, signal, seed)
             metrics["plots"] = ["frontier.png", "q_curves.png"]
-            write_json(out_dir.file("metrics.json"), metrics)
         else:  # named and not written: an earlier run's plots do not stay beside these metrics
             out_dir.file("frontier.png"), out_dir.file("q_curves.png")
+        write_json(out_dir.file("metrics.json"), metrics)  # once, with the plots it lists
     return metrics
 
 

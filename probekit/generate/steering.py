@@ -248,7 +248,8 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
         require_kv_attention(loaded.model, "steer")
         template = resolve_template(gen.template, loaded.tokenizer)
         check_model(ckpt, loaded)
-        check_context(prompts, [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts], loaded, gen.max_new_tokens)
+        contexts = [prompt_ids(loaded.tokenizer, p.prompt, template) for p in prompts]
+        check_context(prompts, contexts, loaded, gen.max_new_tokens)
         layer = ckpt.single_layer("steer")
         key = _settings_key(prompts, gen, cfg, ckpt, all_goals[cfg.goal], loaded, template)
         with out_dir.commit_set(last=("steering.json",), keep=True):
@@ -258,7 +259,7 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
             try:
                 with open(out_dir.scratch(JOURNAL), "a", encoding="utf-8") as journal:
                     for pi in range(len(done), len(prompts)):
-                        done.append(_steer_one(pi, prompts[pi], loaded, template, scorer, layer, gen, cfg, newline, parse))
+                        done.append(_steer_one(pi, prompts[pi], contexts[pi], loaded, scorer, layer, gen, cfg, newline, parse))
                         journal.write(json.dumps(done[-1], ensure_ascii=False) + "\n")
                         journal.flush()
                         task.advance(1)
@@ -283,12 +284,12 @@ def steer(prompts, out, gen, cfg: SteerConfig, ckpt, goals: dict | None = None, 
     return SteerResult(out_dir.path, stats, trajectories)
 
 
-def _steer_one(pi: int, p, loaded, template: str, scorer, layer: int, gen, cfg: SteerConfig, newline: set[int], parse) -> dict:
+def _steer_one(pi: int, p, context: list[int], loaded, scorer, layer: int, gen, cfg: SteerConfig, newline: set[int], parse) -> dict:
     """One prompt's search, as the journal line that records it (its trajectories and what it decoded)."""
     def seed_of(step: int, row: int) -> torch.Generator:
         return sequence_generator(gen.seed, pi, step * 100_000 + row)
 
-    beams, counts = steer_prompt(loaded, prompt_ids(loaded.tokenizer, p.prompt, template), scorer, cfg.goal, layer, gen.decoding(), cfg,
+    beams, counts = steer_prompt(loaded, context, scorer, cfg.goal, layer, gen.decoding(), cfg,
                                  seed_of, newline)
     records = []
     for rank, b in enumerate(beams):

@@ -28,4 +28,4 @@ def verify(
     what = "sha256 of every shard matches the manifest" if summary["checksums"] else (
         "no checksums to compare (the store was written before probekit recorded them; re-extract it to get them)")
     console.print(f"[green]ok[/] {esc(summary['store'])}: {summary['shards']} shards, {summary['trajectories']} trajectories, "
-                  f"{summary['rows']} rows, layers {summary['layers']}; {what}; every state finite", highlight=False, soft_wrap=True)
+                  f"{summary['rows']} rows, layers {', '.join(map(str, summary['layers']))}; {what}; every state finite", highlight=False, soft_wrap=True)

@@ -26,6 +26,8 @@ FLOORS = [
     {"eval"},
     {"filter"},
     {"generate"},
+    {"reward"},
+    {"serve", "integrations"},
     {"pipeline", "sweep"},
     {"demo", "__main__"},
 ]
@@ -163,7 +165,7 @@ def test_the_top_level_holds_the_ground_floor_shared_resources_and_runners_only(
     top = sorted(p.stem for p in ROOT.glob("*.py") if p.stem not in ("__init__", "__main__"))
     assert len(top) <= 14, f"{len(top)} modules at the top of probekit/: {top}"
     wings = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())
-    assert wings == ["data", "eval", "extract", "filter", "generate", "probe"]
+    assert wings == ["data", "eval", "extract", "filter", "generate", "integrations", "probe", "reward", "serve"]
 
 
 @pytest.mark.parametrize("folder", ["probekit", "cli"])

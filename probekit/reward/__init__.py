@@ -1,0 +1,2 @@
+"""A probe as a reward model for other people's pipelines: `RewardProbe` (text in, rewards and Q-values out),
+contrastive-reward baselines (Shen et al. 2024), and file scoring (`probekit score`)."""

@@ -18,6 +18,7 @@ from probekit.eval.evaluate import evaluate
 from probekit.eval.plots import plot_prefix_auroc
 from probekit.outputs import claim_output
 from probekit.probe.checkpoint import save_checkpoint, store_info
+from probekit.probe.inputs import spec_of_store
 from probekit.probe.scoring import Scorer
 from probekit.probe.train import prepare, train
 from probekit.progress import Progress
@@ -50,7 +51,8 @@ def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = Fa
         # One set: the checkpoint's files and its plot replace the previous ones together, config.json (the record) last.
         with out_dir.commit_set(last=("config.json",)):
             ckpt = save_checkpoint(out_dir, result.model, {"fit": config.to_dict(), "layer": data.layer, "layers": list(data.layers),
-                                                           "store": store_info(data.store)}, result.goals, data.split, metrics)
+                                                           "store": store_info(data.store), "inputs": spec_of_store(data.store)},
+                                  result.goals, data.split, metrics)
             if eval_split in metrics:
                 plot_prefix_auroc(metrics[eval_split], out_dir.file("prefix_auroc.png"))
             else:  # nothing evaluated: naming the plot without writing it removes an earlier run's

@@ -336,7 +336,7 @@ def test_a_layer_beyond_the_models_depth_is_refused_before_any_hook(world, tmp_p
 
     ck = tmp_path / "ck"
     shutil.copytree(world.ckpt, ck)
-    _edit(ck / "config.json", lambda c: (c.update(layer=9, layers=[9]), c["store"].update(layers=[2, 4, 9])))
+    _edit(ck / "config.json", lambda c: (c.update(layer=9, layers=[9]), c["store"].update(layers=[2, 4, 9]), c.pop("inputs")))
     with pytest.raises(ProbekitError, match=r"reads layer 9, but model .* has layers 1\.\.4"):
         check_model(load_checkpoint(ck), load_model(str(world.models["tiny"]), device="cpu"))
 

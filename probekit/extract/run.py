@@ -33,7 +33,7 @@ from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layer
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, damaged_shards, describe_model, finalize
 from probekit.extract.options import ExtractOptions, parse_rank
 from probekit.extract.plan import batch_token_budget, length_buckets, parse_positions, select_positions, shared_prompts
-from probekit.extract.render import Encoded, encode, resolve_template
+from probekit.extract.render import Encoded, Rendering, encode_all, resolve_template, template_record
 from probekit.io import sha256_file, write_json
 from probekit.models import LoadedModel, dtype_name, load_model, resolve_layers
 from probekit.outputs import OutputDir, claim_output
@@ -115,6 +115,7 @@ def _extract(opts: ExtractOptions, out_dir: OutputDir, trajectories: list[Trajec
             "layers": layers,
             "dtype": opts.dtype,
             "template": template,
+            "rendering": template_record(loaded.tokenizer, template),
             "positions": opts.positions,
             "max_length": opts.max_length,
             "data": {
@@ -146,7 +147,8 @@ def _extract(opts: ExtractOptions, out_dir: OutputDir, trajectories: list[Trajec
     todo = [s for s in mine if s not in complete or s in damaged]
     result = ExtractResult(out=out, manifest=manifest, shards_skipped=[s for s in mine if s not in todo], n_skipped_invalid=n_invalid)
 
-    encoded = {s: _encode_shard(trajectories, s, opts, loaded, template) for s in todo}
+    rendering = Rendering.of(loaded.tokenizer, template, opts.max_length)
+    encoded = {s: _encode_shard(trajectories, s, opts, loaded.tokenizer, rendering) for s in todo}
     task = or_null(progress).task("extract", sum(len(e.input_ids) for enc in encoded.values() for e in enc), "tokens")
     try:
         with _InterruptGuard(f"complete shards are kept in {out}; re-run the same command to resume") as guard:
@@ -205,15 +207,9 @@ def _write_one_shard(
     guard.check()
 
 
-def _encode_shard(trajectories: list[Trajectory], s: int, opts: ExtractOptions, loaded: LoadedModel, template: str) -> list[Encoded]:
+def _encode_shard(trajectories: list[Trajectory], s: int, opts: ExtractOptions, tokenizer, rendering: Rendering) -> list[Encoded]:
     lo = s * opts.shard_size
-    out = []
-    for i, t in enumerate(trajectories[lo : lo + opts.shard_size]):
-        try:
-            out.append(encode(t, loaded.tokenizer, template, opts.max_length))
-        except ProbekitError as exc:
-            raise ProbekitError(f"{opts.trajectories}: record {lo + i + 1}: {exc}") from None
-    return out
+    return encode_all(trajectories[lo : lo + opts.shard_size], tokenizer, rendering, opts.trajectories, first=lo)
 
 
 class _ShardLock:

@@ -27,9 +27,8 @@ from safetensors.torch import save_file
 from probekit.config import GOAL_KINDS
 from probekit.data.schema import read_trajectories
 from probekit.errors import ProbekitError
-from probekit.extract.options import ExtractOptions
-from probekit.extract.render import encode, resolve_template
-from probekit.extract.run import build_shard
+from probekit.extract.live import live_states
+from probekit.extract.render import Rendering, encode_all, resolve_template
 from probekit.io import atomic_path, read_validated, validated, write_json
 from probekit.probe.checkpoint import Positive, Record, check_model, read_tensors
 from probekit.probe.goals import check_goal_arrays
@@ -68,14 +67,8 @@ def goal_from_examples(ckpt, examples_path: str | Path, loaded, template: str = 
     examples, n_skipped = read_trajectories(examples_path, skip_invalid=skip_invalid)
     check_model(ckpt, loaded)
     template = resolve_template(template, loaded.tokenizer)
-    encoded = []
-    for i, t in enumerate(examples):
-        try:
-            encoded.append(encode(t, loaded.tokenizer, template, max_length))
-        except ProbekitError as exc:
-            raise ProbekitError(f"{examples_path}: record {i + 1}: {exc}") from None
-    opts = ExtractOptions(trajectories=Path(examples_path), out=Path("."), dtype="float32", max_length=max_length)
-    shard = build_shard(examples, encoded, loaded, list(ckpt.layers), 0, opts)  # stride 0: the last token of each completion
+    encoded = encode_all(examples, loaded.tokenizer, Rendering.of(loaded.tokenizer, template, max_length), examples_path)
+    shard = live_states(examples, encoded, loaded, ckpt.layers, stride=0, dtype="float32")  # stride 0: the last token of each completion
     states = np.concatenate([shard.states[layer] for layer in ckpt.layers], axis=1)  # a multi-layer probe reads them side by side
     with torch.no_grad():
         z = ckpt.model.encode(torch.from_numpy(states)).numpy()

@@ -8,8 +8,9 @@ A checkpoint folder holds::
     split.json            {"train": [groups], "valid": [...], "test": [...]}
     metrics.json          training history and the validation evaluation
     config.json           "fit" (the nested FitConfig), "layer", "layers" (the input layers, side by side),
-                          "model" (ProbeModel arguments) and
-                          "store" {path, model_name, model_sha256, hidden_size, cache_key, layers}
+                          "model" (ProbeModel arguments),
+                          "store" {path, model_name, model_sha256, hidden_size, cache_key, layers} and
+                          "inputs": how text becomes the probe's inputs (`probekit.probe.inputs`)
 
 The shape of each JSON file is declared once, below, as a pydantic model
 (`CheckpointConfig`, `CheckpointSplit`, `CheckpointMetrics`), and checked both
@@ -58,6 +59,7 @@ from probekit.errors import ProbekitError
 from probekit.io import atomic_path, json_default, read_json, read_validated, sha256_file, validated, write_json
 from probekit.outputs import OutputDir
 from probekit.probe.goals import check_goal_arrays
+from probekit.probe.inputs import InputSpec
 from probekit.probe.network import ProbeModel
 from probekit.store import Store
 
@@ -114,6 +116,7 @@ class CheckpointConfig(Record):
     model: ProbeArgs
     store: StoreRecord
     fit: Optional[dict] = None
+    inputs: Optional[InputSpec] = None  # absent in checkpoints written before it (`probekit.probe.inputs.input_spec`)
 
     @property
     def input_layers(self) -> list[int]:
@@ -131,6 +134,8 @@ class CheckpointConfig(Record):
         absent = [x for x in layers if x not in self.store.layers]
         if absent:
             raise ValueError(f"layer {absent[0]} is not among the training store's layers {self.store.layers}")
+        if self.inputs is not None and max(layers) > self.inputs.model.num_layers:
+            raise ValueError(f"layer {max(layers)} is deeper than the model's {self.inputs.model.num_layers} layers (inputs.model.num_layers)")
         return self
 
 

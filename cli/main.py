@@ -18,7 +18,7 @@ from probekit_cli.app import app
 
 # Each module registers its commands on `app` when imported.
 COMMAND_MODULES = ("probekit_cli.data_cmd", "probekit_cli.extract_cmd", "probekit_cli.fit_cmd", "probekit_cli.filter_cmd", "probekit_cli.demo_cmd", "probekit_cli.generate_cmd",
-                   "probekit_cli.store_cmd")
+                   "probekit_cli.store_cmd", "probekit_cli.reward_cmd", "probekit_cli.serve_cmd", "probekit_cli.model_cmd")
 for _name in COMMAND_MODULES:
     try:
         importlib.import_module(_name)

@@ -194,6 +194,7 @@ class OutputDir:
         """
         if self._set is not None:
             self._set.setdefault(name, None)
+            (self.staging / name).parent.mkdir(parents=True, exist_ok=True)  # so a plain open() of it works too
             return self.staging / name
         self.record(name.split("/")[0])
         if self.set_record is not None and name in (self.set_record.get("files") or {}):

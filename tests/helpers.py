@@ -11,6 +11,7 @@ runs the CLI does not load them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -283,3 +284,48 @@ def extracted_last_q(trajectories, ckpt, loaded, folder: Path) -> np.ndarray:
                            positions="last", dtype="float32"), loaded=loaded)
     scores = score_store(Store(folder / "beams-store"), Scorer.from_checkpoint(ckpt), ckpt.layer)
     return scores.last(scores.q["mean"])
+
+
+@dataclasses.dataclass
+class RewardWorld:
+    """Probes fitted on stores the tiny model extracted, for the reward-model tests (API, score, baseline, serve, TRL)."""
+
+    root: Path
+    model: Path
+    trajectories: list
+    stores: dict  # template -> store path
+    ckpts: dict  # name -> checkpoint path
+
+
+def reward_world(tiny_model_dir: Path, tmp_path_factory) -> RewardWorld:
+    """Best-of-n toy data (three completions per prompt, one prompt longer than max_length 96) extracted with the chat
+    and the raw template (layers 2 and 4, float16), and probes on it: last-token (with k-means goals), mean-pooled,
+    two layers side by side, and a raw-template one. Built once per session."""
+    if "reward" not in _CACHE:
+        import torch
+
+        from probekit.data.schema import write_trajectories
+        from probekit.extract.options import ExtractOptions
+        from probekit.extract.run import extract
+        from probekit.models import load_model
+
+        root = tmp_path_factory.mktemp("reward-world")
+        base = toy_trajectories(24)
+        trajs = [dataclasses.replace(t, prompt=base[3 * (i // 3)].prompt, error_char=None) for i, t in enumerate(base)]
+        trajs[-1] = dataclasses.replace(trajs[-1], prompt="A very long question. " * 40)
+        write_trajectories(root / "data.jsonl", trajs)
+        loaded = load_model(str(tiny_model_dir), device="cpu")
+        stores = {}
+        for template in ("chat", "raw"):
+            stores[template] = root / f"store-{template}"
+            extract(ExtractOptions(trajectories=root / "data.jsonl", out=stores[template], layers="2,4", template=template,
+                                   dtype="float16", max_length=96), loaded=loaded)
+        torch.manual_seed(0)
+        ckpts = {
+            "last": fit(stores["chat"], root / "ckpt-last", layer=4, n_boot=20, goal_prototypes=3).path,
+            "mean": fit(stores["chat"], root / "ckpt-mean", layer=4, n_boot=20, pooling="mean").path,
+            "concat": fit(stores["chat"], root / "ckpt-concat", features="concat", feature_layers=(2, 4), n_boot=20).path,
+            "raw": fit(stores["raw"], root / "ckpt-raw", layer=2, n_boot=20).path,
+        }
+        _CACHE["reward"] = RewardWorld(root, tiny_model_dir, trajs, stores, ckpts)
+    return _CACHE["reward"]

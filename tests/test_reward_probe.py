@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,45 +14,11 @@ from probekit.errors import ProbekitError
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@dataclasses.dataclass
-class World:
-    root: Path
-    model: Path
-    trajectories: list
-    stores: dict  # template -> store path
-    ckpts: dict  # name -> checkpoint path
-
-
 @pytest.fixture(scope="module")
-def world(tiny_model_dir, tmp_path_factory) -> World:
-    import torch
+def world(tiny_model_dir, tmp_path_factory):
+    from tests.helpers import reward_world
 
-    from probekit.data.schema import write_trajectories
-    from probekit.extract.options import ExtractOptions
-    from probekit.extract.run import extract
-    from probekit.models import load_model
-    from tests.helpers import fit, toy_trajectories
-
-    root = tmp_path_factory.mktemp("reward-probe")
-    base = toy_trajectories(24)
-    # best-of-n data: three completions per prompt (shared prompts), and a long prompt that max_length truncates
-    trajs = [dataclasses.replace(t, prompt=base[3 * (i // 3)].prompt, error_char=None) for i, t in enumerate(base)]
-    trajs[-1] = dataclasses.replace(trajs[-1], prompt="A very long question. " * 40)
-    write_trajectories(root / "data.jsonl", trajs)
-    loaded = load_model(str(tiny_model_dir), device="cpu")
-    stores = {}
-    for template in ("chat", "raw"):
-        stores[template] = root / f"store-{template}"
-        extract(ExtractOptions(trajectories=root / "data.jsonl", out=stores[template], layers="2,4", template=template,
-                               dtype="float16", max_length=96), loaded=loaded)
-    torch.manual_seed(0)
-    ckpts = {
-        "last": fit(stores["chat"], root / "ckpt-last", layer=4, n_boot=20, goal_prototypes=3).path,
-        "mean": fit(stores["chat"], root / "ckpt-mean", layer=4, n_boot=20, pooling="mean").path,
-        "concat": fit(stores["chat"], root / "ckpt-concat", features="concat", feature_layers=(2, 4), n_boot=20).path,
-        "raw": fit(stores["raw"], root / "ckpt-raw", layer=2, n_boot=20).path,
-    }
-    return World(root, tiny_model_dir, trajs, stores, ckpts)
+    return reward_world(tiny_model_dir, tmp_path_factory)
 
 
 def _store_scores(ckpt_path: Path, store_path: Path, goal: str = "mean"):
@@ -68,7 +33,7 @@ def _store_scores(ckpt_path: Path, store_path: Path, goal: str = "mean"):
     return scores.last(scores.reward), q
 
 
-def _probe(world: World, name: str):
+def _probe(world, name: str):
     from probekit.reward import RewardProbe
 
     return RewardProbe.load(world.ckpts[name], device="cpu")

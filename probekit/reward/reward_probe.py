@@ -237,7 +237,7 @@ class RewardProbe:
             bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
             if bad is not None:
                 raise ProbekitError(f"{what} {bad + 1} is {type(texts[bad]).__name__}, not a string")
-        return [Trajectory(id=str(i), group=str(i), prompt=p, completion=c) for i, (p, c) in enumerate(zip(prompts, completions))]
+        return [Trajectory(id=str(i + 1), group=str(i + 1), prompt=p, completion=c) for i, (p, c) in enumerate(zip(prompts, completions))]
 
     def _rendering(self, rendered: bool) -> Rendering:
         if rendered and self.spec.template == "chat":

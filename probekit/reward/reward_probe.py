@@ -42,7 +42,9 @@ from probekit.progress import Progress, or_null
 from probekit.reward.baseline import Baselines, read_baselines
 from probekit.store import ShardBlock
 
-DEFAULT_BATCH_SIZE = 64  # texts per forward chunk: bounds the states held at once (all positions when Q is asked for)
+# Texts per chunk: bounds the states held at once (all positions when Q is asked for). Extraction's shard size, so the
+# length buckets inside a chunk pad as little as extract's do (64 ran 0.85x extract's throughput, measured here).
+DEFAULT_BATCH_SIZE = 512
 
 
 @dataclass

@@ -127,8 +127,8 @@ def goal(
     examples: Path = typer.Option(..., "--from", help="Trajectories JSONL of example completions that show the goal (see data/README.md)."),
     name: str = typer.Option(..., help="Name of the goal, used as `probekit steer --goal NAME`."),
     out: Path = typer.Option(..., "--out", "-o", help="Goal folder to write: goal.safetensors and goal.json."),
-    model: str = typer.Option("smollm2-135m", help="The frozen model the checkpoint was trained on."),
-    template: str = typer.Option("auto", help="Prompt rendering, as for `probekit extract`."),
+    model: Optional[str] = typer.Option(None, help="Where the checkpoint's frozen model is, when not where the checkpoint says. Default: the one it records."),
+    template: Optional[str] = typer.Option(None, help="Prompt rendering, as for `probekit extract`. Default: the checkpoint's."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid example records (and report their count)."),
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced)."),
 ) -> None:
@@ -137,11 +137,17 @@ def goal(
     from probekit.models import load_model
     from probekit.outputs import checkpoint_inputs, claim_output
     from probekit.probe.checkpoint import load_checkpoint
+    from probekit.probe.inputs import input_spec
 
     check_goal_name(name)
     checkpoint = load_checkpoint(ckpt)
     with claim_output(out, "goal", GOAL_FILES, overwrite=overwrite, inputs=[examples, *checkpoint_inputs(checkpoint)]) as out_dir:
-        prototype, info = goal_from_examples(checkpoint, examples, load_model(model), template, skip_invalid=skip_invalid)
+        # The model, dtype, template and max length the probe was trained with; an older checkpoint without them
+        # (and without its training store) works as before when --model names the model.
+        spec = input_spec(checkpoint) if model is None or checkpoint.config.get("inputs") else None
+        loaded = load_model(model or spec.model.name, dtype=spec.compute_dtype if spec else "auto")
+        prototype, info = goal_from_examples(checkpoint, examples, loaded, template or (spec.template if spec else "auto"),
+                                             max_length=(spec.max_length if spec else None) or 1024, skip_invalid=skip_invalid)
         with out_dir.commit_set(last=("goal.safetensors",)):  # the two files replace the previous goal together
             write_goal(out_dir, name, prototype, info)
     console.print(f"goal '{esc(name)}' from {info['n_examples']} examples written to {esc(out)}", soft_wrap=True)

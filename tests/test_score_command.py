@@ -151,3 +151,12 @@ def test_score_refuses_an_out_holding_the_users_files(world, tmp_path, monkeypat
     code, err = run_cli(monkeypatch, capsys, "score", str(path), "--ckpt", str(world.ckpts["last"]), "--out", str(out), "--no-progress")
     assert code == 2 and "notes.txt" in err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_goal_from_examples_needs_no_model_option_with_a_self_describing_checkpoint(world, tmp_path, monkeypatch, capsys):
+    examples = _write(tmp_path / "ex.jsonl", [x.to_record() for x in world.trajectories[:3]])
+    code, err = run_cli(monkeypatch, capsys, "goal", "--ckpt", str(world.ckpts["last"]), "--from", str(examples), "--name", "mine",
+                        "--out", str(tmp_path / "g"))
+    assert code == 0, err
+    record = json.loads((tmp_path / "g" / "goal.json").read_text())
+    assert record["template"] == "chat" and record["n_examples"] == 3  # the checkpoint's template, not auto's guess

@@ -99,14 +99,21 @@ def _fits(summary: Summary, cells: list[list[str]], columns: list[int], width: i
 
 
 def print_blocks(console: Console, summary: Summary, cells: list[list[str]]) -> None:
-    """One record per block: the label in bold on its own line, then `column: value` for every filled cell."""
+    """One record per block: the label in bold on its own line, then `column: value` for every filled cell
+    (the value on the next line when both do not fit)."""
     console.print(Text(summary.title, style="bold"))
     for i, row in enumerate(cells):
         console.print()
         console.print(Text(row[0], style="bold dim" if i in summary.dim else "bold"))
+        style = "dim" if i in summary.dim else ""
         for name, value in zip(summary.columns[1:], row[1:]):
-            if value not in ("", "-"):
-                console.print(Text(f"  {name}: {value}", style="dim" if i in summary.dim else ""))
+            if value in ("", "-"):
+                continue
+            if cell_len(f"  {name}: {value}") <= console.width:
+                console.print(Text(f"  {name}: {value}", style=style))
+            else:  # the value on a line of its own, so that a number is not broken after its name
+                console.print(Text(f"  {name}:", style=style))
+                console.print(Text(f"    {value}", style=style))
 
 
 def print_summary(console: Console, summary: Summary) -> None:

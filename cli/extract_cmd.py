@@ -11,7 +11,7 @@ from probekit.extract.options import ExtractOptions
 from probekit_cli.app import app
 from probekit_cli.common import console, esc
 from probekit_cli.options import field_help, with_config
-from probekit_cli.summary import Report, TableFormat, fields_summary, format_option, json_option
+from probekit_cli.summary import Report, TableFormat, fields_summary, fmt_value, format_option, json_option
 
 
 @app.command()
@@ -45,7 +45,7 @@ def extract(
     if result.n_truncated:
         console.print(f"[yellow]warning:[/] {result.n_truncated} trajectories were longer than --max-length {opts.max_length} and were truncated from the left (counted in manifest.json)")
     if result.shards_busy:
-        console.print(f"[yellow]warning:[/] shards {esc(result.shards_busy)} are being written by another live process and were left to it; "
+        console.print(f"[yellow]warning:[/] shards {esc(fmt_value(result.shards_busy))} are being written by another live process and were left to it; "
                       "the store is complete once that process finishes (or re-run this command after it stops)")
     if not result.complete:
         console.print("This rank's shards are done; the store is complete once every rank has finished.")

@@ -111,9 +111,9 @@ class Summary:
         return [row[0] for row in self.cells()]
 
 
-def fields_summary(title: str, values: dict[str, Any], column: str = "field") -> Summary:
-    """A two-column field/value summary (fit, generate, extract, ...); values wrap, fields never do."""
-    return Summary(title, [column, "value"], [[k, fmt_field(k, v)] for k, v in values.items()], wrap=("value",))
+def fields_summary(title: str, values: dict[str, Any]) -> Summary:
+    """A two-column field/value summary (fit, generate, extract, ...); long values wrap, fields never do."""
+    return Summary(title, ["field", "value"], [[k, fmt_field(k, v)] for k, v in values.items()], wrap=("value",))
 
 
 def markdown(summary: Summary) -> str:

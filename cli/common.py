@@ -2,8 +2,8 @@
 
 Rich reads `[...]` in printed text as markup, and paths and names are the user's: a folder named `out[/]`
 crashed a success message after all the work was done, and one named `[red]x[/red]` printed as `x`. So every
-path, name or other value put into a console line goes through `esc`, and `rich_table` escapes every cell and
-title itself; only probekit's own styling (`[bold]...[/]`) stays markup.
+path, name or other value put into a console line goes through `esc`, and tables (`probekit_cli.layout`) draw
+every title and cell as plain `Text`; only probekit's own styling (`[bold]...[/]`) stays markup.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from probekit.io import json_default
 
@@ -31,21 +29,3 @@ def emit_json(obj: Any) -> None:
 def esc(value: Any) -> str:
     """`value` as console text that prints as it is: a path or a name holding [brackets] is not markup."""
     return escape(str(value))
-
-
-def rich_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    """A table whose title, headers and cells print as they are (`esc`); a cell that is a rich `Text` keeps its style."""
-    table = Table(title=esc(title))
-    for col in columns:
-        table.add_column(esc(col))
-    for row in rows:
-        table.add_row(*(fmt(v) for v in row))
-    return table
-
-
-def fmt(value: Any) -> str | Text:
-    if isinstance(value, Text):
-        return value
-    if isinstance(value, float):
-        return esc(f"{value:.4f}")
-    return esc(value)

@@ -19,8 +19,9 @@ import typer
 from probekit.data.fetch import DATASETS, MIRROR_ENV
 from probekit.data.samples import SampleFields
 from probekit_cli.app import data_app
-from probekit_cli.common import console, emit_json, esc
+from probekit_cli.common import console, esc
 from probekit_cli.options import with_config
+from probekit_cli.summary import Report, Summary, TableFormat, fields_summary, format_option, json_option
 
 if TYPE_CHECKING:
     from probekit.data.schema import Pair, Trajectory
@@ -52,9 +53,13 @@ def summarize(trajectories: list[Trajectory], pairs: list[Pair], skipped: Counte
     }
 
 
-def report(title: str, summary: dict, json_out: bool) -> None:
-    if json_out:
-        emit_json(summary)
+def report(title: str, summary: dict, output: Report) -> None:
+    """The summary as one line on stderr, or as JSON, or its fields as a markdown / csv table on stdout."""
+    if output.json:
+        output.emit(summary)
+        return
+    if not output.text:
+        output.show(fields_summary(f"probekit data {title}", {k: v for k, v in summary.items() if k != "skipped_by_reason"}))
         return
     labels = ", ".join(f"label {k}: {v}" for k, v in summary["labels"].items())
     reasons = ", ".join(f"{k}: {v}" for k, v in summary["skipped_by_reason"].items())
@@ -74,7 +79,7 @@ def claim(out: Path, overwrite: bool, source: Path | None = None) -> OutputDir:
     return claim_output(out, "data", OUTPUTS, overwrite=overwrite, inputs=[source])
 
 
-def write_out(title: str, out: OutputDir, trajectories: list[Trajectory], pairs: list[Pair] | None, skipped: Counter | None, json_out: bool) -> None:
+def write_out(title: str, out: OutputDir, trajectories: list[Trajectory], pairs: list[Pair] | None, skipped: Counter | None, output: Report) -> None:
     """Write both files as one set (pairs derived within groups when the adapter gives none), end the claim, and report."""
     from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
 
@@ -84,7 +89,7 @@ def write_out(title: str, out: OutputDir, trajectories: list[Trajectory], pairs:
     with out.commit_set():
         write_trajectories(out.file(traj_name), trajectories)
         write_pairs(out.file(pairs_name), pairs)
-    report(title, {**summarize(trajectories, pairs, skipped), "out": str(out.path)}, json_out)
+    report(title, {**summarize(trajectories, pairs, skipped), "out": str(out.path)}, output)
 
 
 @data_app.command()
@@ -97,17 +102,19 @@ def synth(
     min_steps: int = typer.Option(2, min=1, help="Fewest arithmetic steps per problem."),
     max_steps: int = typer.Option(4, min=1, help="Most arithmetic steps per problem."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """Generate seeded synthetic multi-step arithmetic problems with labelled solutions and known error positions."""
     from probekit.data.synth import synth_problems
     from probekit.errors import ProbekitError
 
+    output = Report(json_out, table_format)
     if min_steps > max_steps:
         raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
     with claim(out, overwrite) as out_dir:
         trajectories = synth_problems(n_problems, solutions, p_correct, min_steps, max_steps, seed)
-        write_out("synth", out_dir, trajectories, None, None, json_out)
+        write_out("synth", out_dir, trajectories, None, None, output)
 
 
 @data_app.command("synth-prompts")
@@ -140,13 +147,15 @@ def gsm8k(
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     strip_calculator: bool = typer.Option(False, help="Remove the <<expr=result>> calculator annotations from the solutions (gold/corrupted data never shows them)."),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """Labelled GSM8K model solutions: one group per test problem, pairs = every (correct, incorrect) combination."""
     from probekit.data.gsm8k import labelled_solutions
 
+    output = Report(json_out, table_format)
     with claim(out, overwrite, solutions) as out_dir:
-        write_out("gsm8k", out_dir, labelled_solutions(solutions, strip_calculator), None, None, json_out)
+        write_out("gsm8k", out_dir, labelled_solutions(solutions, strip_calculator), None, None, output)
 
 
 @data_app.command("gsm8k-gold")
@@ -154,13 +163,15 @@ def gsm8k_gold(
     source: Path = typer.Option(..., "--input", "-i", help="gsm8k/train.jsonl or gsm8k/test.jsonl ({question, answer} with '#### n'; `probekit data fetch gsm8k` puts both in probekit's cache)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """GSM8K gold solutions as label-1 trajectories, rewritten as 'A: n' solutions without calculator annotations."""
     from probekit.data.gsm8k import gold_solutions
 
+    output = Report(json_out, table_format)
     with claim(out, overwrite, source) as out_dir:
-        write_out("gsm8k-gold", out_dir, gold_solutions(source), None, None, json_out)
+        write_out("gsm8k-gold", out_dir, gold_solutions(source), None, None, output)
 
 
 @data_app.command("gsm8k-corrupt")
@@ -171,15 +182,17 @@ def gsm8k_corrupt(
     per_problem: int = typer.Option(1, min=1, help="Corrupted copies per problem (fewer when fewer distinct ones exist)."),
     seed: int = typer.Option(0, help="Random seed for the choice of step and wrong value."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N problems."),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """Gold solutions paired with copies that have one arithmetic result changed and carried forward (known error position)."""
     from probekit.data.corrupt import corrupt_gold
 
+    output = Report(json_out, table_format)
     with claim(out, overwrite, source) as out_dir:
         skipped: Counter = Counter()
         trajectories, pairs = corrupt_gold(source, per_problem, seed, limit, skipped)
-        write_out("gsm8k-corrupt", out_dir, trajectories, pairs, skipped, json_out)
+        write_out("gsm8k-corrupt", out_dir, trajectories, pairs, skipped, output)
 
 
 @data_app.command("math")
@@ -187,13 +200,15 @@ def math_gold(
     source: Path = typer.Option(..., "--input", "-i", help="math/test.jsonl ({problem, solution} per line, the answer in \\boxed{}; `probekit data fetch math` puts PRM800K's 500 MATH test problems in probekit's cache)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """MATH problems with their gold solutions as label-1 trajectories; the answer is the solution's \\boxed{} content."""
     from probekit.data.competition_math import gold_solutions
 
+    output = Report(json_out, table_format)
     with claim(out, overwrite, source) as out_dir:
-        write_out("math", out_dir, gold_solutions(source), None, None, json_out)
+        write_out("math", out_dir, gold_solutions(source), None, None, output)
 
 
 @data_app.command()
@@ -201,15 +216,17 @@ def hh(
     source: Path = typer.Option(..., "--input", "-i", help="hh_rlhf/harmless-base/test.jsonl.gz ({chosen, rejected} dialogues; .gz or plain; `probekit data fetch hh-rlhf-harmless`, or hh-rlhf-helpful for helpful-base)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """HH-RLHF preference pairs: prompt = shared dialogue, completions = the chosen and rejected last Assistant turns."""
     from probekit.data.hh import hh_pairs
 
+    output = Report(json_out, table_format)
     with claim(out, overwrite, source) as out_dir:
         skipped: Counter = Counter()
         trajectories, pairs = hh_pairs(source, skipped)
-        write_out("hh", out_dir, trajectories, pairs, skipped, json_out)
+        write_out("hh", out_dir, trajectories, pairs, skipped, output)
 
 
 @data_app.command()
@@ -219,15 +236,17 @@ def samples(
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     skip_invalid: bool = typer.Option(False, help="Count and skip invalid records instead of stopping at the first."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
     fields: SampleFields = None,
 ) -> None:
     """Bring your own samples: one record per prompt with N completions (vLLM-style) as trajectories and pairs."""
     from probekit.data.samples import read_samples
 
+    output = Report(json_out, table_format)
     with claim(out, overwrite, source) as target:
         trajectories, n_skipped = read_samples(source, fields, skip_invalid=skip_invalid)
-        write_out("samples", target, trajectories, None, Counter({"invalid record": n_skipped}) if n_skipped else None, json_out)
+        write_out("samples", target, trajectories, None, Counter({"invalid record": n_skipped}) if n_skipped else None, output)
 
 
 @data_app.command()
@@ -235,15 +254,17 @@ def check(
     path: Path = typer.Argument(..., help="Trajectories JSONL file to validate."),
     pairs: Optional[Path] = typer.Option(None, help="Pairs JSONL to validate against it. Default: derive every (label 1, label 0) combination within a group."),
     skip_invalid: bool = typer.Option(False, help="Count and skip invalid trajectory records instead of stopping at the first."),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """Validate a trajectories file (and optionally its pairs) and print their counts."""
     from probekit.data.schema import derive_pairs, read_pairs, read_trajectories
 
+    output = Report(json_out, table_format)
     trajectories, n_skipped = read_trajectories(path, skip_invalid=skip_invalid)
     pair_list = read_pairs(pairs, trajectories) if pairs is not None else derive_pairs(trajectories)
     skipped = Counter({"invalid record": n_skipped}) if n_skipped else None
-    report(f"check {path}", summarize(trajectories, pair_list, skipped), json_out)
+    report(f"check {path}", summarize(trajectories, pair_list, skipped), output)
 
 
 @data_app.command()
@@ -254,18 +275,19 @@ def fetch(
         None, help=f"Base URL of a copy laid out like a data folder (http(s):// or file://), instead of each file's "
                    f"pinned public URL. Default: ${MIRROR_ENV} when set."),
     progress: bool = typer.Option(True, help="Show a progress bar per download."),
-    json_out: bool = typer.Option(False, "--json", help="Print the data folder and every file (path, url, sha256, bytes, status) as JSON on stdout."),
+    json_out: bool = json_option("Print the data folder and every file (path, url, sha256, bytes, status) as JSON on stdout."),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """Download public data sets from their pinned sources into the probekit cache, verified by sha256; prints the folder to pass as --data-dir."""
     from probekit.data.fetch import data_cache_dir, fetch_datasets
-    from probekit_cli.common import rich_table
     from probekit_cli.progress import progress_for
 
+    output = Report(json_out, table_format)
     root = data_cache_dir()
     done = fetch_datasets(names, root, mirror, progress_for(progress))
-    if json_out:
-        emit_json({"data_dir": str(root), "datasets": list(dict.fromkeys(names)), "files": [f.to_json() for f in done]})
+    if output.json:
+        output.emit({"data_dir": str(root), "datasets": list(dict.fromkeys(names)), "files": [f.to_json() for f in done]})
         return
-    rows = [[f.dataset, str(f.path.relative_to(root)), f.bytes, f.status] for f in done]
-    console.print(rich_table("probekit data fetch", ["data set", "file", "bytes", "status"], rows))
+    rows = [[str(f.path.relative_to(root)), f.dataset, f.bytes, f.status] for f in done]
+    output.show(Summary("probekit data fetch", ["file", "data set", "bytes", "status"], rows))
     console.print(f"[bold]data fetch[/]: {len(done)} files verified by sha256 in {esc(root)} (pass it as --data-dir)", highlight=False, soft_wrap=True)

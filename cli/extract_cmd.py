@@ -9,8 +9,9 @@ import typer
 
 from probekit.extract.options import ExtractOptions
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json, esc, rich_table
+from probekit_cli.common import console, esc
 from probekit_cli.options import field_help, with_config
+from probekit_cli.summary import Report, TableFormat, fields_summary, fmt_value, format_option, json_option
 
 
 @app.command()
@@ -19,13 +20,15 @@ def extract(
     trajectories: Path = typer.Argument(..., help=field_help(ExtractOptions, "trajectories")),
     out: Path = typer.Option(..., "--out", "-o", help=field_help(ExtractOptions, "out")),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    json_out: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
+    json_out: bool = json_option("Print the manifest summary as JSON on stdout."),
+    table_format: TableFormat = format_option(),
     options: Callable[..., ExtractOptions] = None,
 ) -> None:
     """Run a frozen causal LM once over prompt + completion trajectories and store completion-token hidden states."""
     from probekit.extract.run import extract as run_extract
     from probekit_cli.progress import progress_for
 
+    report = Report(json_out, table_format)
     opts = options(trajectories=trajectories, out=out)
     result = run_extract(opts, progress=progress_for(progress))
     summary = {
@@ -42,11 +45,11 @@ def extract(
     if result.n_truncated:
         console.print(f"[yellow]warning:[/] {result.n_truncated} trajectories were longer than --max-length {opts.max_length} and were truncated from the left (counted in manifest.json)")
     if result.shards_busy:
-        console.print(f"[yellow]warning:[/] shards {esc(result.shards_busy)} are being written by another live process and were left to it; "
+        console.print(f"[yellow]warning:[/] shards {esc(fmt_value(result.shards_busy))} are being written by another live process and were left to it; "
                       "the store is complete once that process finishes (or re-run this command after it stops)")
     if not result.complete:
         console.print("This rank's shards are done; the store is complete once every rank has finished.")
-    if json_out:
-        emit_json(summary)
+    if report.json:
+        report.emit(summary)
     else:
-        console.print(rich_table("probekit extract", ["field", "value"], [[k, v] for k, v in summary.items()]))
+        report.show(fields_summary("probekit extract", summary))

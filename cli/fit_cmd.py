@@ -13,9 +13,10 @@ import typer
 from probekit.config import ABLATION_AXES, ComputeConfig, EvalConfig, FitConfig, SweepConfig, parse_widths_list
 from probekit.errors import ProbekitError
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json, esc, rich_table
+from probekit_cli.common import console, esc
 from probekit_cli.options import field_help, with_config
 from probekit_cli.progress import progress_for
+from probekit_cli.summary import Report, TableFormat, fields_summary, format_option, json_option
 from probekit_cli.tables import metrics_table, sweep_table
 
 OVERWRITE_HELP = "Write into an --out that holds other files (they are never replaced) or another command's output."
@@ -39,13 +40,15 @@ def fit(
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (weights, config, goals, split, metrics, prefix plot)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     progress: bool = typer.Option(True, help=PROGRESS_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the checkpoint path and metrics as JSON on stdout."),
+    json_out: bool = json_option("Print the checkpoint path and metrics as JSON on stdout."),
+    table_format: TableFormat = format_option(),
     config: FitConfig = None,
 ) -> None:
     """Train a goal-conditioned reward probe (BT + λ·contrastive) on cached states and evaluate it on the validation split."""
     from probekit.pipeline import fit_probe
     from probekit.store import Store
 
+    report = Report(json_out, table_format)
     config.validate()
     ckpt = fit_probe(Store(store), out, config, overwrite=overwrite, progress=progress_for(progress))
     train = ckpt.metrics["train"]
@@ -53,13 +56,11 @@ def fit(
         "checkpoint": str(ckpt.path), "layer": ckpt.layer, "epochs_run": train["epochs_run"], "best_epoch": train["best_epoch"],
         "train_pairs": train["n_train_pairs"], "valid_pairs": train["n_valid_pairs"], "row_source": train["row_source"], "seconds": train["seconds"],
     }
-    if json_out:
-        emit_json({**summary, "metrics": ckpt.metrics})
+    if report.json:
+        report.emit({**summary, "metrics": ckpt.metrics})
         return
-    console.print(rich_table("probekit fit", ["field", "value"], [[k, v] for k, v in summary.items()]))
-    if "valid" in ckpt.metrics:
-        console.print(metrics_table(ckpt.metrics["valid"]))
-    else:
+    report.show(fields_summary("probekit fit", summary), *([metrics_table(ckpt.metrics["valid"])] if "valid" in ckpt.metrics else []))
+    if "valid" not in ckpt.metrics:
         console.print("[yellow]warning:[/] no validation groups; nothing was evaluated (set --valid-frac > 0)")
 
 
@@ -74,7 +75,8 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed of the bootstrap and the random baseline."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     progress: bool = typer.Option(True, help=PROGRESS_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+    json_out: bool = json_option("Print the metrics as JSON on stdout."),
+    table_format: TableFormat = format_option(),
     eval_config: EvalConfig = None,
     compute: ComputeConfig = None,
 ) -> None:
@@ -84,6 +86,7 @@ def eval_cmd(
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
 
+    report = Report(json_out, table_format)
     FitConfig(compute=compute, eval=eval_config).validate()
     checkpoint = load_checkpoint(ckpt)
     if store is None:
@@ -100,13 +103,11 @@ def eval_cmd(
                                       memory_budget_mb=compute.memory_budget_mb,
                                       progress=progress_for(progress))
         write_evaluation(metrics, out_dir)
-    if json_out:
-        emit_json(metrics)
+    if report.json:
+        report.emit(metrics)
         return
-    console.print(metrics_table(metrics))
     err = metrics["probe"].get("error_localisation")
-    if err:
-        console.print(rich_table("error localisation (incorrect trajectories with a known first error)", ["field", "value"], [[k, v] for k, v in err.items()]))
+    report.show(metrics_table(metrics), *([fields_summary("error localisation (incorrect trajectories with a known first error)", err)] if err else []))
     console.print(f"metrics and plot written to {esc(out_dir.path)}", soft_wrap=True)
 
 
@@ -129,20 +130,22 @@ def sweep(
     one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help=field_help(SweepConfig, "one_at_a_time")),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
-    json_out: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
+    json_out: bool = json_option("Print results.json on stdout."),
+    table_format: TableFormat = format_option(),
     template: FitConfig = None,
     axes: dict = None,
 ) -> None:
     """Grid of fits over λ, layer, encoder widths, K, goal kind, seeds and the ablation axes; mean ± std over seeds beside the baselines."""
     from probekit.sweep import run_sweep
 
+    report = Report(json_out, table_format)
     config = SweepConfig(template=template, lams=_list(lam, float, "--lam"), layers=_list(layers, int, "--layers") if layers else None,
                          widths=tuple(parse_widths_list(widths)), ks=_list(k, int, "--k"), goals=_list(goal, str, "--goal"),
                          seeds=_list(seeds, int, "--seeds"), prototypes=prototypes, split=split, axes=axes,
                          one_at_a_time=one_at_a_time)
     result = run_sweep(store, out, config, overwrite=overwrite, progress=progress_for(progress))
-    if json_out:
-        emit_json(result)
+    if report.json:
+        report.emit(result)
         return
-    console.print(sweep_table(result))
+    report.show(sweep_table(result))
     console.print(f"results written to {esc(out / 'results.csv')} and {esc(out / 'results.json')}", soft_wrap=True)

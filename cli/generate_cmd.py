@@ -9,9 +9,10 @@ import typer
 
 from probekit.generate.config import STEER_IGNORES, GenerateConfig, SteerConfig
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json, esc, rich_table
+from probekit_cli.common import console, esc
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
+from probekit_cli.summary import Report, TableFormat, fields_summary, format_option, json_option
 
 
 def _threshold(spec: str, ckpt, goal: str, skip_first: int) -> tuple[float, str]:
@@ -40,7 +41,8 @@ def generate(
     skip_invalid: bool = typer.Option(False, help="Skip invalid prompt records (and report their count) instead of stopping at the first."),
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced) or another command's output."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    json_out: bool = typer.Option(False, "--json", help="Print generation.json on stdout."),
+    json_out: bool = json_option("Print generation.json on stdout."),
+    table_format: TableFormat = format_option(),
     config: GenerateConfig = None,
 ) -> None:
     """Sample N completions per prompt with the frozen model, grade them, and store their hidden states as they are generated."""
@@ -48,6 +50,7 @@ def generate(
     from probekit.generate.generation import generate as run_generate
     from probekit.generate.stopping import OnlineStop
 
+    report = Report(json_out, table_format)
     config.validate()
     items, n_skipped = read_prompts(prompts, skip_invalid=skip_invalid)
     stop = None
@@ -66,12 +69,12 @@ def generate(
     stats = {**result.stats, "n_skipped_invalid": n_skipped}
     if n_skipped:
         console.print(f"[yellow]warning:[/] skipped {n_skipped} invalid prompt records (--skip-invalid)")
-    if json_out:
-        emit_json(stats)
+    if report.json:
+        report.emit(stats)
         return
     keys = ("n_prompts", "n_trajectories", "tokens_generated", "seconds", "tokens_per_second", "accuracy_per_sample",
             "n_hit_max_new_tokens", "n_stopped_early", "n_fallback_groups", "tokens_resumed_for_fallback")
-    console.print(rich_table("probekit generate", ["field", "value"], [[k, stats[k]] for k in keys]))
+    report.show(fields_summary("probekit generate", {k: stats[k] for k in keys}))
     console.print(f"wrote {esc(out)}/trajectories.jsonl, pairs.jsonl, store/ and generation.json", soft_wrap=True)
 
 
@@ -94,7 +97,8 @@ def steer(
     skip_invalid: bool = typer.Option(False, help="Skip invalid prompt records (and report their count)."),
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced) or another command's output."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    json_out: bool = typer.Option(False, "--json", help="Print steering.json on stdout."),
+    json_out: bool = json_option("Print steering.json on stdout."),
+    table_format: TableFormat = format_option(),
     gen: GenerateConfig = None,
     search: SteerConfig = None,
 ) -> None:
@@ -104,6 +108,7 @@ def steer(
     from probekit.generate.steering import steer as run_steer
     from probekit.probe.checkpoint import load_checkpoint
 
+    report = Report(json_out, table_format)
     gen.validate()
     search.validate()
     items, n_skipped = read_prompts(prompts, skip_invalid=skip_invalid)
@@ -113,11 +118,11 @@ def steer(
     extra = read_goal(goal_dir, checkpoint) if goal_dir is not None else None
     result = run_steer(items, out, gen, search, checkpoint, extra, overwrite=overwrite, inputs=(prompts, ckpt, goal_dir),
                        progress=progress_for(progress))
-    if json_out:
-        emit_json(result.stats)
+    if report.json:
+        report.emit(result.stats)
         return
     keys = ("n_prompts", "tokens_generated", "goal", "mean_q_best_beam", "accuracy_best_beam", "resampled_steps", "n_best_ended_without_match")
-    console.print(rich_table("probekit steer", ["field", "value"], [[k, result.stats[k]] for k in keys]))
+    report.show(fields_summary("probekit steer", {k: result.stats[k] for k in keys}))
     console.print(f"wrote {esc(out)}/trajectories.jsonl and steering.json", soft_wrap=True)
 
 

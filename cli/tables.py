@@ -1,22 +1,24 @@
-"""Every table a person reads: the one place that formats intervals, percentages and metric rows."""
+"""Every table a person reads: the one place that formats intervals, percentages and metric rows.
+
+Each builder turns a command's result into `Summary` objects (`probekit_cli.summary`), which `Report.show` prints
+as a table fitted to the terminal, markdown or csv; the first column labels the rows and is never cut.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rich.text import Text
-
 from probekit.config import ablation_name
-from probekit_cli.common import rich_table
+from probekit_cli.summary import Summary, fmt_num
 
 
 def fmt_ci(m: dict | None) -> str:
-    """'0.612 [0.580, 0.645]' for a metric with a 95% interval, '0.612' without one, '-' when undefined."""
+    """'0.612 [0.58, 0.65]' for a metric with a 95% interval, '0.612' without one, '-' when undefined."""
     if not m or m.get("value") is None:
         return "-"
     if m.get("lo") is None:
         return f"{m['value']:.3f}"
-    return f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
+    return f"{m['value']:.3f} [{m['lo']:.2f}, {m['hi']:.2f}]"
 
 
 def fmt_pct(x: float | None) -> str:
@@ -69,59 +71,79 @@ def length_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
-def metrics_table(metrics: dict, title: str | None = None):
+def metrics_table(metrics: dict, title: str | None = None) -> Summary:
     title = title or (f"probekit eval: {metrics['split']} split ({metrics['n_trajectories']} trajectories, "
                       f"{metrics['n_pairs']} pairs, {metrics['n_groups']} groups)")
-    return rich_table(title, ["method", "AUROC [95% CI]", "pairwise acc [95% CI]", "note"], metric_rows(metrics))
+    return Summary(title, ["method", "AUROC [95% CI]", "pairwise acc [95% CI]", "note"], metric_rows(metrics), wrap=("note",))
 
 
-def fmt_length(s: dict, prefix: str) -> str:
-    """'strat / resid' mean ± std of an AUROC's length controls, from a sweep summary row."""
-    if s.get(f"{prefix}_strat_mean") is None and s.get(f"{prefix}_resid_mean") is None:
-        return "-"
-    return " / ".join(fmt_pm(s.get(f"{prefix}_{k}_mean"), s.get(f"{prefix}_{k}_std")) for k in ("strat", "resid"))
+SWEEP_AXES = (("lam", "λ"), ("layer", "layer"), ("widths", "encoder"), ("K", "K"), ("ablation", "ablation"), ("goal", "goal"),
+              ("n_seeds", "seeds"))
 
 
-def sweep_table(result: dict):
-    """One row per configuration (mean ± std over seeds), then the baselines."""
+def _axis_values(s: dict) -> dict[str, str]:
+    """A sweep summary row's configuration as text, by axis."""
+    return {"lam": f"{s['lam']:g}", "layer": str(s["layer"]), "widths": str(s["widths"]), "K": "-" if s["K"] is None else str(s["K"]),
+            "ablation": ablation_name(s) or "-", "goal": str(s["goal"]), "n_seeds": str(s["n_seeds"])}
+
+
+def sweep_table(result: dict) -> Summary:
+    """One row per configuration (mean ± std over seeds), then the baselines.
+
+    The label is the configuration by the axes that differ between rows (λ always); the axes that are the same
+    for every row go to the legend, so the table stays as narrow as the sweep is varied.
+    """
+    configs = [_axis_values(s) for s in result["summary"]]
+    varied = [(k, name) for k, name in SWEEP_AXES if k == "lam" or len({c[k] for c in configs}) > 1]
+    same = [f"{configs[0][k]} seeds" if k == "n_seeds" else f"{name} {configs[0][k]}" for k, name in SWEEP_AXES
+            if configs and (k, name) not in varied and configs[0][k] != "-"]
     rows: list[list[Any]] = []
-    for s in result["summary"]:
-        rows.append([f"{s['lam']:g}", s["layer"], s["widths"], "-" if s["K"] is None else s["K"], ablation_name(s) or "-", s["goal"], s["n_seeds"],
-                     fmt_pm(s["pairwise_acc_mean"], s["pairwise_acc_std"]), fmt_pm(s["auroc_mean"], s["auroc_std"]),
-                     fmt_length(s, "auroc"), fmt_pm(s["q_auroc_mean"], s["q_auroc_std"]), fmt_length(s, "q_auroc"),
-                     fmt_pm(s["err_token_auroc_mean"], s["err_token_auroc_std"]),
+    for s, c in zip(result["summary"], configs):
+        rows.append([" · ".join(f"{name} {c[k]}" for k, name in varied), fmt_pm(s["pairwise_acc_mean"], s["pairwise_acc_std"]),
+                     fmt_pm(s["auroc_mean"], s["auroc_std"]), *_length_pair(s, "auroc"), fmt_pm(s["q_auroc_mean"], s["q_auroc_std"]),
+                     *_length_pair(s, "q_auroc"), fmt_pm(s["err_token_auroc_mean"], s["err_token_auroc_std"]),
                      f"{s['beats_baselines'] or '-'} ; {s['beats_length'] or '-'}"])
+    layer_varies = any(k == "layer" for k, _ in varied)
+    dim = set()
     for b in result["baselines"]:
         name = b["baseline"] + (f" ({b['direction']})" if b.get("direction") else "")
-        rows.append(["baseline", b["layer"], name, "", "", "", b["n_seeds"], fmt_pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
-                     fmt_pm(b["auroc_mean"], b["auroc_std"]), fmt_length(b, "auroc"), "", "", "", ""])
+        dim.add(len(rows))
+        rows.append([f"baseline {name}" + (f" · layer {b['layer']}" if layer_varies else ""), fmt_pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
+                     fmt_pm(b["auroc_mean"], b["auroc_std"]), *_length_pair(b, "auroc"), "", "", "", "", ""])
     split = result["options"]["split"]
-    return rich_table(f"probekit sweep ({split} split, mean ± std over seeds; length-controlled: within length strata / log length regressed out)",
-                      ["λ", "layer", "encoder", "K", "ablation", "goal", "seeds", "pair acc", "AUROC", "AUROC, length-controlled", "Q AUROC",
-                       "Q, length-controlled", "err AUROC", "beats baselines ; length"], rows)
+    legend = ("the same in every row: " + ", ".join(same) + ". " if same else "") + ("in strata: AUROC within length strata; length out: with log length "
+                                                          "regressed out; beats: runs whose CI clears the best baseline ; length")
+    return Summary(f"probekit sweep ({split} split, mean ± std over seeds)",
+                   ["configuration", "pair acc", "AUROC", "AUROC in strata", "AUROC length out", "Q AUROC", "Q in strata",
+                    "Q length out", "err AUROC", "beats"], rows, legend=legend, dim=dim)
 
 
-def filter_table(metrics: dict):
+def _length_pair(s: dict, prefix: str) -> tuple[str, str]:
+    """(within strata, log length regressed out) mean ± std of an AUROC's length controls, from a sweep summary row."""
+    return fmt_pm(s.get(f"{prefix}_strat_mean"), s.get(f"{prefix}_strat_std")), fmt_pm(s.get(f"{prefix}_resid_mean"), s.get(f"{prefix}_resid_std"))
+
+
+def filter_table(metrics: dict) -> Summary:
     rep = metrics["report"]
     base = rep["baselines"]
     rows = [
         ["report groups / trajectories", f"{rep['n_groups']} / {rep['n_trajectories']}"],
-        ["threshold", metrics["chosen_threshold"]],
+        ["threshold", fmt_num(metrics["chosen_threshold"])],
         ["accuracy, majority vote (no filter)", rep["accuracy_majority"]],
         ["accuracy, filtered majority vote", rep["accuracy_filtered"]],
         ["share of trajectories dropped", rep["dropped_share"]],
         ["share of tokens saved (official count)", rep["tokens_saved_share"]],
         ["share of tokens saved (fallback groups count as generated)", rep["tokens_saved_share_effective"]],
         ["groups that fell back to all trajectories", rep["fallback_groups"]],
-        ["accuracy, random drops at same budget", f"{base['random']['accuracy']:.4f} ± {base['random']['accuracy_std']:.4f}"],
-        ["accuracy, length cap at same budget", f"{base['length']['accuracy']:.4f} (cap {base['length']['cap_tokens']} tokens)"],
-        ["accuracy, best-of-n by reward", rep.get("best_of_n_accuracy", float("nan"))],
-        ["accuracy, reward-weighted vote", rep.get("weighted_vote_accuracy", float("nan"))],
+        ["accuracy, random drops at same budget", fmt_pm(base["random"]["accuracy"], base["random"]["accuracy_std"])],
+        ["accuracy, length cap at same budget", f"{fmt_num(base['length']['accuracy'])} (cap {base['length']['cap_tokens']} tokens)"],
+        ["accuracy, best-of-n by reward", rep.get("best_of_n_accuracy")],
+        ["accuracy, reward-weighted vote", rep.get("weighted_vote_accuracy")],
         ["oracle (any correct answer in group)", rep["oracle_accuracy"]],
         *_signal_auroc_rows(metrics.get("signal_auroc")),
         ["trajectories without answer (no vote)", rep["n_without_answer"]],
     ]
-    return rich_table(f"probekit filter ({metrics['signal']}, skip_first {metrics['skip_first']})", ["metric", "value"], rows)
+    return Summary(f"probekit filter ({metrics['signal']}, skip_first {metrics['skip_first']})", ["metric", "value"], rows, wrap=("value",))
 
 
 def _signal_auroc_rows(sa: dict | None) -> list[list[str]]:
@@ -139,7 +161,7 @@ def _signal_auroc_rows(sa: dict | None) -> list[list[str]]:
     return rows
 
 
-def demo_table(summary: dict):
+def demo_table(summary: dict) -> Summary:
     """One row per probe, then the trivial baselines."""
     rows = [
         [r["probe"], fmt_ci(r["auroc"]), fmt_ci(r["q_auroc"]), fmt_ci(r["pairwise_accuracy"]), fmt_pct(r["vote_accuracy"]),
@@ -147,21 +169,23 @@ def demo_table(summary: dict):
          "" if r["beats_baselines"] in (True, None) else "no"]
         for r in summary["rows"]
     ]
+    dim = set()
     for name, b in (summary.get("baselines") or {}).items():
         if b:
-            rows.append([Text(name, style="dim"), fmt_ci(b.get("auroc")), "-", fmt_ci(b.get("pairwise_accuracy")), "-", "-", "-", ""])
-    return rich_table(
+            dim.add(len(rows))
+            rows.append([name, fmt_ci(b.get("auroc")), "-", fmt_ci(b.get("pairwise_accuracy")), "-", "-", "-", ""])
+    return Summary(
         f"probekit demo: {summary['model']} layer {summary['layer']}, {summary['n_trajectories']} trajectories (test problems)",
         ["probe", "AUROC [95% CI]", "Q AUROC", "pairwise acc", "vote acc", "vote acc (filtered)", "tokens saved (official / effective)", "beats baselines"],
-        rows,
+        rows, dim=dim,
     )
 
 
-def generation_table(generation: dict):
+def generation_table(generation: dict) -> Summary:
     """The demo's generation stage: plain sampling vs online early stopping, as generated."""
     rows = [[name, r["tokens_generated"], f"{r['seconds']:.1f}", fmt_pct(r["accuracy_per_sample"]), fmt_pct(r["vote_accuracy"]),
              r["n_stopped_early"], r["n_fallback_groups"]] for name, r in ((k, generation[k]) for k in ("plain", "filtered"))]
-    return rich_table(
+    return Summary(
         f"generation in the loop (threshold {generation['threshold']:.3f}): {fmt_pct(generation['tokens_saved'])} of tokens and "
         f"{fmt_pct(generation['wall_clock_saved'])} of wall-clock saved",
         ["run", "tokens", "seconds", "accuracy / sample", "vote accuracy", "stopped early", "fallback groups"], rows)

@@ -52,6 +52,8 @@ _WEIGHTS_FILE = "model.safetensors"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # "org/name": what the hub accepts as a repository id (no path-like dots).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+# Set (to anything) to see transformers' own bars while a model loads; probekit hides them otherwise.
+LOAD_PROGRESS_ENV = "PROBEKIT_LOAD_PROGRESS"
 # Seconds for the single "is the hub reachable and has this repo" request.
 _HUB_PROBE_TIMEOUT = 5.0
 
@@ -396,13 +398,25 @@ def _from_pretrained(source: str, dtype: _DtypeRequest, **kwargs: Any) -> tuple[
         raise ProbekitError(f"{source}: could not load model ({_first_line(exc)})") from None
 
 
-def _config_then_model(source: str, dtype: _DtypeRequest, **kwargs: Any) -> tuple[nn.Module, Any]:
-    """Tokenizer and model of a folder or hub id, the model in the dtype its config resolves `dtype` to."""
+def _config_then_model(source: str, dtype: _DtypeRequest, quiet: bool = True, **kwargs: Any) -> tuple[nn.Module, Any]:
+    """Tokenizer and model of a folder or hub id, the model in the dtype its config resolves `dtype` to.
+
+    `quiet`: without transformers' own "Loading weights" bar, which wrote a line per update into a log file
+    and stood beside probekit's progress (unless $PROBEKIT_LOAD_PROGRESS is set). A download keeps its bars.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     config = AutoConfig.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype.resolve(config), **kwargs)
+    hide = quiet and not os.environ.get(LOAD_PROGRESS_ENV) and hf_logging.is_progress_bar_enabled()
+    if hide:
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype.resolve(config), **kwargs)
+    finally:
+        if hide:
+            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 
@@ -441,7 +455,7 @@ def _from_hub(repo_id: str, dtype: _DtypeRequest) -> tuple[nn.Module, Any, str |
         pass
     try:
         commit = huggingface_hub.model_info(repo_id, timeout=_HUB_PROBE_TIMEOUT).sha
-        model, tokenizer = _config_then_model(repo_id, dtype, revision=commit)
+        model, tokenizer = _config_then_model(repo_id, dtype, quiet=False, revision=commit)  # a download: its bars show it
     except errors:
         raise failure from None
     return model, tokenizer, commit

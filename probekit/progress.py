@@ -2,8 +2,11 @@
 
 Long library functions take a `progress: Progress | None` argument and call
 `progress.task(...)` for each long loop; the CLI passes an implementation that
-draws rich progress bars, tests and scripts pass nothing. The library itself
-never imports rich or the CLI.
+draws rich progress bars in a terminal and prints plain periodic lines into a
+log, tests and scripts pass nothing. The library itself never imports rich or
+the CLI. A task's total is what the loop can know in advance (generate counts
+samples, not tokens: a sample's length is known only when it ends); the note
+carries what cannot be totalled (tokens decoded so far).
 """
 
 from __future__ import annotations

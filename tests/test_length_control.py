@@ -151,7 +151,7 @@ def test_a_probe_that_learned_length_does_not_beat_length(tmp_path):
     assert length["length_controlled"]["residualised"]["slope"] == pytest.approx(1.0)  # longer = better here
     rows = {r[0]: r for r in metric_rows(m)}
     assert rows["probe reward, log length regressed out"][3].startswith("does not beat length")
-    assert rows["length, within length strata"][1] == "0.500 [0.500, 0.500]"
+    assert rows["length, within length strata"][1] == "0.500 [0.50, 0.50]"
 
 
 def test_a_probe_of_a_direction_independent_of_length_beats_length(tmp_path_factory):

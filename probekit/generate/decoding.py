@@ -305,7 +305,7 @@ class Scheduler:
         resumed = np.asarray([s.resumed for s in rows.seqs])
         self.counts.fed += int((~resumed).sum())
         self.counts.resumed += int(resumed.sum())
-        task.advance(len(rows))
+        task.advance(0, note=f"{self.counts.fed + self.counts.resumed:,} tokens")  # samples are counted as they are written
         torch_dtype, _ = STORE_DTYPES[config.dtype]
         stored = {layer: checked_states(captured[layer][:, -1], torch_dtype, f"#{rows.seqs[0].prompt_index + 1} (a generated sample)",
                                         layer, config.dtype) for layer in self.layers}

@@ -113,15 +113,19 @@ def _generate(prompts, out_dir: OutputDir, config: GenerateConfig, stop, loaded,
 
     def emit(seqs: list[Sample], fallback: bool) -> None:
         nonlocal skip
+        n_samples = len(seqs)  # the whole prompt was decoded again, its stored samples too
         group = [_trajectory(prompts[s.prompt_index], s, loaded.tokenizer, parse, fallback) for s in seqs]
         seqs, group, skip = seqs[skip:], group[skip:], 0  # the samples of a cut prompt already in a complete shard
         journal.write("".join(json.dumps(t.to_record(), ensure_ascii=False) + "\n" for t in group))
         journal.flush()
         writer.add(seqs, group)
         trajectories.extend(group)
+        task.advance(n_samples)
 
     t0 = time.perf_counter()
-    task = or_null(progress).task("generate", (len(prompts) - start) * config.samples * config.max_new_tokens, unit="tokens")
+    # Samples are what can be counted out of a known total (a sample's tokens are not known before it ends); each
+    # decoding step's note says the tokens decoded so far.
+    task = or_null(progress).task("generate", (len(prompts) - start) * config.samples, unit="samples")
     try:
         with open(journal_path, "a", encoding="utf-8") as journal:
             counts = Scheduler(loaded, contexts, layers, config.decoding(), stop, emit, start=start).run(task)

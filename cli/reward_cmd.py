@@ -9,9 +9,10 @@ import typer
 
 from probekit.generate.config import GenerateConfig
 from probekit_cli.app import app
-from probekit_cli.common import console, emit_json, esc, rich_table
+from probekit_cli.common import console, esc
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
+from probekit_cli.summary import Report, TableFormat, fields_summary, format_option, json_option
 
 # What loads the probe and its frozen model, shared by both commands.
 CKPT_HELP = "Probe checkpoint (from `probekit fit`); it names the frozen model, template and max length it was trained with."
@@ -27,9 +28,8 @@ def _load(ckpt: Path, model: Optional[str], device: str, store: Optional[Path], 
     return RewardProbe.load(ckpt, device=device, model=model, store=store, baseline=baseline, on_missing=on_missing)
 
 
-def _stat_rows(summary: dict, key: str) -> list[list]:
-    stats = summary.get(key)
-    return [[f"{key} {k}", round(v, 4)] for k, v in stats.items()] if stats else []
+def _stat_fields(summary: dict, key: str) -> dict:
+    return {f"{key} {k}": v for k, v in (summary.get(key) or {}).items()}
 
 
 @app.command()
@@ -48,13 +48,15 @@ def score(
     max_batch_tokens: Optional[int] = typer.Option(None, help=TOKENS_HELP),
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced) or another command's output."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    json_out: bool = typer.Option(False, "--json", help="Print summary.json on stdout."),
+    json_out: bool = json_option("Print summary.json on stdout."),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """Score every completion of a JSONL file with a probe: rewards (and contrastive rewards, per-token Q) as JSONL."""
     from probekit.outputs import checkpoint_inputs, claim_output
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.reward.score_file import OUTPUTS, score_file
 
+    report = Report(json_out, table_format)
     checkpoint = load_checkpoint(ckpt)
     inputs = [file, baseline, store, *checkpoint_inputs(checkpoint), goal if Path(goal).is_dir() else None]
     with claim_output(out, "score", OUTPUTS, overwrite=overwrite, inputs=inputs) as out_dir:
@@ -62,14 +64,15 @@ def score(
         with out_dir.commit_set(last=("summary.json",)):
             summary = score_file(rp, file, out_dir, q=q, goal=goal, chunk=chunk, max_batch_tokens=max_batch_tokens,
                                  progress=progress_for(progress))
-    if json_out:
-        emit_json(summary)
+    if report.json:
+        report.emit(summary)
         return
-    rows = [["records", summary["n_records"]], ["truncated", summary["n_truncated"]], *_stat_rows(summary, "reward"),
-            *_stat_rows(summary, "contrastive_reward"), ["seconds", summary["seconds"]], ["records/s", summary["records_per_second"]]]
+    fields = {"records": summary["n_records"], "truncated": summary["n_truncated"]}
     if "n_without_baseline" in summary:
-        rows.insert(2, ["without baseline", summary["n_without_baseline"]])
-    console.print(rich_table("probekit score", ["field", "value"], rows))
+        fields["without baseline"] = summary["n_without_baseline"]
+    fields.update({**_stat_fields(summary, "reward"), **_stat_fields(summary, "contrastive_reward"), "seconds": summary["seconds"],
+                   "records/s": summary["records_per_second"]})
+    report.show(fields_summary("probekit score", fields))
     console.print(f"wrote {esc(out)}/scores.jsonl and summary.json (rewards are logits: compare them, do not read them as probabilities)",
                   soft_wrap=True)
 
@@ -91,7 +94,8 @@ def baseline(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced) or another command's output."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary on stdout."),
+    json_out: bool = json_option("Print the summary on stdout."),
+    table_format: TableFormat = format_option(),
     gen: GenerateConfig = None,
 ) -> None:
     """Per-prompt baseline rewards for contrastive rewards (Shen et al. 2024): the mean reward of k baseline responses."""
@@ -102,6 +106,7 @@ def baseline(
     from probekit.reward.baseline import FILES
     from probekit.reward.make_baseline import SAMPLES, baseline_from_file, sample_baseline
 
+    report = Report(json_out, table_format)
     if (prompts is None) == (from_samples is None):
         raise ProbekitError("give either PROMPTS (to sample baseline responses) or --from-samples FILE, not both or neither")
     gen.validate()
@@ -116,8 +121,8 @@ def baseline(
             else:
                 items, _ = read_prompts(prompts)
                 summary = sample_baseline(rp, items, out_dir, gen, overwrite=overwrite, progress=progress_for(progress))
-    if json_out:
-        emit_json(summary)
+    if report.json:
+        report.emit(summary)
         return
-    console.print(rich_table("probekit baseline", ["field", "value"], [[k, round(v, 4) if isinstance(v, float) else v] for k, v in summary.items()]))
+    report.show(fields_summary("probekit baseline", summary))
     console.print(f"wrote {esc(out)}: use it with `probekit score --baseline {esc(out)}` or RewardProbe.load(..., baseline=...)", soft_wrap=True)

@@ -121,6 +121,9 @@ COMMANDS = {
     "steer": lambda inp, out, name, mp: ["steer", inp["prompts"], "--ckpt", inp["ckpt"], "--out", out, *_model(inp), "--beams", "1",
                                    "--candidates", "2", "--step-tokens", "2", "--max-new-tokens", "4", "--no-progress"],
     "goal": lambda inp, out, name, mp: ["goal", "--ckpt", inp["ckpt"], "--from", inp["trajectories"], "--name", name, "--out", out, *_model(inp)],
+    "score": lambda inp, out, name, mp: ["score", inp["trajectories"], "--ckpt", inp["ckpt"], "--out", out, "--device", "cpu", "--no-progress"],
+    "baseline": lambda inp, out, name, mp: ["baseline", "--from-samples", inp["trajectories"], "--ckpt", inp["ckpt"], "--out", out,
+                                      "--device", "cpu", "--no-progress"],
     "demo": lambda inp, out, name, mp: ["demo", "--out", out, "--model", inp["model"], "--n-problems", "12", "--solutions", "2", "--epochs", "2",
                                   "--n-boot", "20", "--generate-problems", "1", "--generate-tokens", "4", "--no-progress"],
 }

@@ -173,12 +173,12 @@ class Batcher(Generic[Req, Res]):
                     self._score([job])
             return
         seconds = time.perf_counter() - started
-        for job, result in zip(batch, results):
-            job.future.set_result(result)
         texts, tokens = sum(self._count(j.request) for j in batch), sum(j.tokens for j in batch)
         self._last_batch = len(batch)
-        s = self.stats
+        s = self.stats  # counted before anyone is answered: a client that reads /health next sees its own request
         s.requests, s.batches, s.texts, s.tokens = s.requests + len(batch), s.batches + 1, s.texts + texts, s.tokens + tokens
+        for job, result in zip(batch, results):
+            job.future.set_result(result)
         if self._log is not None:
-            self._log(f"batch {s.batches}: {len(batch)} requests, {texts} texts, {tokens} tokens, {seconds * 1000:.0f} ms, "
-                      f"{self._queue.qsize()} queued")
+            self._log(f"batch {s.batches}: {len(batch)} request{'s' * (len(batch) != 1)}, {texts} texts, {tokens} tokens, "
+                      f"{seconds * 1000:.0f} ms, {self._queue.qsize()} queued")

@@ -54,7 +54,7 @@ def parse_json(body: bytes) -> dict:
     if not body.strip():
         raise ClientError(400, "empty body: send a JSON object")
     try:
-        obj = json.loads(body)
+        obj = json.loads(body.decode("utf-8"))  # JSON on the wire is UTF-8 (RFC 8259); json.loads would guess UTF-16 too
     except UnicodeDecodeError:
         raise ClientError(400, "body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -162,7 +162,7 @@ def _strings(body: dict, name: str) -> list[str]:
 
 def _same_length(a: str, xs: list, b: str, ys: list) -> None:
     if len(xs) != len(ys):
-        raise ClientError(400, f"'{a}' has {len(xs)} items but '{b}' has {len(ys)}: send one per item")
+        raise ClientError(400, f"'{a}' has {len(xs)} item{'s' * (len(xs) != 1)} but '{b}' has {len(ys)}: send one per item")
 
 
 def _floats(values) -> list[float]:

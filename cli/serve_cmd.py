@@ -34,12 +34,12 @@ def serve(
 
     Concurrent requests are batched into one forward. Stops on SIGTERM or Ctrl-C after finishing the requests in flight.
     """
+    config.validate()
+    check_bind(config.host, token)  # before torch and the model load: a refusal costs nothing
     from probekit.reward import RewardProbe
     from probekit.reward.baseline import ON_MISSING
     from probekit.serve.server import serve as run_server
 
-    config.validate()
-    check_bind(config.host, token)  # before the model loads: a refusal costs nothing
     if on_missing not in ON_MISSING:
         raise typer.BadParameter(f"must be one of {', '.join(ON_MISSING)}, got '{on_missing}'", param_hint="--on-missing")
     rp = RewardProbe.load(ckpt, device=device, model=model, baseline=baseline, on_missing=on_missing)

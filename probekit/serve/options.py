@@ -24,8 +24,9 @@ class ServeOptions(Config):
     max_batch_tokens: int = option(16384, "Concurrent requests are merged into one scoring batch until it holds this many "
                                           "tokens (prompt + completion, as encoded); one larger request runs alone. The forward "
                                           "inside runs in extraction's length-bucketed batches.")
-    max_wait_ms: float = option(5.0, "How long a batch waits for more requests once others are arriving (a lone client never "
-                                     "waits): a few ms buys larger batches under load.")
+    max_wait_ms: float = option(5.0, "How long a batch waits for more requests while fewer than the last batch's are there (a "
+                                     "lone client never waits), or a tenth of the last batch's scoring time where that is longer: "
+                                     "larger batches under load for at most a tenth more latency.")
     max_queue: int = option(256, "Requests waiting to be scored at most; beyond it a request gets 503 with one line (retry later).")
     max_body_bytes: int = option(8 << 20, "Largest request body in bytes; a larger one gets 413.")
 

@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from probekit.errors import ProbekitError
 from probekit.io import write_json
 from probekit.models import LoadedModel, dtype_name, load_model
@@ -63,7 +65,10 @@ def export_model(name: str, out: OutputDir, dtype: str = "float32", loaded: Load
     model.config.architectures = [architecture]
     _set_generation_ids(model, tokenizer)
     staged = out.scratch("export")
-    model.save_pretrained(staged)
+    try:
+        model.save_pretrained(staged)
+    except SafetensorError as exc:  # a full disk or a file-size limit, as safetensors reports it (not an OSError)
+        raise ProbekitError(f"{out.option} {out.path}: could not write the weights ({str(exc).splitlines()[0]})") from None
     tokenizer.save_pretrained(staged)
     write_json(staged / RECORD, {"format": FORMAT, "name": loaded.name, "source": _portable(loaded.source),
                                  "file_sha256": loaded.file_sha256, "revision": loaded.revision, "dtype": dtype_name(loaded.dtype),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,9 @@ PROMPTS = ["Tom has 12 apples and buys 3 more.", "Mia has 5 pears and eats 2."]
 @pytest.fixture(scope="module")
 def ckpt(tiny_model_dir, tmp_path_factory) -> Path:
     """A chat-template probe fitted on a store extracted from the tiny model (the policy TRL trains below)."""
-    import torch
+    from tests.helpers import tiny_chat_probe
 
-    from probekit.data.schema import write_trajectories
-    from probekit.extract.options import ExtractOptions
-    from probekit.extract.run import extract
-    from tests.helpers import fit, toy_trajectories
-
-    root = tmp_path_factory.mktemp("trl")
-    base = toy_trajectories(12)
-    write_trajectories(root / "data.jsonl", [dataclasses.replace(t, prompt=base[3 * (i // 3)].prompt, error_char=None) for i, t in enumerate(base)])
-    extract(ExtractOptions(trajectories=root / "data.jsonl", out=root / "store", model=str(tiny_model_dir), layers="2",
-                           template="chat", dtype="float32", max_length=96, device="cpu"))
-    torch.manual_seed(0)
-    return fit(root / "store", root / "ckpt", layer=2, n_boot=20).path
+    return tiny_chat_probe(tiny_model_dir, tmp_path_factory.mktemp("trl"))
 
 
 @pytest.fixture(scope="module")

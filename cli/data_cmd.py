@@ -230,6 +230,22 @@ def hh(
 
 
 @data_app.command()
+def preferences(
+    source: Path = typer.Argument(..., help="TRL preference JSONL: {prompt, chosen, rejected} per line, as strings or message lists; the prompt may be implicit (the shared start of chosen and rejected)."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """TRL's preference format (DPO / reward-model data) as chosen and rejected trajectories with one pair each (margin kept)."""
+    from probekit.data.preferences import preference_pairs
+
+    with claim(out, overwrite, source) as out_dir:
+        skipped: Counter = Counter()
+        trajectories, pairs = preference_pairs(source, skipped)
+        write_out("preferences", out_dir, trajectories, pairs, skipped, json_out)
+
+
+@data_app.command()
 @with_config(SampleFields, param="fields")
 def samples(
     source: Path = typer.Argument(..., help="Samples JSONL from an outside generator: one record per prompt with a list of completions."),

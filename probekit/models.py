@@ -51,7 +51,7 @@ _SOURCE_FILE = "probekit_source.json"
 _WEIGHTS_FILE = "model.safetensors"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # "org/name": what the hub accepts as a repository id (no path-like dots).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 # Set (to anything) to see transformers' own bars while a model loads; probekit hides them otherwise.
 LOAD_PROGRESS_ENV = "PROBEKIT_LOAD_PROGRESS"
 # Seconds for the single "is the hub reachable and has this repo" request.
@@ -125,7 +125,7 @@ def load_model(
             source, sha = str(path.resolve()), sha256_file(path)
             folder = _gguf_cache(path, sha, cache_dir)
             model, tokenizer = _from_pretrained(str(folder), want)
-        elif _HUB_ID.match(name) and not name.lower().endswith(".gguf"):
+        elif HUB_ID.match(name) and not name.lower().endswith(".gguf"):
             source = name
             model, tokenizer, revision = _from_hub(name, want)
             sha = revision
@@ -420,7 +420,7 @@ def _config_then_model(source: str, dtype: _DtypeRequest, quiet: bool = True, **
     return model, tokenizer
 
 
-def _hub_errors() -> tuple[type[BaseException], ...]:
+def hub_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the hub could not give us this model".
 
     huggingface_hub's HTTP client changed across releases (requests, httpx,
@@ -443,7 +443,7 @@ def _from_hub(repo_id: str, dtype: _DtypeRequest) -> tuple[nn.Module, Any, str |
     download one `model_info` request with a short timeout checks that the hub
     answers and the repo exists (and gives the commit to pin the download to).
     """
-    errors = _hub_errors()
+    errors = hub_errors()
     failure = ProbekitError(
         f"could not load model '{repo_id}' from the Hugging Face hub (offline or not found): "
         f"pass a local folder, a .gguf file, or one of the bundled names: {', '.join(BUNDLED_MODELS)}"

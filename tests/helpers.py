@@ -122,6 +122,25 @@ def trained(tmp_path_factory) -> tuple[Path, object]:
     return _CACHE["store"], _CACHE["ckpt"]
 
 
+def tiny_chat_probe(model_dir: Path, root: Path, **fit_kw) -> Path:
+    """A chat-template probe at layer 2 of the tiny model: twelve toy trajectories (three per prompt) extracted in float32
+    into `root/store` and fitted into `root/ckpt` (options by field name); the checkpoint's path."""
+    import dataclasses
+
+    import torch
+
+    from probekit.data.schema import write_trajectories
+    from probekit.extract.options import ExtractOptions
+    from probekit.extract.run import extract
+
+    base = toy_trajectories(12)
+    write_trajectories(root / "data.jsonl", [dataclasses.replace(t, prompt=base[3 * (i // 3)].prompt, error_char=None) for i, t in enumerate(base)])
+    extract(ExtractOptions(trajectories=root / "data.jsonl", out=root / "store", model=str(model_dir), layers="2",
+                           template="chat", dtype="float32", max_length=96, device="cpu"))
+    torch.manual_seed(0)
+    return fit(root / "store", root / "ckpt", **{"layer": 2, "n_boot": 20, **fit_kw}).path
+
+
 # ---- the console entry point (tests/test_hostile_outputs.py, test_fetch.py, test_math_data.py, ...) ---------------
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """(exit status, stderr) of `probekit ARGS` through the console script's main()."""

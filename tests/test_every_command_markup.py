@@ -59,6 +59,7 @@ def inputs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
         "math": _lines(root / "math" / "test.jsonl", [{"problem": "2 + 2?", "solution": "It is $\\boxed{4}$."}]),
         "hh": _lines(root / "hh" / "test.jsonl.gz", [{"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"}]),
         "samples": _lines(root / "samples.jsonl", [{"prompt": "2 + 2?", "completions": ["A: 4", "A: 5"], "gold": 4}]),
+        "preferences": _lines(root / "preferences.jsonl", [{"prompt": "2 + 2?", "chosen": "A: 4", "rejected": "A: 5"}]),
         "served": _lines(root / "served" / "toy" / "a.jsonl", [{"question": "q", "answer": "#### 1"}]).parent.parent,
     }
 
@@ -106,9 +107,11 @@ COMMANDS = {
     "data math": lambda inp, out, name, mp: ["data", "math", "--input", inp["math"], "--out", out],
     "data hh": lambda inp, out, name, mp: ["data", "hh", "--input", inp["hh"], "--out", out],
     "data samples": lambda inp, out, name, mp: ["data", "samples", inp["samples"], "--gold-field", "gold", "--out", out],
+    "data preferences": lambda inp, out, name, mp: ["data", "preferences", inp["preferences"], "--out", out],
     "data check": _check,
     "data fetch": _fetch,
     "store verify": _verify,
+    "model export": lambda inp, out, name, mp: ["model", "export", inp["model"], "--out", out],
     "extract": lambda inp, out, name, mp: ["extract", inp["trajectories"], "--out", out, *_model(inp), "--layers", "2", "--no-progress"],
     "fit": lambda inp, out, name, mp: ["fit", "--store", inp["store"], "--out", out, "--widths", "16", "--rep-size", "8", "--epochs", "2",
                                  "--n-boot", "20", "--no-progress"],

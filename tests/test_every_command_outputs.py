@@ -53,6 +53,9 @@ def _inputs(root: Path) -> dict[str, list[Path]]:
             {"problem": f"What is {i} + {v}?", "solution": f"It is $\\boxed{{{i + v}}}$."} for i in range(n)]))
         out.setdefault("hh", []).append(_jsonl(root / f"in-hh-{v}" / "test.jsonl", [
             {"chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello {v}", "rejected": f"\n\nHuman: hi {i}\n\nAssistant: go away {v}"} for i in range(n)]))
+        out.setdefault("preferences", []).append(_jsonl(root / f"in-preferences-{v}" / "prefs.jsonl", [
+            {"prompt": [{"role": "user", "content": f"hi {i}"}], "chosen": [{"role": "assistant", "content": f"hello {v}"}],
+             "rejected": [{"role": "assistant", "content": f"go away {v}"}], "margin": i} for i in range(n)]))
         # many completions per prompt: the derived pairs (correct x incorrect) outweigh the trajectories
         out.setdefault("samples", []).append(_jsonl(root / f"in-samples-{v}" / "samples.jsonl", [
             {"prompt": f"What is {i} + 1?", "gold": str(i + 1), "completions": [f"A: {i + 1 + (j % 2)}" for j in range(30 + 2 * v)]}
@@ -125,6 +128,8 @@ COMMANDS = {
     "data hh": ("data", lambda w, o, v: ["data", "hh", "--input", w["data"]["hh"][v], "--out", o]),
     "data samples": ("data", lambda w, o, v: ["data", "samples", w["data"]["samples"][v], "--out", o, "--gold-field", "gold",
                                               "--answer-parser", "synth"]),
+    "data preferences": ("data", lambda w, o, v: ["data", "preferences", w["data"]["preferences"][v], "--out", o]),
+    "model export": ("model export", lambda w, o, v: ["model", "export", w["model"], "--out", o, "--dtype", ("float32", "bfloat16")[v]]),
     "extract": ("extract", lambda w, o, v: ["extract", w["trajectories"][v], "--out", o, "--layers", str(1 + v), "--shard-size", "4",
                                             "--dtype", "float32", "--no-progress", "--model", w["model"], *(["--overwrite"] if v else [])]),
     "fit": ("fit", lambda w, o, v: ["fit", "--store", w["planted"], "--out", o, "--epochs", "2", "--widths", "8", "--rep-size", "4",
@@ -148,7 +153,8 @@ COMMANDS = {
 # An --out that holds an input (with --overwrite, so only the input rule can refuse it): (args builder, the input held).
 HOLDING_INPUT = {
     **{name: (lambda w, n=name: (COMMANDS[n][1](w, w["data"][n.split()[1]][0].parent, 0), w["data"][n.split()[1]][0]))
-       for name in ("data gsm8k", "data math", "data hh", "data samples")},
+       for name in ("data gsm8k", "data math", "data hh", "data samples", "data preferences")},
+    "model export": lambda w: (COMMANDS["model export"][1](w, w["model"], 0), w["model"]),
     "data gsm8k-gold": lambda w: (COMMANDS["data gsm8k-gold"][1](w, w["data"]["gsm8k-gold"][0].parent, 0), w["data"]["gsm8k-gold"][0]),
     "data gsm8k-corrupt": lambda w: (COMMANDS["data gsm8k-corrupt"][1](w, w["data"]["gsm8k-gold"][0].parent, 0), w["data"]["gsm8k-gold"][0]),
     "extract": lambda w: (COMMANDS["extract"][1](w, w["trajectories"][0].parent, 0), w["trajectories"][0]),
@@ -177,10 +183,13 @@ def test_every_command_that_writes_a_folder_is_covered():
     from probekit_cli.app import app as top
     from probekit_cli.app import data_app
     from probekit_cli.main import app  # noqa: F401  (registers every command)
+    from probekit_cli.model_cmd import model_app
 
     writers = {c.name or c.callback.__name__ for c in top.registered_commands} - {"data", "serve"}  # serve writes no folder
     data_writers = {c.name or c.callback.__name__ for c in data_app.registered_commands} - {"check", "fetch"}
-    assert {*writers, *(f"data {n}" for n in data_writers)} == set(COMMANDS), "a command that writes a folder is missing here"
+    model_writers = {c.name or c.callback.__name__ for c in model_app.registered_commands}
+    assert {*writers, *(f"data {n}" for n in data_writers), *(f"model {n}" for n in model_writers)} == set(COMMANDS), \
+        "a command that writes a folder is missing here"
     assert set(HOLDING_INPUT) | set(NO_INPUTS) == set(COMMANDS)
 
 

@@ -10,6 +10,7 @@ the file and line, never later inside a forward pass.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Trajectory:
 class Pair:
     chosen: str
     rejected: str
+    margin: float | None = None  # how much `chosen` is preferred, where the data says (TRL's preference format)
 
 
 def scalar_text(value: object, loc: str, name: str) -> str | None:
@@ -184,8 +186,17 @@ def read_pairs(path: str | Path, trajectories: Iterable[Trajectory]) -> list[Pai
             raise ProbekitError(f"{loc}: a pair needs two different trajectories, got '{chosen}' twice")
         if by_id[chosen].group != by_id[rejected].group:
             raise ProbekitError(f"{loc}: pair '{chosen}'/'{rejected}' spans two groups")
-        pairs.append(Pair(chosen, rejected))
+        pairs.append(Pair(chosen, rejected, pair_margin(obj.get("margin"), loc)))
     return pairs
+
+
+def pair_margin(value: object, loc: str) -> float | None:
+    """A pair's `margin` as a float (None when absent); anything but a finite number is refused, naming `loc`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProbekitError(f"{loc}: field 'margin' must be a finite number or absent, got {_short(value)}")
+    return float(value)
 
 
 def derive_pairs(trajectories: Iterable[Trajectory]) -> list[Pair]:
@@ -207,4 +218,5 @@ def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory]) -> 
 
 
 def write_pairs(path: str | Path, pairs: Iterable[Pair]) -> int:
-    return write_jsonl(path, ({"chosen": p.chosen, "rejected": p.rejected} for p in pairs))
+    return write_jsonl(path, ({"chosen": p.chosen, "rejected": p.rejected, **({} if p.margin is None else {"margin": p.margin})}
+                              for p in pairs))

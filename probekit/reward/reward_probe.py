@@ -40,6 +40,7 @@ from probekit.probe.inputs import InputSpec, input_spec
 from probekit.probe.scoring import Scorer, iter_scores
 from probekit.progress import Progress, or_null
 from probekit.reward.baseline import Baselines, read_baselines
+from probekit.reward.sharing import checkpoint_folder, save_probe
 from probekit.store import ShardBlock
 
 # Texts per chunk: bounds the states held at once (all positions when Q is asked for). Extraction's shard size, so the
@@ -101,8 +102,9 @@ class RewardProbe:
     @classmethod
     def load(cls, ckpt: str | Path | Checkpoint, *, device: str = "auto", model: str | LoadedModel | None = None,
              dtype: str | None = None, store: str | Path | None = None, baseline: str | Path | Baselines | None = None,
-             on_missing: str = "error") -> RewardProbe:
-        """The probe in `ckpt` with the frozen model its checkpoint records, on `device`.
+             on_missing: str = "error", revision: str | None = None) -> RewardProbe:
+        """The probe in `ckpt` (a checkpoint folder, or a Hub id "org/name" downloaded at `revision`:
+        `probekit.reward.sharing`) with the frozen model its checkpoint records, on `device`.
 
         `model` replaces the recorded model's location (a folder or file moved since; it must be the same
         weights) or is an already loaded model; `dtype` the recorded compute dtype (rewards then differ by
@@ -110,7 +112,7 @@ class RewardProbe:
         With `baseline` (a `probekit baseline` folder) every result also has contrastive rewards
         (`probekit.reward.baseline`; `on_missing` says what a prompt without a baseline gets).
         """
-        ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
+        ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(checkpoint_folder(ckpt, revision))
         spec = input_spec(ckpt, store)
         baselines = read_baselines(baseline) if isinstance(baseline, (str, Path)) else baseline
         if baselines is not None:
@@ -132,6 +134,10 @@ class RewardProbe:
             baselines.check_probe(self.checkpoint.fingerprint, self.checkpoint.path)
             baselines.subtract(np.zeros(0), [], on_missing)  # checks the policy's name now
         self.baseline, self.on_missing = baselines, on_missing
+
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write a clean shareable folder of this probe (weights, goals, self-describing config, model card) into `out`."""
+        return save_probe(self.checkpoint, self.spec, out, overwrite)
 
     @property
     def tokenizer(self):

@@ -234,15 +234,17 @@ def preferences(
     source: Path = typer.Argument(..., help="TRL preference JSONL: {prompt, chosen, rejected} per line, as strings or message lists; the prompt may be implicit (the shared start of chosen and rejected)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = json_option(JSON_HELP),
+    table_format: TableFormat = format_option(),
 ) -> None:
     """TRL's preference format (DPO / reward-model data) as chosen and rejected trajectories with one pair each (margin kept)."""
     from probekit.data.preferences import preference_pairs
 
+    output = Report(json_out, table_format)
     with claim(out, overwrite, source) as out_dir:
         skipped: Counter = Counter()
         trajectories, pairs = preference_pairs(source, skipped)
-        write_out("preferences", out_dir, trajectories, pairs, skipped, json_out)
+        write_out("preferences", out_dir, trajectories, pairs, skipped, output)
 
 
 @data_app.command()

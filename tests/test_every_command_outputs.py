@@ -146,6 +146,9 @@ COMMANDS = {
     "steer": ("steer", lambda w, o, v: ["steer", w["prompts"], "--ckpt", w["ck"], "--out", o, *_tiny(w), "--max-new-tokens", "6",
                                         "--beams", "2", "--candidates", "2", "--step-tokens", "3", "--seed", v, "--no-progress"]),
     "goal": ("goal", lambda w, o, v: ["goal", "--ckpt", w["ck"], "--from", w["trajectories"][v], "--name", f"g{v}", "--out", o, *_tiny(w)]),
+    "score": ("score", lambda w, o, v: ["score", w["trajectories"][v], "--ckpt", w["ck"], "--out", o, "--device", "cpu", "--no-progress"]),
+    "baseline": ("baseline", lambda w, o, v: ["baseline", "--from-samples", w["trajectories"][v], "--ckpt", w["ck"], "--out", o,
+                                              "--device", "cpu", "--no-progress"]),
     "demo": ("demo", lambda w, o, v: ["demo", "--out", o, "--model", w["model"], "--n-problems", "4", "--epochs", "1", "--n-boot", "5",
                                       "--generate-problems", "0", "--no-progress"]),
 }
@@ -169,6 +172,9 @@ HOLDING_INPUT = {
                            w["root"] / "gen" / "store"),
     "steer": lambda w: (COMMANDS["steer"][1](w, w["goal"], 0) + ["--goal-from", w["goal"]], w["goal"]),
     "goal": lambda w: (COMMANDS["goal"][1](w, w["root"] / "gen", 0), w["root"] / "gen" / "store"),
+    "score": lambda w: (COMMANDS["score"][1](w, w["trajectories"][0].parent, 0), w["trajectories"][0]),
+    # the checkpoint's training store is an input of every command that loads the checkpoint
+    "baseline": lambda w: (COMMANDS["baseline"][1](w, w["root"] / "gen", 0), w["root"] / "gen" / "store"),
 }
 NO_INPUTS = ("data synth", "data synth-prompts", "demo")
 

@@ -237,6 +237,13 @@ def _summarise(per_seed: list[dict], budgets: list[float]) -> dict:
     s = {"auroc": {n: across(["aurocs", n, "auroc", "value"]) for n in SIGNALS},
          "auroc_strat": {n: across(["aurocs", n, "auroc_strat", "value"]) for n in SIGNALS},
          "fresh_auroc": {n: across(["fresh", "aurocs", n, "auroc", "value"]) for n in ("raw", "contrastive_loo", "contrastive_fresh", "length")},
+         # paired across seeds: the same probe, split and problems with and without the baseline subtracted
+         "paired_gain": {"contrastive_loo - raw": mean_ci([r["aurocs"]["contrastive_loo"]["auroc"]["value"] - r["aurocs"]["raw"]["auroc"]["value"]
+                                                          for r in per_seed], bounded=False),
+                         "contrastive_fresh - raw (fresh-baseline problems)": mean_ci(
+                             [r["fresh"]["aurocs"]["contrastive_fresh"]["auroc"]["value"] - r["fresh"]["aurocs"]["raw"]["auroc"]["value"]
+                              for r in per_seed], bounded=False)},
+         "shorter_first_auroc": across(["aurocs", "length", "auroc", "value"]) | {"note": "1 - the length row: ranking the shorter solution first"},
          "difficulty_corr_labelled_mean": across(["difficulty_corr_labelled_mean", "value"]),
          "difficulty_corr_fresh": across(["fresh", "difficulty_corr", "value"]),
          "between_problem_variance_share": {n: across(["between_problem_variance_share", n]) for n in ("raw", "contrastive_loo")},
@@ -252,6 +259,7 @@ def _summarise(per_seed: list[dict], budgets: list[float]) -> dict:
 def _table(s: dict, budgets: list[float]):
     rows = [[f"AUROC {n}", fmt(s["auroc"][n]), fmt(s["auroc_strat"][n])] for n in SIGNALS]
     rows += [[f"AUROC {n} (fresh-baseline problems)", fmt(s["fresh_auroc"][n]), ""] for n in s["fresh_auroc"]]
+    rows += [[f"paired gain {n}", fmt(v), ""] for n, v in s["paired_gain"].items()]
     rows += [["corr(problem mean reward, accuracy)", fmt(s["difficulty_corr_labelled_mean"]), ""],
              ["corr(fresh baseline, accuracy)", fmt(s["difficulty_corr_fresh"]), ""]]
     rows += [[f"between-problem variance share {n}", fmt(s["between_problem_variance_share"][n]), ""] for n in ("raw", "contrastive_loo")]

@@ -43,7 +43,33 @@ def filter_cmd(
             f"({esc(groups['selection_source'])}); reported on {groups['n_report']} other groups."
         )
     if json_out:
-        emit_json({k: metrics[k] for k in ("signal", "goal", "skip_first", "chosen_threshold", "report", "warnings", "seconds")})
+        emit_json({k: metrics[k] for k in ("signal", "goal", "skip_first", "skip_frac", "weighting", "chosen_threshold", "report",
+                                           "warnings", "seconds")})
         return
-    console.print(filter_table(metrics))
+    table = filter_table(metrics)
+    for row in _added_rows(metrics):  # until cli/tables.py's filter_table lists them
+        table.add_row(*map(esc, row))
+    console.print(table)
     console.print(f"wrote {esc(out)}/decisions.jsonl, metrics.json" + (", frontier.png, q_curves.png" if config.plots else ""), soft_wrap=True)
+
+
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _added_rows(metrics: dict) -> list[list[str]]:
+    """The vote tests (and, with --weighting softmax, Q-Probe's weighted accuracies) as rows of the summary table."""
+    rep = metrics["report"]
+    paired, tt = rep["vote_tests"]["paired"], rep["vote_tests"]["official_ttest"]
+    rows = [["filtered vs majority, McNemar exact p (paired, per problem)", _p(paired["p_value"])],
+            ["  problems: both right / only filtered / only majority / both wrong",
+             f"{paired['both_correct']} / {paired['only_filtered_correct']} / {paired['only_majority_correct']} / {paired['both_wrong']}"],
+            [f"share correct filtered vs all, t-test p over {tt['n_problems']} problems (official Student / Welch)",
+             f"{_p(tt['student']['p_value'])} / {_p(tt['welch']['p_value'])}"]]
+    w = metrics["weighting"]
+    if w["kind"] == "softmax":
+        name = f"softmax({w['score']}/{w['beta']:g})"
+        rows += [[f"accuracy, best-of-n by {name} (expected)", f"{rep['softmax_best_of_n_accuracy']:.4f}"],
+                 [f"accuracy, {name}-weighted vote", f"{rep['softmax_vote_accuracy']:.4f}"],
+                 [f"accuracy, {name}-weighted vote, filtered", f"{rep['softmax_vote_filtered_accuracy']:.4f}"]]
+    return rows

@@ -66,6 +66,8 @@ def _added_rows(metrics: dict) -> list[list[str]]:
              f"{paired['both_correct']} / {paired['only_filtered_correct']} / {paired['only_majority_correct']} / {paired['both_wrong']}"],
             [f"share correct filtered vs all, t-test p over {tt['n_problems']} problems (official Student / Welch)",
              f"{_p(tt['student']['p_value'])} / {_p(tt['welch']['p_value'])}"]]
+    if metrics["skip_frac"]:
+        rows.insert(0, ["never dropped before position", f"max({metrics['skip_first']}, floor({metrics['skip_frac']:g} x length))"])
     w = metrics["weighting"]
     if w["kind"] == "softmax":
         name = f"softmax({w['score']}/{w['beta']:g})"

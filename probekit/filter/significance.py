@@ -11,8 +11,9 @@
   of correct solutions among those kept (all of them when none is kept) and
   among all. Here the shares are over the vote's voters (kept solutions with
   an answer; all with an answer when none is kept), so answerless solutions,
-  which the official count includes as wrong, are left out. scipy's `equal_var` defaults to True, so the call is Student's
-  pooled t-test; it is reported as called and as Welch's (equal_var=False).
+  which the official count includes as wrong, are left out. scipy's
+  `equal_var` defaults to True, so the call is Student's pooled t-test; it is
+  reported as called and as Welch's (equal_var=False).
   With as many problems on each side the statistic is the same, only the
   degrees of freedom differ. It treats the two sets of proportions as
   independent samples although they are paired, and it tests the share of

@@ -1,7 +1,7 @@
 """The filter's options from the official evaluation and Q-Probe, on hand-made data and against transcriptions.
 
 * --skip-frac: the official `generation_percentile` slice, max(5, int(len * pct)), transcribed from
-  examples/experiments/eval/rm_dense_eval.py (`get_accuracy`) of vaskarnathscale/goal-conditioned-rm.
+  `get_accuracy` in examples/eval_rm.py (and rm_dense_eval.py) of vaskarnathscale/goal-conditioned-rm.
 * The vote tests: McNemar's exact p against scipy's binomial test, the official t-test against its
   per-question proportions transcribed from the same function.
 * --weighting softmax: weights against a direct softmax, and its two limits (best-of-n, majority).

@@ -50,7 +50,8 @@ def _check_offsets(offsets: np.ndarray, rows: int) -> np.ndarray:
 def skip_positions(completion_tokens: np.ndarray, skip_first: int, skip_frac: float = 0.0) -> np.ndarray:
     """int64 [n]: per trajectory, the first completion position a drop may happen at, max(skip_first, floor(skip_frac * length)).
 
-    The official evaluation (`rm_dense_eval.py`, `get_accuracy`) slices each solution's cosine
+    The official evaluation (`get_accuracy` in examples/eval_rm.py and
+    examples/experiments/eval/rm_dense_eval.py of vaskarnathscale/goal-conditioned-rm) slices each solution's cosine
     similarities as `cosine_sim[max(5, int(len(cosine_sim) * generation_percentile)):]`; int()
     of a non-negative float64 product is its floor, so with skip_first 5 this is that rule exactly.
     """

@@ -5,8 +5,9 @@
   evidence; under "no difference" each of those goes either way with
   probability 1/2, and the two-sided p-value is the exact binomial tail
   (integer arithmetic: no approximation at small counts).
-* The official evaluation's test (`examples/experiments/eval/rm_dense_eval.py`,
-  `_print_filter_results`): `scipy.stats.ttest_ind(proportion_correct_filtered,
+* The official evaluation's test (`_print_filter_results` in examples/eval_rm.py,
+  examples/metrics.py and examples/experiments/eval/rm_dense_eval.py of
+  vaskarnathscale/goal-conditioned-rm): `scipy.stats.ttest_ind(proportion_correct_filtered,
   proportion_correct)` over problems, where a problem's proportion is its share
   of correct solutions among those kept (all of them when none is kept) and
   among all. Here the shares are over the vote's voters (kept solutions with
@@ -29,7 +30,7 @@ import numpy as np
 
 from probekit.filter.voting import Ballot
 
-OFFICIAL_TTEST = "scipy.stats.ttest_ind as the official rm_dense_eval.py calls it (Student: equal_var defaults to True)"
+OFFICIAL_TTEST = "scipy.stats.ttest_ind as the official evaluation calls it (Student: equal_var defaults to True)"
 
 
 def mcnemar_exact_p(only_first: int, only_second: int) -> float:

@@ -138,6 +138,21 @@ def test_official_ttest_is_the_official_call_on_the_official_proportions_and_wel
     assert out["mean_share_correct_filtered"] == pytest.approx(x.mean()) and out["mean_share_correct"] == pytest.approx(y.mean())
 
 
+def test_official_ttest_with_one_side_without_spread_is_defined_and_quiet(recwarn):
+    """Every kept solution right (filtered shares all 1) is the common case: the test is defined, and scipy's
+    precision-loss warning about the exactly zero variance is not passed on."""
+    from scipy.stats import ttest_ind
+
+    ref = ttest_ind([1.0, 1, 1, 1], [1 / 3, 1 / 3, 1 / 3, 2 / 3]).pvalue  # warns here, in the reference call
+    recwarn.clear()
+    groups = [g for g in ("a", "b", "c", "d") for _ in range(3)]
+    answers = ["r", "w", "w"] * 3 + ["r", "r", "w"]
+    ballot = Ballot(groups, answers, [int(a == "r") for a in answers])
+    out = official_ttest(ballot, np.array([1, 0, 0] * 4, bool), np.ones(4, bool))
+    assert out["student"]["p_value"] == pytest.approx(ref) and out["welch"]["p_value"] is not None
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_official_ttest_is_undefined_without_spread_or_problems():
     ballot, kept = _groups_fixed_and_broken(3, 0, 0)  # every filtered share 1, every plain share 1/3
     out = official_ttest(ballot, kept, np.ones(3, bool))

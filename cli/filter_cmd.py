@@ -46,7 +46,9 @@ def filter_cmd(
             f"({esc(groups['selection_source'])}); reported on {groups['n_report']} other groups."
         )
     if report.json:
-        report.emit({k: metrics[k] for k in ("signal", "goal", "skip_first", "chosen_threshold", "report", "warnings", "seconds")})
+        report.emit({k: metrics[k] for k in ("signal", "goal", "skip_first", "skip_frac", "weighting", "chosen_threshold", "report",
+                                             "warnings", "seconds")})
         return
     report.show(filter_table(metrics))
     console.print(f"wrote {esc(out)}/decisions.jsonl, metrics.json" + (", frontier.png, q_curves.png" if config.plots else ""), soft_wrap=True)
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from probekit.config import ablation_name
-from probekit_cli.summary import Summary, fmt_num
+from probekit_cli.summary import Summary, fmt_num, fmt_value
 
 
 def fmt_ci(m: dict | None) -> str:
@@ -142,8 +142,31 @@ def filter_table(metrics: dict) -> Summary:
         ["oracle (any correct answer in group)", rep["oracle_accuracy"]],
         *_signal_auroc_rows(metrics.get("signal_auroc")),
         ["trajectories without answer (no vote)", rep["n_without_answer"]],
+        *_vote_test_rows(metrics),
     ]
-    return Summary(f"probekit filter ({metrics['signal']}, skip_first {metrics['skip_first']})", ["metric", "value"], rows, wrap=("value",))
+    skip = f"skip max({metrics['skip_first']}, floor({metrics['skip_frac']:g} x length))" if metrics.get("skip_frac") else f"skip_first {metrics['skip_first']}"
+    return Summary(f"probekit filter ({metrics['signal']}, {skip})", ["metric", "value"], rows, wrap=("value",))
+
+
+def _vote_test_rows(metrics: dict) -> list[list]:
+    """The vote tests (and, with --weighting softmax, Q-Probe's weighted accuracies) as rows of the filter summary."""
+    rep = metrics["report"]
+    tests = rep.get("vote_tests")
+    if not tests:
+        return []
+    paired, tt = tests["paired"], tests["official_ttest"]
+    rows = [["filtered vs majority, McNemar exact p (paired, per problem)", paired["p_value"]],
+            ["  problems: both right / only filtered / only majority / both wrong",
+             f"{paired['both_correct']} / {paired['only_filtered_correct']} / {paired['only_majority_correct']} / {paired['both_wrong']}"],
+            [f"share correct filtered vs all, t-test p over {tt['n_problems']} problems (official Student / Welch)",
+             f"{fmt_value(tt['student']['p_value'])} / {fmt_value(tt['welch']['p_value'])}"]]
+    w = metrics.get("weighting") or {}
+    if w.get("kind") == "softmax":
+        name = f"softmax({w['score']}/{w['beta']:g})"
+        rows += [[f"accuracy, best-of-n by {name} (expected)", rep["softmax_best_of_n_accuracy"]],
+                 [f"accuracy, {name}-weighted vote", rep["softmax_vote_accuracy"]],
+                 [f"accuracy, {name}-weighted vote, filtered", rep["softmax_vote_filtered_accuracy"]]]
+    return rows
 
 
 def _signal_auroc_rows(sa: dict | None) -> list[list[str]]:

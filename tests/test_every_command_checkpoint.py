@@ -205,11 +205,13 @@ def test_generate_threshold_from_a_filter_output_must_be_a_q_threshold_of_the_sa
     online = json.loads((tmp_path / "ok" / "generation.json").read_text())["online_filter"]
     assert online["threshold"] == chosen and online["threshold_chosen_on"] == str(filtered / "q" / "metrics.json")
 
-    null_threshold, text_threshold, plain = tmp_path / "null", tmp_path / "text", tmp_path / "plain"
+    null_threshold, text_threshold, plain, with_frac = tmp_path / "null", tmp_path / "text", tmp_path / "plain", tmp_path / "frac"
     plain.mkdir()  # a folder that is no probekit output (not --out's parent: that is refused as an input holding --out)
     for folder, value in ((null_threshold, None), (text_threshold, "0.1")):
         shutil.copytree(filtered / "q", folder)
         _edit(folder / "metrics.json", lambda m, value=value: m.update(chosen_threshold=value))
+    shutil.copytree(filtered / "q", with_frac)  # chosen with --skip-frac: a drop rule that needs the final length
+    _edit(with_frac / "metrics.json", lambda m: m.update(skip_frac=0.3))
     refused = [
         ([world.ckpt], "expected a number, auto, or a `probekit filter` output folder"),  # a fit folder has a metrics.json too
         ([plain], "expected a number, auto, or a `probekit filter` output folder"),
@@ -219,6 +221,7 @@ def test_generate_threshold_from_a_filter_output_must_be_a_q_threshold_of_the_sa
         ([filtered / "q", "--goal", "kmeans"], "pass --goal mean"),
         ([null_threshold], "field 'chosen_threshold'"),
         ([text_threshold], "field 'chosen_threshold'"),
+        ([with_frac], "--skip-frac 0.3, which online stopping cannot apply"),
     ]
     for i, (args, needle) in enumerate(refused):
         code, err = run_cli(monkeypatch, capsys, *base, "--out", tmp_path / f"o{i}", "--threshold", *args)

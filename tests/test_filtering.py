@@ -459,3 +459,88 @@ def test_signal_auroc_on_another_store_reads_only_the_training_split_of_the_trai
     assert {p for p, _ in seen} == {store.path} and sorted(t for _, ts in seen for t in ts) == train
     assert other["signal_auroc"]["auroc"] == same["signal_auroc"]["auroc"]
     assert other["signal_auroc"]["auroc"]["length_controlled"]["residualised"]["value"] is not None
+
+
+# ---- the official evaluation's options and Q-Probe's weighting, end to end ----------------------------
+
+
+def test_skip_frac_moves_each_drop_to_its_share_of_the_length_and_online_stopping_refuses_its_threshold(planted, tmp_path):
+    """The planted wrong solutions turn at ERROR_AT = 7 and stay turned: with --skip-frac F each is dropped at
+    max(7, floor(F * length)), the official max(5, int(F * len)) slice; the threshold it chose cannot stop online."""
+    from probekit.filter.filtering import filter_output_threshold, filter_store
+    from probekit.io import iter_jsonl
+    from probekit.probe.checkpoint import load_checkpoint
+
+    root, store, ckpt_dir = planted
+    ckpt = load_checkpoint(ckpt_dir)
+    lens = store.meta.completion_tokens
+    for frac in (0.5, 0.95):
+        out = tmp_path / f"f{frac}"
+        m = filter_store(ckpt, store, out, FilterConfig(threshold="0", skip_frac=frac, plots=False, random_seeds=1))
+        assert m["skip_frac"] == frac and m["report"]["accuracy_filtered"] == 1.0
+        recs = [r for _, r in iter_jsonl(out / "decisions.jsonl")]
+        for i, r in enumerate(recs):
+            drop = max(ERROR_AT, int(lens[i] * frac))
+            assert (r["kept"], r["first_drop_position"]) == ((True, -1) if r["label"] else (False, drop))
+            assert r["saved_tokens"] == (0 if r["label"] else lens[i] - drop - 1)
+        with pytest.raises(ProbekitError, match="--skip-frac .* online stopping cannot apply"):
+            filter_output_threshold(out, ckpt, "mean", 5)
+    assert {int(n * 0.5) for n in lens} - {0, 1, 2, 3, 4, 5, 6, 7}  # some drops did move past ERROR_AT
+
+
+def test_vote_tests_and_softmax_weighting_in_the_report(planted, tmp_path):
+    """On the 4 report groups the filtered vote is right and the plain vote wrong everywhere: McNemar 4 to 0, p = 2/16;
+    every filtered share is 1 and every plain one 2/5, so the t-test has no spread to test. softmax(reward/beta) weighs the
+    two right solutions (reward ~ +3) over the three wrong (~ -3) at beta 1, and tends to the plain vote at large beta."""
+    from probekit.filter.filtering import filter_store
+    from probekit.probe.checkpoint import load_checkpoint
+    from probekit.probe.scoring import Scorer, score_store
+
+    root, store, ckpt_dir = planted
+    ckpt = load_checkpoint(ckpt_dir)
+    plain = filter_store(ckpt, store, tmp_path / "a", FilterConfig(threshold="0", plots=False, random_seeds=1))
+    rep = plain["report"]
+    assert plain["weighting"] == {"kind": "argmax"} and not any(k.startswith("softmax") for k in rep)
+    paired, tt = rep["vote_tests"]["paired"], rep["vote_tests"]["official_ttest"]
+    assert (paired["only_filtered_correct"], paired["only_majority_correct"], paired["n_problems"]) == (4, 0, 4)
+    assert paired["p_value"] == 2 / 16
+    assert tt["mean_share_correct_filtered"] == 1.0 and tt["mean_share_correct"] == pytest.approx(0.4)
+    assert tt["student"]["p_value"] is None and tt["welch"]["p_value"] is None
+
+    reward = score_store(store, Scorer.from_checkpoint(ckpt), ckpt.layers)
+    last = reward.last(reward.reward)
+    rep_t = np.isin(store.meta.group, plain["groups"]["report"])
+    good = store.meta.label == 1
+    for beta, vote in ((1.0, 1.0), (100.0, 0.0)):
+        m = filter_store(ckpt, store, tmp_path / f"s{beta}", FilterConfig(threshold="0", plots=False, random_seeds=1, weighting="softmax",
+                                                                         beta=beta))
+        r = m["report"]
+        assert m["weighting"]["kind"] == "softmax" and m["weighting"]["beta"] == beta and m["weighting"]["score"] == "reward"
+        expected = np.mean([np.exp(last[rep_t & good & (store.meta.group == g)] / beta).sum()
+                            / np.exp(last[rep_t & (store.meta.group == g)] / beta).sum() for g in plain["groups"]["report"]])
+        assert r["softmax_best_of_n_accuracy"] == pytest.approx(expected)
+        assert r["softmax_vote_accuracy"] == vote and r["softmax_vote_filtered_accuracy"] == 1.0  # only right ones are kept
+        assert {k: r[k] for k in ("best_of_n_accuracy", "weighted_vote_accuracy", "accuracy_filtered")} == \
+            {k: rep[k] for k in ("best_of_n_accuracy", "weighted_vote_accuracy", "accuracy_filtered")}  # recorded keys unchanged
+    assert filter_store(ckpt, store, tmp_path / "q", FilterConfig(threshold="0", plots=False, random_seeds=1, weighting="softmax", beta=0.1,
+                                                                  weight_by="q"))["report"]["softmax_best_of_n_accuracy"] > 0.99
+
+
+def test_cli_prints_the_vote_tests_and_softmax_rows_and_refuses_bad_weighting(planted, tmp_path, monkeypatch, capsys):
+    from tests.helpers import assert_one_line_error, run_cli
+
+    root, store, ckpt_dir = planted
+    base = ("filter", "--ckpt", ckpt_dir, "--store", store.path, "--threshold", "0", "--no-plots", "--random-seeds", "1")
+    monkeypatch.setenv("COLUMNS", "240")  # the table's rows unwrapped
+    code, err = run_cli(monkeypatch, capsys, *base, "--out", tmp_path / "o", "--weighting", "softmax", "--beta", "2", "--weight-by", "q",
+                        "--skip-frac", "0.3")
+    assert code == 0, err
+    text = " ".join(err.split())
+    assert "McNemar exact p (paired, per problem) │ 0.125" in text and "4 / 4 / 0 / 0" not in text and "0 / 4 / 0 / 0" in text
+    assert "probekit filter (q, skip max(5, floor(0.3 x length)))" in text  # the title states the skip rule
+    assert "best-of-n by softmax(q/2) (expected)" in text and "t-test p over 4 problems (official Student / Welch) │ - / -" in text
+    for bad, needle in ((("--skip-frac", "1"), "--skip-frac 1.0: must be in [0, 1)"),
+                        (("--beta", "2"), "--beta and --weight-by apply only with --weighting softmax"),
+                        (("--weighting", "softmax", "--beta", "0"), "--beta 0.0: must be a positive number"),
+                        (("--weighting", "mean"), "--weighting")):
+        assert_one_line_error(*run_cli(monkeypatch, capsys, *base, "--out", tmp_path / "bad", *bad), needle)

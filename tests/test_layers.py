@@ -193,6 +193,7 @@ LAZY_IMPORTS = {
     "torch": 1.6,  # in modules the CLI loads at start-up (probe.scoring, probe.goals via filter.config)
     "transformers": 0.9,
     "sklearn": 1.2,  # logistic-regression baselines only
+    "scipy": 1.9,  # scipy.stats: the filter's t-tests only (filter.significance; measured on the 2-core machine under load)
     "matplotlib": 0.5,  # only when a figure is drawn
     "faiss": 0.16,  # k-means goals only; probe.goals is on the CLI's start-up path
     "safetensors": 0.0,  # with torch, where torch is lazy

@@ -17,7 +17,8 @@ file, and the folder may not hold the store, the checkpoint or the store it was
 trained on (read for the length controls). metrics.json is read back by
 `generate --threshold DIR` (`filter_output_threshold`), which checks its shape
 (`FilterRecord`) and that it was chosen for the same probe (by fingerprint),
-signal, goal and skip-first.
+signal, goal and skip-first, and that no --skip-frac was used (online stopping
+cannot apply it: the final length is unknown while generating).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from probekit.errors import ProbekitError
 from probekit.eval.context import make_context
 from probekit.eval.length_control import NO_FIT_STORE
 from probekit.filter.config import FilterConfig
-from probekit.filter.early_stop import FilterResult, apply_threshold, min_signal
+from probekit.filter.early_stop import FilterResult, apply_threshold, min_signal, skip_positions
 from probekit.filter.plots import plot_curves, plot_frontier
 from probekit.filter.thresholds import (
     choose_threshold,
@@ -43,7 +44,7 @@ from probekit.filter.thresholds import (
     threshold_grid,
     threshold_sweep,
 )
-from probekit.filter.voting import Ballot
+from probekit.filter.voting import Ballot, Softmax
 from probekit.io import read_validated, write_json, write_jsonl
 from probekit.outputs import checkpoint_inputs, claim_output, read_marker
 from probekit.probe.checkpoint import Positive, Record, check_compatible, training_store
@@ -67,6 +68,7 @@ class FilterRecord(Record):
     signal: Literal["q", "reward"]
     goal: Optional[str]
     skip_first: int = Field(ge=0)
+    skip_frac: float = Field(0.0, ge=0, lt=1)  # absent in outputs written before it existed: 0
     chosen_threshold: float = Field(allow_inf_nan=False)
     checkpoint: FilterCheckpointRecord
 
@@ -92,22 +94,23 @@ def filter_store(ckpt, store, out: str | Path, config: FilterConfig = FilterConf
 def _filter(ckpt, store, out_dir, config: FilterConfig, thresholds, scorer, ballot, groups, progress) -> dict:
     signal, skip_first, seed = config.signal, config.skip_first, config.seed
     meta = store.meta
+    skip = skip_positions(meta.completion_tokens, skip_first, config.skip_frac)
 
     scores = score_store(store, scorer, ckpt.layers, progress)
     t0 = time.perf_counter()
     sig = scores.signal(signal, config.goal)
     q = scores.q[config.goal]
-    last_reward = scores.last(scores.reward)
+    last_reward, last_q = scores.last(scores.reward), scores.last(q)
+    softmax = Softmax(last_reward if config.weight_by == "reward" else last_q, config.beta) if config.weighting == "softmax" else None
     result = threshold_sweep(
         scores.offsets, scores.positions, sig, meta.completion_tokens, ballot, thresholds,
-        groups["selection"], groups["report"], skip_first, last_reward, seed, config.random_seeds,
+        groups["selection"], groups["report"], skip, last_reward, seed, config.random_seeds, softmax,
     )
     eval_seconds = time.perf_counter() - t0
     res: FilterResult = result["result"]
     # The sweep already took the per-trajectory minimum of the signal it filtered on.
-    min_q = result["min_signal"] if signal == "q" else min_signal(scores.offsets, scores.positions, q, skip_first)
-    min_r = result["min_signal"] if signal == "reward" else min_signal(scores.offsets, scores.positions, scores.reward, skip_first)
-    last_q = scores.last(q)
+    min_q = result["min_signal"] if signal == "q" else min_signal(scores.offsets, scores.positions, q, skip)
+    min_r = result["min_signal"] if signal == "reward" else min_signal(scores.offsets, scores.positions, scores.reward, skip)
 
     role = np.full(len(meta), "report", dtype=object)
     role[np.isin(meta.group, groups["selection"])] = "selection"
@@ -138,6 +141,8 @@ def _filter(ckpt, store, out_dir, config: FilterConfig, thresholds, scorer, ball
             "signal": signal,
             "goal": config.goal if signal == "q" else None,
             "skip_first": skip_first,
+            "skip_frac": config.skip_frac,
+            "weighting": _weighting(config),
             "threshold_mode": "auto" if thresholds is None else ("list" if len(thresholds) > 1 else "fixed"),
             "chosen_threshold": result["chosen_threshold"],
             "chosen_on": "selection groups" if len(result["table"]) > 1 else "fixed by --threshold (no choice made)",
@@ -158,7 +163,8 @@ def _filter(ckpt, store, out_dir, config: FilterConfig, thresholds, scorer, ball
             "checkpoint": {"path": str(ckpt.path), "layer": int(ckpt.config["layer"]), "layers": list(ckpt.layers),
                             "fingerprint": ckpt.fingerprint},
             "definitions": {
-                "drop": "a trajectory is dropped at its first stored token with position >= skip_first and signal < threshold",
+                "drop": "a trajectory is dropped at its first stored token with position >= max(skip_first, floor(skip_frac * "
+                        "completion tokens)) and signal < threshold",
                 "saved_tokens": "completion tokens - (drop position + 1); 0 for kept trajectories",
                 "tokens_saved_share": "saved tokens / all completion tokens, as the official evaluation counts them",
                 "tokens_saved_share_effective": "the same, but groups that fall back to voting over all trajectories count as fully generated",
@@ -166,8 +172,10 @@ def _filter(ckpt, store, out_dir, config: FilterConfig, thresholds, scorer, ball
                 "fallback": "a group with no kept trajectory that has an answer votes over all its trajectories",
                 "best_of_n": "the trajectory with the highest reward (reward head at the last token)",
                 "weighted_vote": "each trajectory adds sigmoid(reward) to its answer",
+                "vote_tests": "filtered vs plain majority vote on the report groups: McNemar's exact test on per-problem correctness "
+                              "(paired), and the official evaluation's t-test of per-problem share correct (Student as called, and Welch)",
             },
-            "signal_auroc": _signal_auroc(ckpt, store, scorer, signal, config.goal, skip_first, result["min_signal"], groups["report"], seed),
+            "signal_auroc": _signal_auroc(ckpt, store, scorer, config, result["min_signal"], groups["report"]),
             "seconds": {"scoring": round(scores.seconds, 3), "evaluation": round(eval_seconds, 3)},
             "warnings": degenerate_warnings(res, np.isin(meta.group, groups["report"]), np.isfinite(result["min_signal"])),
         }
@@ -181,16 +189,27 @@ def _filter(ckpt, store, out_dir, config: FilterConfig, thresholds, scorer, ball
     return metrics
 
 
-def _signal_auroc(ckpt, store, scorer, signal: str, goal: str, skip_first: int, min_sig: np.ndarray, report_groups, seed: int,
-                  n_boot: int = 1000) -> dict:
-    """How well the quantity the filter thresholds (each solution's minimum signal from skip_first on) ranks correct
+def _weighting(config: FilterConfig) -> dict:
+    """metrics.json's record of how best-of-n and the weighted votes weigh solutions."""
+    if config.weighting == "argmax":
+        return {"kind": "argmax"}
+    return {"kind": "softmax", "beta": config.beta, "score": config.weight_by,
+            "definition": f"each voter weighs softmax({config.weight_by} at the last token / beta) over its group's voters; "
+                          "softmax_vote sums the weights per answer, softmax_best_of_n is the expected accuracy of one voter "
+                          "drawn by them (exact, no sampling)"}
+
+
+def _signal_auroc(ckpt, store, scorer, config: FilterConfig, min_sig: np.ndarray, report_groups, n_boot: int = 1000) -> dict:
+    """How well the quantity the filter thresholds (each solution's minimum signal from its skip on) ranks correct
     above incorrect solutions of the report groups: AUROC with a group-bootstrap interval and its length controls
     (`probekit.eval.length_control`), fitted on the train split of the checkpoint's training store like `eval`'s.
 
     A filter can only help majority voting as far as this ranking is right; the length controls say whether
     it is right beyond "shorter solutions are more often correct".
     """
-    score = f"minimum {signal} per solution from position {skip_first} on (report groups)"
+    signal, seed = config.signal, config.seed
+    start = f"max({config.skip_first}, floor({config.skip_frac:g} x length))" if config.skip_frac else str(config.skip_first)
+    score = f"minimum {signal} per solution from position {start} on (report groups)"
     fit = training_store(ckpt)
     split = {"train": list((ckpt.split or {}).get("train", [])), "test": list(report_groups)}
     if fit is None:  # raw AUROC only: the controls are never fitted on the evaluated data
@@ -203,7 +222,8 @@ def _signal_auroc(ckpt, store, scorer, signal: str, goal: str, skip_first: int, 
     else:  # only the trajectories the controls are fitted on, reduced to their minimum a block at a time
         fit_min = np.full(len(fit_store), np.nan)
         for part in iter_trajectory_scores(StreamRows(fit_store, ckpt.layers), scorer, ctx.length.train_traj):
-            fit_min[part.traj] = min_signal(part.offsets, part.positions, part.signal(signal, goal), skip_first)
+            skip = skip_positions(fit_store.meta.completion_tokens[part.traj], config.skip_first, config.skip_frac)
+            fit_min[part.traj] = min_signal(part.offsets, part.positions, part.signal(signal, config.goal), skip)
     return {"score": score, "auroc": ctx.auroc(min_sig, fit_min), "length_control": ctx.length.describe()}
 
 
@@ -267,6 +287,9 @@ def filter_output_threshold(folder: str | Path, ckpt, goal: str, skip_first: int
         raise ProbekitError(f"{where}: its threshold was chosen for checkpoint {rec.checkpoint.path}, not for --filter {ckpt.path}")
     if rec.goal != goal:
         raise ProbekitError(f"{where}: its threshold was chosen for goal '{rec.goal}', not '{goal}'; pass --goal {rec.goal}")
+    if rec.skip_frac:
+        raise ProbekitError(f"{where}: its threshold was chosen with --skip-frac {rec.skip_frac:g}, which online stopping cannot "
+                            "apply (a solution's final length is unknown while it is generated); choose it with --skip-frac 0")
     if rec.skip_first != skip_first:
         raise ProbekitError(f"{where}: its threshold was chosen with --skip-first {rec.skip_first}, not {skip_first}; "
                             f"pass --skip-first {rec.skip_first}")

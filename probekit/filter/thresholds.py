@@ -6,7 +6,8 @@ made on the selection groups only (the checkpoint's validation groups present
 in the store, else a seeded `valid_frac` split of the store's groups) and
 reported on the remaining groups. The checkpoint's training groups are never
 reported on. Each threshold is compared with random drops and a length cap
-that save the same number of tokens.
+that save the same number of tokens, and the chosen one's vote is tested
+against the plain vote across problems (`probekit.filter.significance`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 
 from probekit.errors import ProbekitError
 from probekit.filter.early_stop import FilterResult, apply_threshold, min_signal
-from probekit.filter.voting import Ballot, accuracy, length_budget_drops, random_budget_drops
+from probekit.filter.significance import vote_tests
+from probekit.filter.voting import Ballot, Softmax, accuracy, length_budget_drops, random_budget_drops
 
 QUANTILE_LEVELS = tuple(np.round(np.arange(0.0, 0.96, 0.05), 2))
 Q_RANGE = (-1.0, 1.0)  # Q-values are cosines
@@ -104,8 +106,9 @@ def _shares(res: FilterResult, traj: np.ndarray) -> dict:
     }
 
 
-def evaluate_filter(res: FilterResult, ballot: Ballot, group_mask: np.ndarray, last_reward: np.ndarray | None = None) -> dict:
-    """Filtered-vote accuracy and savings of one filter on the groups in `group_mask`."""
+def evaluate_filter(res: FilterResult, ballot: Ballot, group_mask: np.ndarray, last_reward: np.ndarray | None = None,
+                    softmax: Softmax | None = None) -> dict:
+    """Filtered-vote accuracy and savings of one filter on the groups in `group_mask` (and its weighted votes, given scores)."""
     traj = group_mask[ballot.group]
     vote = ballot.vote(res.kept)
     # A group that falls back to voting over all its trajectories needed every one of them
@@ -118,11 +121,14 @@ def evaluate_filter(res: FilterResult, ballot: Ballot, group_mask: np.ndarray, l
            "tokens_saved_share_effective": effective / total if total else 0.0}
     if last_reward is not None:
         out["weighted_vote_filtered_accuracy"] = accuracy(ballot.weighted_vote(last_reward, res.kept), group_mask)
+    if softmax is not None:
+        out["softmax_vote_filtered_accuracy"] = accuracy(ballot.softmax_vote(softmax, res.kept), group_mask)
     return out
 
 
 def baselines_at_budget(
-    ballot: Ballot, completion_tokens: np.ndarray, group_mask: np.ndarray, budget: int, seed: int, n_seeds: int, skip_first: int
+    ballot: Ballot, completion_tokens: np.ndarray, group_mask: np.ndarray, budget: int, seed: int, n_seeds: int,
+    skip_first: int | np.ndarray,
 ) -> dict:
     """Accuracy of random drops and of a length cap saving `budget` tokens on the masked groups."""
     traj = group_mask[ballot.group]
@@ -165,15 +171,18 @@ def threshold_sweep(
     thresholds: list[float] | None,
     selection_groups: Sequence[str],
     report_groups: Sequence[str],
-    skip_first: int = 5,
+    skip_first: int | np.ndarray = 5,
     last_reward: np.ndarray | None = None,
     seed: int = 0,
     n_random_seeds: int = 5,
+    softmax: Softmax | None = None,
 ) -> dict:
     """Evaluate thresholds, choose one on the selection groups, report on the report groups.
 
     `thresholds=None` means auto: the grid comes from the selection groups only.
-    The choice reads nothing of the report groups.
+    The choice reads nothing of the report groups. `skip_first` is one position
+    for all or one per trajectory (`probekit.filter.early_stop.skip_positions`);
+    with `softmax`, the report adds Q-Probe's softmax-weighted vote and best-of-n.
     """
     sel_g = ballot.group_mask(selection_groups)
     rep_g = ballot.group_mask(report_groups)
@@ -195,7 +204,7 @@ def threshold_sweep(
         row = {"threshold": float(t)}
         if sel_g.any():
             row["selection"] = evaluate_filter(res, ballot, sel_g)
-        row["report"] = evaluate_filter(res, ballot, rep_g, last_reward)
+        row["report"] = evaluate_filter(res, ballot, rep_g, last_reward, softmax)
         row["report"]["baselines"] = baselines_at_budget(
             ballot, completion_tokens, rep_g, row["report"]["saved_tokens"], seed, n_random_seeds, skip_first
         )
@@ -213,10 +222,14 @@ def threshold_sweep(
         "oracle_accuracy": float(ballot.group_has_correct[rep_g].mean()) if rep_g.any() else float("nan"),
         "accuracy_majority": accuracy(plain, rep_g),
         **next(r["report"] for r in table if r["threshold"] == chosen),
+        "vote_tests": vote_tests(ballot, res.kept, rep_g),
     }
     if last_reward is not None:
         report["best_of_n_accuracy"] = accuracy(ballot.best_of_n(last_reward), rep_g)
         report["weighted_vote_accuracy"] = accuracy(ballot.weighted_vote(last_reward), rep_g)
+    if softmax is not None:
+        report["softmax_best_of_n_accuracy"] = float(ballot.expected_best_of_n(softmax)[rep_g].mean()) if rep_g.any() else float("nan")
+        report["softmax_vote_accuracy"] = accuracy(ballot.softmax_vote(softmax), rep_g)
     return {"chosen_threshold": chosen, "thresholds": [float(t) for t in thresholds], "table": table, "report": report,
             "result": res, "min_signal": mins}
 

@@ -14,6 +14,13 @@ a handful of seeds/thresholds, never over tokens or trajectories):
   Such groups are counted as `fallback_groups`.
 * Weighted vote: each voter adds sigmoid(reward) to its answer.
 * Best-of-n: the voter with the highest reward is picked (ties: earliest).
+* Softmax weighting (Q-Probe, Li et al. 2024, reweights its k samples by
+  softmax(Q/β) instead of taking the argmax): each voter weighs
+  softmax(score/β) over its group's voters. The softmax vote sums those
+  weights per answer; softmax best-of-n is the expected correctness of one
+  voter drawn by them: exact and seed-free, where a sampled draw would add
+  noise to a comparison that has none to gain from it. β → 0 gives argmax
+  best-of-n, large β the plain majority vote.
 * Correctness: a group's chosen answer is correct if it equals the answer of
   ANY label-1 trajectory of the group (dropped or not). Groups without a
   label-1 trajectory, or without any answer at all, can never be correct.
@@ -34,6 +41,7 @@ Token-budget baselines (for comparing a filter at equal compute):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,6 +61,13 @@ class VoteResult:
     correct: np.ndarray  # bool [G]
     fallback: np.ndarray  # bool [G]: the group fell back to voting over all its trajectories
     chosen_trajectory: np.ndarray  # int64 [G]: for best-of-n, the picked trajectory (-1 none); else the earliest voter of the winner
+
+
+class Softmax(NamedTuple):
+    """Q-Probe's weighting: within a group, each voter weighs softmax(score / beta)."""
+
+    scores: np.ndarray  # float [n]: per-trajectory score (reward or Q at the last token)
+    beta: float
 
 
 class Ballot:
@@ -160,6 +175,31 @@ class Ballot:
         groups = np.arange(self.n_groups)
         return VoteResult(chosen, self.is_correct(groups, chosen), fallback, picked)
 
+    def softmax_weights(self, softmax: Softmax, kept: np.ndarray | None = None) -> np.ndarray:
+        """float [n]: softmax(score / beta) over each group's voters, 0 for non-voters.
+
+        A non-finite score weighs 0, as NaN never wins best-of-n; a group whose voters all
+        score so weighs them equally (its vote is then the plain majority).
+        """
+        voters, _ = self.voters(kept)
+        z = np.asarray(softmax.scores, np.float64) / softmax.beta
+        z = np.where(voters & np.isfinite(z), z, -np.inf)
+        top = np.full(self.n_groups, -np.inf)
+        np.maximum.at(top, self.group, z)
+        scored = np.isfinite(top)[self.group]
+        e = np.where(scored, np.exp(z - np.where(scored, top[self.group], 0.0)), voters.astype(np.float64))
+        total = np.bincount(self.group, weights=e, minlength=self.n_groups)[self.group]
+        return np.divide(e, total, out=np.zeros(self.n), where=total > 0)
+
+    def softmax_vote(self, softmax: Softmax, kept: np.ndarray | None = None) -> VoteResult:
+        """Each voter adds its softmax weight to its answer."""
+        return self.vote(kept, weights=self.softmax_weights(softmax, kept))
+
+    def expected_best_of_n(self, softmax: Softmax, kept: np.ndarray | None = None) -> np.ndarray:
+        """float [G]: the chance that one voter drawn by its softmax weight has a correct answer (0 without voters)."""
+        right = self.is_correct(self.group, self.answer)
+        return np.bincount(self.group, weights=self.softmax_weights(softmax, kept) * right, minlength=self.n_groups)
+
     def group_mask(self, names) -> np.ndarray:
         """bool [G]: which groups are in `names`."""
         return np.isin(self.group_names, np.asarray(list(names), dtype=str))
@@ -174,9 +214,10 @@ def accuracy(result: VoteResult, group_mask: np.ndarray | None = None) -> float:
 
 
 def random_budget_drops(
-    completion_tokens: np.ndarray, candidates: np.ndarray, budget: int, rng: np.random.Generator, skip_first: int = 0
+    completion_tokens: np.ndarray, candidates: np.ndarray, budget: int, rng: np.random.Generator, skip_first: int | np.ndarray = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Drop random candidates at random cut points until exactly `budget` tokens are saved.
+    """Drop random candidates at random cut points (at or after `skip_first`, one or one per trajectory)
+    until exactly `budget` tokens are saved.
 
     Returns (dropped bool [n], saved int64 [n]). If the random cuts of all
     candidates save too little, cuts are moved earlier (same random order) to
@@ -191,7 +232,7 @@ def random_budget_drops(
     if budget <= 0 or len(cand) == 0:
         return dropped, saved
     perm = rng.permutation(cand)
-    lo = np.minimum(skip_first, np.maximum(L[perm] - 1, 0))
+    lo = np.minimum(np.broadcast_to(skip_first, n)[perm], np.maximum(L[perm] - 1, 0))
     hi = np.maximum(L[perm] - 1, lo)
     cut = lo + np.floor(rng.random(len(perm)) * (hi - lo + 1)).astype(np.int64)
     s = np.maximum(L[perm] - 1 - cut, 0)

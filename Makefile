@@ -32,6 +32,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_speed.py $(DATA_ARG)
 	$(BIN)/python benchmarks/run_generation.py
+	$(BIN)/python benchmarks/reward_api_speed.py $(DATA_ARG)
+	$(BIN)/python benchmarks/serve_bench.py --threads 1
 
 # The same measurements on a CUDA GPU, and the cost curves there (benchmarks/results/speed-gpu*.json; ~10 min on an H200).
 bench-gpu: $(STAMP)

@@ -103,9 +103,9 @@ def main(args) -> None:
         shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print_stdout(table("reward API vs extract (medians)", ["path", "tokens/s", "x extract"],
-                       [["extract", result["tokens_per_second"]["extract"], 1.0],
-                        ["RewardProbe.score", result["tokens_per_second"]["api"], result["api_over_extract"]],
-                        ["RewardProbe.score(q=True)", result["tokens_per_second"]["api_q"], result["api_q_over_extract"]]]))
+                       [["extract", f"{result['tokens_per_second']['extract']:,.0f}", "1.00"],
+                        ["RewardProbe.score", f"{result['tokens_per_second']['api']:,.0f}", f"{result['api_over_extract']:.2f}"],
+                        ["RewardProbe.score(q=True)", f"{result['tokens_per_second']['api_q']:,.0f}", f"{result['api_q_over_extract']:.2f}"]]))
     console.print(f"wrote {args.out}")
 
 

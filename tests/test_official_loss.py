@@ -234,3 +234,16 @@ def test_each_pairs_margin_enters_its_bradley_terry_term(tmp_path):
     want = -F.logsigmoid(r[:, 0] - r[:, 1] - 0.5 - torch.from_numpy(expect).float()).mean()
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert not math.isclose(loss.item(), losses.bradley_terry(r[:, 0], r[:, 1], 0.5).item(), rel_tol=1e-3)
+
+
+def test_extract_keeps_the_pairs_margins_in_the_store(tmp_path, tiny_model_dir):
+    from probekit.data.schema import write_trajectories
+    from probekit.extract.run import extract
+    from probekit.models import load_model
+    from tests.helpers import extract_options
+
+    trajs = [Trajectory(f"t{i}", "g", "Q: 1+1?", f"A: {i}", label=int(i == 0)) for i in range(3)]
+    write_trajectories(tmp_path / "t.jsonl", trajs)
+    write_pairs(tmp_path / "p.jsonl", [Pair("t0", "t1", 2.0), Pair("t0", "t2")])
+    extract(extract_options(tmp_path / "t.jsonl", tmp_path / "store", pairs=tmp_path / "p.jsonl"), loaded=load_model(str(tiny_model_dir)))
+    assert read_pair_margins(tmp_path / "store" / PAIRS).tolist() == [2.0, 0.0]

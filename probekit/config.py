@@ -230,7 +230,8 @@ class LossConfig(Config):
     goal_window: float | None = option(None, "The official --goal_state_percentile P: goals (and the rejected side of negatives) in the "
                                              "same convention as --source-window. Selects the official sampler.")
     pair_margins: bool = option(True, "Add each pair's `margin` field from the store's pairs.jsonl (where present; 0 where absent) "
-                                      "to --margin: TRL's margin column, the official --margin_loss.")
+                                      "to --margin: TRL's margin column, the official --margin_loss. (--pairs cross makes its own "
+                                      "pairs, without margins.)")
 
     @property
     def official_sampling(self) -> bool:

@@ -125,10 +125,11 @@ def prepare(store, config: FitConfig, source=None) -> FitData:
         train_pairs = cross_pairs(meta.label, train_traj, sc.max_pairs, config.run.seed + 2)
         _check_stored(store, train_pairs)
     else:
-        train_pairs = split_pairs(store, pairs, split["train"])
+        in_train = split_mask(store, split["train"])[pairs[:, 0]]  # split_pairs' selection, kept to pick the margins too
+        train_pairs = pairs[in_train]
         margins = read_pair_margins(store.path / PAIRS) if config.loss.pair_margins else None
         if margins is not None:
-            train_margins = margins[split_mask(store, split["train"])[pairs[:, 0]]].astype(np.float32)
+            train_margins = margins[in_train].astype(np.float32)
     if len(train_pairs) == 0:
         raise ProbekitError(f"{store.path}: empty train split: none of the {len(pairs)} pairs belong to the {len(split['train'])} train group(s)")
     valid_pairs = split_pairs(store, pairs, split["valid"])

@@ -16,7 +16,8 @@ and pairwise accuracy, mean and 95 % t-interval across seeds, each seed's
 group-bootstrap interval, and kxk − paired per seed (same split and
 initialisation), mean and 95 % t-interval. The stores are those of
 `make reproduce` (reproduce.py's data subsets and extraction settings), at one
-layer; extraction is cached under --work and reused.
+layer; extraction and each arm's runs are cached under --work and reused
+(`--arms gsm8k` fits one arm; a later run reports every cached arm).
 
     .venv/bin/python benchmarks/contrastive_pairs.py --data-dir ../shared/data --work /tmp/contrastive-pairs
 """
@@ -31,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import ArgumentParser, Clock, console, machine, print_stdout, results_header, table  # noqa: E402
-from benchmarks.studies import add_study_options, build_data, data_folder, extract_store, fmt, mean_ci  # noqa: E402
+from benchmarks.studies import add_study_options, build_data, cached, data_folder, extract_store, fmt, mean_ci  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 MODES = {"bt": dict(lam=0.0), "paired": dict(contrastive_pairs="paired"), "kxk": dict(contrastive_pairs="kxk")}
+ARMS = {"gsm8k": "solutions", "hh": "hh"}  # arm -> extraction kind (benchmarks/studies.py EXTRACT)
 METRICS = ("auroc", "pairwise_accuracy")
 
 
@@ -93,6 +95,10 @@ def add_cli_args(ap: ArgumentParser) -> None:
     ap.add_argument("--gsm8k-problems", type=int, default=700)
     ap.add_argument("--hh-dialogues", type=int, default=400)
     ap.add_argument("--corrupt-problems", type=int, default=400, help=argparse.SUPPRESS)  # build_data also writes these (no extraction)
+    ap.add_argument("--arms", default=",".join(ARMS), help="arms to run (each arm's runs are cached under --work; the report has "
+                                                          "every arm cached for these settings)")
+    ap.add_check(lambda args: f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}"
+                 if (unknown := set(args.arms.split(",")) - set(ARMS)) else None)
 
 
 def main(args) -> None:
@@ -102,15 +108,18 @@ def main(args) -> None:
     from probekit.models import load_model
 
     files = build_data(data_folder(args.data_dir), work, args)
-    stores = {"gsm8k": work / "stores" / f"gsm8k-{args.model_tag}", "hh": work / "stores" / f"hh-{args.model_tag}"}
+    stores = {name: work / "stores" / f"{name}-{args.model_tag}" for name in ARMS}
+    tag = f"{args.model_tag}-l{args.layer}-lam{args.lam:g}-s{'_'.join(map(str, args.seeds))}-e{args.epochs}-b{args.n_boot}"
+    results = {name: work / "results" / f"contrastive_pairs-{name}-{tag}.json" for name in ARMS}
     loaded = load_model(args.model, dtype=args.model_dtype)
-    for name, kind in (("gsm8k", "solutions"), ("hh", "hh")):
-        extract_store(files[name], stores[name], kind, str(args.layer), args, loaded)
+    for name in args.arms.split(","):
+        extract_store(files[name], stores[name], ARMS[name], str(args.layer), args, loaded)
     extracted = started.elapsed
     import torch
 
     torch.set_num_threads(args.fit_threads)
-    runs = {name: fit_arm(path, work / "runs" / name, args) for name, path in stores.items()}
+    runs = {name: cached(results[name], lambda name=name: fit_arm(stores[name], work / "runs" / name, args))
+            for name in ARMS if name in args.arms.split(",") or results[name].exists()}
     summary = {name: summarise(r) for name, r in runs.items()}
     report = {
         **results_header("contrastive_pairs"),

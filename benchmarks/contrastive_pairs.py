@@ -117,6 +117,8 @@ def main(args) -> None:
     extracted = started.elapsed
     import torch
 
+    from probekit.store import Store
+
     torch.set_num_threads(args.fit_threads)
     runs = {name: cached(results[name], lambda name=name: fit_arm(stores[name], work / "runs" / name, args))
             for name in ARMS if name in args.arms.split(",") or results[name].exists()}
@@ -131,7 +133,9 @@ def main(args) -> None:
         "summary": summary,
         "verdict": verdict(summary),
         "runs": runs,
-        "seconds": {"total": round(started.elapsed, 1), "extraction_or_cache": round(extracted, 1)},
+        "seconds": {"this_invocation": round(started.elapsed, 1), "of_which_extraction_or_cache": round(extracted, 1),
+                    "fits_per_arm": {name: round(sum(r["seconds"] for r in rs), 1) for name, rs in runs.items()},
+                    "extraction_per_store": {name: (Store(stores[name]).manifest.get("stats") or {}).get("seconds") for name in runs}},
     }
     write_json(args.out, report)
     rows = [[arm, mode, *(fmt(s["modes"][mode][m]) for m in METRICS)] for arm, s in summary.items() for mode in MODES]

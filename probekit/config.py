@@ -39,6 +39,8 @@ HEADS = ("linear", "mlp")
 FEATURES = ("single", "concat", "mix")
 POOLINGS = ("last", "mean", "attention")
 CONTRASTIVES = ("official", "infonce", "token")
+CONTRASTIVE_PAIRS = ("paired", "kxk")  # K paired (source, goal) cosines, per-pair log; or the official code's K x K, batch means
+GOAL_AGGS = ("cosine", "cosine_avg")  # the official --contrastive_strategy values
 PAIRINGS = ("group", "cross")
 GOAL_KINDS = ("mean", "kmeans")  # the goal prototypes every checkpoint has: the mean preferred state, k-means prototypes
 
@@ -203,19 +205,51 @@ class ProbeArch(Config):
 class LossConfig(Config):
     """L = Bradley-Terry + λ · goal-conditioned contrastive (Nath et al. 2024)."""
 
-    lam: float = option(0.5, "Weight λ of the contrastive loss; 0 = pure Bradley-Terry (the contrastive term is not computed).", flag="--lam")
-    K: int = option(8, "Contrastive (source, goal) and negative position pairs sampled per preference pair.", flag="--k")
-    goal_min_frac: float = option(0.0, "Goals are sampled from positions >= this fraction of the chosen completion.")
-    late_frac: float | None = option(None, "Draw negatives only from the last LATE_FRAC of each completion (default: uniform).")
-    margin: float = option(0.0, "Margin in the Bradley-Terry loss: −log σ(r_c − r_r − margin).")
-    contrastive: str = option("official", "Contrastive term: official (Nath et al.'s σ-cosine loss), infonce (cross-entropy of each "
-                                          "source over the goals of the batch's pairs) or token (official plus a per-token term on "
-                                          "rejected completions with a known first error: tokens before it near the chosen goal, after it away).")
+    lam: float = option(0.5, "Weight λ of the contrastive loss (the official --contrastive_loss_beta); 0 = pure Bradley-Terry "
+                             "(the contrastive term is not computed).", flag="--lam")
+    K: int = option(8, "Contrastive (source, goal) and negative position pairs sampled per preference pair (the official "
+                       "--sim_samples and --unsim_samples, both K).", flag="--k")
+    goal_min_frac: float = option(0.0, "probekit's sampler: goals are sampled from positions >= this fraction of the chosen completion.")
+    late_frac: float | None = option(None, "probekit's sampler: draw negatives only from the last LATE_FRAC of each completion "
+                                           "(default: uniform).")
+    margin: float = option(0.0, "Margin in the Bradley-Terry loss: −log σ(r_c − r_r − margin), added to each pair's own margin.")
+    contrastive: str = option("official", "Contrastive term: official (Nath et al.'s σ-cosine loss, combined as --contrastive-pairs "
+                                          "says), infonce (cross-entropy of each source over the goals of the batch's pairs) or "
+                                          "token (official plus a per-token term on rejected completions with a known first error: "
+                                          "tokens before it near the chosen goal, after it away).")
     temperature: float = option(0.1, "Temperature of --contrastive infonce (cosines are divided by it).")
+    contrastive_pairs: str = option("paired", "Which cosines the official term averages: paired (K (source, goal) pairs, source "
+                                              "before goal, −log of each preference pair's mean, then the mean over pairs) or kxk "
+                                              "(the official code: all K×K source/goal and chosen/rejected combinations, one −log of "
+                                              "the mean over the whole batch; it samples with --source-window/--goal-window, default 0).")
+    goal_agg: str = option("cosine", "cosine, or cosine_avg (the official --contrastive_strategy cosine_avg): average the K sampled "
+                                     "goal states, and the K rejected-side states, before the cosine.")
+    source_window: float | None = option(None, "The official --source_state_percentile P: sources (and the chosen side of negatives) "
+                                               "at positions counted from the completion's end as −(floor(f·n)+1), f uniform in [P, 1], "
+                                               "so P = 0 is the whole completion and P = 0.5 its first half. Selects the official sampler.")
+    goal_window: float | None = option(None, "The official --goal_state_percentile P: goals (and the rejected side of negatives) in the "
+                                             "same convention as --source-window. Selects the official sampler.")
+    pair_margins: bool = option(True, "Add each pair's `margin` field from the store's pairs.jsonl (where present; 0 where absent) "
+                                      "to --margin: TRL's margin column, the official --margin_loss. (--pairs cross makes its own "
+                                      "pairs, without margins.)")
+
+    @property
+    def official_sampling(self) -> bool:
+        """Whether the contrastive rows are drawn as the official code draws them (kxk or a window), not by probekit's sampler."""
+        return self.contrastive_pairs == "kxk" or self.source_window is not None or self.goal_window is not None
 
     def validate(self) -> None:
         _types(self)
         check_choice("--contrastive", self.contrastive, CONTRASTIVES)
+        check_choice("--contrastive-pairs", self.contrastive_pairs, CONTRASTIVE_PAIRS)
+        check_choice("--goal-agg", self.goal_agg, GOAL_AGGS)
+        for flag, window in (("--source-window", self.source_window), ("--goal-window", self.goal_window)):
+            _check(window is None or 0 <= window <= 1, f"{flag} {window}: must be in [0, 1]")
+        _check(self.contrastive != "infonce" or (self.contrastive_pairs, self.goal_agg) == ("paired", "cosine"),
+               f"--contrastive infonce: takes neither --contrastive-pairs kxk nor --goal-agg cosine_avg (they shape the official term)")
+        _check(not self.official_sampling or (self.goal_min_frac == 0 and self.late_frac is None),
+               "--goal-min-frac and --late-frac are probekit's sampler; --contrastive-pairs kxk, --source-window and --goal-window "
+               "sample as the official code does: give one or the other")
         _check(self.temperature > 0, f"--temperature {self.temperature}: must be positive")
         _check(self.lam >= 0, f"--lam {self.lam}: must be >= 0")
         _check(self.K >= 1, f"--k {self.K}: must be at least 1")

@@ -28,8 +28,10 @@ def make_store(
     shard_size: int = 8,
     model_name: str = "test-model",
     more_layers: dict[int, list[np.ndarray]] | None = None,
+    margins: list[float | None] | None = None,
 ) -> Path:
-    """`states[i]` is [T_i, hidden] for trajectory i (all positions stored) at `layer`; `more_layers` adds layers of the same shapes."""
+    """`states[i]` is [T_i, hidden] for trajectory i (all positions stored) at `layer`; `more_layers` adds layers of the same shapes;
+    `margins[k]` is pair k's `margin` field (None: none written)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     n = len(states)
@@ -65,6 +67,7 @@ def make_store(
         attrs.append(data.attrs)
     if pairs is None:
         pairs = [(i, j) for i in range(n) for j in range(n) if groups[i] == groups[j] and labels[i] == 1 and labels[j] == 0]
-    write_pairs(path / PAIRS, [Pair(ids[a], ids[b]) for a, b in pairs])
+    margins = margins or [None] * len(pairs)
+    write_pairs(path / PAIRS, [Pair(ids[a], ids[b], m) for (a, b), m in zip(pairs, margins)])
     finalize(path, manifest, attrs)
     return path

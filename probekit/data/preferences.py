@@ -54,7 +54,7 @@ def preference_pairs(path: str | Path, skipped: Counter | None = None) -> tuple[
         group = f"pref-{i}"
         for side, text, label in (("chosen", chosen, 1), ("rejected", rejected, 0)):
             trajectories.append(check_trajectory(Trajectory(f"{group}-{side}", group, prompt, text, label=label, meta=meta), loc))
-        pairs.append(Pair(f"{group}-chosen", f"{group}-rejected", margin=pair_margin(obj.get("margin"), loc)))
+        pairs.append(Pair(f"{group}-chosen", f"{group}-rejected", margin=pair_margin(obj, loc)))
     return require_records(trajectories, path, "preference records", skipped), pairs
 
 

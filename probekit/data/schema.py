@@ -2,7 +2,9 @@
 
 A *trajectory* is one prompt + completion; trajectories answering the same
 prompt share a `group`. A *pair* names two trajectories of one group, the
-chosen (preferred) and the rejected one. Both formats are documented in
+chosen (preferred) and the rejected one, and may carry a `margin` (how much
+the chosen must win by in the Bradley-Terry loss: TRL's margin column, the
+official goal-conditioned-rm code's `--margin_loss`; 0 where absent). Both formats are documented in
 `data/README.md`; these readers enforce it so that a bad record fails with
 the file and line, never later inside a forward pass.
 """
@@ -15,6 +17,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
 
 from probekit.errors import ProbekitError, where
 from probekit.io import iter_jsonl, write_jsonl
@@ -46,6 +50,10 @@ class Pair:
     chosen: str
     rejected: str
     margin: float | None = None  # how much `chosen` is preferred, where the data says (TRL's preference format)
+
+    def to_record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {"chosen": self.chosen, "rejected": self.rejected}
+        return rec if self.margin is None else {**rec, "margin": self.margin}
 
 
 def scalar_text(value: object, loc: str, name: str) -> str | None:
@@ -186,17 +194,29 @@ def read_pairs(path: str | Path, trajectories: Iterable[Trajectory]) -> list[Pai
             raise ProbekitError(f"{loc}: a pair needs two different trajectories, got '{chosen}' twice")
         if by_id[chosen].group != by_id[rejected].group:
             raise ProbekitError(f"{loc}: pair '{chosen}'/'{rejected}' spans two groups")
-        pairs.append(Pair(chosen, rejected, pair_margin(obj.get("margin"), loc)))
+        pairs.append(Pair(chosen, rejected, pair_margin(obj, loc)))
     return pairs
 
 
-def pair_margin(value: object, loc: str) -> float | None:
-    """A pair's `margin` as a float (None when absent); anything but a finite number is refused, naming `loc`."""
+def pair_margin(obj: dict, loc: str) -> float | None:
+    """A pair record's `margin`: a finite number, or None when absent or null (a boolean or text is refused)."""
+    value = obj.get("margin")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProbekitError(f"{loc}: field 'margin' must be a finite number or absent, got {_short(value)}")
+        raise ProbekitError(f"{loc}: field 'margin' must be a finite number, got {_short(value)}")
     return float(value)
+
+
+def read_pair_margins(path: str | Path) -> np.ndarray | None:
+    """Each line's margin of a pairs JSONL file (0 where a line has none), float64 [n_lines]; None when no line has one
+    or the file is absent, so a store without margins trains exactly as before margins existed."""
+    if not Path(path).exists():
+        return None
+    margins = [pair_margin(obj, where(path, lineno)) for lineno, obj in iter_jsonl(path)]
+    if all(m is None for m in margins):
+        return None
+    return np.asarray([0.0 if m is None else m for m in margins], dtype=np.float64)
 
 
 def derive_pairs(trajectories: Iterable[Trajectory]) -> list[Pair]:
@@ -218,5 +238,4 @@ def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory]) -> 
 
 
 def write_pairs(path: str | Path, pairs: Iterable[Pair]) -> int:
-    return write_jsonl(path, ({"chosen": p.chosen, "rejected": p.rejected, **({} if p.margin is None else {"margin": p.margin})}
-                              for p in pairs))
+    return write_jsonl(path, (p.to_record() for p in pairs))

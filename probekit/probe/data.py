@@ -23,6 +23,19 @@ Contrastive sampling (Nath et al. 2024), in stored rows
     Negatives: K random rows of the chosen completion paired with K random rows
     of the rejected one, uniform, or restricted to the last `late_frac` of each
     completion.
+
+Official sampling (`sample_official`; vaskarnathscale/goal-conditioned-rm,
+openrlhf/models/loss.py, `ContrastiveGoalLoss.forward`)
+    K (source, goal) uniform pairs sorted so u_source <= u_goal, each mapped to
+    f = (P − 1)·u + 1 in (P, 1] (P: `--source-window` / `--goal-window`, the
+    official `--source_state_percentile` / `--goal_state_percentile`) and to
+    the position counted from the end −(floor(f·n)+1), n the completion's
+    tokens; negatives: K chosen positions in the source window, K rejected in
+    the goal window, unsorted. The official index counts from the appended EOS
+    token and can reach one token into the prompt (f = 1); probekit counts from
+    the completion's last token and clamps to its first. A position maps to the
+    last stored row at or before it (the position itself when every token is
+    stored).
 """
 
 from __future__ import annotations
@@ -229,10 +242,15 @@ class SamplingIndex:
     row_end: np.ndarray  # int64 [n_traj]
     goal_lo: np.ndarray  # int64: first local row a goal may be (>= 1 when the trajectory has >= 2 rows)
     neg_lo: np.ndarray  # int64: first local row a negative may be
+    completion_tokens: np.ndarray | None = None  # int64 [n_traj]: n of the official sampler
+    positions: np.ndarray | Callable[[], np.ndarray] | None = None  # every global row's token position, or a reader of them
 
     @property
     def n_rows(self) -> np.ndarray:
         return self.row_end - self.row_start
+
+    def row_positions(self) -> np.ndarray:
+        return self.positions() if callable(self.positions) else self.positions
 
 
 def _first_at_or_after(row_start, row_end, positions, targets) -> np.ndarray:
@@ -288,7 +306,7 @@ def build_sampling_index(
     else:
         neg_target = np.ceil((1.0 - late_frac) * T - 1e-9).astype(np.int64)
         neg_lo = np.clip(_first_at_or_after(row_start, row_end, pos(), neg_target), 0, np.maximum(n - 1, 0))
-    return SamplingIndex(row_start, row_end, goal_lo, neg_lo)
+    return SamplingIndex(row_start, row_end, goal_lo, neg_lo, T, positions)
 
 
 def sample_positives(index: SamplingIndex, chosen: np.ndarray, K: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -317,6 +335,49 @@ def sample_negatives(
         return index.row_start[traj][:, None] + np.minimum(lo + np.floor(u * (n - lo)).astype(np.int64), n - 1)
 
     return draw(chosen), draw(rejected)
+
+
+def official_positions(u: np.ndarray, T: np.ndarray, window: float) -> np.ndarray:
+    """Completion positions of uniforms u [B, K] in the official convention: f = (window − 1)·u + 1, counted from the
+    end as −(floor(f·T)+1), i.e. position T − 1 − floor(f·T), clamped to the completion."""
+    f = (window - 1.0) * u + 1.0
+    T = np.asarray(T, dtype=np.int64)[:, None]
+    return np.clip(T - 1 - np.floor(f * T).astype(np.int64), 0, T - 1)
+
+
+def rows_at_or_before(index: SamplingIndex, traj: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Global rows [B, K]: per trajectory traj[b], the last stored row with position <= targets[b, k] (else its first).
+
+    One searchsorted over the batch's rows keyed (batch entry, position); the
+    positions are read only when some trajectory does not store every token.
+    """
+    traj = np.asarray(traj, dtype=np.int64)
+    n = index.n_rows[traj]
+    start = index.row_start[traj][:, None]
+    if np.array_equal(n, index.completion_tokens[traj]):  # every token stored: row = position
+        return start + np.minimum(targets, n[:, None] - 1)
+    rows = _rows_of(index.row_start[traj], index.row_end[traj])
+    pos = index.row_positions()[rows].astype(np.int64)
+    big = int(max(pos.max(initial=0), targets.max(initial=0))) + 2
+    keys = np.repeat(np.arange(len(traj), dtype=np.int64), n) * big + pos
+    local = np.searchsorted(keys, np.arange(len(traj))[:, None] * big + targets, side="right") - 1 - _offsets(n)[:-1, None]
+    return start + np.clip(local, 0, n[:, None] - 1)
+
+
+def sample_official(index: SamplingIndex, chosen: np.ndarray, rejected: np.ndarray, K: int, rng: np.random.Generator,
+                    source_window: float = 0.0, goal_window: float = 0.0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((source rows, goal rows), (chosen rows, rejected rows)), each int64 [B, K], drawn as the official code draws
+    them: the uniforms in its order (positives [B, 2, K] sorted on axis 1, then the chosen and the rejected negatives)."""
+    chosen, rejected = np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
+    T_c, T_r = index.completion_tokens[chosen], index.completion_tokens[rejected]
+    u = np.sort(rng.random((len(chosen), 2, K)), axis=1)
+    u_chosen, u_rejected = rng.random((len(chosen), K)), rng.random((len(rejected), K))
+
+    def rows(traj, T, uniforms, window):
+        return rows_at_or_before(index, traj, official_positions(uniforms, T, window))
+
+    return ((rows(chosen, T_c, u[:, 0], source_window), rows(chosen, T_c, u[:, 1], goal_window)),
+            (rows(chosen, T_c, u_chosen, source_window), rows(rejected, T_r, u_rejected, goal_window)))
 
 
 def iter_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

@@ -4,9 +4,17 @@ Total loss (Nath et al. 2024): L = L_BT + λ · L_contrastive. With λ = 0 the
 contrastive term is not computed at all, so the objective is exactly the pure
 Bradley-Terry reward-model loss.
 
-L_contrastive is the official loss (`contrastive`) unless an ablation picks
-another (`--contrastive`): `info_nce` over the batch's goals, or the official
+L_contrastive is the σ-cosine loss (`contrastive`) unless an ablation picks
+another (`--contrastive`): `info_nce` over the batch's goals, or the σ-cosine
 loss plus `token_goal`, a per-token term where first errors are known.
+
+The σ-cosine loss comes in two shapes (`--contrastive-pairs`): `paired`, K
+(source, goal) cosines per preference pair with a −log per pair before the
+mean over pairs (probekit's), and `kxk`, the official code's
+(vaskarnathscale/goal-conditioned-rm, openrlhf/models/loss.py,
+`ContrastiveGoalLoss.forward`): every K×K source/goal and chosen/rejected
+combination, and one −log of the mean over the whole micro-batch.
+`pair_cosines` builds either, with the official `cosine_avg` option.
 """
 
 from __future__ import annotations
@@ -17,23 +25,42 @@ import torch.nn.functional as F
 EPS = 1e-6
 
 
-def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
-    """Mean over pairs of −log σ(r_chosen − r_rejected − margin)."""
+def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Mean over pairs of −log σ(r_chosen − r_rejected − margin); `margin` is one number or one per pair ([P]: TRL's
+    and the official code's per-pair `margin` field)."""
     return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
 
 
-def contrastive(pos_cos: torch.Tensor, neg_cos: torch.Tensor) -> torch.Tensor:
+def pair_cosines(a: torch.Tensor, b: torch.Tensor, pairs: str = "paired", agg: str = "cosine") -> torch.Tensor:
+    """Cosines between the K states `a` [P, K, d] and the K states `b` [P, K, d] of each preference pair.
+
+    `paired`: cos(a_k, b_k), [P, K]; `kxk`: every cos(a_i, b_j), [P, K, K]
+    (the official code's unsqueeze(2)/unsqueeze(1)). `cosine_avg` first
+    averages b over its K states (the official `--contrastive_strategy
+    cosine_avg`), giving [P, K] either way ([P, K, 1] for kxk).
+    """
+    if agg == "cosine_avg":
+        b = b.mean(dim=1, keepdim=True)
+    if pairs == "kxk":
+        return F.cosine_similarity(a.unsqueeze(2), b.unsqueeze(1), dim=-1)
+    return F.cosine_similarity(a, b, dim=-1)
+
+
+def contrastive(pos_cos: torch.Tensor, neg_cos: torch.Tensor, pairs: str = "paired") -> torch.Tensor:
     """Goal-conditioned contrastive loss on cosine similarities (Q-values).
 
-    pos_cos [P, K]: cosines of (source, later goal) state pairs on the chosen
-    completion; neg_cos [P, K]: cosines of (chosen state, rejected state) pairs.
-    Per pair p: −log(mean_k σ(pos_pk)) − log(1 − mean_k σ(neg_pk)); mean over
-    pairs. The log arguments are clamped to [EPS, 1] so the loss stays finite.
+    pos_cos [P, ...]: cosines of (source, goal) state pairs on the chosen
+    completion; neg_cos [P, ...]: cosines of (chosen state, rejected state)
+    pairs (`pair_cosines`). `paired`: per pair p, −log(mean σ(pos_p)) −
+    log(1 − mean σ(neg_p)), then the mean over pairs; `kxk` (the official
+    code): −log(mean σ(pos)) − log(1 − mean σ(neg)) with each mean over
+    every element of the batch. The log arguments are clamped to [EPS, 1] so
+    the loss stays finite (the official code does not clamp).
     """
-    p = torch.sigmoid(pos_cos).mean(dim=-1)
-    n = torch.sigmoid(neg_cos).mean(dim=-1)
-    per_pair = -torch.log(p.clamp(EPS, 1.0)) - torch.log((1.0 - n).clamp(EPS, 1.0))
-    return per_pair.mean()
+    dims = tuple(range(pos_cos.dim())) if pairs == "kxk" else tuple(range(1, pos_cos.dim()))
+    p = torch.sigmoid(pos_cos).mean(dim=dims)
+    n = torch.sigmoid(neg_cos).mean(dim=dims if pairs == "kxk" else tuple(range(1, neg_cos.dim())))
+    return (-torch.log(p.clamp(EPS, 1.0)) - torch.log((1.0 - n).clamp(EPS, 1.0))).mean()
 
 
 def info_nce(source: torch.Tensor, goal: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -70,21 +97,22 @@ def total_loss(
     pos_cos: torch.Tensor | None = None,
     neg_cos: torch.Tensor | None = None,
     lam: float = 0.0,
-    margin: float = 0.0,
+    margin: float | torch.Tensor = 0.0,
     contrastive_term: torch.Tensor | None = None,
+    pairs: str = "paired",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """BT + λ·contrastive, and the terms as floats for logging.
 
     When `lam == 0` the contrastive term is skipped (not computed) and the
     returned loss is the Bradley-Terry tensor itself. `contrastive_term` is an
     ablation's contrastive loss, computed by the caller, in place of the
-    official one on (pos_cos, neg_cos).
+    σ-cosine one on (pos_cos, neg_cos) combined as `pairs` says.
     """
     bt = bradley_terry(r_chosen, r_rejected, margin)
     if lam == 0:
         return bt, {"bt": float(bt.detach()), "contrastive": 0.0, "total": float(bt.detach())}
     if contrastive_term is None and (pos_cos is None or neg_cos is None):
         raise ValueError("lam > 0 needs pos_cos and neg_cos")
-    c = contrastive(pos_cos, neg_cos) if contrastive_term is None else contrastive_term
+    c = contrastive(pos_cos, neg_cos, pairs) if contrastive_term is None else contrastive_term
     total = bt + lam * c
     return total, {"bt": float(bt.detach()), "contrastive": float(c.detach()), "total": float(total.detach())}

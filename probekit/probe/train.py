@@ -14,7 +14,10 @@ Ablations (`FitConfig`): the input may be several layers (concatenated or
 mixed), the reward may pool the completion's tokens (then a batch reads every
 row of its pairs' completions, not only the last), the contrastive term may be
 InfoNCE or add a token-level term, and the training pairs may cross groups.
-With the defaults every step is the original computation.
+The σ-cosine term may take the official code's shape (`--contrastive-pairs
+kxk`, `--goal-agg cosine_avg`, its sampling windows), and a pair's own margin
+(pairs.jsonl's `margin`) joins the global one. With the defaults every step is
+the original computation.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from probekit.config import FitConfig
+from probekit.data.schema import read_pair_margins
 from probekit.errors import ProbekitError
 from probekit.metrics import pairwise_correct, split_mask, split_pairs
 from probekit.probe import losses
@@ -40,12 +44,14 @@ from probekit.probe.data import (
     open_rows,
     read_split,
     sample_negatives,
+    sample_official,
     sample_positives,
     trajectory_rows,
 )
 from probekit.probe.goals import build_goals
 from probekit.probe.network import ProbeModel
 from probekit.progress import Progress, or_null
+from probekit.store import PAIRS
 
 
 @dataclass
@@ -60,6 +66,7 @@ class FitData:
     valid_pairs: np.ndarray
     train_traj: np.ndarray
     index: object
+    train_margins: np.ndarray | None = None  # float32 [n_train_pairs]: each pair's own margin; None when pairs.jsonl has none
 
     @property
     def layer(self) -> int:
@@ -113,11 +120,16 @@ def prepare(store, config: FitConfig, source=None) -> FitData:
     sc = config.split
     split = read_split(sc.split_file, groups) if sc.split_file else make_split(groups, sc.valid_frac, sc.test_frac, config.run.seed)
     train_traj = np.flatnonzero(split_mask(store, split["train"]))
-    if sc.pairs == "cross":
+    train_margins = None
+    if sc.pairs == "cross":  # pairs made here, not the store's: they have no margin of their own
         train_pairs = cross_pairs(meta.label, train_traj, sc.max_pairs, config.run.seed + 2)
         _check_stored(store, train_pairs)
     else:
-        train_pairs = split_pairs(store, pairs, split["train"])
+        in_train = split_mask(store, split["train"])[pairs[:, 0]]  # split_pairs' selection, kept to pick the margins too
+        train_pairs = pairs[in_train]
+        margins = read_pair_margins(store.path / PAIRS) if config.loss.pair_margins else None
+        if margins is not None:
+            train_margins = margins[in_train].astype(np.float32)
     if len(train_pairs) == 0:
         raise ProbekitError(f"{store.path}: empty train split: none of the {len(pairs)} pairs belong to the {len(split['train'])} train group(s)")
     valid_pairs = split_pairs(store, pairs, split["valid"])
@@ -125,7 +137,7 @@ def prepare(store, config: FitConfig, source=None) -> FitData:
         source = open_rows(store, layers, config.compute.memory_budget_mb)
     index = build_sampling_index(meta.row_start, meta.row_end, store.positions, meta.completion_tokens,
                                  config.loss.goal_min_frac, config.loss.late_frac)
-    return FitData(store, layers, source, split, train_pairs, valid_pairs, train_traj, index)
+    return FitData(store, layers, source, split, train_pairs, valid_pairs, train_traj, index, train_margins)
 
 
 def _check_stored(store, pairs: np.ndarray) -> None:
@@ -141,15 +153,26 @@ def _offsets_tensor(lengths: np.ndarray, device):
     return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)).to(device)
 
 
-def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig, rng: np.random.Generator):
+def _contrastive_rows(data: FitData, chosen: np.ndarray, rejected: np.ndarray, config: FitConfig, rng: np.random.Generator):
+    """((source, goal), (chosen, rejected)) rows [B, K] of a batch, by the official sampler or probekit's."""
+    loss_cfg, K = config.loss, config.loss.K
+    if loss_cfg.official_sampling:
+        return sample_official(data.index, chosen, rejected, K, rng, loss_cfg.source_window or 0.0, loss_cfg.goal_window or 0.0)
+    positives = sample_positives(data.index, chosen, K, rng)  # positives first: the seeded stream is the original's
+    return positives, sample_negatives(data.index, chosen, rejected, K, rng)
+
+
+def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig, rng: np.random.Generator,
+               margins: np.ndarray | None = None):
     """The loss of one batch of pairs: (total tensor, {"bt", "contrastive", "total"}).
 
     Rows read: the last row of each side (or, for a pooled reward, every row of
     both sides' completions), then the contrastive samples; each distinct row is
-    read and encoded once.
+    read and encoded once. `margins` [B]: the pairs' own margins, added to --margin.
     """
     loss_cfg, device = config.loss, config.compute.device
-    lam, K, margin = loss_cfg.lam, loss_cfg.K, loss_cfg.margin
+    lam, K = loss_cfg.lam, loss_cfg.K
+    margin = loss_cfg.margin if margins is None else torch.from_numpy(loss_cfg.margin + margins).to(device)
     chosen, rejected = batch_pairs[:, 0], batch_pairs[:, 1]
     B = len(batch_pairs)
     sides = np.concatenate([chosen, rejected])
@@ -157,8 +180,7 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
     reward_rows = trajectory_rows(data.store, sides) if pooled else data.index.row_end[sides] - 1
     parts = [reward_rows]
     if lam > 0:
-        positives = sample_positives(data.index, chosen, K, rng)  # positives first: the seeded stream is the original's
-        negatives = sample_negatives(data.index, chosen, rejected, K, rng)
+        positives, negatives = _contrastive_rows(data, chosen, rejected, config, rng)
         parts += [r.ravel() for r in (*positives, *negatives)]
     rows = np.concatenate(parts)
     uniq, inverse = np.unique(rows, return_inverse=True)
@@ -176,8 +198,8 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
     if lam == 0:
         return losses.total_loss(r[:B], r[B:], lam=0.0, margin=margin)
     zs = z[n_r:].view(4, B, K, -1)
-    pos = F.cosine_similarity(zs[0], zs[1], dim=-1)
-    neg = F.cosine_similarity(zs[2], zs[3], dim=-1)
+    shape = (loss_cfg.contrastive_pairs, loss_cfg.goal_agg)
+    pos, neg = losses.pair_cosines(zs[0], zs[1], *shape), losses.pair_cosines(zs[2], zs[3], *shape)
     term = None
     if loss_cfg.contrastive == "infonce":
         term = losses.info_nce(zs[0], zs[1], loss_cfg.temperature)
@@ -188,8 +210,8 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
         on_goal = data.store.positions()[negatives[1]] < err[:, None]  # the rejected rows of the negatives, [B, K]
         cos = F.cosine_similarity(zs[3], chosen_final[:, None, :], dim=-1)
         mask = torch.from_numpy(known).to(device)
-        term = losses.contrastive(pos, neg) + losses.token_goal(cos[mask], torch.from_numpy(on_goal[known]).to(device))
-    return losses.total_loss(r[:B], r[B:], pos, neg, lam=lam, margin=margin, contrastive_term=term)
+        term = losses.contrastive(pos, neg, shape[0]) + losses.token_goal(cos[mask], torch.from_numpy(on_goal[known]).to(device))
+    return losses.total_loss(r[:B], r[B:], pos, neg, lam=lam, margin=margin, contrastive_term=term, pairs=shape[0])
 
 
 class Monitor:
@@ -276,7 +298,8 @@ def train(data: FitData, config: FitConfig, progress: Progress | None = None) ->
                 model.train()
                 sums = {"bt": 0.0, "contrastive": 0.0, "total": 0.0}
                 for idx in iter_batches(len(data.train_pairs), optim_cfg.batch_size, rng):
-                    loss, terms = batch_loss(model, data, data.train_pairs[idx], config, rng)
+                    margins = None if data.train_margins is None else data.train_margins[idx]
+                    loss, terms = batch_loss(model, data, data.train_pairs[idx], config, rng, margins)
                     if not math.isfinite(terms["total"]):
                         raise ProbekitError(
                             f"training diverged: the loss became {terms['total']} in epoch {epoch} "

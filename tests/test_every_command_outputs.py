@@ -453,7 +453,7 @@ def test_steer_keeps_finished_prompts_on_ctrl_c_and_resumes_them(world, tmp_path
     import signal
     import time
 
-    prompts = _jsonl(tmp_path / "prompts.jsonl", [{**p, "id": f"{p['id']}{k}"} for k in range(2) for p in PROMPTS])
+    prompts = _jsonl(tmp_path / "prompts.jsonl", [{**p, "id": f"{p['id']}{k}"} for k in range(6) for p in PROMPTS])  # enough to interrupt
     args = lambda out: COMMANDS["steer"][1](world, out, 0)[:1] + [prompts] + COMMANDS["steer"][1](world, out, 0)[2:]  # noqa: E731
     assert run_cli(monkeypatch, capsys, *args(tmp_path / "ref"))[0] == 0
     out = tmp_path / "cut"

@@ -453,11 +453,14 @@ def test_steer_keeps_finished_prompts_on_ctrl_c_and_resumes_them(world, tmp_path
     import signal
     import time
 
-    prompts = _jsonl(tmp_path / "prompts.jsonl", [{**p, "id": f"{p['id']}{k}"} for k in range(6) for p in PROMPTS])  # enough to interrupt
+    prompts = _jsonl(tmp_path / "prompts.jsonl", [{**p, "id": f"{p['id']}{k}"} for k in range(2) for p in PROMPTS])
     args = lambda out: COMMANDS["steer"][1](world, out, 0)[:1] + [prompts] + COMMANDS["steer"][1](world, out, 0)[2:]  # noqa: E731
     assert run_cli(monkeypatch, capsys, *args(tmp_path / "ref"))[0] == 0
     out = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "probekit", *map(str, args(out))], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    # As from an interactive shell: SIGINT at its default, so Python installs its handler. A suite started in the background
+    # by a non-interactive shell (`make test &`, CI runners) would pass SIGINT on ignored, and steer would never hear it.
+    proc = subprocess.Popen([sys.executable, "-m", "probekit", *map(str, args(out))], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = out / STAGING / "prompts.partial.jsonl"
     deadline = time.monotonic() + 120
     while not (journal.exists() and journal.read_text().count("\n") >= 1):

@@ -57,7 +57,7 @@ def test_outputs_are_a_store_and_trajectories_in_probekits_formats(unfiltered, t
     # A prompt's samples share one prefill (batch 6 holds a prompt's 3 samples); the time splits into admitting and decoding.
     assert stats["prefill_tokens"] == sum(len(prompt_ids(tiny.tokenizer, p.prompt, "raw")) for p in PROMPTS)
     assert 0 < stats["seconds_admitting"] and 0 < stats["seconds_decoding"]
-    assert stats["seconds_admitting"] + stats["seconds_decoding"] <= stats["seconds"]
+    assert stats["seconds_admitting"] + stats["seconds_decoding"] <= stats["seconds"] + 1e-3  # each rounded to the millisecond
 
 
 def test_stored_states_equal_what_extract_computes_on_the_generated_text(unfiltered, tiny, tmp_path):

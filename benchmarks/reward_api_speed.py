@@ -28,7 +28,7 @@ from benchmarks.subsets import first_groups  # noqa: E402
 
 def add_cli_args(ap: ArgumentParser) -> None:
     add_data_dir_option(ap)
-    ap.add_argument("--problems", type=int, default=100, help="first N GSM8K test problems (x 4 labelled solutions)")
+    ap.add_argument("--problems", type=int, default=60, help="first N GSM8K test problems (x 4 labelled solutions; 60: the recorded run)")
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="smollm2-135m")

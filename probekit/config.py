@@ -246,7 +246,7 @@ class LossConfig(Config):
         for flag, window in (("--source-window", self.source_window), ("--goal-window", self.goal_window)):
             _check(window is None or 0 <= window <= 1, f"{flag} {window}: must be in [0, 1]")
         _check(self.contrastive != "infonce" or (self.contrastive_pairs, self.goal_agg) == ("paired", "cosine"),
-               f"--contrastive infonce: takes neither --contrastive-pairs kxk nor --goal-agg cosine_avg (they shape the official term)")
+               "--contrastive infonce: takes neither --contrastive-pairs kxk nor --goal-agg cosine_avg (they shape the official term)")
         _check(not self.official_sampling or (self.goal_min_frac == 0 and self.late_frac is None),
                "--goal-min-frac and --late-frac are probekit's sampler; --contrastive-pairs kxk, --source-window and --goal-window "
                "sample as the official code does: give one or the other")

@@ -13,6 +13,7 @@ read that folder in well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.metadata
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import huggingface_hub
 import torch
@@ -405,19 +406,28 @@ def _config_then_model(source: str, dtype: _DtypeRequest, quiet: bool = True, **
     and stood beside probekit's progress (unless $PROBEKIT_LOAD_PROGRESS is set). A download keeps its bars.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     config = AutoConfig.from_pretrained(source, **kwargs)
-    hide = quiet and not os.environ.get(LOAD_PROGRESS_ENV) and hf_logging.is_progress_bar_enabled()
+    with transformers_bars_hidden(quiet):
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype.resolve(config), **kwargs)
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def transformers_bars_hidden(hide: bool = True) -> Iterator[None]:
+    """Without transformers' own progress bars inside the block (loading and saving weights): they wrote a line per
+    update into a log file beside probekit's progress. $PROBEKIT_LOAD_PROGRESS keeps them."""
+    from transformers.utils import logging as hf_logging
+
+    hide = hide and not os.environ.get(LOAD_PROGRESS_ENV) and hf_logging.is_progress_bar_enabled()
     if hide:
         hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype.resolve(config), **kwargs)
+        yield
     finally:
         if hide:
             hf_logging.enable_progress_bar()
-    return model, tokenizer
 
 
 def hub_errors() -> tuple[type[BaseException], ...]:

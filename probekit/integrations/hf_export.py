@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 
 from probekit.errors import ProbekitError
 from probekit.io import write_json
-from probekit.models import LoadedModel, dtype_name, load_model
+from probekit.models import LoadedModel, dtype_name, load_model, transformers_bars_hidden
 from probekit.outputs import OutputDir
 
 FORMAT = "probekit-model-export"
@@ -66,7 +66,8 @@ def export_model(name: str, out: OutputDir, dtype: str = "float32", loaded: Load
     _set_generation_ids(model, tokenizer)
     staged = out.scratch("export")
     try:
-        model.save_pretrained(staged)
+        with transformers_bars_hidden():
+            model.save_pretrained(staged)
     except SafetensorError as exc:  # a full disk or a file-size limit, as safetensors reports it (not an OSError)
         raise ProbekitError(f"{out.option} {out.path}: could not write the weights ({str(exc).splitlines()[0]})") from None
     tokenizer.save_pretrained(staged)

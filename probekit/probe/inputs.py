@@ -97,11 +97,10 @@ def input_spec(ckpt, store: str | Path | None = None) -> InputSpec:
     info = ckpt.config["store"]
     path = Path(store) if store is not None else Path(info["path"])
     try:
-        found = Store(path)
-    except ProbekitError:
-        found = None
+        found, why = Store(path), "another store now"
+    except ProbekitError as exc:  # gone, or damaged: say which
+        found, why = None, "gone" if not (path / "manifest.json").exists() else f"unreadable ({exc})"
     if found is None or found.cache_key != info.get("cache_key"):
         raise ProbekitError(f"checkpoint {ckpt.path} predates self-describing checkpoints and its training store {path} is "
-                            f"{'gone' if found is None else 'another store now'}; pass the store it was fitted on "
-                            f"(store=... / --store) or fit it again")
+                            f"{why}; pass the store it was fitted on (store=... / --store) or fit it again")
     return InputSpec(**spec_of_store(found))

@@ -23,7 +23,6 @@ no reason. `on_missing="zero"` scores it with no penalty and says so per item.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -32,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from probekit.errors import ProbekitError
-from probekit.io import open_text, read_validated, validated, write_json
+from probekit.io import iter_jsonl, read_validated, validated, where, write_json, write_jsonl
 
 FORMAT = "probekit-baseline"
 RECORD = "baseline.json"
@@ -76,17 +75,26 @@ class Baselines:
             raise ProbekitError(f"{self.path}: baselines were scored by another probe (fingerprint {self.fingerprint[:12]}), "
                                 f"not by checkpoint {ckpt_path} ({fingerprint[:12]}); run `probekit baseline --ckpt {ckpt_path}`")
 
-    def subtract(self, rewards: np.ndarray, keys: list[str], on_missing: str = "error") -> tuple[np.ndarray, np.ndarray]:
-        """(contrastive rewards, bool: the prompt had a baseline) for rewards of prompts with the given keys."""
-        if on_missing not in ON_MISSING:
-            raise ProbekitError(f"on_missing must be one of {', '.join(ON_MISSING)}, got '{on_missing}'")
+    def require(self, keys: list[str], on_missing: str = "error") -> np.ndarray:
+        """bool [n]: which prompt keys have a baseline; with on_missing="error" a missing one is one ProbekitError."""
+        check_on_missing(on_missing)
         found = np.asarray([k in self.means for k in keys], dtype=bool)
         if on_missing == "error" and not found.all():
             first = int(np.flatnonzero(~found)[0])
             raise ProbekitError(f"item {first + 1}: its prompt has no baseline in {self.path} ({int((~found).sum())} of {len(keys)} "
                                 f"prompts have none); add them with `probekit baseline`, or score with on_missing='zero'")
+        return found
+
+    def subtract(self, rewards: np.ndarray, keys: list[str], on_missing: str = "error") -> tuple[np.ndarray, np.ndarray]:
+        """(contrastive rewards, bool: the prompt had a baseline) for rewards of prompts with the given keys."""
+        found = self.require(keys, on_missing)
         means = np.asarray([self.means.get(k, 0.0) for k in keys], dtype=np.float32)
         return (np.asarray(rewards, np.float32) - means).astype(np.float32), found
+
+
+def check_on_missing(on_missing: str) -> None:
+    if on_missing not in ON_MISSING:
+        raise ProbekitError(f"on_missing must be one of {', '.join(ON_MISSING)}, got '{on_missing}'")
 
 
 def baseline_entries(keys: list[str], prompts: list[str], rewards: np.ndarray) -> list[dict]:
@@ -111,9 +119,7 @@ def write_baselines(out, fingerprint: str, rows: list[dict], source: str, **info
               "n_prompts": len(rows), "source": source, **info}
     validated(BaselineRecord, record, out.path / RECORD)
     out.file(RECORD).unlink(missing_ok=True)
-    with out.file(TABLE).open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(out.file(TABLE), rows)
     write_json(out.file(RECORD), record)
 
 
@@ -127,18 +133,11 @@ def read_baselines(path: str | Path) -> Baselines:
     if record.format != FORMAT:
         raise ProbekitError(f"{path / RECORD}: format is '{record.format}', not '{FORMAT}'")
     means: dict[str, float] = {}
-    with open_text(path / TABLE) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProbekitError(f"{path / TABLE}: line {n}: not JSON ({exc.msg})") from None
-            row = validated(PromptBaseline, obj, f"{path / TABLE}: line {n}")
-            if not np.isfinite(row.mean):
-                raise ProbekitError(f"{path / TABLE}: line {n}: mean is not finite")
-            means[row.prompt_key] = row.mean
+    for n, obj in iter_jsonl(path / TABLE):
+        row = validated(PromptBaseline, obj, where(path / TABLE, n))
+        if not np.isfinite(row.mean):
+            raise ProbekitError(f"{where(path / TABLE, n)}: mean is not finite")
+        means[row.prompt_key] = row.mean
     if len(means) != record.n_prompts:
         raise ProbekitError(f"{path / TABLE}: {len(means)} prompts, but {RECORD} says {record.n_prompts}")
     return Baselines(path=path, fingerprint=record.checkpoint_fingerprint, means=means, record=record.model_dump())

@@ -39,7 +39,7 @@ from probekit.probe.checkpoint import Checkpoint, check_model, load_checkpoint
 from probekit.probe.inputs import InputSpec, input_spec
 from probekit.probe.scoring import Scorer, iter_scores
 from probekit.progress import Progress, or_null
-from probekit.reward.baseline import Baselines, read_baselines
+from probekit.reward.baseline import Baselines, check_on_missing, read_baselines
 from probekit.reward.sharing import checkpoint_folder, save_probe
 from probekit.store import ShardBlock
 
@@ -132,7 +132,7 @@ class RewardProbe:
         baselines = read_baselines(baseline) if isinstance(baseline, (str, Path)) else baseline
         if baselines is not None:
             baselines.check_probe(self.checkpoint.fingerprint, self.checkpoint.path)
-            baselines.subtract(np.zeros(0), [], on_missing)  # checks the policy's name now
+            check_on_missing(on_missing)
         self.baseline, self.on_missing = baselines, on_missing
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
@@ -181,7 +181,7 @@ class RewardProbe:
         encoded = encode_all(trajs, self.tokenizer, rendering, "input")
         keys = self._prompt_keys(trajs, rendering)
         if self.baseline is not None:  # a prompt without a baseline fails before any forward
-            self.baseline.subtract(np.zeros(len(keys), np.float32), keys, self.on_missing)
+            self.baseline.require(keys, self.on_missing)
         stride = self._stride(q)
         scorer = self.scorer(goal)
         kind = scorer.kinds[0]

@@ -20,7 +20,6 @@ Outputs (one set: `probekit.outputs.OutputDir.commit_set`):
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from probekit.errors import ProbekitError
-from probekit.io import iter_jsonl, sha256_file, where, write_json
+from probekit.io import iter_jsonl, sha256_file, where, write_json, write_jsonl
 from probekit.progress import Progress, or_null
 from probekit.reward.reward_probe import RewardProbe, ScoreResult
 
@@ -101,19 +100,21 @@ def score_file(rp: RewardProbe, path: str | Path, out, *, q: bool = False, goal:
     t0 = time.perf_counter()
     stats = _Stats()
     task = or_null(progress).task("score", n_records, "records")
+
+    def rows() -> Iterator[dict]:  # scored a chunk at a time as the writer asks for them
+        for items in _chunks(iter_items(path), chunk):
+            try:
+                prompts, completions = rp.split_messages([i.conversation for i in items])
+                result = rp.score(prompts, completions, q=q, goal=goal, rendered=True, batch_size=batch_size or chunk,
+                                  max_batch_tokens=max_batch_tokens)
+            except ProbekitError as exc:  # name the file and the record: the API counts items from 1 in its chunk
+                raise ProbekitError(_locate(str(exc), items, path)) from None
+            yield from _rows(items, result)
+            stats.add(result)
+            task.advance(len(items))
+
     try:
-        with out.file("scores.jsonl").open("w", encoding="utf-8") as fh:
-            for items in _chunks(iter_items(path), chunk):
-                try:
-                    prompts, completions = rp.split_messages([i.conversation for i in items])
-                    result = rp.score(prompts, completions, q=q, goal=goal, rendered=True, batch_size=batch_size or chunk,
-                                      max_batch_tokens=max_batch_tokens)
-                except ProbekitError as exc:  # name the file and the record: the API counts items from 1 in its chunk
-                    raise ProbekitError(_locate(str(exc), items, path)) from None
-                for row in _rows(items, result):
-                    fh.write(_dumps(row) + "\n")
-                stats.add(result)
-                task.advance(len(items))
+        write_jsonl(out.file("scores.jsonl"), rows())
     finally:
         task.close()
     summary = {**stats.summary(), "input": str(path), "input_sha256": sha256_file(path), "checkpoint": str(rp.checkpoint.path),
@@ -149,10 +150,6 @@ def _rows(items: list[Item], result: ScoreResult) -> Iterator[dict]:
             row["positions"] = [int(p) for p in result.positions[j]]
             row["tokens"] = result.tokens[j]
         yield row
-
-
-def _dumps(row: dict) -> str:
-    return json.dumps(row, ensure_ascii=False)
 
 
 class _Stats:

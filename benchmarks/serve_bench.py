@@ -5,14 +5,24 @@
    CPU; `--layer 15 --template chat` for the middle layer and the chat template):
    synthetic problems (`probekit.data.synth`), extracted and fitted here (a few
    epochs: the probe's quality does not matter, its forward does).
-2. Offline: `rp.score` on N texts (rendered prompt + completion + EOS, as OpenRLHF
-   sends them; EOS alone for raw prompts) in this process at the server's thread count, before and after
-   the server runs (the machine's other load moves both).
+2. Three workloads of N texts (rendered prompt + completion + EOS, as OpenRLHF
+   sends them; EOS alone for raw prompts), each scored offline with
+   `rp.score` in one call in this process at the server's thread count, before
+   and after the server runs (the machine's other load moves both):
+   - `distinct`: every text its own prompt, one text per request (the target's
+     workload: offline gains nothing the server cannot);
+   - `groups`: one prompt with `--group` completions per request, as a GRPO
+     trainer's rollouts of one prompt arrive;
+   - `cycled`: N texts cycling over the store's 48 prompts, one per request.
+     Offline scoring groups a whole file's texts by prompt and runs each prompt
+     once; a server can share a prompt only within one batch. Also scored
+     offline in separate calls of the server's batch size in request order,
+     which shows that gap is batch composition.
 3. The server (`python -m probekit_cli.main --threads T serve --port 0`, a
-   subprocess) at 1, 8 and 32 concurrent clients (threads with keep-alive httpx
-   clients), each request one OpenRLHF /get_reward query as OpenRLHF's trainer
-   sends them; bounded by a request count and a time limit per level:
-   requests/s, texts/s, p50/p99 latency, and texts/s against offline.
+   subprocess) at 1, 8 and 32 concurrent clients per workload (threads with
+   keep-alive httpx clients), each request one OpenRLHF /get_reward call as
+   OpenRLHF's trainer sends them; bounded by a request count and a time limit
+   per level: requests/s, texts/s, p50/p99 latency, texts/s against offline.
 4. A soak: at least 10,000 small requests, the server's RSS (VmRSS) sampled at
    the start, every 1,000 requests and at the end.
 
@@ -32,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +64,9 @@ def add_cli_args(ap: ArgumentParser) -> None:
     ap.add_argument("--layer", type=int, default=8, help="the probe's layer: the forward stops after it (default 8 of 30)")
     ap.add_argument("--template", default="raw", choices=("raw", "chat"), help="prompt rendering of the probe's store")
     ap.add_argument("--n-problems", type=int, default=48, help="synthetic problems for the probe's store (2 solutions each)")
-    ap.add_argument("--texts", type=int, default=256, help="texts of the offline run and of each concurrency level")
+    ap.add_argument("--texts", type=int, default=256, help="texts of each workload's offline run and concurrency level")
+    ap.add_argument("--workloads", default="distinct,groups,cycled", help="workloads to run (comma list; see the docstring)")
+    ap.add_argument("--group", type=int, default=4, help="completions per request in the `groups` workload")
     ap.add_argument("--clients", default="1,8,32", help="concurrency levels (comma list)")
     ap.add_argument("--level-seconds", type=float, default=120, help="time limit of one concurrency level")
     ap.add_argument("--soak", type=int, default=10_000, help="requests of the soak (at least 10,000 for the record)")
@@ -64,6 +77,8 @@ def add_cli_args(ap: ArgumentParser) -> None:
     ap.add_argument("--work", type=Path, default=None, help="folder for the store and probe (default: a temporary one)")
     add_threads_option(ap, default=1)
     ap.add_check(lambda a: "--soak must be >= 1" if a.soak < 1 else None)
+    ap.add_check(lambda a: f"--workloads: unknown {sorted(set(a.workloads.split(',')) - set(WORKLOADS))}"
+                 if not set(a.workloads.split(",")) <= set(WORKLOADS) else None)
 
 
 # ---- the probe and the texts -----------------------------------------------------------------------------------
@@ -89,22 +104,53 @@ def build_probe(work: Path, args: argparse.Namespace) -> tuple[Path, list]:
     return Path(ckpt.path), trajs
 
 
-def openrlhf_texts(rp, trajs: list, n: int) -> tuple[list[str], list[str]]:
-    """n (rendered prompt, completion + EOS) pairs, cycling through the trajectories with a counter so no two are equal."""
+WORKLOADS = ("distinct", "groups", "cycled")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload's texts and the request bodies that carry them (each body's texts in order)."""
+
+    name: str
+    prompts: list[str]
+    completions: list[str]
+    bodies: list[dict]
+
+    @property
+    def per_request(self) -> int:
+        return len(self.bodies[0]["query"])
+
+
+def render(rp, prompt: str) -> str:
+    """The prompt as OpenRLHF sends it: the chat template's output for a chat probe, the raw prompt and a newline else."""
+    if rp.spec.template == "chat":
+        return rp.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    return prompt + "\n"
+
+
+def workload(name: str, rp, trajs: list, n: int, group: int) -> Workload:
+    """n texts of workload `name` (see the module docstring); a counter makes every text, and every prompt but in
+    `cycled`, unique."""
+    eos = rp.tokenizer.eos_token
+    per = group if name == "groups" else 1
     prompts, completions = [], []
     for i in range(n):
-        t = trajs[i % len(trajs)]
-        chat = rp.spec.template == "chat"
-        prompts.append(rp.tokenizer.apply_chat_template([{"role": "user", "content": t.prompt}], add_generation_prompt=True,
-                                                        tokenize=False) if chat else t.prompt + "\n")
-        completions.append(f"{t.completion} ({i})" + rp.tokenizer.eos_token)
-    return prompts, completions
+        t = trajs[(i // per) % len(trajs)] if name == "groups" else trajs[i % len(trajs)]
+        prompt = t.prompt if name == "cycled" else f"({i // per}) {t.prompt}"
+        prompts.append(render(rp, prompt))
+        completions.append(f"{t.completion} ({i})" + eos)
+    bodies = [{"query": [p + c for p, c in zip(prompts[i:i + per], completions[i:i + per])], "prompts": prompts[i:i + per],
+               "labels": [None] * per} for i in range(0, n - n % per, per)]
+    return Workload(name, prompts, completions, bodies)
 
 
-def offline(rp, prompts: list[str], completions: list[str], batch_size: int | None = None) -> dict:
-    """Offline scoring of the texts in one call (`batch_size`: in chunks of that many texts, as a server batch holds)."""
+def offline(rp, prompts: list[str], completions: list[str], calls_of: int | None = None) -> dict:
+    """Offline scoring of the texts in one call, as `probekit score` does a file (`calls_of`: in separate calls of that
+    many texts in order, as the server's batches see them)."""
+    size = calls_of or len(prompts)
     with Clock() as clock:
-        rp.score(prompts, completions, rendered=True, **({"batch_size": batch_size} if batch_size else {}))
+        for i in range(0, len(prompts), size):
+            rp.score(prompts[i:i + size], completions[i:i + size], rendered=True)
     return {"texts": len(prompts), "seconds": round(clock.seconds, 3), "texts_per_second": round(len(prompts) / clock.seconds, 2)}
 
 
@@ -181,7 +227,8 @@ def run_load(url: str, bodies: list[dict], clients: int, max_requests: int, max_
 
 def soak(server: ServerProcess, rp, trajs: list, args) -> dict:
     """Many small requests (one short text each); the server's RSS at the start, every 1,000 requests and at the end."""
-    short = [{"query": [p + c], "prompts": [p]} for p, c in zip(*openrlhf_texts(rp, [_short(t, i) for i, t in enumerate(trajs)], 512))]
+    texts = workload("distinct", rp, [_short(t, i) for i, t in enumerate(trajs)], 512, 1)
+    short = [{"query": [p + c], "prompts": [p]} for p, c in zip(texts.prompts, texts.completions)]
     samples = [(0, round(server.rss_mb(), 1))]
     load = run_load(server.url, short, args.soak_clients, args.soak, args.soak_seconds, every=1000,
                     on_every=lambda n: samples.append((n, round(server.rss_mb(), 1))))
@@ -202,6 +249,28 @@ def _short(t, i: int):
 # ---- main ------------------------------------------------------------------------------------------------------
 
 
+def run_workload(server: ServerProcess, rp, w: Workload, args: argparse.Namespace) -> dict:
+    """The workload through the server at each concurrency level, with offline before and after it."""
+    before = offline(rp, w.prompts, w.completions)
+    levels = []
+    for clients in (int(c) for c in args.clients.split(",")):
+        level = run_load(server.url, w.bodies, clients, len(w.bodies), args.level_seconds)
+        levels.append(level)
+        log(f"{w.name}, {clients} clients: {level['texts_per_second']} texts/s, p50 {level['latency_ms_p50']} ms")
+    after = offline(rp, w.prompts, w.completions)
+    reference = (before["texts_per_second"] + after["texts_per_second"]) / 2
+    for level in levels:
+        level["fraction_of_offline"] = round(level["texts_per_second"] / reference, 3)
+    out = {"texts": len(w.prompts), "texts_per_request": w.per_request,
+           "mean_tokens": round(float(np.mean([len(e.input_ids) for e in rp.encode(w.prompts, w.completions, rendered=True)])), 1),
+           "offline": {"before": before, "after": after, "reference_texts_per_second": round(reference, 2)}, "levels": levels}
+    if w.name == "cycled":
+        # A batch at C closed-loop clients holds about C/2 requests (two cohorts): offline in calls of that size.
+        size = max(1, max(int(c) for c in args.clients.split(",")) // 2)
+        out["offline"]["in_calls_of_a_server_batch"] = {"texts_per_call": size, **offline(rp, w.prompts, w.completions, calls_of=size)}
+    return out
+
+
 def main(args: argparse.Namespace) -> None:
     from probekit.reward import RewardProbe
 
@@ -213,52 +282,36 @@ def main(args: argparse.Namespace) -> None:
         work.mkdir(parents=True, exist_ok=True)
         ckpt, trajs = build_probe(work, args)
         rp = RewardProbe.load(ckpt, device="auto")  # where the server runs
-        prompts, completions = openrlhf_texts(rp, trajs, args.texts)
-        rp.score(prompts[:16], completions[:16], rendered=True)  # warm-up
-        offline_before = offline(rp, prompts, completions)
-        log(f"offline: {offline_before['texts_per_second']} texts/s")
-        bodies = [{"query": [p + c], "prompts": [p], "labels": [None]} for p, c in zip(prompts, completions)]
+        loads = [workload(name, rp, trajs, args.texts, args.group) for name in args.workloads.split(",")]
+        rp.score(loads[0].prompts[:16], loads[0].completions[:16], rendered=True)  # warm-up
         server = ServerProcess(ckpt, args.model, threads, args.max_wait_ms, work / "server-stderr.txt")
         try:
-            run_load(server.url, bodies[:16], 4, 16, 60)  # warm-up
-            levels = []
-            for clients in (int(c) for c in args.clients.split(",")):
-                levels.append(run_load(server.url, bodies, clients, args.texts, args.level_seconds))
-                log(f"{clients} clients: {levels[-1]['requests_per_second']} requests/s, p50 {levels[-1]['latency_ms_p50']} ms")
+            run_load(server.url, loads[0].bodies[:16], 4, 16, 60)  # warm-up
+            results = {w.name: run_workload(server, rp, w, args) for w in loads}
             soaked = soak(server, rp, trajs, args)
             log(f"soak: {soaked['requests']} requests, RSS {soaked['rss_mb_start']} -> {soaked['rss_mb_end']} MB")
         finally:
             exit_status = server.stop()
         batch_lines = [line for line in (work / "server-stderr.txt").read_text().splitlines() if line.startswith("batch ")]
-        offline_after = offline(rp, prompts, completions)
-        # A server batch holds at most the in-flight requests (one text each): offline in chunks of that many texts
-        # separates what batch composition costs from what serving costs.
-        top_clients = max(int(c) for c in args.clients.split(","))
-        offline_top = offline(rp, prompts, completions, batch_size=top_clients)
-    reference = (offline_before["texts_per_second"] + offline_after["texts_per_second"]) / 2
-    for level in levels:
-        level["fraction_of_offline"] = round(level["texts_per_second"] / reference, 3)
-    top = max(levels, key=lambda lv: lv["clients"])
-    top["fraction_of_offline_in_same_chunks"] = round(top["texts_per_second"] / offline_top["texts_per_second"], 3)
+    judged = results.get("distinct") or next(iter(results.values()))
+    top = max(judged["levels"], key=lambda lv: lv["clients"])
     result = {
         **header,
-        "what": "probekit serve (subprocess, loopback, POST /get_reward with one OpenRLHF query per request) against offline "
-                "RewardProbe.score on the same texts in this process at the same torch thread count",
+        "what": "probekit serve (subprocess, loopback, POST /get_reward as OpenRLHF's trainer sends it) against offline "
+                "RewardProbe.score on the same texts in one call in this process at the same torch thread count",
         "model": args.model, "checkpoint_layers": list(rp.layers), "template": rp.spec.template, "torch_threads": threads,
         "server_command": server.command, "server_exit_status": exit_status, "server_batches_logged": len(batch_lines),
-        "texts": {"n": len(prompts), "mean_tokens": round(float(np.mean([len(e.input_ids) for e in rp.encode(prompts, completions, rendered=True)])), 1)},
-        "offline": {"before": offline_before, "after": offline_after, "reference_texts_per_second": round(reference, 2),
-                    "in_chunks_of_top_clients": offline_top},
-        "levels": levels, "soak": soaked,
-        "target": {"what": f"at {top['clients']} clients, >= {TARGET:.0%} of offline texts/s", "fraction": top["fraction_of_offline"],
-                   "met": top["fraction_of_offline"] >= TARGET},
+        "workloads": results, "soak": soaked,
+        "target": {"what": f"at {top['clients']} clients, >= {TARGET:.0%} of offline texts/s on the "
+                           f"{'distinct' if 'distinct' in results else next(iter(results))} workload",
+                   "fraction": top["fraction_of_offline"], "met": top["fraction_of_offline"] >= TARGET},
         "wall_seconds": round(wall.elapsed, 1),
     }
     write_json(args.out, result)
-    rows = [[lv["clients"], lv["requests"], lv["requests_per_second"], lv["texts_per_second"], lv["latency_ms_p50"], lv["latency_ms_p99"],
-             lv["fraction_of_offline"]] for lv in levels]
-    print_stdout(table(f"probekit serve vs offline {reference:.1f} texts/s ({threads} thread(s))",
-                       ["clients", "requests", "req/s", "texts/s", "p50 ms", "p99 ms", "x offline"], rows))
+    rows = [[name, lv["clients"], lv["requests"], lv["texts_per_second"], lv["latency_ms_p50"], lv["latency_ms_p99"],
+             r["offline"]["reference_texts_per_second"], lv["fraction_of_offline"]] for name, r in results.items() for lv in r["levels"]]
+    print_stdout(table(f"probekit serve vs offline ({threads} thread(s))",
+                       ["workload", "clients", "requests", "texts/s", "p50 ms", "p99 ms", "offline texts/s", "x offline"], rows))
     log(f"wrote {args.out} ({result['wall_seconds']}s)")
 
 

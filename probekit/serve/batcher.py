@@ -8,15 +8,20 @@ queued behind it (same `key`, until `max_tokens`), scores them in one call, and
 hands each job its own slice of the results through a `concurrent.futures.Future`
 (which the event loop awaits without blocking).
 
-A batch waits for more jobs only while as many requests as the last batch had
-are not yet there (a lone client never waits; many clients fill larger
-batches), and at most `max_wait_s`, or a tenth of the last batch's scoring
-time where that is longer: clients answered together send their next requests
-over a few ms of HTTP handling, and a batch cut before they arrive runs the
-forward twice for them (measured: on a loaded 2-core machine, batches
-alternated between 2 and 30 requests at a fixed 5 ms). The wait costs at most a
-tenth of a batch's latency. A full queue refuses the job at once (`Busy`), so an
-overloaded server answers 503 instead of holding connections without bound.
+A batch holds at most half the requests in flight (those queued plus those the
+last batch just answered, whose clients are about to send again): with
+closed-loop clients (an RL trainer's workers, each waiting for its answer) the
+clients then fall into two cohorts, and one cohort's batch is scored while the
+other's answers go out and its next requests come in, so the forward never
+waits on HTTP. One batch of everything made the worker wait for all the
+clients' round trips between forwards (measured with py-spy: busy 73% of the
+time at 32 clients; 0.62x of offline throughput). A batch waits for more jobs
+only while fewer than that limit and than the last batch's count are there (a
+lone client never waits), and at most `max_wait_s`, or a tenth of the last
+batch's scoring time where that is longer: a batch cut before its cohort
+arrives runs the forward twice for it. A full queue refuses the job at once
+(`Busy`), so an overloaded server answers 503 instead of holding connections
+without bound.
 
 A batch whose scoring fails is scored again job by job, so one bad request
 (say, a prompt without a baseline) fails alone, with its own item numbers.
@@ -150,8 +155,9 @@ class Batcher(Generic[Req, Res]):
     def _gather(self, first: Job) -> list[Job]:
         """`first` and the jobs queued behind it that share its key, up to the token budget and the wait."""
         batch, tokens = [first], first.tokens
+        limit = self.batch_limit()
         deadline = time.monotonic() + max(self.max_wait_s, WAIT_FRACTION * self._last_seconds)
-        while tokens < self.max_tokens:
+        while tokens < self.max_tokens and len(batch) < limit:
             wait = deadline - time.monotonic() if len(batch) < self._last_batch else 0.0
             try:
                 job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
@@ -165,6 +171,11 @@ class Batcher(Generic[Req, Res]):
             batch.append(job)
             tokens += job.tokens
         return batch
+
+    def batch_limit(self) -> int:
+        """The most requests the next batch holds: half of those in flight (queued, the one taken, and the last batch's,
+        whose clients are sending again), rounded up, so two cohorts alternate; 1 for a lone client."""
+        return max(1, -(-(self._queue.qsize() + 1 + self._last_batch) // 2))
 
     def _score(self, batch: list[Job]) -> None:
         started = time.perf_counter()

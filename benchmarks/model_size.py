@@ -182,7 +182,7 @@ def profile(pk, subset: Path, work: Path) -> dict:
 
     layer = resolve_layers(None, pk.num_layers)[0]
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        probekit_extract(pk, subset, work / "store-profile", layer=layer)
+        _, wall, _ = timed(lambda: probekit_extract(pk, subset, work / "store-profile", layer=layer))
     shutil.rmtree(work / "store-profile", ignore_errors=True)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
@@ -192,7 +192,8 @@ def profile(pk, subset: Path, work: Path) -> dict:
     shares["everything else"] = 1 - sum(shares.values())
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     return {"shape": pk.name, "tool": "torch.profiler (CPU activities), one probekit extraction of the size's trajectories",
-            "self_cpu_seconds_total": round(total / 1e6, 3),
+            "wall_seconds_profiled": round(wall, 3), "self_cpu_seconds_total": round(total / 1e6, 3),
+            "ops_fraction_of_wall": round(total / 1e6 / wall, 3),
             "shares": {k: round(v, 3) for k, v in shares.items()},
             "top_ops_by_self_cpu": [{"op": e.key[:70], "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1),
                                      "share": round(e.self_cpu_time_total / total, 3)} for e in top]}

@@ -20,7 +20,7 @@ ROOT = Path(probekit.__file__).resolve().parent
 # Floors, lowest first. A module may import its own floor and those below it.
 FLOORS = [
     {"errors", "cache", "io", "outputs", "progress", "config", "metrics"},
-    {"data", "models", "cpu_dtype", "store", "store_schema"},
+    {"data", "models", "placement", "cpu_dtype", "store", "store_schema"},
     {"extract"},
     {"probe"},
     {"eval"},

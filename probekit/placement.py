@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from probekit.errors import ProbekitError
@@ -37,7 +38,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 @dataclass(frozen=True)
 class Placement:
     """How to load: `device_map` None puts the whole model on the device; "auto" lets accelerate split it within
-    `max_memory` (accelerate's keys: a GPU index, "cpu"), the rest offloaded to the disk."""
+    `max_memory` (accelerate's keys: a GPU index, "cpu"), the rest offloaded to the disk. Zero bytes: not estimated
+    (`weights_size`)."""
 
     weights_bytes: int
     parameters: int
@@ -60,8 +62,6 @@ def parse_limits(text: str) -> dict[str, int]:
 
 def available_memory(device: torch.device, offload_dir: Path, overrides: dict[str, int]) -> dict[str, int]:
     """Bytes usable for weights on each tier this device can use, in the order accelerate fills them."""
-    import psutil
-
     measured = {"cpu": lambda: psutil.virtual_memory().available, "disk": lambda: shutil.disk_usage(_existing(offload_dir)).free}
     if device.type == "cuda":
         measured = {"cuda": lambda: torch.cuda.mem_get_info(device.index or 0)[0], **measured}
@@ -74,12 +74,21 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def weights_size(config: Any, dtype: torch.dtype) -> tuple[int, int]:
-    """(parameters, bytes) of the model `config` describes in `dtype`, tied tensors counted once; built on the meta device."""
+def weights_size(config: Any, dtype: torch.dtype) -> tuple[int, int] | None:
+    """(parameters, bytes) of the model `config` describes in `dtype`, tied tensors counted once; built on the meta device.
+
+    None for a quantised checkpoint (its bytes per parameter are not the dtype's) or a config transformers cannot
+    build on the meta device: such a model loads as before, unplanned, rather than not at all.
+    """
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if getattr(config, "quantization_config", None):
+        return None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (ValueError, TypeError, ImportError, NotImplementedError, RuntimeError):
+        return None
     params = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
@@ -87,7 +96,10 @@ def weights_size(config: Any, dtype: torch.dtype) -> tuple[int, int]:
 def plan_placement(source: str, config: Any, dtype: torch.dtype, device: torch.device, may_split: bool, offload_dir: Path,
                    overrides: dict[str, int]) -> Placement:
     """The placement of `source`'s weights on `device`; `may_split` (--device auto) allows a split across tiers."""
-    params, size = weights_size(config, dtype)
+    counted = weights_size(config, dtype)
+    if counted is None:
+        return Placement(0, 0)
+    params, size = counted
     free = available_memory(device, offload_dir, overrides)
     first = next(iter(free))
     if size <= free[first]:

@@ -72,7 +72,9 @@ def test_a_saved_folder_of_another_family_runs_through_extract_fit_eval_and_rewa
 def _weights_bytes(folder) -> int:
     from transformers import AutoConfig
 
-    return weights_size(AutoConfig.from_pretrained(folder), torch.float32)[1]
+    counted = weights_size(AutoConfig.from_pretrained(folder), torch.float32)
+    assert counted is not None
+    return counted[1]
 
 
 def test_device_auto_splits_a_model_bigger_than_memory_across_memory_and_disk_with_the_plain_states(tiny_model_dir, tmp_path, monkeypatch):
@@ -110,7 +112,7 @@ def test_a_model_bigger_than_an_explicit_device_is_refused_in_one_line_naming_de
 def test_a_model_that_fits_nowhere_gets_the_estimate_in_one_line(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from transformers import AutoConfig
 
-    params, size = weights_size(AutoConfig.from_pretrained(tiny_model_dir), torch.float32)
+    params, size = weights_size(AutoConfig.from_pretrained(tiny_model_dir), torch.float32) or (0, 0)
     monkeypatch.setenv(ENV, f"cpu={size // 3},disk={size // 3}")
     data, _ = shared_prompt_data(tmp_path / "data.jsonl")
     code, err = run_cli(monkeypatch, capsys, "extract", data, "--out", tmp_path / "store", "--model", tiny_model_dir,
@@ -128,3 +130,13 @@ def test_the_memory_limits_parse_units_and_refuse_a_bad_entry():
     for bad in ("ram=1GB", "cpu=lots", "cpu=1XB", "cpu"):
         with pytest.raises(ProbekitError, match=ENV):
             parse_limits(bad)
+
+
+def test_the_estimate_counts_the_parameters_the_loaded_model_has(tiny_model_dir):
+    from transformers import AutoConfig
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    unique = {id(p): p for p in loaded.model.parameters()}.values()
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    assert weights_size(config, torch.float32) == (sum(p.numel() for p in unique), sum(p.numel() * 4 for p in unique))
+    assert weights_size(config, torch.bfloat16)[1] == sum(p.numel() * 2 for p in unique)

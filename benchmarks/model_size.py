@@ -29,7 +29,6 @@ a prompt) and the same random weights (seed 0) in both dtypes:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import shutil
 import sys
@@ -72,7 +71,7 @@ def add_cli_args(ap: ArgumentParser) -> None:
     ap.add_check(lambda a: None if len(a.trajectories.split(",")) == len(a.sizes.split(",")) else "one --trajectories count per size")
 
 
-def extraction(shape, pk, nv, subset: Path, work: Path, repeats: int) -> dict:
+def extraction(pk, nv, subset: Path, work: Path, repeats: int) -> dict:
     """Interleaved repeats of the three extraction methods on `subset`; medians, the ratio, FLOP rates, memory."""
     from probekit.models import dtype_name, resolve_layers
     from probekit.store import Store
@@ -216,7 +215,7 @@ def measure_size(args, name: str, n_traj: int, tokenizer, trajectories: list) ->
     nv = random_model(shape, tokenizer, torch.float32)
     out = {"shape": name, "hub_id": shape.hub_id, "config_class": shape.config_class, "parameters": parameter_count(pk),
            "num_layers": pk.num_layers, "hidden_size": pk.hidden_size, "probekit_dtype": dtype_name(dtype), "dtype_choice": choice}
-    out["extraction"] = extraction(shape, pk, nv, subset, work, args.repeats)
+    out["extraction"] = extraction(pk, nv, subset, work, args.repeats)
     del nv
     gc.collect()
     out["generation"] = generation(pk, out["extraction"]["layer"], work, args.gen_prompts, args.gen_samples, args.gen_repeats)

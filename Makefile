@@ -11,7 +11,7 @@ CONSTRAINT := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constrai
 DATA_DIR ?=
 DATA_ARG = $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: venv demo test bench bench-gpu bench-scale generation-study reproduce ablations clean
+.PHONY: venv demo test bench bench-gpu bench-gpu-smoke bench-scale generation-study reproduce ablations clean
 
 venv: $(STAMP)
 
@@ -35,9 +35,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/reward_api_speed.py $(DATA_ARG)
 	$(BIN)/python benchmarks/serve_bench.py --threads 1
 
-# The same measurements on a CUDA GPU, and the cost curves there (benchmarks/results/speed-gpu*.json; ~10 min on an H200).
+# The same measurements on a CUDA GPU, the cost curves there, and a random-weight Llama-3.1-8B in bfloat16
+# (benchmarks/results/speed-gpu*.json; ~10 min on an H200 before the 8B stage).
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/run_gpu.py $(DATA_ARG) --curve-sizes 1e5,1e6,1e7 --curve-timeout 3600
+
+# bench-gpu's 8B stage end to end on a CPU with a 4-layer shape (~2 min): that the script runs before a GPU is lent.
+bench-gpu-smoke: $(STAMP)
+	$(BIN)/python benchmarks/run_gpu.py $(DATA_ARG) --tiny
 
 # Cost curves of fit, sweep, filter scoring and eval on synthetic stores of 1e5, 1e6, 1e7 rows
 # (~12 GB under SCALE_WORK at the largest, deleted at the end; ~40 min on 2 cores).

@@ -21,6 +21,10 @@ functions, on a GPU and records them in one JSON with the device named
                `probekit generate` (states of layer 15 captured and stored).
 5. curves      benchmarks/run_scale.py --device cuda at the sizes given (a child
                process; its JSON is written beside this one).
+6. size        a user's 8B-class model: random-weight Llama-3.1-8B in bfloat16 against
+               the plain bfloat16 forward over the same batches and the naive loops
+               (benchmarks/gpu_size.py). `--tiny` runs this stage alone on a CPU with a
+               4-layer shape: the smoke test that the script runs end to end.
 
 Every stage is timed on its own and a failure is recorded, not fatal, so one
 run on a lent machine brings back everything that worked. CUDA work is timed
@@ -50,6 +54,7 @@ from benchmarks.naive import (NAIVE_BATCH, decode_without_capture, forward_flops
                               naive_filter, plain_generate)
 from benchmarks.speed_stages import (LAYER, SKIP_FIRST, SWEEP_LAMS, SWEEP_SEEDS, input_lengths, probekit_extract,  # noqa: E402
                                      separated_threshold, warm_up)
+from benchmarks.gpu_size import stage_size  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 MACHINE_FIELDS = ("torch", "transformers", "python", "cpu_count", "cuda_available", "gpu_properties")
@@ -123,7 +128,7 @@ def stage_extract(args, loaded, naive32, naive16, subset: Path, work: Path) -> d
     return result
 
 
-def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: int, model: str) -> dict:
+def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: int, model: str, layer: int = LAYER) -> dict:
     """Where one probekit extraction chunk spends its time: GPU kernel time against wall time, top ops by each."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -131,7 +136,7 @@ def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: i
     clock = Clock(sync=True).start()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
-        probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"0/{n_chunks}", model=model)
+        probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"0/{n_chunks}", model=model, layer=layer)
         cuda_sync()
     wall = clock.elapsed
     events = prof.key_averages()
@@ -230,14 +235,14 @@ def stage_filter(args, store_dir: Path, ckpts: dict) -> dict:
 # ---- 4. generation -------------------------------------------------------------------------
 
 
-def stage_generation(args, loaded, work: Path) -> dict:
+def stage_generation(args, loaded, work: Path, layer: int = LAYER) -> dict:
     from benchmarks.generation_task import SAMPLING
     from probekit.data.synth import synth_prompts
     from probekit.generate.config import GenerateConfig
     from probekit.generate.generation import generate
 
     prompts = synth_prompts(args.gen_problems, 1, 1, shots=2, seed=0)
-    cfg = GenerateConfig(samples=4, template="raw", layers=str(LAYER), answer="synth", batch_size=args.gen_batch, **SAMPLING)
+    cfg = GenerateConfig(samples=4, template="raw", layers=str(layer), answer="synth", batch_size=args.gen_batch, **SAMPLING)
     generate(prompts[:4], work / "gen-warm", cfg, loaded=loaded, overwrite=True)
     runs: dict[str, list] = {"plain_model_generate": [], "probekit_decode_without_capture": [], "probekit_generate": []}
     for r in range(2):
@@ -291,11 +296,19 @@ def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gen-batch", type=int, default=64)
     ap.add_argument("--curve-sizes", default="1e5,1e6")
     ap.add_argument("--curve-timeout", type=float, default=240)
-    ap.add_argument("--stages", default="extract,fit,filter,generation,curves")
+    ap.add_argument("--stages", default="extract,fit,filter,generation,curves,size")
+    ap.add_argument("--size-shape", default="llama-3.1-8b", help="benchmarks/model_configs.py shape of the size stage")
+    ap.add_argument("--size-trajectories", type=int, default=256, help="trajectories the size stage extracts per repeat")
+    ap.add_argument("--size-repeats", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="smoke run on a CPU: the size stage alone, a 4-layer shape, 8 trajectories, "
+                    "results under --work (not benchmarks/results)")
     ap.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run of this script on a machine without a GPU")
 
 
 def main(args) -> int:
+    if args.tiny:
+        args.device, args.stages, args.size_trajectories, args.size_repeats = "cpu", "size", 8, 1
+        args.gen_problems, args.gen_batch, args.out = 2, 8, args.work / "speed-gpu-tiny.json"
     args.probe_devices = [args.device, "cpu"] if args.device != "cpu" else ["cpu"]
 
     import torch
@@ -347,6 +360,10 @@ def main(args) -> int:
                 value = stage_generation(args, loaded, args.work)
             elif stage == "curves":
                 value = stage_curves(args)
+            elif stage == "size":
+                size_subset = args.work / "subset-size.jsonl"
+                write_trajectories(size_subset, trajectories[:args.size_trajectories])
+                value = stage_size(args, loaded.tokenizer, size_subset, args.work, stage_generation, profile_chunk)
             else:
                 value = {"error": f"unknown stage {stage}"}
         except Exception as exc:  # a lent machine's one run must bring back every stage that worked

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,7 @@ from probekit.cache import cache_root
 from probekit.cpu_dtype import cpu_auto_dtype
 from probekit.errors import ProbekitError
 from probekit.io import sha256_file, write_json
+from probekit.placement import ENV as MAX_MEMORY_ENV, Placement, parse_limits, plan_placement
 
 DEFAULT_MODEL = "smollm2-135m"
 BUNDLED_MODELS = ("smollm2-135m", "gemma3-270m")
@@ -80,6 +82,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     dtype_choice: str = "requested"  # why this dtype: "requested", or how auto decided
+    device_map: dict[str, str] | None = None  # accelerate's module -> device/"cpu"/"disk" when split (`probekit.placement`)
 
 
 def default_cache_dir() -> Path:
@@ -97,14 +100,16 @@ def load_model(
 
     `name` is a bundled name (smollm2-135m, gemma3-270m), a local folder with
     a config.json, a local .gguf file, or a hub id "org/name".
-    device "auto" means cuda when available else cpu; dtype "auto" means
+    device "auto" means cuda when available else cpu, and a model whose weights exceed that device's free memory
+    split by accelerate across GPU, host memory and disk (`probekit.placement`: a model that cannot fit at all, or
+    exceeds an explicitly named device, is a one-line error with the estimate); dtype "auto" means
     bfloat16 on cuda (float16 where the GPU lacks bfloat16) and, on a cpu,
     bfloat16 where its matmuls are measured faster, else float32
     (`probekit.cpu_dtype`; the measurement is cached in `cache_dir`).
     """
     torch_device = resolve_device(device)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    want = _DtypeRequest(dtype, torch_device, cache_dir)
+    want = _DtypeRequest(dtype, torch_device, cache_dir, may_split=device == "auto")
 
     revision: str | None = None
     if name == "smollm2-135m":
@@ -174,18 +179,20 @@ def resolve_dtype(dtype: str, device: torch.device, hidden_size: int | None = No
 
 @dataclass
 class _DtypeRequest:
-    """The requested model dtype, resolved once the model's config is read.
+    """The requested model dtype (and placement), resolved once the model's config is read.
 
     auto on a CPU depends on the model's hidden size, which is known only from
     its config, and the weights must be loaded in the final dtype (casting
     afterwards would also cast HF's float32 rotary buffers), so loaders read
     the config first and ask `resolve(config)` for the dtype to load in.
-    Every other request is resolved (and a bad name refused) at once.
+    Every other request is resolved (and a bad name refused) at once. `may_split` (--device auto): weights too big
+    for the device may be split across GPU, host memory and disk (`placement`).
     """
 
     name: str
     device: torch.device
     cache_dir: Path
+    may_split: bool = False
     resolved: torch.dtype | None = None
     choice: str = "requested"
 
@@ -198,6 +205,11 @@ class _DtypeRequest:
             hidden = int(config.get_text_config().hidden_size)
             self.resolved, self.choice = resolve_dtype(self.name, self.device, hidden, self.cache_dir)
         return self.resolved
+
+    def placement(self, source: str, config: Any) -> Placement:
+        """Where the weights of `source` go (refusing, in one line with the estimate, a model that does not fit)."""
+        limits = parse_limits(os.environ.get(MAX_MEMORY_ENV, ""))
+        return plan_placement(source, config, self.resolve(config), self.device, self.may_split, self.cache_dir / "offload", limits)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -409,8 +421,16 @@ def _config_then_model(source: str, dtype: _DtypeRequest, quiet: bool = True, **
 
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     config = AutoConfig.from_pretrained(source, **kwargs)
+    placement = dtype.placement(source, config)
+    split: dict[str, Any] = {}
+    if placement.device_map:
+        (dtype.cache_dir / "offload").mkdir(parents=True, exist_ok=True)
+        offload = tempfile.mkdtemp(prefix="model-", dir=dtype.cache_dir / "offload")
+        split = dict(device_map=placement.device_map, max_memory=placement.max_memory, offload_folder=offload)
     with transformers_bars_hidden(quiet):
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype.resolve(config), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype.resolve(config), **split, **kwargs)
+    if split:  # weights offloaded to the disk live there as long as the model
+        weakref.finalize(model, shutil.rmtree, split["offload_folder"], True)
     return model, tokenizer
 
 
@@ -493,9 +513,12 @@ def _freeze(
     # blanket .to(dtype) would also cast the float32 rotary buffers that HF
     # deliberately keeps in full precision, changing the hidden states.
     dtype = request.resolve(model.config)
-    if model.dtype != dtype:
-        model = model.to(dtype=dtype)
-    model = model.to(device=device).eval()
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map is None:  # a split model stays where accelerate put it; its hooks move inputs to each block's device
+        if model.dtype != dtype:
+            model = model.to(dtype=dtype)
+        model = model.to(device=device)
+    model = model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -513,6 +536,7 @@ def _freeze(
         device=device,
         dtype=dtype,
         dtype_choice=request.choice,
+        device_map={k: str(v) for k, v in device_map.items()} if device_map else None,
     )
 
 

@@ -30,8 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import (ArgumentParser, Clock, add_threads_option, apply_threads, console, results_header,  # noqa: E402
-                                table as rich_table)
+from benchmarks.harness import (ArgumentParser, Clock, add_threads_option, apply_threads, console, machine,  # noqa: E402
+                                machine_line, results_header, table as rich_table)
 from benchmarks.studies import (add_study_options, build_data, cached, data_folder, extract_store, fmt, mean_ci,  # noqa: E402
                                 probe_summary, sweep)
 from probekit.io import write_json  # noqa: E402
@@ -157,7 +157,7 @@ def main(args) -> None:
     g = cached(work / "results" / tag / "gsm8k_sweep.json", lambda: sweep(gsm8k_store, work / "sweeps" / f"gsm8k-{tag}", args, layers=[args.layer]))
     in_domain = [{"lam": lam, **probe_summary([m for m in _test_metrics(g, args.layer, lam)])} for lam in sorted({r["lam"] for r in g["runs"]})]
     report = {
-        **results_header(exact_command=False, day_only=True),
+        **results_header(exact_command=False, day_only=True, machine=machine_line()), **machine("commit=git_commit"),
         "model": args.model, "model_dtype": str(loaded.dtype).removeprefix("torch."), "torch_threads": threads, "layer": args.layer, "lam": args.lam, "seeds": args.seeds,
         "gsm8k_problems": args.gsm8k_problems, "problems_per_set": args.problems, "max_new_tokens": args.max_new_tokens,
         "generation": "greedy, 1 solution per problem, zero-shot, chat template, graded by the numeric gold answer (gsm8k parser)",

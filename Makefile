@@ -11,7 +11,7 @@ CONSTRAINT := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constrai
 DATA_DIR ?=
 DATA_ARG = $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: venv demo test bench bench-gpu bench-gpu-smoke bench-scale generation-study reproduce ablations clean
+.PHONY: venv demo test bench bench-gpu bench-gpu-smoke bench-scale generation-study reproduce ood ablations clean
 
 venv: $(STAMP)
 
@@ -63,6 +63,13 @@ reproduce: $(STAMP)
 	$(BIN)/python benchmarks/reproduce.py $(DATA_ARG) --model gemma3-270m --model-tag gemma3 \
 		--layers 3,6,9,12,15 --layer 9 --store-dtype float32 --studies gsm8k,filter \
 		--out benchmarks/results/reproduce-gemma3.json
+
+# Probes fitted on GSM8K, scored on greedy solutions of the paper's OOD sets (gsm-hard, svamp, asdiv, mawps, algebra222;
+# fetched into probekit's cache, verified by sha256, unless OOD_DATA_DIR names a folder in that layout). 60 problems a set,
+# 3 seeds: ~20-40 min on 2 busy cores, mostly greedy decoding (benchmarks/results/ood.json).
+OOD_DATA_DIR ?=
+ood: $(STAMP)
+	$(BIN)/python benchmarks/ood.py $(DATA_ARG) $(if $(OOD_DATA_DIR),--ood-data-dir $(OOD_DATA_DIR)) --seeds 0,1,2
 
 # Every ablation axis against the default, raw and length-controlled AUROC, 5 seeds, on GSM8K (labelled and + corrupted
 # gold), all 2,312 HH harmless-base test dialogues and synthetic problems. SmolLM2-135M was recorded (without the both

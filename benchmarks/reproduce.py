@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import ArgumentParser, Clock, console, results_header, table as rich_table  # noqa: E402
 from benchmarks.studies import (LENGTH_CONTROLLED, add_study_options, build_data, cached, data_folder,  # noqa: E402
-                                evaluate_on, extract_store, fmt, mean_ci)
+                                evaluate_on, extract_store, fmt, mean_ci, probe_summary, sweep)
 from probekit.io import read_json, write_json  # noqa: E402
 
 STUDIES = ("gsm8k", "filter", "transfer", "hh")
@@ -43,16 +43,6 @@ def build_stores(files: dict[str, Path], work: Path, args, loaded) -> dict[str, 
 
 
 # ---- studies -------------------------------------------------------------------------------------------
-def sweep(store: Path, out: Path, args, layers=None, goals=("mean",)) -> dict:
-    from probekit.config import FitConfig
-    from probekit.config import SweepConfig
-    from probekit.sweep import run_sweep
-
-    config = SweepConfig(template=FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot), lams=(0.0, args.lam),
-                         layers=tuple(layers) if layers else None, seeds=tuple(args.seeds), goals=tuple(goals), prototypes=4, split="test")
-    return run_sweep(store, out, config, overwrite=True)
-
-
 def summarise_sweep(result: dict) -> list[dict]:
     """Per (layer, λ, goal): mean and 95% t-interval across seeds of each metric."""
     rows: dict[tuple, list[dict]] = {}
@@ -133,19 +123,6 @@ def filter_study(result: dict, store: Path, out: Path, layer: int) -> list[dict]
                     "length_at_budget": mean_ci(x["baselines"]["length"]["accuracy"] for x in reps),
                     "best_of_n": mean_ci(x.get("best_of_n_accuracy") for x in reps)})
     return out
-
-
-def probe_summary(probes: list[dict]) -> dict:
-    """Mean and 95% t-interval across seeds of the reward AUROC (raw and length-controlled), pairwise accuracy and Q AUROC."""
-    def controlled(p: dict, name: str) -> float | None:
-        return ((p["auroc"].get("length_controlled") or {}).get(name) or {}).get("value")
-
-    return {"n_seeds": len(probes), "auroc": mean_ci(p["auroc"]["value"] for p in probes),
-            "auroc_strat": mean_ci(controlled(p, "stratified") for p in probes),
-            "auroc_resid": mean_ci(controlled(p, "residualised") for p in probes),
-            "beats_length": f"{sum(bool((p['auroc'].get('length_controlled') or {}).get('beats_length')) for p in probes)}/{len(probes)}",
-            "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in probes),
-            "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in probes)}
 
 
 def transfer_study(corrupt_result: dict, gsm8k_result: dict, gsm8k_store: Path, layer: int) -> list[dict]:

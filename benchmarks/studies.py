@@ -1,9 +1,10 @@
-"""What the real-data studies share (reproduce.py, ablations.py, bf16_agreement.py): their options, data, stores and intervals.
+"""What the real-data studies share (reproduce.py, ablations.py, bf16_agreement.py, ood.py): their options, data, stores and intervals.
 
 * options: `add_study_options` (data, cache, output, model, seeds, fits), `add_data_dir_option`;
 * data: `data_folder` (the folder --data-dir means, fetched where missing), `build_data` (GSM8K labelled solutions,
   corrupted-gold pairs, HH-RLHF pairs, as subsets of whole groups: benchmarks/subsets.py), `extract_store`;
-* results: `cached` (a stage's JSON, computed once), `evaluate_on` (a probe on another store's test split),
+* probes: `sweep` (λ = 0 and λ > 0 over layers x seeds, the fits of reproduce.py and ood.py);
+* results: `cached` (a stage's JSON, computed once), `evaluate_on` (a probe on another store's test split), `probe_summary`,
   `mean_ci` (mean and 95 % t-interval across seeds) and `fmt`, `LENGTH_CONTROLLED` (the length-controlled AUROCs).
 """
 
@@ -154,3 +155,27 @@ def evaluate_on(ckpt, store, layer: int, split: dict, seed: int) -> dict:
 
     ctx = make_context(store, split, "test", n_boot=200, seed=seed)
     return evaluate(Scorer.from_checkpoint(ckpt), ctx, open_rows(store, layer, 2048), layer=layer, baselines=False)
+
+
+def sweep(store: Path, out: Path, args, layers=None, goals=("mean",)) -> dict:
+    """λ = 0 and λ = args.lam over `layers` (default: every layer of the store) x args.seeds, evaluated on the test split."""
+    from probekit.config import FitConfig
+    from probekit.config import SweepConfig
+    from probekit.sweep import run_sweep
+
+    config = SweepConfig(template=FitConfig().vary(epochs=args.epochs, n_boot=args.n_boot), lams=(0.0, args.lam),
+                         layers=tuple(layers) if layers else None, seeds=tuple(args.seeds), goals=tuple(goals), prototypes=4, split="test")
+    return run_sweep(store, out, config, overwrite=True)
+
+
+def probe_summary(probes: list[dict]) -> dict:
+    """Mean and 95% t-interval across seeds of the reward AUROC (raw and length-controlled), pairwise accuracy and Q AUROC."""
+    def controlled(p: dict, name: str) -> float | None:
+        return ((p["auroc"].get("length_controlled") or {}).get(name) or {}).get("value")
+
+    return {"n_seeds": len(probes), "auroc": mean_ci(p["auroc"]["value"] for p in probes),
+            "auroc_strat": mean_ci(controlled(p, "stratified") for p in probes),
+            "auroc_resid": mean_ci(controlled(p, "residualised") for p in probes),
+            "beats_length": f"{sum(bool((p['auroc'].get('length_controlled') or {}).get('beats_length')) for p in probes)}/{len(probes)}",
+            "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in probes),
+            "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in probes)}

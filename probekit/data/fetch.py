@@ -59,6 +59,20 @@ _HH_LFS = "https://media.githubusercontent.com/media/anthropics/hh-rlhf/354e5c3c
 _PRM800K_LFS = "https://media.githubusercontent.com/media/openai/prm800k/7ecc794703b2877f63226f2477a49b34f9b25163"
 _PRM800K = "https://raw.githubusercontent.com/openai/prm800k/7ecc794703b2877f63226f2477a49b34f9b25163"
 
+# The OOD sets of the paper's evaluation, from the files NeMo-Skills' prepare scripts read (the problems of the OpenMath
+# predictions the official code scores; probekit.data.ood). gsm-hard: NeMo-Skills reads the Hugging Face copy of PAL's
+# file, taken here from PAL's repository itself; MAWPS: NeMo-Skills reads microsoft/ToRA's copies, whose git blobs are
+# these PAL files byte for byte. sha256 and size are of the bytes at the pinned commit.
+_PAL = "https://raw.githubusercontent.com/reasoning-machines/pal/f81ca2a9777f002f98a6b4d0f10b61bd5c8feb02"
+_SVAMP = "https://raw.githubusercontent.com/arkilpatel/SVAMP/689d7ccac74b9983a2ac7cc3b264f441b99e7c53"
+_ASDIV = "https://raw.githubusercontent.com/chaochun/nlu-asdiv-dataset/883f90a9a65bf00304ba8f37423910fe743abc47"
+_ALGEBRA222 = "https://raw.githubusercontent.com/joyheyueya/declarative-math-word-problem/7dc99c39f53e108103a84ff8c7ef5d4857ad34ff"
+_PAL_LICENSE = "c71d239df91726fc519c6eb72d318ec65820627232b2f796219e87dcf35d0ab4"  # Apache-2.0
+_MAWPS = {"addsub": ("2fae2c92530cdf1ac0487db9a90e68d6af84049d755c07c4486411c1d7f43e75", 70911),
+          "singleeq": ("07bec92bae226dd5231a966e907a0f097ba3170a1557c73ceeb135caad8d09f8", 86536),
+          "singleop": ("feb012e7ed5503cdb96fd127d539692b033000e9134655acaf4f4e0091328e94", 75278),
+          "multiarith": ("12e8295088364af21fb6591dbdbd1dda452aade57227f63d725677471ded2951", 109522)}
+
 _GSM8K_LICENSE = DataFile("gsm8k/LICENSE", f"{_GSM8K}/LICENSE",
                           "86bbb73e855821d7c401912fd4bf82e34313e6e3b6fd6f909f2b6cc9e209a53b", 1062)
 _HH_LICENSE = DataFile("hh_rlhf/LICENSE", f"{_HH}/LICENSE",
@@ -66,7 +80,7 @@ _HH_LICENSE = DataFile("hh_rlhf/LICENSE", f"{_HH}/LICENSE",
 _PRM800K_LICENSE = DataFile("math/LICENSE", f"{_PRM800K}/LICENSE",
                             "22d61a2226e035da51c56149c3358c36d1f61716435866bc6e6fe0e54c7270db", 1062)
 
-# Each data set brings its licence file along (all are MIT, whose notice travels with copies).
+# Each data set brings its licence file along (MIT, Apache-2.0 and CC notices travel with copies).
 DATASETS: dict[str, tuple[DataFile, ...]] = {
     "gsm8k": (
         DataFile("gsm8k/train.jsonl", f"{_GSM8K}/grade_school_math/data/train.jsonl",
@@ -94,6 +108,28 @@ DATASETS: dict[str, tuple[DataFile, ...]] = {
         DataFile("math/test.jsonl", f"{_PRM800K_LFS}/prm800k/math_splits/test.jsonl",
                  "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132", 446564),
         _PRM800K_LICENSE,
+    ),
+    "gsm-hard": (
+        DataFile("gsm_hard/gsmhardv2.jsonl", f"{_PAL}/datasets/gsmhardv2.jsonl",
+                 "2032b0188a49ac0ec38cbe1e695e7d62d6dddc44bbb64f920728aca710e9ddef", 1138151),
+        DataFile("gsm_hard/LICENSE", f"{_PAL}/LICENSE", _PAL_LICENSE, 11357),
+    ),
+    "svamp": (
+        DataFile("svamp/SVAMP.json", f"{_SVAMP}/SVAMP.json", "5be77703a6d891ae476d7c082787ad361392aa02453b132516cdd5f4e7934e3e", 339970),
+        DataFile("svamp/LICENSE", f"{_SVAMP}/LICENSE", "07ce3a34de7a865345634f9278bc26ddcacc2d0defd348c28e3f4603448b9ba4", 1068),
+    ),
+    "asdiv": (  # CC BY-NC 4.0, stated in its README (the repository has no LICENSE file)
+        DataFile("asdiv/ASDiv.xml", f"{_ASDIV}/dataset/ASDiv.xml", "ef8904068482919ac48c8eeaaf6df344b8a308ba66d048c2d4d87eab82dc4929", 947401),
+        DataFile("asdiv/README.md", f"{_ASDIV}/README.md", "929249a72b2d0b6d3b144acd21886f7e728faa945b10f04b7ba2995138845783", 3643),
+    ),
+    "mawps": (
+        *(DataFile(f"mawps/{name}.jsonl", f"{_PAL}/datasets/mawps{name}.jsonl", sha, size) for name, (sha, size) in _MAWPS.items()),
+        DataFile("mawps/LICENSE", f"{_PAL}/LICENSE", _PAL_LICENSE, 11357),
+    ),
+    "algebra222": (  # CC BY-SA 4.0
+        DataFile("algebra222/algebra222.csv", f"{_ALGEBRA222}/algebra222.csv",
+                 "9fa0171d2d427c5b3df1c3ba543317e32366ca5d2c0a843f55d40cec6b528a28", 61752),
+        DataFile("algebra222/LICENSE", f"{_ALGEBRA222}/LICENSE", "2003829cf643d61b00a76088dd31bb11b8029546f24c56b39fd492adb9281483", 20139),
     ),
 }
 

@@ -43,15 +43,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.generation_task import (N_BOOT, SAMPLING, boot_ci, fit_study_probe, ratio_ci, study_config,  # noqa: E402
                                         study_prompts)
-from benchmarks.harness import Clock, add_threads_option, apply_threads, console, machine_line, results_header, table  # noqa: E402
+from benchmarks.harness import Clock, add_threads_option, apply_threads, console, machine, machine_line, results_header, table  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 # Part B's searches: SteerConfig options beside the plain search. "guarded_mean_step" adds both guards (the 2-shot
 # format's answer line is "A: n") and the official code's step score (the cosine of the step's mean φ).
+# The "official*" searches are the official code's step score and selection (`steer --step-score official`): without
+# self-evaluation (its --not_use_conf), with it (its default --conf_ratio 0: c and p weigh the same), and with its
+# stochastic selection (temperature 0.5 decayed by 0.5 a step, rejection sampling, the importance correction).
+OFFICIAL = {"step_score": "official", "unique_candidates": True}
 STEER_VARIANTS = {
     "plain": {},
     "guarded_mean_step": {"require_before_end": r"A: *-?\d", "empty_steps": "resample", "step_score": "mean"},
+    "official": OFFICIAL,
+    "official_self_eval": {**OFFICIAL, "self_eval": True},
+    "official_self_eval_sampled": {**OFFICIAL, "self_eval": True, "bs_temperature": 0.5, "bs_temperature_decay": 0.5, "reject_sample": True,
+                                   "unbiased": True},
 }
+DEFAULT_VARIANTS = "plain,guarded_mean_step"  # the recorded run's; the official ones are recorded in official_steering.json
 
 
 def per_problem(run, prompts) -> dict:
@@ -80,10 +89,10 @@ def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-test", type=int, default=40)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--length-seeds", type=int, default=1, help="seeds of part C (the length goals)")
+    ap.add_argument("--length-seeds", type=int, default=1, help="seeds of part C (the length goals); 0 skips part C")
     ap.add_argument("--beams", type=int, default=2)
     ap.add_argument("--candidates", type=int, default=2)
-    ap.add_argument("--variants", default=",".join(STEER_VARIANTS), help=f"part B's searches, a comma list of {', '.join(STEER_VARIANTS)}")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"part B's searches, a comma list of {', '.join(STEER_VARIANTS)}")
     ap.add_argument("--model-dtype", default="bfloat16", help="bfloat16 runs ~2.5x faster than float32 on CPUs with avx512_bf16")
     add_threads_option(ap)
     ap.add_argument("--work", default="runs/generation-study")
@@ -217,7 +226,7 @@ def main(args) -> int:
     length = {"goal_examples_mean_tokens": {"short": float(np.mean([t.meta["tokens"] for t in tr[:quarter]])),
                                              "long": float(np.mean([t.meta["tokens"] for t in tr[-quarter:]]))},
               "plain_tokens_per_sample": boot_ci(plain_tokens / args.samples)}
-    for name in goals:
+    for name in goals if args.length_seeds > 0 else ():
         lengths = []
         for s in range(args.length_seeds):
             res = steer(test, work / f"steer-{name}-{s}", dataclasses.replace(cfg, seed=s), dataclasses.replace(search, goal=name), ckpt,
@@ -229,7 +238,7 @@ def main(args) -> int:
         console.log(f"length goal {name}: {np.mean(lengths):.1f} tokens (plain {plain_tokens.mean() / args.samples:.1f})")
 
     result = {
-        **results_header(exact_command=False, day_only=True, machine=machine_line()),
+        **results_header(exact_command=False, day_only=True, machine=machine_line()), **machine("git_commit"),
         "model": "smollm2-135m", "model_dtype": args.model_dtype, "torch_threads": threads, "layer": 15,
         "task": {"kind": "synthetic 1-step, 2-shot, raw template", "n_train_problems": len(train), "n_test_problems": len(test),
                  "samples": args.samples, "seeds": args.seeds, "why": "the bundled model's per-sample accuracy is in 20-80 % here "

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.generation_task import boot_ci  # noqa: E402
-from benchmarks.harness import Clock, add_threads_option, apply_threads, console, machine_line, results_header  # noqa: E402
+from benchmarks.harness import Clock, add_threads_option, apply_threads, console, machine, machine_line, results_header  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 LAYER = 15
@@ -35,10 +35,14 @@ SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 40, "stop": "\n
 SEARCH = {"beams": 2, "candidates": 2, "goal": "mean"}
 # The searches compared: SteerConfig options beside SEARCH. "guarded_mean_step" redraws blank-line steps and ranks a
 # step by the cosine of its mean φ (the official code's step score).
+# "official" is the official code's step score and selection (`steer --step-score official`) without self-evaluation
+# (its --not_use_conf: the default judging prompt is for math steps).
 STEER_VARIANTS = {
     "plain": {},
     "guarded_mean_step": {"empty_steps": "resample", "step_score": "mean"},
+    "official": {"step_score": "official", "unique_candidates": True},
 }
+DEFAULT_VARIANTS = "plain,guarded_mean_step"  # the recorded run's; the official one is recorded in official_steering_hh.json
 
 
 def judge_rewards(trajectories, path: Path, judge, loaded) -> np.ndarray:
@@ -66,7 +70,7 @@ def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--variants", default=",".join(STEER_VARIANTS), help=f"the searches, a comma list of {', '.join(STEER_VARIANTS)}")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"the searches, a comma list of {', '.join(STEER_VARIANTS)}")
     add_threads_option(ap)
     ap.add_argument("--work", default="runs/hh-steering")
     ap.add_argument("--out", default="benchmarks/results/hh_steering.json")
@@ -154,7 +158,7 @@ def main(args) -> int:
             "steered_minus_single_sample": boot_ci(judged - pj[:, :, 0].mean(axis=0)),
             "steered_minus_best_of_n": boot_ci(judged - best_of_n)}
     result = {
-        **results_header(exact_command=False, day_only=True, machine=machine_line()),
+        **results_header(exact_command=False, day_only=True, machine=machine_line()), **machine("git_commit"),
         "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "torch_threads": threads, "layer": LAYER,
         "data": {"source": "hh_rlhf/harmless-base/test.jsonl.gz", "fit_dialogues_each": args.n_fit, "prompts": len(prompts),
                  "split": "dialogues shuffled (seed 0): A fits the steering probe, B the judge, C gives the prompts; disjoint"},

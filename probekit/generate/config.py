@@ -7,11 +7,13 @@ options from it without loading a model stack.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from probekit.config import Config, check_choice, option
 from probekit.errors import ProbekitError
+from probekit.generate.official_score import conf_weight
 from probekit.store import STATE_DTYPES
 
 
@@ -76,7 +78,7 @@ class DecodeSettings:
 # so it has no option for them and its steering.json does not record them.
 STEER_IGNORES = ("samples", "layers", "batch_size", "shard_size")
 
-STEP_SCORES = ("last", "mean", "gain")
+STEP_SCORES = ("last", "mean", "gain", "official")
 EMPTY_STEPS = ("allow", "last", "resample")
 
 
@@ -90,7 +92,26 @@ class SteerConfig(Config):
     max_step_tokens: int = option(32, "A newline step is cut after this many tokens.")
     goal: str = option("mean", "Goal prototype the Q-value points at: mean, kmeans, or a name added with `probekit goal`.")
     step_score: str = option("last", "What ranks a candidate step: last (the Q of its last token), mean (the cosine of its tokens' mean φ "
-                                     "to the goal, as the official code scores a step) or gain (its last-token Q minus its beam's before the step).")
+                                     "to the goal), gain (its last-token Q minus its beam's before the step) or official (the official code's: "
+                                     "the path's geometric mean of c^w·p^(1/len)^(1-w) over its steps, plus --q-weight × the mean-φ cosine).")
+    q_weight: float = option(1.0, "With --step-score official: weight of the step's mean-φ cosine to the goal added to the path score (official: 1).")
+    self_eval: bool = option(False, "With --step-score official: the model judges each step in a few-shot (A) correct / (B) incorrect prompt; "
+                                    "its confidence c = softmax over the two choice tokens. Off: c is not used (official --not_use_conf).")
+    self_eval_prompt: str | None = option(None, "With --self-eval: a text file holding the judging prompt, with the placeholders {prompt} and "
+                                                "{steps}, ending just before the choice letter. Default: a math version of the official prompt.")
+    conf_ratio: float = option(0.0, "With --self-eval: the official --conf_ratio, a log2-odds: the confidence's weight w = 2^r/(2^r+1) "
+                                    "(0: c and p weigh the same).")
+    unique_candidates: bool = option(False, "Drop a candidate whose text repeats another's (same beam, same step) before selection, as the official code does.")
+    bs_temperature: float = option(0.0, "With --step-score official: select beams by sampling with weights score^(1/T) instead of top-k "
+                                        "(official --bs_temperature; below 0.005 selection is top-k).")
+    bs_temperature_decay: float = option(-1.0, "The selection temperature at step s is bs_temperature × decay^s (official "
+                                               "--bs_temperature_decay; below 0: no decay).")
+    reject_sample: bool = option(False, "With --bs-temperature: keep a drawn candidate with probability its path's confidence and "
+                                        "length-normalised probability combined, and only above min(--bs-min-score, the k-th best score) "
+                                        "(official --reject_sample; at most 100 draws).")
+    unbiased: bool = option(False, "With --bs-temperature: divide each selection weight by the candidate's length-normalised LM probability "
+                                   "(official --unbiased, an importance correction for candidates drawn from the LM).")
+    bs_min_score: float = option(0.6, "With --reject-sample: the score floor (official --bs_min_score).")
     empty_steps: str = option("allow", "A step of only whitespace (e.g. a blank line) that does not end the completion: allow it, rank it "
                                        "last (below every other candidate), or resample it from its beam (up to --max-resamples times, then last).")
     max_resamples: int = option(3, "With --empty-steps resample: how many times an empty step is drawn again before it is kept (and "
@@ -104,9 +125,34 @@ class SteerConfig(Config):
             raise ProbekitError("--beams, --candidates and --max-step-tokens must be at least 1, --step-tokens at least 0")
         check_choice("--step-score", self.step_score, STEP_SCORES)
         check_choice("--empty-steps", self.empty_steps, EMPTY_STEPS)
+        self.check_official()
         if self.max_resamples < 1:
             raise ProbekitError(f"--max-resamples {self.max_resamples}: must be at least 1")
         self.end_pattern()
+
+    def check_official(self) -> None:
+        """The official score's options: finite numbers, and only where they are read."""
+        for flag, value in (("--q-weight", self.q_weight), ("--conf-ratio", self.conf_ratio), ("--bs-temperature", self.bs_temperature),
+                            ("--bs-temperature-decay", self.bs_temperature_decay), ("--bs-min-score", self.bs_min_score)):
+            if not math.isfinite(value):
+                raise ProbekitError(f"{flag} {value}: must be a finite number")
+        if self.bs_temperature < 0:
+            raise ProbekitError(f"--bs-temperature {self.bs_temperature}: must be >= 0 (0 = top-k)")
+        official_only = {"--self-eval": self.self_eval, "--bs-temperature": self.bs_temperature > 0, "--q-weight": self.q_weight != 1.0}
+        for flag, used in official_only.items():
+            if used and self.step_score != "official":
+                raise ProbekitError(f"{flag} is read only with --step-score official (got --step-score {self.step_score})")
+        for flag, used in {"--self-eval-prompt": self.self_eval_prompt is not None, "--conf-ratio": self.conf_ratio != 0.0}.items():
+            if used and not self.self_eval:
+                raise ProbekitError(f"{flag} is read only with --self-eval")
+        for flag, used in {"--reject-sample": self.reject_sample, "--unbiased": self.unbiased,
+                           "--bs-temperature-decay": self.bs_temperature_decay >= 0}.items():
+            if used and self.bs_temperature == 0:
+                raise ProbekitError(f"{flag} is read only with --bs-temperature above 0")
+
+    def confidence_weight(self) -> float:
+        """w of c^w·p^(1-w): from --conf-ratio with --self-eval, else 0 (the official --not_use_conf)."""
+        return conf_weight(self.conf_ratio) if self.self_eval else 0.0
 
     def end_pattern(self) -> re.Pattern | None:
         """`require_before_end` compiled (None when unset); a bad pattern is a one-line error."""

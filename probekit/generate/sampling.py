@@ -32,6 +32,31 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator], tempera
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
+    scaled, sorted_p, order, cum = _shaped(logits, temperature, top_p)
+    target = u * cum[:, -1]
+    idx = torch.searchsorted(cum, target[:, None]).clamp(max=cum.shape[1] - 1)
+    sampled = order.gather(1, idx).squeeze(1)
+    overflowed = ~torch.isfinite(scaled.amax(dim=-1))
+    return torch.where(overflowed, logits.argmax(dim=-1), sampled)
+
+
+def token_logprob(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Log-probability of each row's token under the distribution `sample_next` draws from (renormalised over the nucleus).
+
+    What the official step score's p multiplies: the released code reads HF generate's processed scores, i.e. the
+    temperature- and top-p-shaped distribution. At temperature 0 (greedy) it is the model's own softmax.
+    """
+    logits = logits.float()
+    if temperature == 0:
+        return torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    scaled, sorted_p, order, cum = _shaped(logits, temperature, top_p)
+    p = torch.zeros_like(sorted_p).scatter(1, order, sorted_p).gather(1, tokens[:, None]).squeeze(1)
+    overflowed = ~torch.isfinite(scaled.amax(dim=-1))  # sampled greedily (see sample_next): probability 1 in the limit
+    return torch.where(overflowed, torch.zeros_like(p), torch.log(p / cum[:, -1]))
+
+
+def _shaped(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, ...]:
+    """(logits/temperature, the probabilities sorted best first with those outside the nucleus zeroed, their order, their cumsum)."""
     scaled = logits / temperature
     probs = torch.softmax(scaled, dim=-1)
     sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -40,8 +65,4 @@ def sample_next(logits: torch.Tensor, generators: list[torch.Generator], tempera
         keep = (cum - sorted_p) < top_p  # the smallest prefix whose mass reaches top_p (the top token always stays)
         sorted_p = sorted_p * keep
         cum = sorted_p.cumsum(dim=-1)
-    target = u * cum[:, -1]
-    idx = torch.searchsorted(cum, target[:, None]).clamp(max=cum.shape[1] - 1)
-    sampled = order.gather(1, idx).squeeze(1)
-    overflowed = ~torch.isfinite(scaled.amax(dim=-1))
-    return torch.where(overflowed, logits.argmax(dim=-1), sampled)
+    return scaled, sorted_p, order, cum

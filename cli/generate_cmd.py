@@ -34,8 +34,9 @@ def generate(
     prompts: Path = typer.Argument(..., help="Prompts JSONL: one {\"id\", \"prompt\", \"gold\"?} per line; gold answers grade the samples."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: trajectories.jsonl, pairs.jsonl, store/ (the states) and generation.json."),
     filter_ckpt: Optional[Path] = typer.Option(None, "--filter", help="Probe checkpoint: stop each sample at its first token whose Q-value falls below --threshold."),
-    threshold: str = typer.Option("0", help="Q threshold for --filter: a number in (-1, 1]; auto (chosen as `probekit filter --threshold auto` "
-                                           "would, on the checkpoint's validation groups); or a `probekit filter` output folder (its chosen threshold)."),
+    threshold: str = typer.Option("auto", help="Q threshold for --filter: auto (the default: chosen as `probekit filter --threshold auto` "
+                                              "would, on the checkpoint's validation groups of its training store); a number in (-1, 1] "
+                                              "(a cosine; negative is normal); or a `probekit filter` output folder (its chosen threshold)."),
     skip_first: int = typer.Option(5, help="With --filter, never stop at completion positions below this."),
     goal: str = typer.Option("mean", help="With --filter, the goal the Q-value points at: mean or kmeans."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid prompt records (and report their count) instead of stopping at the first."),

@@ -216,14 +216,17 @@ def test_generate_steer_and_goal_refuse_an_out_that_holds_their_inputs_or_other_
 
 
 def test_generate_threshold_auto_without_validation_groups_is_a_one_line_error(tiny_model_dir, probe, tmp_path, monkeypatch, capsys):
+    """auto is --threshold's default: `--filter CK` alone chooses on CK's validation groups, and says so when it has none."""
     from tests.helpers import assert_one_line_error, run_cli
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Question: 2 + 2?", "gold": "4"}\n')
-    code, err = run_cli(monkeypatch, capsys, "generate", prompts, "--out", tmp_path / "o", "--model", tiny_model_dir,
-                        "--filter", probe.path, "--threshold", "auto", "--no-progress")
-    assert_one_line_error(code, err, "no validation groups")
-    assert not (tmp_path / "o").exists()
+    for extra in (["--threshold", "auto"], []):
+        code, err = run_cli(monkeypatch, capsys, "generate", prompts, "--out", tmp_path / "o", "--model", tiny_model_dir,
+                            "--filter", probe.path, "--no-progress", *extra)
+        assert_one_line_error(code, err, "--threshold auto: checkpoint")
+        assert "no validation groups" in err
+        assert not (tmp_path / "o").exists()
 
 
 def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, probe, tiny_model_dir, tmp_path, monkeypatch, capsys):

@@ -71,7 +71,8 @@ def eval_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", "-c", help="Checkpoint folder written by `probekit fit`."),
     store: Optional[Path] = typer.Option(None, "--store", "-s", help="Store to evaluate on. Default: the store the probe was trained on."),
     split: str = typer.Option("valid", help="Groups to evaluate: valid, test (the final number), train, or all (every trajectory of the store)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json and prefix_auroc.png. Default: CKPT/eval-SPLIT."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json and prefix_auroc.png. Default: CKPT-eval-SPLIT beside the checkpoint "
+                                                                  "(never inside it: a checkpoint folder stays as `fit` wrote it, ready to share)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap and the random baseline."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     progress: bool = typer.Option(True, help=PROGRESS_HELP),
@@ -81,7 +82,7 @@ def eval_cmd(
     compute: ComputeConfig = None,
 ) -> None:
     """Evaluate a probe: pairwise accuracy, AUROC with group-bootstrap CIs, prefix AUROC, error localisation, baselines."""
-    from probekit.eval.evaluate import evaluate_checkpoint, write_evaluation
+    from probekit.eval.evaluate import default_eval_out, evaluate_checkpoint, write_evaluation
     from probekit.outputs import checkpoint_inputs, claim_output
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.store import Store
@@ -94,9 +95,9 @@ def eval_cmd(
         if not (store / "manifest.json").exists():
             raise ProbekitError(f"the store checkpoint {ckpt} was trained on ({store}) is gone; pass --store")
     st = Store(store)
-    target = out if out is not None else ckpt / f"eval-{split}"
+    target = out if out is not None else default_eval_out(ckpt, split)
     with claim_output(target, "eval", ("metrics.json", "prefix_auroc.png"), overwrite=overwrite,
-                      inputs=[st.path, *checkpoint_inputs(checkpoint)], hosts=[ckpt]) as out_dir:
+                      inputs=[st.path, *checkpoint_inputs(checkpoint)]) as out_dir:
         checkpoint.model.to(compute.device)
         metrics = evaluate_checkpoint(checkpoint, st, split, n_boot=eval_config.n_boot, seed=seed, baselines=eval_config.baselines,
                                       q_threshold=eval_config.q_threshold, length_bins=eval_config.length_bins,

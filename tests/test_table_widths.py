@@ -69,6 +69,8 @@ COMMANDS = {
                  ["tokens_resumed_for_fallback", "tokens_per_second"]),
     "steer": (lambda inp, out: ["steer", inp["prompts"], "--ckpt", inp["ckpt"], "--out", out, *_model(inp), "--beams", "1", "--candidates", "2",
                                 "--step-tokens", "2", "--max-new-tokens", "4"], ["n_best_ended_without_match", "mean_q_best_beam"]),
+    "goal": (lambda inp, out: ["goal", "--ckpt", inp["ckpt"], "--from", inp["trajectories"], "--name", "mine", "--out", out, *_model(inp)],
+             ["checkpoint_mean_goal_norm", "cosine to mean goal", "n_examples"]),
     "score": (lambda inp, out: ["score", inp["trajectories"], "--ckpt", inp["ckpt"], "--out", out, "--device", "cpu"],
               ["reward mean", "records/s", "truncated"]),
     "baseline": (lambda inp, out: ["baseline", "--from-samples", inp["trajectories"], "--ckpt", inp["ckpt"], "--out", out, "--device", "cpu"],
@@ -77,6 +79,8 @@ COMMANDS = {
                                "--n-boot", "20", "--generate-problems", "1", "--generate-tokens", "4"],
              ["goal-conditioned (λ=0.5)", "baseline (λ=0)", "logistic_last", "logistic_mean", "filtered"]),
 }
+
+WITHOUT_PROGRESS = {"goal"}  # commands that draw no progress bar (and so take no --no-progress)
 
 
 def assert_fits(text: str, width: int, labels: list[str]) -> None:
@@ -95,7 +99,8 @@ def assert_fits(text: str, width: int, labels: list[str]) -> None:
 def test_every_command_summary_fits_the_terminal(inputs, tmp_path, monkeypatch, capsys, command, width):
     monkeypatch.setenv("COLUMNS", str(width))
     args, labels = COMMANDS[command]
-    code, err = run_cli(monkeypatch, capsys, *args(inputs, tmp_path / "out"), "--no-progress")
+    quiet = [] if command in WITHOUT_PROGRESS else ["--no-progress"]
+    code, err = run_cli(monkeypatch, capsys, *args(inputs, tmp_path / "out"), *quiet)
     assert code == 0, err
     assert_fits(err, width, labels)
 

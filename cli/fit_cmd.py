@@ -16,7 +16,7 @@ from probekit_cli.app import app
 from probekit_cli.common import console, esc
 from probekit_cli.options import field_help, with_config
 from probekit_cli.progress import progress_for
-from probekit_cli.summary import Report, TableFormat, fields_summary, format_option, json_option
+from probekit_cli.summary import Report, TableFormat, fields_summary, fmt_value, format_option, json_option
 from probekit_cli.tables import metrics_table, sweep_table
 
 OVERWRITE_HELP = "Write into an --out that holds other files (they are never replaced) or another command's output."
@@ -137,13 +137,19 @@ def sweep(
     axes: dict = None,
 ) -> None:
     """Grid of fits over λ, layer, encoder widths, K, goal kind, seeds and the ablation axes; mean ± std over seeds beside the baselines."""
-    from probekit.sweep import run_sweep
+    from probekit.store import Store
+    from probekit.sweep import run_sweep, sweep_plan
 
     report = Report(json_out, table_format)
     config = SweepConfig(template=template, lams=_list(lam, float, "--lam"), layers=_list(layers, int, "--layers") if layers else None,
                          widths=tuple(parse_widths_list(widths)), ks=_list(k, int, "--k"), goals=_list(goal, str, "--goal"),
                          seeds=_list(seeds, int, "--seeds"), prototypes=prototypes, split=split, axes=axes,
                          one_at_a_time=one_at_a_time)
+    config.validate()
+    plan = sweep_plan(Store(store), config)
+    console.print(f"sweep: {len(plan['runs'])} runs: layers {fmt_value(plan['layers'])} ({plan['layers_from']}), "
+                  f"λ {fmt_value(plan['lams'])}, seeds {fmt_value(plan['seeds'])}; finished runs in {esc(out)} are reused",
+                  highlight=False, soft_wrap=True)
     result = run_sweep(store, out, config, overwrite=overwrite, progress=progress_for(progress))
     if report.json:
         report.emit(result)

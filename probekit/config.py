@@ -437,7 +437,9 @@ class SweepConfig(Config):
     template: FitConfig = field(default_factory=FitConfig)
     lams: tuple[float, ...] = option((0.0, 0.1, 0.5, 1.0), "Comma list of contrastive weights λ; 0 (pure Bradley-Terry) is always added.",
                                      flag="--lam")
-    layers: tuple[int, ...] | None = option(None, "Comma list of layers. Default: every layer of the store.")
+    layers: tuple[int, ...] | None = option(None, "Comma list of layers. Default: every layer of the store, so each store layer "
+                                                  "multiplies the fits (3 layers x 4 λ x 3 seeds: 36); the sweep prints its layers, "
+                                                  "λ, seeds and number of runs before the first fit.")
     widths: tuple[tuple[int, ...], ...] = option(((256,),), "Comma list of encoders, each like 256, 128x128 (two hidden layers) or linear.")
     ks: tuple[int, ...] = option((8,), "Comma list of K (contrastive samples per pair); λ = 0 runs ignore K.", flag="--k")
     goals: tuple[str, ...] = option(("mean",), "Comma list of goal kinds for Q-values: mean, kmeans (evaluated on the same runs).", flag="--goal")

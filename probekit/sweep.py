@@ -52,12 +52,23 @@ def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, o
         return _run_sweep(store_path, out, out_dir, config, overwrite, progress)
 
 
-def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, progress: Progress | None) -> dict:
-    store = Store(store_path)
+def sweep_plan(store: Store, config: SweepConfig) -> dict:
+    """What a sweep will run, known before its first fit: layers (and where they come from), λ values, seeds, runs.
+
+    The CLI prints it first, because the default layers are every layer of the store and each multiplies the
+    fits; the sweep itself runs exactly this grid. Runs already finished in --out are reused, not fitted again.
+    """
     layers = list(store.layers) if not config.layers else [int(x) for x in config.layers]
     for layer in layers:
         store.check_layer(layer)
-    grid = config.runs(layers)
+    return {"layers": layers, "layers_from": "--layers" if config.layers else "every layer of the store",
+            "lams": sorted(set(float(x) for x in config.lams) | {0.0}), "seeds": list(config.seeds), "runs": config.runs(layers)}
+
+
+def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, progress: Progress | None) -> dict:
+    store = Store(store_path)
+    plan = sweep_plan(store, config)
+    layers, grid = plan["layers"], plan["runs"]
     runs_dir = out_dir.file("runs")
     rows: list[dict] = []
     baselines: dict = {}  # (layer, seed) -> baselines dict

@@ -14,7 +14,7 @@ from probekit.config import ABLATION_AXES, ComputeConfig, EvalConfig, FitConfig,
 from probekit.errors import ProbekitError
 from probekit_cli.app import app
 from probekit_cli.common import console, esc
-from probekit_cli.options import field_help, with_config
+from probekit_cli.options import field_help, help_panel, with_config
 from probekit_cli.progress import progress_for
 from probekit_cli.summary import Report, TableFormat, fields_summary, fmt_value, format_option, json_option
 from probekit_cli.tables import metrics_table, sweep_table
@@ -113,6 +113,7 @@ def eval_cmd(
 
 
 SWEEP_AXES = ("lam", "K", "widths", "layer", "seed", "goal_prototypes")
+SWEEP_PANEL = help_panel(SweepConfig, None)  # the grid's own options, beside the template's groups
 
 
 @app.command()
@@ -120,15 +121,15 @@ SWEEP_AXES = ("lam", "K", "widths", "layer", "seed", "goal_prototypes")
 def sweep(
     store: Path = typer.Option(..., "--store", "-s", help="Store folder written by `probekit extract`."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for runs/ (one checkpoint per run), results.csv and results.json."),
-    lam: str = typer.Option("0,0.1,0.5,1", "--lam", help=field_help(SweepConfig, "lams")),
-    layers: Optional[str] = typer.Option(None, help=field_help(SweepConfig, "layers")),
-    widths: str = typer.Option("256", help=field_help(SweepConfig, "widths")),
-    k: str = typer.Option("8", "--k", help=field_help(SweepConfig, "ks")),
-    goal: str = typer.Option("mean", help=field_help(SweepConfig, "goals")),
-    seeds: str = typer.Option("0,1,2", help=field_help(SweepConfig, "seeds")),
-    prototypes: int = typer.Option(4, help=field_help(SweepConfig, "prototypes")),
-    split: str = typer.Option("valid", help=field_help(SweepConfig, "split")),
-    one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help=field_help(SweepConfig, "one_at_a_time")),
+    lam: str = typer.Option("0,0.1,0.5,1", "--lam", help=field_help(SweepConfig, "lams"), rich_help_panel=SWEEP_PANEL),
+    layers: Optional[str] = typer.Option(None, help=field_help(SweepConfig, "layers"), rich_help_panel=SWEEP_PANEL),
+    widths: str = typer.Option("256", help=field_help(SweepConfig, "widths"), rich_help_panel=SWEEP_PANEL),
+    k: str = typer.Option("8", "--k", help=field_help(SweepConfig, "ks"), rich_help_panel=SWEEP_PANEL),
+    goal: str = typer.Option("mean", help=field_help(SweepConfig, "goals"), rich_help_panel=SWEEP_PANEL),
+    seeds: str = typer.Option("0,1,2", help=field_help(SweepConfig, "seeds"), rich_help_panel=SWEEP_PANEL),
+    prototypes: int = typer.Option(4, help=field_help(SweepConfig, "prototypes"), rich_help_panel=SWEEP_PANEL),
+    split: str = typer.Option("valid", help=field_help(SweepConfig, "split"), rich_help_panel=SWEEP_PANEL),
+    one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help=field_help(SweepConfig, "one_at_a_time"), rich_help_panel=SWEEP_PANEL),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
     json_out: bool = json_option("Print results.json on stdout."),

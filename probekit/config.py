@@ -57,8 +57,8 @@ def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[
     return field(default=default, metadata=metadata)
 
 
-def _label(cls: type) -> str:
-    """How errors name a config's options: FitConfig -> 'fit', ExtractOptions -> 'extract', SampleFields -> 'sample fields'."""
+def config_label(cls: type) -> str:
+    """How errors and help panels name a config's options: FitConfig -> 'fit', ExtractOptions -> 'extract', SampleFields -> 'sample fields'."""
     words = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower().split()
     return " ".join(words[:-1] if len(words) > 1 and words[-1] in ("config", "options") else words)
 
@@ -124,7 +124,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Any:
-        return _from_dict(cls, d, _label(cls))
+        return _from_dict(cls, d, config_label(cls))
 
 
 def parse_widths(spec: str) -> tuple[int, ...]:

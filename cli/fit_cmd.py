@@ -14,6 +14,7 @@ from probekit.config import ABLATION_AXES, ComputeConfig, EvalConfig, FitConfig,
 from probekit.errors import ProbekitError
 from probekit_cli.app import app
 from probekit_cli.common import console, esc
+from probekit_cli.legends import ERROR_LOCALISATION, FIT
 from probekit_cli.options import field_help, help_panel, with_config
 from probekit_cli.progress import progress_for
 from probekit_cli.summary import Report, TableFormat, fields_summary, fmt_value, format_option, json_option
@@ -59,7 +60,7 @@ def fit(
     if report.json:
         report.emit({**summary, "metrics": ckpt.metrics})
         return
-    report.show(fields_summary("probekit fit", summary), *([metrics_table(ckpt.metrics["valid"])] if "valid" in ckpt.metrics else []))
+    report.show(fields_summary("probekit fit", summary, FIT), *([metrics_table(ckpt.metrics["valid"])] if "valid" in ckpt.metrics else []))
     if "valid" not in ckpt.metrics:
         console.print("[yellow]warning:[/] no validation groups; nothing was evaluated (set --valid-frac > 0)")
 
@@ -108,7 +109,7 @@ def eval_cmd(
         report.emit(metrics)
         return
     err = metrics["probe"].get("error_localisation")
-    report.show(metrics_table(metrics), *([fields_summary("error localisation (incorrect trajectories with a known first error)", err)] if err else []))
+    report.show(metrics_table(metrics), *([fields_summary("error localisation (incorrect trajectories with a known first error)", err, ERROR_LOCALISATION)] if err else []))
     console.print(f"metrics and plot written to {esc(out_dir.path)}", soft_wrap=True)
 
 

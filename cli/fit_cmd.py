@@ -139,20 +139,20 @@ def sweep(
     axes: dict = None,
 ) -> None:
     """Grid of fits over λ, layer, encoder widths, K, goal kind, seeds and the ablation axes; mean ± std over seeds beside the baselines."""
-    from probekit.store import Store
-    from probekit.sweep import run_sweep, sweep_plan
+    from probekit.sweep import run_sweep
 
     report = Report(json_out, table_format)
     config = SweepConfig(template=template, lams=_list(lam, float, "--lam"), layers=_list(layers, int, "--layers") if layers else None,
                          widths=tuple(parse_widths_list(widths)), ks=_list(k, int, "--k"), goals=_list(goal, str, "--goal"),
                          seeds=_list(seeds, int, "--seeds"), prototypes=prototypes, split=split, axes=axes,
                          one_at_a_time=one_at_a_time)
-    config.validate()
-    plan = sweep_plan(Store(store), config)
-    console.print(f"sweep: {len(plan['runs'])} runs: layers {fmt_value(plan['layers'])} ({plan['layers_from']}), "
-                  f"λ {fmt_value(plan['lams'])}, seeds {fmt_value(plan['seeds'])}; finished runs in {esc(out)} are reused",
-                  highlight=False, soft_wrap=True)
-    result = run_sweep(store, out, config, overwrite=overwrite, progress=progress_for(progress))
+
+    def say_plan(plan: dict) -> None:
+        console.print(f"sweep: {len(plan['runs'])} runs: layers {fmt_value(plan['layers'])} ({plan['layers_from']}), "
+                      f"λ {fmt_value(plan['lams'])}, seeds {fmt_value(plan['seeds'])}; finished runs in {esc(out)} are reused",
+                      highlight=False, soft_wrap=True)
+
+    result = run_sweep(store, out, config, overwrite=overwrite, progress=progress_for(progress), on_plan=say_plan)
     if report.json:
         report.emit(result)
         return

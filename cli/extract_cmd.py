@@ -10,6 +10,7 @@ import typer
 from probekit.extract.options import ExtractOptions
 from probekit_cli.app import app
 from probekit_cli.common import console, esc
+from probekit_cli.legends import EXTRACT
 from probekit_cli.options import field_help, with_config
 from probekit_cli.summary import Report, TableFormat, fields_summary, fmt_value, format_option, json_option
 
@@ -52,4 +53,4 @@ def extract(
     if report.json:
         report.emit(summary)
     else:
-        report.show(fields_summary("probekit extract", summary))
+        report.show(fields_summary("probekit extract", summary, EXTRACT))

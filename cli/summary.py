@@ -13,7 +13,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import typer
 from rich.text import Text
@@ -111,9 +111,23 @@ class Summary:
         return [row[0] for row in self.cells()]
 
 
-def fields_summary(title: str, values: dict[str, Any]) -> Summary:
-    """A two-column field/value summary (fit, generate, extract, ...); long values wrap, fields never do."""
-    return Summary(title, ["field", "value"], [[k, fmt_field(k, v)] for k, v in values.items()], wrap=("value",))
+def legend(labels: Iterable[str], meanings: Mapping[str, str], lead: str = "") -> str:
+    """The one-line legend under a table: what each shown label's number is (units, scale, direction).
+
+    Only labels the table shows are explained, in the table's order, as `label: meaning`; `lead` (a sentence
+    about the whole table) comes first. Every command takes its words from one mapping (`probekit_cli.legends`),
+    so a field means the same under every table, and the README's "What a command prints" quotes the same words.
+    """
+    parts = [f"{label}: {meanings[label]}" for label in dict.fromkeys(labels) if label in meanings]
+    return " ".join(p for p in (lead, "; ".join(parts) + ("." if parts else "")) if p)
+
+
+def fields_summary(title: str, values: dict[str, Any], meanings: Mapping[str, str] | None = None, lead: str = "") -> Summary:
+    """A two-column field/value summary (fit, generate, extract, ...); long values wrap, fields never do.
+
+    With `meanings`, the legend says what each shown field is (`legend`)."""
+    return Summary(title, ["field", "value"], [[k, fmt_field(k, v)] for k, v in values.items()], wrap=("value",),
+                   legend=legend(values, meanings or {}, lead))
 
 
 def markdown(summary: Summary) -> str:

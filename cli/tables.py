@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from probekit.config import ablation_name
-from probekit_cli.summary import Summary, fmt_num, fmt_value
+from probekit_cli.legends import DEMO_LEAD, FILTER, FILTER_Q_THRESHOLD, METRICS_LEAD, SWEEP_LEAD
+from probekit_cli.summary import Summary, fmt_num, fmt_value, legend
 
 
 def fmt_ci(m: dict | None) -> str:
@@ -54,7 +55,8 @@ def length_rows(metrics: dict) -> list[list[str]]:
         (k for k in probe if k.startswith("q_auroc_")), key=lambda k: (k != "q_auroc_mean", k))]
     length = (metrics.get("baselines") or {}).get("length") or {}
     if length.get("auroc"):
-        signals.append(("length", length["auroc"], "check: ≈ 0.5 when the controls remove length"))
+        signals.append(("length", length["auroc"], "length's own score"))
+    bins = (metrics.get("length_control") or {}).get("bins")
     rows = []
     for name, auroc, check in signals:
         lc = auroc.get("length_controlled")
@@ -65,16 +67,20 @@ def length_rows(metrics: dict) -> list[list[str]]:
             continue
         verdict = {True: "beats length", False: "does not beat length (a lower bound <= 0.5)", None: ""}[lc["beats_length"]]
         strata = lc["stratified"]
+        used = f"{strata.get('n_strata', 0)} of {bins} length bins held both classes" if bins else f"{strata.get('n_strata', 0)} strata"
         rows.append([f"{name}, within length strata", fmt_ci(strata), "-",
-                     check or f"{strata.get('n_strata', 0)} strata, {strata.get('n_pairs', 0)} same-stratum pairs"])
-        rows.append([f"{name}, log length regressed out", fmt_ci(lc["residualised"]), "-", check or verdict])
+                     f"{check}: what length still ranks inside a bin (0.5 only with very fine bins)" if check
+                     else f"{used}, {strata.get('n_pairs', 0)} same-stratum pairs"])
+        rows.append([f"{name}, log length regressed out", fmt_ci(lc["residualised"]), "-",
+                     f"{check}: 0.5 by construction (the check passes)" if check else verdict])
     return rows
 
 
 def metrics_table(metrics: dict, title: str | None = None) -> Summary:
     title = title or (f"probekit eval: {metrics['split']} split ({metrics['n_trajectories']} trajectories, "
                       f"{metrics['n_pairs']} pairs, {metrics['n_groups']} groups)")
-    return Summary(title, ["method", "AUROC [95% CI]", "pairwise acc [95% CI]", "note"], metric_rows(metrics), wrap=("note",))
+    return Summary(title, ["method", "AUROC [95% CI]", "pairwise acc [95% CI]", "note"], metric_rows(metrics), wrap=("note",),
+                   legend=METRICS_LEAD)
 
 
 SWEEP_AXES = (("lam", "λ"), ("layer", "layer"), ("widths", "encoder"), ("K", "K"), ("ablation", "ablation"), ("goal", "goal"),
@@ -111,8 +117,9 @@ def sweep_table(result: dict) -> Summary:
         rows.append([f"baseline {name}" + (f" · layer {b['layer']}" if layer_varies else ""), fmt_pm(b["pairwise_acc_mean"], b["pairwise_acc_std"]),
                      fmt_pm(b["auroc_mean"], b["auroc_std"]), *_length_pair(b, "auroc"), "", "", "", "", ""])
     split = result["options"]["split"]
-    legend = ("the same in every row: " + ", ".join(same) + ". " if same else "") + ("in strata: AUROC within length strata; length out: with log length "
-                                                          "regressed out; beats: runs whose CI clears the best baseline ; length")
+    legend = ("the same in every row: " + ", ".join(same) + ". " if same else "") + SWEEP_LEAD + (
+        " in strata: AUROC within length strata; length out: with log length regressed out; beats: runs whose CI clears the best "
+        "baseline ; runs that beat length")
     return Summary(f"probekit sweep ({split} split, mean ± std over seeds)",
                    ["configuration", "pair acc", "AUROC", "AUROC in strata", "AUROC length out", "Q AUROC", "Q in strata",
                     "Q length out", "err AUROC", "beats"], rows, legend=legend, dim=dim)
@@ -128,7 +135,7 @@ def filter_table(metrics: dict) -> Summary:
     base = rep["baselines"]
     rows = [
         ["report groups / trajectories", f"{rep['n_groups']} / {rep['n_trajectories']}"],
-        ["threshold", fmt_num(metrics["chosen_threshold"])],
+        ["threshold", fmt_num(metrics["chosen_threshold"]) + (" (Q, a cosine in [-1, 1])" if metrics["signal"] == "q" else " (reward, a logit)")],
         ["accuracy, majority vote (no filter)", rep["accuracy_majority"]],
         ["accuracy, filtered majority vote", rep["accuracy_filtered"]],
         ["share of trajectories dropped", rep["dropped_share"]],
@@ -145,7 +152,11 @@ def filter_table(metrics: dict) -> Summary:
         *_vote_test_rows(metrics),
     ]
     skip = f"skip max({metrics['skip_first']}, floor({metrics['skip_frac']:g} x length))" if metrics.get("skip_frac") else f"skip_first {metrics['skip_first']}"
-    return Summary(f"probekit filter ({metrics['signal']}, {skip})", ["metric", "value"], rows, wrap=("value",))
+    lead = "Accuracies and shares are 0 to 1 over the report problems; higher accuracy is better."
+    if metrics["signal"] == "q":
+        lead += " " + FILTER_Q_THRESHOLD
+    return Summary(f"probekit filter ({metrics['signal']}, {skip})", ["metric", "value"], rows, wrap=("value",),
+                   legend=legend([r[0] for r in rows], FILTER, lead))
 
 
 def _vote_test_rows(metrics: dict) -> list[list]:
@@ -200,7 +211,7 @@ def demo_table(summary: dict) -> Summary:
     return Summary(
         f"probekit demo: {summary['model']} layer {summary['layer']}, {summary['n_trajectories']} trajectories (test problems)",
         ["probe", "AUROC [95% CI]", "Q AUROC", "pairwise acc", "vote acc", "vote acc (filtered)", "tokens saved (official / effective)", "beats baselines"],
-        rows, dim=dim,
+        rows, dim=dim, legend=DEMO_LEAD,
     )
 
 

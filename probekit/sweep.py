@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -46,18 +47,34 @@ def run_name(run: dict) -> str:
     return f"lam{run['lam']:g}_L{layer}_w{widths_name(run['widths'])}_K{k}_s{run['seed']}" + ("_" + extra.replace(" ", "_") if extra else "")
 
 
-def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, overwrite: bool = False, progress: Progress | None = None) -> dict:
+def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, overwrite: bool = False, progress: Progress | None = None,
+              on_plan: Callable[[dict], None] | None = None) -> dict:
+    """Run the grid; `on_plan` receives `sweep_plan` once --out is claimed, before the first fit (the CLI prints it)."""
     config.validate()
     with claim_output(out, "sweep", ("runs", "results.csv", "results.json"), overwrite=overwrite, inputs=[store_path]) as out_dir:
-        return _run_sweep(store_path, out, out_dir, config, overwrite, progress)
+        return _run_sweep(store_path, out, out_dir, config, overwrite, progress, on_plan)
 
 
-def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, progress: Progress | None) -> dict:
-    store = Store(store_path)
+def sweep_plan(store: Store, config: SweepConfig) -> dict:
+    """What a sweep will run, known before its first fit: layers (and where they come from), λ values, seeds, runs.
+
+    The CLI prints it first, because the default layers are every layer of the store and each multiplies the
+    fits; the sweep itself runs exactly this grid. Runs already finished in --out are reused, not fitted again.
+    """
     layers = list(store.layers) if not config.layers else [int(x) for x in config.layers]
     for layer in layers:
         store.check_layer(layer)
-    grid = config.runs(layers)
+    return {"layers": layers, "layers_from": "--layers" if config.layers else "every layer of the store",
+            "lams": sorted(set(float(x) for x in config.lams) | {0.0}), "seeds": list(config.seeds), "runs": config.runs(layers)}
+
+
+def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, progress: Progress | None,
+               on_plan: Callable[[dict], None] | None) -> dict:
+    store = Store(store_path)
+    plan = sweep_plan(store, config)
+    if on_plan is not None:
+        on_plan(plan)
+    layers, grid = plan["layers"], plan["runs"]
     runs_dir = out_dir.file("runs")
     rows: list[dict] = []
     baselines: dict = {}  # (layer, seed) -> baselines dict

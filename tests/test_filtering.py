@@ -526,6 +526,20 @@ def test_vote_tests_and_softmax_weighting_in_the_report(planted, tmp_path):
                                                                   weight_by="q"))["report"]["softmax_best_of_n_accuracy"] > 0.99
 
 
+def test_cli_threshold_defaults_to_auto_and_explicit_numbers_still_work(planted, tmp_path):
+    """No --threshold is auto (the quantile grid, chosen on selection groups), not a fixed cosine 0."""
+    root, store, ckpt_dir = planted
+    runs, said = {}, {}
+    for name, extra in (("default", ()), ("auto", ("--threshold", "auto")), ("fixed", ("--threshold", "-0.25"))):
+        proc = _cli("--ckpt", ckpt_dir, "--store", store.path, "--out", tmp_path / name, "--no-plots", "--random-seeds", "1", *extra)
+        assert proc.returncode == 0, proc.stderr
+        runs[name], said[name] = json.loads((tmp_path / name / "metrics.json").read_text()), " ".join(proc.stderr.split())
+    assert runs["default"]["threshold_mode"] == runs["auto"]["threshold_mode"] == "auto"
+    assert runs["default"]["chosen_threshold"] == runs["auto"]["chosen_threshold"]
+    assert len(runs["default"]["thresholds"]) > 1 and "selection groups" in said["default"] and "selection groups" not in said["fixed"]
+    assert runs["fixed"]["threshold_mode"] == "fixed" and runs["fixed"]["chosen_threshold"] == -0.25
+
+
 def test_cli_prints_the_vote_tests_and_softmax_rows_and_refuses_bad_weighting(planted, tmp_path, monkeypatch, capsys):
     from tests.helpers import assert_one_line_error, run_cli
 

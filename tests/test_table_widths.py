@@ -69,6 +69,8 @@ COMMANDS = {
                  ["tokens_resumed_for_fallback", "tokens_per_second"]),
     "steer": (lambda inp, out: ["steer", inp["prompts"], "--ckpt", inp["ckpt"], "--out", out, *_model(inp), "--beams", "1", "--candidates", "2",
                                 "--step-tokens", "2", "--max-new-tokens", "4"], ["n_best_ended_without_match", "mean_q_best_beam"]),
+    "goal": (lambda inp, out: ["goal", "--ckpt", inp["ckpt"], "--from", inp["trajectories"], "--name", "mine", "--out", out, *_model(inp)],
+             ["checkpoint_mean_goal_norm", "cosine to mean goal", "n_examples"]),
     "score": (lambda inp, out: ["score", inp["trajectories"], "--ckpt", inp["ckpt"], "--out", out, "--device", "cpu"],
               ["reward mean", "records/s", "truncated"]),
     "baseline": (lambda inp, out: ["baseline", "--from-samples", inp["trajectories"], "--ckpt", inp["ckpt"], "--out", out, "--device", "cpu"],
@@ -77,6 +79,8 @@ COMMANDS = {
                                "--n-boot", "20", "--generate-problems", "1", "--generate-tokens", "4"],
              ["goal-conditioned (λ=0.5)", "baseline (λ=0)", "logistic_last", "logistic_mean", "filtered"]),
 }
+
+WITHOUT_PROGRESS = {"goal"}  # commands that draw no progress bar (and so take no --no-progress)
 
 
 def assert_fits(text: str, width: int, labels: list[str]) -> None:
@@ -95,7 +99,8 @@ def assert_fits(text: str, width: int, labels: list[str]) -> None:
 def test_every_command_summary_fits_the_terminal(inputs, tmp_path, monkeypatch, capsys, command, width):
     monkeypatch.setenv("COLUMNS", str(width))
     args, labels = COMMANDS[command]
-    code, err = run_cli(monkeypatch, capsys, *args(inputs, tmp_path / "out"), "--no-progress")
+    quiet = [] if command in WITHOUT_PROGRESS else ["--no-progress"]
+    code, err = run_cli(monkeypatch, capsys, *args(inputs, tmp_path / "out"), *quiet)
     assert code == 0, err
     assert_fits(err, width, labels)
 
@@ -168,3 +173,22 @@ def test_json_and_a_text_format_together_are_refused_in_one_line(inputs, tmp_pat
     code, err = run_cli(monkeypatch, capsys, "fit", "--store", inputs["store"], "--out", tmp_path / "o", "--json", "--format", "csv", *FIT)
     assert_one_line_error(code, err, "--json and --format csv")
     assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_every_number_says_what_it_is_in_a_legend(inputs, tmp_path, monkeypatch, capsys):
+    """Issue 21 item 4: the units, scale and direction the issue found missing are printed under the tables."""
+    monkeypatch.setenv("COLUMNS", "200")
+    said = {}
+    for command in ("extract", "eval", "filter", "fit"):
+        args, _labels = COMMANDS[command]
+        code, err = run_cli(monkeypatch, capsys, *args(inputs, tmp_path / command), "--no-progress")
+        assert code == 0, err
+        said[command] = " ".join(err.split())
+    assert "n_rows_stored: hidden-state rows kept" in said["extract"] and "n_tokens_processed: tokens the model ran over" in said["extract"]
+    for text in (said["eval"], said["fit"]):
+        assert "AUROC: chance that a correct trajectory scores above an incorrect one (0.5 = chance" in text
+    assert "mean_abs_error: mean distance in completion tokens" in said["eval"] and "detected_frac: share of those" in said["eval"]
+    assert "threshold: the Q (a cosine, -1 to 1)" in said["eval"]
+    assert "length bins held both classes" in said["eval"] and "length's own score: 0.5 by construction" in said["eval"]
+    assert "(Q, a cosine in [-1, 1])" in said["filter"] and "a negative threshold is normal" in said["filter"]
+    assert "share of tokens saved (fallback groups count as generated): the same, with the tokens of problems" in said["filter"]

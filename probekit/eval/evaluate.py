@@ -242,6 +242,18 @@ def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000
     return metrics
 
 
+def default_eval_out(ckpt: str | Path, split: str) -> Path:
+    """`probekit eval`'s folder when no --out is given: CKPT-eval-SPLIT beside the checkpoint.
+
+    Not inside it: a checkpoint folder is what `fit` wrote and what is shared
+    (copied, uploaded), and evaluation output there would travel with it.
+    The checkpoint's own name is read from its resolved path, so `--ckpt .`
+    gives a sibling folder too, not one inside the checkpoint.
+    """
+    resolved = Path(ckpt).resolve()
+    return resolved.parent / f"{resolved.name}-eval-{split}"
+
+
 def write_evaluation(metrics: dict, out) -> None:
     """metrics.json and prefix_auroc.png into a claimed output folder (`probekit.outputs.OutputDir`), as one set."""
     with out.commit_set(last=("metrics.json",)):

@@ -22,8 +22,11 @@ WEIGHTINGS = ("argmax", "softmax")
 class FilterConfig(Config):
     """How solutions are dropped and how the threshold is chosen."""
 
-    threshold: str = option("0", "Drop threshold: a number (e.g. 0), a comma list (0.1,0.2) or auto (quantiles of per-trajectory min signal, plus 0). "
-                                 "With several, the one with the best validation accuracy is chosen (ties: more tokens saved).")
+    threshold: str = option("auto", "Drop threshold: auto (the default: candidates are 0 and the 0%, 5%, ..., 95% quantiles of the "
+                                    "per-trajectory minimum signal on the selection groups; the one with the best filtered-vote accuracy "
+                                    "there is chosen, ties: more tokens saved, and reported on the other groups), a number (a Q "
+                                    "threshold is a cosine in (-1, 1]; negative values are normal, as a solution's minimum Q is often "
+                                    "below 0) or a comma list (0.1,0.2), chosen among as auto chooses.")
     skip_first: int = option(5, "Never drop at token positions below this (the official evaluation skips the first 5 tokens).")
     skip_frac: float = option(0.0, "Nor below floor(F x the solution's completion tokens): the official generation_percentile, which skips "
                                    "max(5, int(F x length)) tokens (--skip-first 5 --skip-frac F is that rule). Offline only: "

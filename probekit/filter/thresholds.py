@@ -251,8 +251,8 @@ def degenerate_warnings(res: FilterResult, report_mask: np.ndarray, eligible: np
     kept, n = int(res.kept[report_mask].sum()), int(report_mask.sum())
     out = []
     if n and kept == 0:
-        out.append(f"threshold {res.threshold:g} dropped every report trajectory: every group fell back to voting over all "
+        out.append(f"threshold {res.threshold:.3g} dropped every report trajectory: every group fell back to voting over all "
                    "its trajectories, so the tokens 'saved' by the official count were in fact generated")
     elif n and kept == n and eligible[report_mask].any():
-        out.append(f"threshold {res.threshold:g} dropped no report trajectory: the filter changed nothing")
+        out.append(f"threshold {res.threshold:.3g} dropped no report trajectory: the filter changed nothing")
     return out

@@ -31,7 +31,7 @@ from probekit.extract.live import live_states
 from probekit.extract.render import Rendering, encode_all, resolve_template
 from probekit.io import atomic_path, read_validated, validated, write_json
 from probekit.probe.checkpoint import Positive, Record, check_model, read_tensors
-from probekit.probe.goals import check_goal_arrays
+from probekit.probe.goals import GoalIndex, check_goal_arrays, ordered_kinds
 
 GOAL_FILES = ("goal.safetensors", "goal.json")
 
@@ -76,6 +76,17 @@ def goal_from_examples(ckpt, examples_path: str | Path, loaded, template: str = 
             "layers": list(ckpt.layers), "template": template, "checkpoint": str(ckpt.path), "checkpoint_fingerprint": ckpt.fingerprint,
             "n_truncated": int(shard.attrs["n_truncated"])}
     return z.mean(axis=0, keepdims=True).astype(np.float32), info
+
+
+def describe_goal(ckpt, prototype: np.ndarray, info: dict) -> dict:
+    """What a researcher checks about a goal just built: how many examples made it, its norm beside the norm of
+    the checkpoint's own mean goal (same φ space, so the scale compares), and its cosine to each of the
+    checkpoint's goals (kmeans: the best over its prototypes). A cosine near 1 means the examples point where
+    the preferred training completions already point, so steering toward it differs little from --goal mean."""
+    proto = np.asarray(prototype, dtype=np.float32).reshape(1, -1)
+    return {"n_examples": info["n_examples"], "n_truncated": info["n_truncated"], "n_skipped_invalid": info["n_skipped_invalid"],
+            "norm": float(np.linalg.norm(proto)), "checkpoint_mean_goal_norm": float(np.linalg.norm(ckpt.goals["mean"][0])),
+            "cosine_to_checkpoint_goals": {kind: float(GoalIndex(ckpt.goals[kind]).q_values(proto)[0]) for kind in ordered_kinds(ckpt.goals)}}
 
 
 def write_goal(out, name: str, prototype: np.ndarray, info: dict) -> None:

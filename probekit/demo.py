@@ -189,8 +189,7 @@ def why_wall_clock(plain: dict, filtered: dict) -> str:
     the probe, and a group whose samples were all stopped is decoded again in
     full (a fallback).
     """
-    other = lambda r: r["seconds"] - r["seconds_decoding"] - r["seconds_admitting"]  # noqa: E731  loading, writing
-    return (f"stopping saves decoding steps only ({plain['decode_steps']} -> {filtered['decode_steps']}): prefill "
-            f"({plain['seconds_admitting']:.1f} s / {filtered['seconds_admitting']:.1f} s) and the rest "
-            f"({other(plain):.1f} s / {other(filtered):.1f} s) are paid either way, a batched step costs about the same with fewer rows, "
-            f"the filtered run scores each new token with the probe, and {filtered['n_fallback_groups']} fallback groups were re-decoded")
+    return (f"stopping saves decoding steps only ({plain['decode_steps']} -> {filtered['decode_steps']}; a batched step costs about "
+            f"as much with fewer rows, and the filtered run also scores each token with the probe); prefill "
+            f"({plain['seconds_admitting']:.1f} s / {filtered['seconds_admitting']:.1f} s) is paid either way; "
+            f"{filtered['n_fallback_groups']} fallback groups decoded again")

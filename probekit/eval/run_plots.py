@@ -46,11 +46,12 @@ def plot_training(history: Sequence[dict], path: str | Path, *, best_epoch: int 
     ax_a.set_ylim(0.0, 1.02)
     ax_a.set_title("pairwise accuracy (early stopping reads validation)", fontsize=9)
     for ax in (ax_l, ax_a):
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         if best_epoch:
             ax.axvline(best_epoch, color="grey", ls=":", lw=1, label=f"best epoch {best_epoch} (weights kept)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(figure_title("Training curve", **(about or {}), n=f"{len(epochs)} epochs"), fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    fig.suptitle(figure_title("Training curve", **(about or {}), n=f"{len(epochs)} epochs"), fontsize=10, y=1.04)
     return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
@@ -100,6 +101,6 @@ def plot_sweep(result: dict, path: str | Path, *, model: str | None = None, n: s
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.02))
     runs_each = "/".join(map(str, sorted(per_column))) or "0"
     fig.suptitle(figure_title("Sweep: reward AUROC vs λ per layer", model=model,
-                              n=", ".join(x for x in (n, f"{runs_each} runs per point") if x)), fontsize=10)
+                              n=", ".join(x for x in (n, f"{runs_each} runs per point") if x)), fontsize=10, y=1.04)
     fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 1))
     return save_figure(fig, path, dpi=110, bbox_inches="tight")

@@ -43,7 +43,7 @@ def plot_frontier(path: Path, metrics: dict, about: dict | None = None) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(figure_title("Filtering frontier", **(about or {}), n=f"{rep['n_groups']} report problems, {rep['n_trajectories']} trajectories"),
                  fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     ax.grid(alpha=0.3)
     save_figure(fig, path, dpi=120, bbox_inches="tight")
 
@@ -92,8 +92,8 @@ def plot_curves(
     for a in axes[0]:
         a.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3g}")
         a.plot([], [], " ", label=f"shaded: 95% interval over problems; positions with ≥ {MIN_TRAJECTORIES} trajectories")
-        a.legend(fontsize=7, loc="lower left")
+        a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
         a.grid(alpha=0.3)
     fig.suptitle(figure_title(f"Per-token {'Q' if signal == 'q' else 'reward'} along report trajectories", **(about or {}),
-                              n=f"{n['correct']} correct / {n['incorrect']} incorrect"), fontsize=10)
+                              n=f"{n['correct']} correct / {n['incorrect']} incorrect"), fontsize=10, y=1.04)
     save_figure(fig, path, dpi=120, bbox_inches="tight")

@@ -526,7 +526,8 @@ class DemoConfig(Config):
     model_dtype: str = option("float32", "Dtype the model runs in for extraction and generation. float32 by default, so the "
                                          "states do not depend on how extraction's batches are composed (bfloat16 rounding does) "
                                          "and the numbers match across machines; auto is faster on CPUs with bfloat16 instructions.")
-    threads: int = option(2, "Torch CPU threads for every stage, fixed so the numbers do not depend on the machine's cores "
+    threads: int = option(2, "Torch CPU threads for extraction, evaluation and generation (the fits run on one thread), fixed so "
+                             "the numbers do not depend on the machine's cores "
                              "(0 = keep torch's default or --threads).")
 
     def validate(self) -> None:

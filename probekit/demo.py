@@ -57,8 +57,9 @@ def torch_threads(n: int):
     """Run the block with `n` torch CPU threads (0: as they are), then restore the count.
 
     A parallel reduction sums in an order that depends on the thread count, so a
-    fixed count makes the demo's fits (and their thresholds) the same on a
-    2-core laptop and a 64-core server.
+    fixed count makes the demo's numbers the same on a 2-core laptop and a
+    64-core server (the fits run on one thread, the only count at which two fits
+    of one seed write the same weights).
     """
     import torch
 
@@ -100,7 +101,8 @@ def _run_demo(out_dir, config: DemoConfig, overwrite: bool, progress: Progress |
         log(f"3/6 fitting the {name} probe")
         t = time.perf_counter()
         fit_cfg = FitConfig().vary(lam=lam, epochs=config.epochs, seed=config.seed, n_boot=config.n_boot)
-        ckpt = fit_probe(store, out_dir.path / f"fit-{tag}", fit_cfg, overwrite=overwrite, progress=progress)
+        with torch_threads(1):  # a fit is deterministic per seed only on one thread (parallel reductions in the backward pass)
+            ckpt = fit_probe(store, out_dir.path / f"fit-{tag}", fit_cfg, overwrite=overwrite, progress=progress)
         timings[f"fit_{tag}"] = time.perf_counter() - t
         log(f"4/6 evaluating the {name} probe on held-out problems")
         ev = evaluate_checkpoint(ckpt, store, "test", n_boot=config.n_boot, seed=config.seed, progress=progress)

@@ -70,7 +70,6 @@ def plot_curves(
         x = res.first_drop_position[drops] - (anchor if np.isscalar(anchor) else anchor[~res.kept[rows]])
         ax.plot(x, np.full(len(x), threshold), "|", ms=14, mew=1.2, color=color, alpha=0.6,
                 label=f"{label}: drop points ({len(drops)} of {len(rows)} dropped)")
-        return band
 
     ax = axes[0, 0]
     for label, lab, color in (("correct", 1, "tab:green"), ("incorrect", 0, "tab:red")):

@@ -216,10 +216,13 @@ def demo_table(summary: dict) -> Summary:
 
 
 def generation_table(generation: dict) -> Summary:
-    """The demo's generation stage: plain sampling vs online early stopping, as generated."""
-    rows = [[name, r["tokens_generated"], f"{r['seconds']:.1f}", fmt_pct(r["accuracy_per_sample"]), fmt_pct(r["vote_accuracy"]),
-             r["n_stopped_early"], r["n_fallback_groups"]] for name, r in ((k, generation[k]) for k in ("plain", "filtered"))]
+    """The demo's generation stage: plain sampling vs online early stopping, as generated, with the time split and why it differs."""
+    rows = [[name, r["tokens_generated"], f"{r['seconds']:.1f}", *(f"{r[k]:.1f}" if k in r else "-" for k in ("seconds_decoding", "seconds_admitting")),
+             fmt_pct(r["accuracy_per_sample"]), fmt_pct(r["vote_accuracy"]), r["n_stopped_early"], r["n_fallback_groups"]]
+            for name, r in ((k, generation[k]) for k in ("plain", "filtered"))]
+    decoding = f", {fmt_pct(generation['decoding_saved'])} of decoding time" if generation.get("decoding_saved") is not None else ""
     return Summary(
-        f"generation in the loop (threshold {generation['threshold']:.3f}): {fmt_pct(generation['tokens_saved'])} of tokens and "
+        f"generation in the loop (threshold {generation['threshold']:.3f}): {fmt_pct(generation['tokens_saved'])} of tokens{decoding} and "
         f"{fmt_pct(generation['wall_clock_saved'])} of wall-clock saved",
-        ["run", "tokens", "seconds", "accuracy / sample", "vote accuracy", "stopped early", "fallback groups"], rows)
+        ["run", "tokens", "wall s", "decoding s", "prefill s", "accuracy / sample", "vote accuracy", "stopped early", "fallback groups"], rows,
+        legend="why: " + generation["why"] if generation.get("why") else "")

@@ -525,6 +525,12 @@ class DemoConfig(Config):
     n_boot: int = option(1000, "Bootstrap resamples for the intervals.")
     generate_problems: int = option(12, "New problems sampled in the generation stage (plain vs online early stopping by the goal probe); 0 skips it.")
     generate_tokens: int = option(48, "Most new tokens per sample in the generation stage.")
+    model_dtype: str = option("float32", "Dtype the model runs in for extraction and generation. float32 by default, so the "
+                                         "states do not depend on how extraction's batches are composed (bfloat16 rounding does) "
+                                         "and the numbers match across machines; auto is faster on CPUs with bfloat16 instructions.")
+    threads: int = option(2, "Torch CPU threads for extraction, evaluation and generation (the fits run on one thread), fixed so "
+                             "the numbers do not depend on the machine's cores "
+                             "(0 = keep torch's default or --threads).")
 
     def validate(self) -> None:
         _finite_floats(self)
@@ -532,3 +538,7 @@ class DemoConfig(Config):
             raise ProbekitError("--n-problems must be at least 2, --solutions, --epochs and --n-boot at least 1")
         if self.generate_problems < 0 or self.generate_tokens < 1:
             raise ProbekitError("--generate-problems must be >= 0 and --generate-tokens >= 1")
+        if self.threads < 0:
+            raise ProbekitError(f"--threads {self.threads}: must be >= 0 (0 = torch's default)")
+        if self.model_dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ProbekitError(f"--model-dtype {self.model_dtype}: must be auto, float32, float16 or bfloat16")

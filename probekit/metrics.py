@@ -143,6 +143,34 @@ def pairwise_ci(diff, pair_group_ids, counts: np.ndarray) -> dict:
     return out
 
 
+def group_mean_band(values: np.ndarray, group_ids: np.ndarray, counts: np.ndarray, alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """Per column of `values` [n, T] (NaN = no value), the mean over rows and its group-bootstrap interval.
+
+    The figures' bands (mean Q along trajectories, accuracy along the filter
+    frontier) resample GROUPS like every interval here: each resample weighs a
+    row by its group's multiplicity in `counts` (from `bootstrap_counts`), and
+    a column's mean is over that resample's rows that have a value there. A
+    column no row reaches has NaN everywhere; one a resample misses entirely
+    is left out of that column's percentiles. Returns "mean", "lo", "hi" and
+    "n" (rows with a value) per column.
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    has = np.isfinite(values)
+    filled = np.where(has, values, 0.0)
+    n = has.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, filled.sum(axis=0) / np.maximum(n, 1), np.nan)
+    lo, hi = np.full(values.shape[1], np.nan), np.full(values.shape[1], np.nan)
+    if len(counts) and len(values):
+        w = counts[:, np.asarray(group_ids, dtype=np.int64)].astype(np.float64)  # [B, n] row weights per resample
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = (w @ filled) / (w @ has)  # [B, T]; NaN where a resample has no row with a value
+        for t in np.flatnonzero(n > 0):
+            interval = percentile_interval(boot[:, t], alpha)
+            lo[t], hi[t] = (np.nan, np.nan) if interval[0] is None else interval
+    return {"mean": mean, "lo": lo, "hi": hi, "n": n}
+
+
 # ---- which trajectories an evaluation reads ---------------------------------------
 def split_groups(store, split: dict, which: str) -> list[str]:
     """Group names of split `which` ("all": every group of the store)."""

@@ -16,6 +16,7 @@ from probekit.config import FitConfig
 from probekit.eval.context import make_context
 from probekit.eval.evaluate import evaluate
 from probekit.eval.plots import plot_prefix_auroc
+from probekit.eval.run_plots import plot_training
 from probekit.outputs import claim_output
 from probekit.probe.checkpoint import save_checkpoint, store_info
 from probekit.probe.inputs import spec_of_store
@@ -23,7 +24,7 @@ from probekit.probe.scoring import Scorer
 from probekit.probe.train import prepare, train
 from probekit.progress import Progress
 
-CHECKPOINT_OUTPUTS = ("weights.safetensors", "goals.safetensors", "split.json", "metrics.json", "config.json", "prefix_auroc.png")
+CHECKPOINT_OUTPUTS = ("weights.safetensors", "goals.safetensors", "split.json", "metrics.json", "config.json", "prefix_auroc.png", "training.png")
 
 
 def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = False, progress: Progress | None = None,
@@ -53,8 +54,10 @@ def fit_probe(store, out: str | Path, config: FitConfig, *, overwrite: bool = Fa
             ckpt = save_checkpoint(out_dir, result.model, {"fit": config.to_dict(), "layer": data.layer, "layers": list(data.layers),
                                                            "store": store_info(data.store), "inputs": spec_of_store(data.store)},
                                   result.goals, data.split, metrics)
+            about = {"model": store_info(data.store)["model_name"], "layer": data.layer, "lam": config.loss.lam}
+            plot_training(result.history, out_dir.file("training.png"), best_epoch=result.info["best_epoch"], about=about)
             if eval_split in metrics:
-                plot_prefix_auroc(metrics[eval_split], out_dir.file("prefix_auroc.png"))
+                plot_prefix_auroc(metrics[eval_split], out_dir.file("prefix_auroc.png"), model=about["model"], lam=about["lam"])
             else:  # nothing evaluated: naming the plot without writing it removes an earlier run's
                 out_dir.file("prefix_auroc.png")
     return ckpt

@@ -16,7 +16,8 @@ runs an ablation study compares (4 axes of 2-3 values: 8 variants, not 54).
 
 Outputs in --out: runs/<name>/ (one checkpoint per run), results.csv (one
 row per run and goal kind), results.json (options, runs, the mean ± std
-summary over seeds, the baselines per layer).
+summary over seeds, the baselines per layer), summary.png (reward AUROC vs λ
+per layer, seeds and trivial baselines drawn).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 
 from probekit.config import ABLATION_AXES, FitConfig, SweepConfig, ablation_name, widths_name
 from probekit.errors import ProbekitError
+from probekit.eval.run_plots import plot_sweep
 from probekit.io import atomic_path, write_json
 from probekit.outputs import claim_output
 from probekit.pipeline import fit_probe
@@ -51,7 +53,7 @@ def run_sweep(store_path: str | Path, out: str | Path, config: SweepConfig, *, o
               on_plan: Callable[[dict], None] | None = None) -> dict:
     """Run the grid; `on_plan` receives `sweep_plan` once --out is claimed, before the first fit (the CLI prints it)."""
     config.validate()
-    with claim_output(out, "sweep", ("runs", "results.csv", "results.json"), overwrite=overwrite, inputs=[store_path]) as out_dir:
+    with claim_output(out, "sweep", ("runs", "results.csv", "results.json", "summary.png"), overwrite=overwrite, inputs=[store_path]) as out_dir:
         return _run_sweep(store_path, out, out_dir, config, overwrite, progress, on_plan)
 
 
@@ -80,6 +82,7 @@ def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, p
     baselines: dict = {}  # (layer, seed) -> baselines dict
     cache: dict = {}
     source = None
+    evaluated = None  # the evaluated split's size, for the figure's title
     task = or_null(progress).task("sweep", len(grid), unit="runs")
     try:
         for run in grid:
@@ -99,6 +102,7 @@ def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, p
             if m is None:
                 raise ProbekitError(f"sweep: the '{config.split}' split is empty; use --split with a non-empty split or change the fractions")
             baselines[(run["layer"], run["seed"])] = m.get("baselines", {})
+            evaluated = f"{config.split} split: {m.get('n_labelled')} trajectories, {m.get('n_groups')} problems"
             for goal in config.goals:
                 rows.append(_row(run, goal, m, ckpt, time.time() - t0))
             task.advance(1, note=f"{run_name(run)}  auroc {_fmt(m['probe']['auroc']['value'])}")
@@ -114,7 +118,7 @@ def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, p
         "summary": summarise(rows),
         "baselines": summarise_baselines(baselines),
     }
-    write_results(out_dir, rows, result)
+    write_results(out_dir, rows, result, model=store.manifest.get("model", {}).get("name"), n=evaluated)
     return result
 
 
@@ -230,10 +234,15 @@ def summarise_baselines(baselines: dict) -> list[dict]:
     return out
 
 
-def write_results(out, rows: list[dict], result: dict) -> None:
-    """results.csv and results.json into the sweep's claimed output folder, as one set."""
+def write_results(out, rows: list[dict], result: dict, *, model: str | None = None, n: str | None = None) -> None:
+    """results.csv, results.json and summary.png (AUROC vs λ per layer; `model` and `n` name it) into the sweep's claimed
+    output folder, as one set."""
     cols = list(rows[0].keys()) if rows else []
     with out.commit_set():
+        if rows:
+            plot_sweep(result, out.file("summary.png"), model=model, n=n)
+        else:  # named and not written: an earlier sweep's figure does not stay beside these results
+            out.file("summary.png")
         with atomic_path(out.file("results.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=cols)
             writer.writeheader()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from probekit_cli.tables import demo_table, generation_table
 from probekit.config import DemoConfig
@@ -14,7 +15,11 @@ def test_demo_pipeline_end_to_end(tiny_model_dir, tmp_path):
     loaded = load_model(str(tiny_model_dir), device="cpu")
     config = DemoConfig(model=str(tiny_model_dir), n_problems=40, epochs=3, n_boot=50, generate_problems=3, generate_tokens=8)
     out = tmp_path / "demo"
+    import torch
+
+    threads = torch.get_num_threads()
     summary = run_demo(out, config, loaded=loaded)
+    assert torch.get_num_threads() == threads  # the demo's fixed thread count is its own, restored after
     for stage in ("store/manifest.json", "fit-baseline/config.json", "fit-goal/weights.safetensors", "eval-goal/metrics.json",
                   "filter-goal/metrics.json", "filter-baseline/decisions.jsonl", "summary.json"):
         assert (out / stage).exists(), stage
@@ -42,6 +47,14 @@ def test_demo_pipeline_end_to_end(tiny_model_dir, tmp_path):
     assert gen["tokens_saved"] == 1 - gen["filtered"]["tokens_generated"] / gen["plain"]["tokens_generated"]
     assert gen["threshold"] == summary["rows"][1]["threshold"]
     assert generation_table(gen).row_count == 2
+    # decoding time saved is reported beside wall-clock, from the runs' own time split, with the line saying why they differ
+    for run in ("plain", "filtered"):
+        assert 0 < gen[run]["seconds_decoding"] <= gen[run]["seconds"] and gen[run]["decode_steps"] > 0
+    assert gen["decoding_saved"] == 1 - gen["filtered"]["seconds_decoding"] / gen["plain"]["seconds_decoding"]
+    assert f"({gen['plain']['decode_steps']} -> {gen['filtered']['decode_steps']};" in gen["why"]
+    assert generation_table(gen).legend.startswith("why: stopping saves decoding steps only")
+    # every stage's figures, the fits' training curves among them
+    assert {Path(p).name for p in summary["plots"]} == {"prefix_auroc.png", "training.png", "frontier.png", "q_curves.png"}
     # A second run resumes the extraction instead of recomputing it.
     shards = sorted((out / "store").glob("shard-*.h5"))
     stamps = [s.stat().st_mtime_ns for s in shards]

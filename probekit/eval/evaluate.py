@@ -43,7 +43,7 @@ from probekit.eval.baselines import beats, run_baselines
 from probekit.eval.context import EvalContext, make_context
 from probekit.eval.plots import plot_prefix_auroc
 from probekit.io import write_json
-from probekit.metrics import point_auroc
+from probekit.metrics import auroc_ci, point_auroc
 from probekit.probe.checkpoint import check_compatible, training_store
 from probekit.probe.data import ceil_frac_position, open_rows
 from probekit.probe.scoring import Scorer, Scores, iter_trajectory_scores
@@ -147,12 +147,7 @@ def evaluate(
     lab = labels >= 0
     for kind in scorer.kinds:
         probe[f"q_auroc_{kind}"] = ctx.auroc(per_traj(scores.last[kind]), train(kind))
-    prefix = {"fractions": list(FRACTIONS), "reward_auroc": [], **{f"q_auroc_{k}": [] for k in scorer.kinds}}
-    for i in range(len(FRACTIONS)):
-        ok = lab & ~np.isnan(scores.prefix["reward"][i])
-        for k, name in (("reward", "reward_auroc"), *((k, f"q_auroc_{k}") for k in scorer.kinds)):
-            prefix[name].append(point_auroc(scores.prefix[k][i][ok], labels[ok]) if ok.any() else None)
-    probe["prefix"] = prefix
+    probe["prefix"] = prefix_aurocs(scores, ctx, scorer.kinds)
     if "mean" in scores.last and q_threshold is None:
         q_threshold = midpoint_threshold(scores.last["mean"], labels)
     probe["error_localisation"] = error_localisation(scores.errors, meta, label_of[scores.errors.traj], q_threshold)
@@ -181,6 +176,28 @@ def evaluate(
                 baseline_cache[key] = metrics["baselines"]
         metrics.update(beats(probe, metrics["baselines"]))
     return metrics
+
+
+def prefix_aurocs(scores: SplitScores, ctx: EvalContext, kinds: Sequence[str]) -> dict:
+    """AUROC of each signal at each prefix of `FRACTIONS`, with its group-bootstrap interval (the evaluation's resamples).
+
+    "reward_auroc" / "q_auroc_KIND" hold one value per fraction (None where a
+    class is missing); "intervals" holds, per signal, the 95% "lo" and "hi" of
+    each fraction over the same problem resamples as every other interval, so
+    neighbouring points of a small test split can be read against their noise.
+    """
+    labels = ctx.labels
+    lab = labels >= 0
+    names = (("reward", "reward_auroc"), *((k, f"q_auroc_{k}") for k in kinds))
+    prefix: dict = {"fractions": list(FRACTIONS), **{name: [] for _k, name in names}, "intervals": {name: {"lo": [], "hi": []} for _k, name in names}}
+    for i in range(len(FRACTIONS)):
+        ok = lab & ~np.isnan(scores.prefix["reward"][i])
+        for k, name in names:
+            res = auroc_ci(scores.prefix[k][i][ok], labels[ok], ctx.group_ids[ok], ctx.counts)
+            prefix[name].append(res["value"])
+            prefix["intervals"][name]["lo"].append(res["lo"])
+            prefix["intervals"][name]["hi"].append(res["hi"])
+    return prefix
 
 
 def train_scores(scorer: Scorer, ctx: EvalContext, fit_source, batch_rows: int = 2048) -> Callable[[str], np.ndarray]:
@@ -238,6 +255,7 @@ def evaluate_checkpoint(ckpt, store, which: str = "valid", *, n_boot: int = 1000
     metrics = evaluate(Scorer.from_checkpoint(ckpt), ctx, source, layer=ckpt.layer, baselines=baselines, q_threshold=q_threshold,
                        fit_source=fit_source, progress=progress)
     metrics["checkpoint"] = str(ckpt.path)
+    metrics["model"], metrics["lam"] = ckpt.about["model"], ckpt.about["lam"]  # named in the figure's title
     metrics["baselines_fitted_on"] = None if fit_store is None else str(fit_store.path)
     return metrics
 

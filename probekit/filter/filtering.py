@@ -180,8 +180,10 @@ def _filter(ckpt, store, out_dir, config: FilterConfig, thresholds, scorer, ball
             "warnings": degenerate_warnings(res, np.isin(meta.group, groups["report"]), np.isfinite(result["min_signal"])),
         }
         if config.plots:
-            plot_frontier(out_dir.file("frontier.png"), metrics)
-            plot_curves(out_dir.file("q_curves.png"), scores, sig, res, ballot, groups["report"], result["chosen_threshold"], skip_first, signal, seed)
+            about = ckpt.about
+            plot_frontier(out_dir.file("frontier.png"), metrics, about)
+            plot_curves(out_dir.file("q_curves.png"), scores, sig, res, ballot, groups["report"], result["chosen_threshold"], skip_first, signal, seed,
+                        meta.error_token, about)
             metrics["plots"] = ["frontier.png", "q_curves.png"]
         else:  # named and not written: an earlier run's plots do not stay beside these metrics
             out_dir.file("frontier.png"), out_dir.file("q_curves.png")

@@ -20,9 +20,11 @@ from probekit.errors import ProbekitError
 from probekit.filter.early_stop import FilterResult, apply_threshold, min_signal
 from probekit.filter.significance import vote_tests
 from probekit.filter.voting import Ballot, Softmax, accuracy, length_budget_drops, random_budget_drops
+from probekit.metrics import bootstrap_counts, group_mean_band
 
 QUANTILE_LEVELS = tuple(np.round(np.arange(0.0, 0.96, 0.05), 2))
 Q_RANGE = (-1.0, 1.0)  # Q-values are cosines
+N_BOOT = 1000  # resamples of the report problems behind the accuracies' intervals
 
 
 def parse_thresholds(text: str | float | Sequence[float]) -> list[float] | None:
@@ -106,9 +108,19 @@ def _shares(res: FilterResult, traj: np.ndarray) -> dict:
     }
 
 
+def accuracy_interval(correct: np.ndarray, counts: np.ndarray) -> dict:
+    """95% bootstrap interval ("lo", "hi") of the share of correct groups, `counts` over those groups (`bootstrap_counts`)."""
+    band = group_mean_band(np.asarray(correct, np.float64)[:, None], np.arange(len(correct)), counts)
+    return {"lo": float(band["lo"][0]), "hi": float(band["hi"][0])} if np.isfinite(band["lo"][0]) else {"lo": None, "hi": None}
+
+
 def evaluate_filter(res: FilterResult, ballot: Ballot, group_mask: np.ndarray, last_reward: np.ndarray | None = None,
-                    softmax: Softmax | None = None) -> dict:
-    """Filtered-vote accuracy and savings of one filter on the groups in `group_mask` (and its weighted votes, given scores)."""
+                    softmax: Softmax | None = None, counts: np.ndarray | None = None) -> dict:
+    """Filtered-vote accuracy and savings of one filter on the groups in `group_mask` (and its weighted votes, given scores).
+
+    With `counts` (bootstrap multiplicities of the masked groups), the accuracy's interval over problems too
+    (`accuracy_filtered_lo` / `_hi`).
+    """
     traj = group_mask[ballot.group]
     vote = ballot.vote(res.kept)
     # A group that falls back to voting over all its trajectories needed every one of them
@@ -119,6 +131,9 @@ def evaluate_filter(res: FilterResult, ballot: Ballot, group_mask: np.ndarray, l
     effective = int(res.saved_tokens[traj & ~generated].sum())
     out = {"accuracy_filtered": accuracy(vote, group_mask), **_shares(res, traj), "fallback_groups": int(vote.fallback[group_mask].sum()),
            "tokens_saved_share_effective": effective / total if total else 0.0}
+    if counts is not None:
+        ci = accuracy_interval(vote.correct[group_mask], counts)
+        out["accuracy_filtered_lo"], out["accuracy_filtered_hi"] = ci["lo"], ci["hi"]
     if last_reward is not None:
         out["weighted_vote_filtered_accuracy"] = accuracy(ballot.weighted_vote(last_reward, res.kept), group_mask)
     if softmax is not None:
@@ -198,13 +213,14 @@ def threshold_sweep(
         raise ProbekitError("choosing among several thresholds needs selection groups")
     table = []
     results: dict[float, FilterResult] = {}
+    rep_counts = bootstrap_counts(int(rep_g.sum()), N_BOOT, seed)
     for t in thresholds:
         res = apply_threshold(offsets, positions, signal, completion_tokens, t, skip_first)
         results[float(t)] = res
         row = {"threshold": float(t)}
         if sel_g.any():
             row["selection"] = evaluate_filter(res, ballot, sel_g)
-        row["report"] = evaluate_filter(res, ballot, rep_g, last_reward, softmax)
+        row["report"] = evaluate_filter(res, ballot, rep_g, last_reward, softmax, rep_counts)
         row["report"]["baselines"] = baselines_at_budget(
             ballot, completion_tokens, rep_g, row["report"]["saved_tokens"], seed, n_random_seeds, skip_first
         )
@@ -221,6 +237,7 @@ def threshold_sweep(
         "single_trajectory_groups": int((ballot.group_size[rep_g] == 1).sum()),
         "oracle_accuracy": float(ballot.group_has_correct[rep_g].mean()) if rep_g.any() else float("nan"),
         "accuracy_majority": accuracy(plain, rep_g),
+        **{f"accuracy_majority_{k}": v for k, v in accuracy_interval(plain.correct[rep_g], rep_counts).items()},
         **next(r["report"] for r in table if r["threshold"] == chosen),
         "vote_tests": vote_tests(ballot, res.kept, rep_g),
     }

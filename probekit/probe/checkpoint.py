@@ -208,6 +208,12 @@ class Checkpoint:
         """The probe's input layers, in the order their states sit side by side."""
         return tuple(int(x) for x in self.config.get("layers") or [self.config["layer"]])
 
+    @property
+    def about(self) -> dict:
+        """What a figure's title names of this probe: the frozen model, the layer and λ (None where not recorded)."""
+        lam = ((self.config.get("fit") or {}).get("loss") or {}).get("lam")
+        return {"model": (self.config.get("store") or {}).get("model_name"), "layer": self.layer, "lam": lam}
+
     def single_layer(self, what: str) -> int:
         """The input layer of a one-layer probe; `what` (a command reading live states of one layer) refuses others."""
         if len(self.layers) != 1:

@@ -95,7 +95,7 @@ def stage_size(args, tokenizer, subset: Path, work: Path, stage_generation, prof
         _, s, _ = timed(lambda: naive_extract(nv, subset, layer), sync=True, collect=False)
         seconds["naive_float32"].append(s)
         peaks["naive_float32"] = max(peaks["naive_float32"], cuda_peak_bytes())
-    del nv
+    nv = None  # its memory back before the next stage
     gc.collect()
 
     med = {m: float(np.median(v)) for m, v in seconds.items()}

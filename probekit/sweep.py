@@ -74,10 +74,12 @@ def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, p
                on_plan: Callable[[dict], None] | None) -> dict:
     store = Store(store_path)
     plan = sweep_plan(store, config)
-    if on_plan is not None:
-        on_plan(plan)
     layers, grid = plan["layers"], plan["runs"]
     runs_dir = out_dir.file("runs")
+    # Finished runs are read (and a damaged one refused) before the plan is announced, so an error is the first line.
+    finished = {run_name(run): _finished_run(runs_dir / run_name(run), config.fit_config(run), store, config.split) for run in grid}
+    if on_plan is not None:
+        on_plan(plan)
     rows: list[dict] = []
     baselines: dict = {}  # (layer, seed) -> baselines dict
     cache: dict = {}
@@ -92,7 +94,7 @@ def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, p
             needed = input_layers(store, cfg)
             if run["layer"] is None:
                 run = {**run, "layer": "+".join(map(str, needed))}  # a multi-layer run is reported under its layers
-            ckpt = _finished_run(run_out, cfg, store, config.split)
+            ckpt = finished[run_name(run)]
             if ckpt is None:
                 if source is None or source.layers != needed:
                     source = open_rows(store, needed, cfg.compute.memory_budget_mb)

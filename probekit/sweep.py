@@ -94,7 +94,7 @@ def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, p
             needed = input_layers(store, cfg)
             if run["layer"] is None:
                 run = {**run, "layer": "+".join(map(str, needed))}  # a multi-layer run is reported under its layers
-            ckpt = finished[run_name(run)]
+            ckpt = finished[run_out.name]
             if ckpt is None:
                 if source is None or source.layers != needed:
                     source = open_rows(store, needed, cfg.compute.memory_budget_mb)

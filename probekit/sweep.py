@@ -76,10 +76,10 @@ def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, p
     plan = sweep_plan(store, config)
     layers, grid = plan["layers"], plan["runs"]
     runs_dir = out_dir.file("runs")
-    # Finished runs are read (and a damaged one refused) before the plan is announced, so an error is the first line.
+    # Finished runs are read (and a damaged one refused) before the plan is announced, and the plan waits for the first
+    # fit's data to be read too, so an error about an input is the first line a user sees.
     finished = {run_name(run): _finished_run(runs_dir / run_name(run), config.fit_config(run), store, config.split) for run in grid}
-    if on_plan is not None:
-        on_plan(plan)
+    announce = on_plan if on_plan is not None else (lambda _plan: None)
     rows: list[dict] = []
     baselines: dict = {}  # (layer, seed) -> baselines dict
     cache: dict = {}
@@ -98,8 +98,10 @@ def _run_sweep(store_path, out, out_dir, config: SweepConfig, overwrite: bool, p
             if ckpt is None:
                 if source is None or source.layers != needed:
                     source = open_rows(store, needed, cfg.compute.memory_budget_mb)
-                ckpt = fit_probe(store, run_out, cfg, overwrite=overwrite, data=prepare(store, cfg, source=source),
-                                 eval_split=config.split, baseline_cache=cache)
+                data = prepare(store, cfg, source=source)
+                announce(plan)
+                announce = lambda _plan: None  # noqa: E731 (once)
+                ckpt = fit_probe(store, run_out, cfg, overwrite=overwrite, data=data, eval_split=config.split, baseline_cache=cache)
             m = ckpt.metrics.get(config.split)
             if m is None:
                 raise ProbekitError(f"sweep: the '{config.split}' split is empty; use --split with a non-empty split or change the fractions")

@@ -11,6 +11,7 @@ runs the CLI does not load them.
 
 from __future__ import annotations
 
+import socket
 import dataclasses
 import hashlib
 import sys
@@ -348,3 +349,11 @@ def reward_world(tiny_model_dir: Path, tmp_path_factory) -> RewardWorld:
         }
         _CACHE["reward"] = RewardWorld(root, tiny_model_dir, trajs, stores, ckpts)
     return _CACHE["reward"]
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (a port bound, then released): a download that cannot connect."""
+    with socket.socket() as s:  # bound then released: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -11,7 +11,6 @@ import functools
 import gzip
 import http.server
 import json
-import socket
 import threading
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from probekit.data import fetch
 from probekit.data.fetch import DataFile, fetch_datasets, resolve_data_dir
 from probekit.errors import ProbekitError
-from tests.helpers import assert_one_line_error, files_under, run_cli, sha256
+from tests.helpers import assert_one_line_error, closed_port_url, files_under, run_cli, sha256
 
 
 class Server:
@@ -70,13 +69,6 @@ def plant(monkeypatch, served_root: Path, base_url: str, name: str = "toy", pin:
     )
     monkeypatch.setitem(fetch.DATASETS, name, files)
     return files
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:  # bound then released: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # --- download, verification, cache -------------------------------------------------------------------

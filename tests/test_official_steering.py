@@ -22,7 +22,7 @@ from probekit.generate.config import SteerConfig
 from probekit.generate.self_eval import DEFAULT_PROMPT, choice_ids, confidence, fill, read_prompt
 from probekit.generate.steering import steer
 from probekit.models import load_model
-from tests.test_steering import PROMPTS, gen_config, plant_lm, plant_probe
+from tests.planted_lm import PROMPTS, gen_config, plant_lm, plant_probe
 
 Q_FLAT = {"OTHER": 0.0, "NL": 0.5, "A": 0.5, "COLON": 0.5, "FIVE": 0.5}
 

@@ -16,7 +16,7 @@ from probekit.data import fetch
 from probekit.data.ood import OOD_SETS, numeric_gold, ood_problems
 from probekit.errors import ProbekitError
 from tests.helpers import assert_one_line_error, files_under, run_cli
-from tests.test_fetch import closed_port_url
+from tests.helpers import closed_port_url
 
 GSM_HARD = [
     {"input": "A robe takes 2287720 bolts of blue fiber and half that much white fiber.  How many bolts in total does it take?",

@@ -194,3 +194,31 @@ def test_official_options_reach_the_search_through_the_cli(tiny_model_dir, tmp_p
         "unique_candidates": True, "bs_temperature": 0.8, "bs_temperature_decay": 0.5, "reject_sample": True, "unbiased": True,
         "bs_min_score": 0.3}
     assert judge.read_text().startswith("Q: {prompt}")  # an input, never written
+
+
+def test_the_self_evaluation_prompt_file_is_an_input(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """An --out holding the prompt file is refused and the file kept; a prompt file without its placeholders, or one that
+    is missing, is one line naming it."""
+    from tests.helpers import assert_one_line_error, run_cli
+
+    ckpt = plant_probe(tmp_path / "ck", {"OTHER": 0.0}, load_model(str(tiny_model_dir), device="cpu"))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Question: 2 + 3?", "gold": "5"}\n')
+    held = tmp_path / "held"
+    held.mkdir()
+    judge = held / "judge.txt"
+    judge.write_text("Q: {prompt}\nA: {steps}\nRight? (A) yes (B) no. Answer: (")
+    no_steps = tmp_path / "no-steps.txt"
+    no_steps.write_text("Q: {prompt}\nRight? (A) yes (B) no. Answer: (")
+
+    def steer(judge_file, out):
+        return run_cli(monkeypatch, capsys, "steer", prompts, "--ckpt", ckpt.path, "--out", out, "--model", tiny_model_dir,
+                       "--template", "raw", "--max-new-tokens", "4", "--step-tokens", "2", "--beams", "2", "--candidates", "2",
+                       "--step-score", "official", "--self-eval", "--self-eval-prompt", judge_file, "--no-progress")
+
+    code, err = steer(judge, held)
+    assert_one_line_error(code, err, str(held))
+    assert sorted(p.name for p in held.iterdir()) == ["judge.txt"] and judge.read_text().startswith("Q: {prompt}")
+    for bad in (no_steps, tmp_path / "missing.txt"):
+        code, err = steer(bad, tmp_path / "o")
+        assert_one_line_error(code, err, str(bad))

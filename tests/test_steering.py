@@ -1,14 +1,5 @@
-"""Steering's guards and step scores on a planted language model whose choices are known in advance.
-
-The tiny Llama is rewired into a bigram model: each token's embedding is the
-one-hot vector of its class (newline, "A", ":", " 5", or any other token),
-blocks 1-3 add nothing (their output projections are zero), and the LM head
-gives each class's planted successors logit 20 and every other token 0, which
-top-p 0.95 removes: a class with two successors draws each with probability
-1/2. Block 4 stays random, so the layer-4 states the probe reads also depend a
-little on the context. A linear probe maps each class to a planted φ in the
-plane and the goal is (1, 0), so each token's Q is the cosine of its class's
-angle: the searches below must make the choices the options say.
+"""Steering's guards and step scores on the planted language model of tests/planted_lm.py, whose choices are known
+in advance: the searches below must make the choices the options say.
 """
 
 from __future__ import annotations
@@ -24,7 +15,7 @@ from probekit.errors import ProbekitError
 from probekit.models import load_model
 from probekit.generate.config import SteerConfig
 from probekit.generate.steering import steer
-from tests.planted_lm import CLASSES, PROMPTS, TEXTS, gen_config, plant_lm, plant_probe  # noqa: F401
+from tests.planted_lm import PROMPTS, TEXTS, gen_config, plant_lm, plant_probe
 
 def best(result) -> dict[str, object]:
     return {t.group: t for t in result.trajectories if t.meta["rank"] == 0}

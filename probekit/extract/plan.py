@@ -56,32 +56,56 @@ def batch_token_budget(requested: int | None, device: str) -> int:
     return CPU_BATCH_TOKENS if str(device).startswith("cpu") else GPU_BATCH_TOKENS
 
 
-def length_buckets(lengths: list[int] | np.ndarray, max_batch_tokens: int, rows: list[int] | np.ndarray | None = None) -> list[list[int]]:
-    """Group item indices into batches of similar length under a padded-token budget.
+# What one more forward call costs on top of its tokens, in tokens: the per-call work of every block (kernel launches,
+# hooks, masks) that a batch pays once. SmolLM2-135M, bfloat16, one CPU thread: a 1 x 16-token forward takes about
+# as long as 45 tokens of a large batch (benchmarks/results/serve.json, "bucketing"). A GPU's launch cost is larger,
+# but its budget (8192) makes batches large anyway.
+BATCH_OVERHEAD_TOKENS = 32
 
-    Sorting by length keeps padding small; a batch's cost is its rows times
-    its longest item, `sum(rows) * max_len` (an item is one row unless `rows`
-    says how many it stands for: a shared prompt's completions), which stays
-    under `max_batch_tokens` (a single item over the budget gets a batch of its own).
+
+def length_buckets(lengths: list[int] | np.ndarray, max_batch_tokens: int, rows: list[int] | np.ndarray | None = None,
+                   batch_overhead: int | None = None) -> list[list[int]]:
+    """Group item indices into batches of similar length under a padded-token budget, at the least padded cost.
+
+    A batch's cost is its rows times its longest item, `sum(rows) * max_len` (an
+    item is one row unless `rows` says how many it stands for: a shared
+    prompt's completions), plus `batch_overhead` tokens for the call itself
+    (default `BATCH_OVERHEAD_TOKENS`);
+    it stays under `max_batch_tokens` (a single item over the budget gets a
+    batch of its own). Filling each batch greedily to the budget pads a few
+    random lengths to their longest (a server batch of 16 texts of 74-153
+    tokens: 20% more padded tokens than the texts hold); the least-cost split
+    of the length-sorted items into runs of neighbours, found by dynamic
+    programming, pads little at any batch size. With one row per item no
+    grouping at all costs less (an optimal one never interleaves lengths);
+    with weighted rows the budget can make an interleaved one cheaper, and
+    the split is the best of those that keep lengths in runs. Batches come longest first: a run that will not
+    fit in memory fails on its first batch.
     """
     if max_batch_tokens < 1:
         raise ProbekitError("--max-batch-tokens must be positive")
-    rows = np.ones(len(lengths), dtype=np.int64) if rows is None else np.asarray(rows)
-    order = np.argsort(np.asarray(lengths), kind="stable")[::-1]  # longest first: fail fast on memory
+    n = len(lengths)
+    overhead = BATCH_OVERHEAD_TOKENS if batch_overhead is None else batch_overhead
+    rows = np.ones(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    order = np.argsort(np.asarray(lengths), kind="stable")[::-1]  # longest first
+    longest = np.asarray(lengths, dtype=np.int64)[order]
+    before = np.concatenate([[0], np.cumsum(rows[order])])  # rows of the first k sorted items
+    cost = np.zeros(n + 1)  # cost[k]: the least cost of batching the k longest items
+    cut = np.zeros(n + 1, dtype=np.int64)  # where the last batch of that best split starts
+    first = 0  # the earliest start of a batch that may end at item k (only grows: lengths fall as k grows)
+    for k in range(1, n + 1):
+        while first < k - 1 and longest[first] * (before[k] - before[first]) > max_batch_tokens:
+            first += 1
+        starts = np.arange(first, k)
+        total = cost[starts] + overhead + longest[starts] * (before[k] - before[starts])
+        best = int(np.argmin(total))  # the first minimum: the fewest, longest-reaching batches among equals
+        cost[k], cut[k] = total[best], starts[best]
     batches: list[list[int]] = []
-    current: list[int] = []
-    current_max = current_rows = 0
-    for idx in order:
-        n, r = int(lengths[idx]), int(rows[idx])
-        new_max = max(current_max, n)
-        if current and new_max * (current_rows + r) > max_batch_tokens:
-            batches.append(current)
-            current, new_max, current_rows = [], n, 0
-        current.append(int(idx))
-        current_max, current_rows = new_max, current_rows + r
-    if current:
-        batches.append(current)
-    return batches
+    k = n
+    while k > 0:
+        batches.append([int(i) for i in order[cut[k]:k]])
+        k = int(cut[k])
+    return batches[::-1]
 
 
 def shared_prompts(prompt_keys: list[tuple]) -> tuple[list[list[int]], list[int]]:

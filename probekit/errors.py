@@ -10,6 +10,21 @@ class ProbekitError(Exception):
     """A user-facing error: bad input, a mismatching store, a missing model."""
 
 
+class ItemError(ProbekitError):
+    """A ProbekitError about one item of a call (a record, a conversation, a prompt).
+
+    It carries the item's `index` (0-based, within the call) and the `detail`
+    without the position, so a caller that knows where the items came from
+    (`probekit score`: a file's lines) names that place instead, without
+    reading the message.
+    """
+
+    def __init__(self, index: int, detail: str, noun: str = "item", source: object = None):
+        self.index, self.detail = index, detail
+        at = f"{source}: " if source is not None else ""
+        super().__init__(f"{at}{noun} {index + 1}: {detail}")
+
+
 def where(path: object, line: int | None = None) -> str:
     """Format a location as `file:line` for error messages."""
     return f"{path}:{line}" if line is not None else f"{path}"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from probekit.data.schema import Trajectory
-from probekit.errors import ProbekitError
+from probekit.errors import ItemError, ProbekitError
 
 TEMPLATES = ("auto", "chat", "raw")
 COMPLETION_IDS = "completion_token_ids"  # meta field: the completion's exact token ids (written by `probekit generate`)
@@ -169,5 +169,5 @@ def encode_all(trajectories: Sequence[Trajectory], tokenizer, rendering: Renderi
         try:
             out.append(encode(t, tokenizer, rendering.template, rendering.max_length, rendering.end_markers))
         except ProbekitError as exc:
-            raise ProbekitError(f"{source}: record {first + i + 1}: {exc}") from None
+            raise ItemError(first + i, str(exc), "record", source) from None
     return out

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from probekit.errors import ProbekitError
+from probekit.errors import ItemError, ProbekitError
 from probekit.io import iter_jsonl, read_validated, validated, where, write_json, write_jsonl
 
 FORMAT = "probekit-baseline"
@@ -81,7 +81,7 @@ class Baselines:
         found = np.asarray([k in self.means for k in keys], dtype=bool)
         if on_missing == "error" and not found.all():
             first = int(np.flatnonzero(~found)[0])
-            raise ProbekitError(f"item {first + 1}: its prompt has no baseline in {self.path} ({int((~found).sum())} of {len(keys)} "
+            raise ItemError(first, f"its prompt has no baseline in {self.path} ({int((~found).sum())} of {len(keys)} "
                                 f"prompts have none); add them with `probekit baseline`, or score with on_missing='zero'")
         return found
 

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from probekit.data.schema import Trajectory
-from probekit.errors import ProbekitError
+from probekit.errors import ItemError, ProbekitError
 from probekit.extract.live import live_states
 from probekit.extract.plan import parse_positions
 from probekit.extract.render import RENDERED, Encoded, Rendering, encode_all, prompt_ids
@@ -229,8 +229,8 @@ class RewardProbe:
             elif len(prompt) == 1 and prompt[0]["role"] == "user":
                 prompts.append(prompt[0]["content"])
             else:
-                raise ProbekitError(f"conversation {i + 1}: this probe was trained on raw prompts (template raw), so it scores "
-                                    f"one user message and the reply, not {len(prompt)} prompt messages")
+                raise ItemError(i, f"this probe was trained on raw prompts (template raw), so it scores "
+                                    f"one user message and the reply, not {len(prompt)} prompt messages", "conversation")
             completions.append(completion)
         return prompts, completions
 
@@ -288,12 +288,12 @@ def _check_tokenizer(ckpt: Checkpoint, spec: InputSpec, loaded: LoadedModel) -> 
 
 def _split_conversation(conv: Sequence[dict], i: int) -> tuple[list[dict], str]:
     if not isinstance(conv, (list, tuple)) or not conv or not all(isinstance(m, dict) for m in conv):
-        raise ProbekitError(f"conversation {i + 1}: must be a non-empty list of {{role, content}} messages")
+        raise ItemError(i, "must be a non-empty list of {role, content} messages", "conversation")
     for m in conv:
         if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ProbekitError(f"conversation {i + 1}: every message needs a string 'role' and 'content'")
+            raise ItemError(i, "every message needs a string 'role' and 'content'", "conversation")
     if conv[-1]["role"] != "assistant" or len(conv) < 2:
-        raise ProbekitError(f"conversation {i + 1}: must end with the assistant's reply after at least one prompt message")
+        raise ItemError(i, "must end with the assistant's reply after at least one prompt message", "conversation")
     return [dict(m) for m in conv[:-1]], conv[-1]["content"]
 
 

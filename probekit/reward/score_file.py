@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from probekit.errors import ProbekitError
+from probekit.errors import ItemError, ProbekitError
 from probekit.io import iter_jsonl, sha256_file, where, write_json, write_jsonl
 from probekit.progress import Progress, or_null
 from probekit.reward.reward_probe import RewardProbe, ScoreResult
@@ -107,8 +107,12 @@ def score_file(rp: RewardProbe, path: str | Path, out, *, q: bool = False, goal:
                 prompts, completions = rp.split_messages([i.conversation for i in items])
                 result = rp.score(prompts, completions, q=q, goal=goal, rendered=True, batch_size=batch_size or chunk,
                                   max_batch_tokens=max_batch_tokens)
-            except ProbekitError as exc:  # name the file and the record: the API counts items from 1 in its chunk
-                raise ProbekitError(_locate(str(exc), items, path)) from None
+            except ItemError as exc:  # the API's index is within the chunk: name the file's line instead
+                if 0 <= exc.index < len(items):
+                    raise ProbekitError(f"{where(path, items[exc.index].record)}: {exc.detail}") from None
+                raise ProbekitError(f"{path}: {exc}") from None
+            except ProbekitError as exc:
+                raise ProbekitError(f"{path}: {exc}") from None
             yield from _rows(items, result)
             stats.add(result)
             task.advance(len(items))
@@ -124,18 +128,6 @@ def score_file(rp: RewardProbe, path: str | Path, out, *, q: bool = False, goal:
     summary["records_per_second"] = round(stats.n / max(summary["seconds"], 1e-9), 2)
     write_json(out.file("summary.json"), summary)
     return summary
-
-
-def _locate(message: str, items: list[Item], path: Path) -> str:
-    """The API's message with its chunk-relative "record K" / "conversation K" / "item K" told as `file:line`."""
-    message = message.removeprefix("input: ")
-    for word in ("record", "conversation", "item", "prompt", "completion"):
-        prefix = f"{word} "
-        if message.startswith(prefix):
-            head, _, rest = message[len(prefix):].partition(":")
-            if head.isdigit() and 1 <= int(head) <= len(items):
-                return f"{where(path, items[int(head) - 1].record)}:{rest}"
-    return f"{path}: {message}"
 
 
 def _rows(items: list[Item], result: ScoreResult) -> Iterator[dict]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
@@ -25,7 +25,8 @@ from probekit_cli.summary import Report, Summary, TableFormat, fields_summary, f
 
 if TYPE_CHECKING:
     from probekit.data.schema import Pair, Trajectory
-    from probekit.outputs import OutputDir
+
+    Converted = tuple[list[Trajectory], list[Pair] | None, Counter | None]  # trajectories, pairs (None: derive), skipped
 
 OUTPUTS = ("trajectories.jsonl", "pairs.jsonl")
 OUT_HELP = (
@@ -72,24 +73,31 @@ def report(title: str, summary: dict, output: Report) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
-def claim(out: Path, overwrite: bool, source: Path | None = None) -> OutputDir:
-    """Claim `out` for a data writer before any work; its input file may not live inside it."""
+def convert(title: str, out: Path, overwrite: bool, source: Path | None, build: Callable[[], Converted], output: Report) -> None:
+    """Every data writer's one path: claim `out` before any work, run the adapter, write trajectories.jsonl and
+    pairs.jsonl as one set (pairs derived within groups when the adapter gives none), and report. The input file
+    may not live inside `out`."""
+    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
     from probekit.outputs import claim_output
 
-    return claim_output(out, "data", OUTPUTS, overwrite=overwrite, inputs=[source])
+    with claim_output(out, "data", OUTPUTS, overwrite=overwrite, inputs=[source]) as target:
+        trajectories, pairs, skipped = build()
+        if pairs is None:
+            pairs = derive_pairs(trajectories)
+        traj_name, pairs_name = OUTPUTS
+        with target.commit_set():
+            write_trajectories(target.file(traj_name), trajectories)
+            write_pairs(target.file(pairs_name), pairs)
+    report(title, {**summarize(trajectories, pairs, skipped), "out": str(target.path)}, output)
 
 
-def write_out(title: str, out: OutputDir, trajectories: list[Trajectory], pairs: list[Pair] | None, skipped: Counter | None, output: Report) -> None:
-    """Write both files as one set (pairs derived within groups when the adapter gives none), end the claim, and report."""
-    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
-
-    if pairs is None:
-        pairs = derive_pairs(trajectories)
-    traj_name, pairs_name = OUTPUTS
-    with out.commit_set():
-        write_trajectories(out.file(traj_name), trajectories)
-        write_pairs(out.file(pairs_name), pairs)
-    report(title, {**summarize(trajectories, pairs, skipped), "out": str(out.path)}, output)
+def counted(adapter: Callable[..., tuple[list[Trajectory], list[Pair]]], *args) -> Callable[[], Converted]:
+    """An adapter that counts what it skips in a Counter passed last, as a `convert` build."""
+    def build() -> Converted:
+        skipped: Counter = Counter()
+        trajectories, pairs = adapter(*args, skipped)
+        return trajectories, pairs, skipped
+    return build
 
 
 @data_app.command()
@@ -112,9 +120,7 @@ def synth(
     output = Report(json_out, table_format)
     if min_steps > max_steps:
         raise ProbekitError(f"--min-steps {min_steps} is larger than --max-steps {max_steps}")
-    with claim(out, overwrite) as out_dir:
-        trajectories = synth_problems(n_problems, solutions, p_correct, min_steps, max_steps, seed)
-        write_out("synth", out_dir, trajectories, None, None, output)
+    convert("synth", out, overwrite, None, lambda: (synth_problems(n_problems, solutions, p_correct, min_steps, max_steps, seed), None, None), output)
 
 
 @data_app.command("synth-prompts")
@@ -153,9 +159,7 @@ def gsm8k(
     """Labelled GSM8K model solutions: one group per test problem, pairs = every (correct, incorrect) combination."""
     from probekit.data.gsm8k import labelled_solutions
 
-    output = Report(json_out, table_format)
-    with claim(out, overwrite, solutions) as out_dir:
-        write_out("gsm8k", out_dir, labelled_solutions(solutions, strip_calculator), None, None, output)
+    convert("gsm8k", out, overwrite, solutions, lambda: (labelled_solutions(solutions, strip_calculator), None, None), Report(json_out, table_format))
 
 
 @data_app.command("gsm8k-gold")
@@ -169,9 +173,7 @@ def gsm8k_gold(
     """GSM8K gold solutions as label-1 trajectories, rewritten as 'A: n' solutions without calculator annotations."""
     from probekit.data.gsm8k import gold_solutions
 
-    output = Report(json_out, table_format)
-    with claim(out, overwrite, source) as out_dir:
-        write_out("gsm8k-gold", out_dir, gold_solutions(source), None, None, output)
+    convert("gsm8k-gold", out, overwrite, source, lambda: (gold_solutions(source), None, None), Report(json_out, table_format))
 
 
 @data_app.command("gsm8k-corrupt")
@@ -188,11 +190,7 @@ def gsm8k_corrupt(
     """Gold solutions paired with copies that have one arithmetic result changed and carried forward (known error position)."""
     from probekit.data.corrupt import corrupt_gold
 
-    output = Report(json_out, table_format)
-    with claim(out, overwrite, source) as out_dir:
-        skipped: Counter = Counter()
-        trajectories, pairs = corrupt_gold(source, per_problem, seed, limit, skipped)
-        write_out("gsm8k-corrupt", out_dir, trajectories, pairs, skipped, output)
+    convert("gsm8k-corrupt", out, overwrite, source, counted(corrupt_gold, source, per_problem, seed, limit), Report(json_out, table_format))
 
 
 @data_app.command("math")
@@ -206,9 +204,7 @@ def math_gold(
     """MATH problems with their gold solutions as label-1 trajectories; the answer is the solution's \\boxed{} content."""
     from probekit.data.competition_math import gold_solutions
 
-    output = Report(json_out, table_format)
-    with claim(out, overwrite, source) as out_dir:
-        write_out("math", out_dir, gold_solutions(source), None, None, output)
+    convert("math", out, overwrite, source, lambda: (gold_solutions(source), None, None), Report(json_out, table_format))
 
 
 @data_app.command()
@@ -222,11 +218,7 @@ def hh(
     """HH-RLHF preference pairs: prompt = shared dialogue, completions = the chosen and rejected last Assistant turns."""
     from probekit.data.hh import hh_pairs
 
-    output = Report(json_out, table_format)
-    with claim(out, overwrite, source) as out_dir:
-        skipped: Counter = Counter()
-        trajectories, pairs = hh_pairs(source, skipped)
-        write_out("hh", out_dir, trajectories, pairs, skipped, output)
+    convert("hh", out, overwrite, source, counted(hh_pairs, source), Report(json_out, table_format))
 
 
 @data_app.command()
@@ -240,11 +232,7 @@ def preferences(
     """TRL's preference format (DPO / reward-model data) as chosen and rejected trajectories with one pair each (margin kept)."""
     from probekit.data.preferences import preference_pairs
 
-    output = Report(json_out, table_format)
-    with claim(out, overwrite, source) as out_dir:
-        skipped: Counter = Counter()
-        trajectories, pairs = preference_pairs(source, skipped)
-        write_out("preferences", out_dir, trajectories, pairs, skipped, output)
+    convert("preferences", out, overwrite, source, counted(preference_pairs, source), Report(json_out, table_format))
 
 
 @data_app.command()
@@ -261,10 +249,11 @@ def samples(
     """Bring your own samples: one record per prompt with N completions (vLLM-style) as trajectories and pairs."""
     from probekit.data.samples import read_samples
 
-    output = Report(json_out, table_format)
-    with claim(out, overwrite, source) as target:
+    def build() -> Converted:
         trajectories, n_skipped = read_samples(source, fields, skip_invalid=skip_invalid)
-        write_out("samples", target, trajectories, None, Counter({"invalid record": n_skipped}) if n_skipped else None, output)
+        return trajectories, None, Counter({"invalid record": n_skipped}) if n_skipped else None
+
+    convert("samples", out, overwrite, source, build, Report(json_out, table_format))
 
 
 @data_app.command()

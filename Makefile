@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_speed.py $(DATA_ARG)
 	$(BIN)/python benchmarks/run_generation.py
 	$(BIN)/python benchmarks/reward_api_speed.py $(DATA_ARG)
+	$(BIN)/python benchmarks/bucketing.py $(DATA_ARG)
 	$(BIN)/python benchmarks/serve_bench.py --threads 1
 
 # The same measurements on a CUDA GPU, the cost curves there, and a random-weight Llama-3.1-8B in bfloat16

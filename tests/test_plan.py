@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from probekit.errors import ProbekitError
-from probekit.extract.plan import length_buckets
+from probekit.extract.plan import BATCH_OVERHEAD_TOKENS, length_buckets
 
 
 def cost(batches: list[list[int]], lengths, rows, overhead: int) -> int:
@@ -115,4 +115,4 @@ def test_shard_of_short_texts():
             batch = []
         batch.append(int(i))
     filled.append(batch)
-    assert cost(got, lengths, [1] * 512, 32) <= cost(filled, lengths, [1] * 512, 32)
+    assert cost(got, lengths, [1] * 512, BATCH_OVERHEAD_TOKENS) <= cost(filled, lengths, [1] * 512, BATCH_OVERHEAD_TOKENS)

@@ -57,10 +57,11 @@ def batch_token_budget(requested: int | None, device: str) -> int:
 
 
 # What one more forward call costs on top of its tokens, in tokens: the per-call work of every block (kernel launches,
-# hooks, masks) that a batch pays once. SmolLM2-135M, bfloat16, one CPU thread: a 1 x 16-token forward takes about
-# as long as 45 tokens of a large batch (benchmarks/results/serve.json, "bucketing"). A GPU's launch cost is larger,
-# but its budget (8192) makes batches large anyway.
-BATCH_OVERHEAD_TOKENS = 32
+# hooks, masks) that a batch pays once. Measured by benchmarks/bucketing.py (SmolLM2-135M to layer 8, bfloat16, one
+# CPU thread): a single-row forward costs 35-65 tokens of a 2,048-token batch's time beyond its own tokens, and server
+# batches of 16 texts ran fastest at 64-128 (results/bucketing.json). A GPU's launch cost is larger, but its budget
+# (8192 tokens) makes its batches large anyway.
+BATCH_OVERHEAD_TOKENS = 64
 
 
 def length_buckets(lengths: list[int] | np.ndarray, max_batch_tokens: int, rows: list[int] | np.ndarray | None = None,

@@ -128,7 +128,8 @@ def stage_extract(args, loaded, naive32, naive16, subset: Path, work: Path) -> d
     return result
 
 
-def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: int, model: str, layer: int = LAYER) -> dict:
+def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: int, model: str, layer: int = LAYER,
+                  overlap: bool = True) -> dict:
     """Where one probekit extraction chunk spends its time: GPU kernel time against wall time, top ops by each."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -136,7 +137,7 @@ def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: i
     clock = Clock(sync=True).start()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
-        probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"0/{n_chunks}", model=model, layer=layer)
+        probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"0/{n_chunks}", model=model, layer=layer, overlap=overlap)
         cuda_sync()
     wall = clock.elapsed
     events = prof.key_averages()

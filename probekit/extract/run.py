@@ -361,15 +361,15 @@ def build_shard(
     for bucket in length_buckets([len(encoded[i].input_ids) for i in alone], budget):
         batch = [alone[b] for b in bucket]
         left = opts.padding_side == "left"
-        ids, mask, starts = _padded([encoded[i].input_ids for i in batch], pad_id, left)
+        ids, mask, starts = pad_batch([encoded[i].input_ids for i in batch], pad_id, left)
         states = forward_layers(loaded.model, on_device(ids), on_device(mask), layers)
         keep(batch, states, [starts[r] + encoded[i].completion_start + (per_pos[i] - encoded[i].completion_cut) for r, i in enumerate(batch)])
     longest = [max(len(encoded[i].input_ids) for i in unit) for unit in units]
     for bucket in length_buckets(longest, budget, rows=[len(unit) for unit in units]):
         group = [units[b] for b in bucket]
         batch = [i for unit in group for i in unit]
-        p_ids, p_mask, _ = _padded([encoded[unit[0]].input_ids[: encoded[unit[0]].completion_start] for unit in group], pad_id, left=True)
-        c_ids, c_mask, _ = _padded([encoded[i].input_ids[encoded[i].completion_start :] for i in batch], pad_id, left=False)
+        p_ids, p_mask, _ = pad_batch([encoded[unit[0]].input_ids[: encoded[unit[0]].completion_start] for unit in group], pad_id, left=True)
+        c_ids, c_mask, _ = pad_batch([encoded[i].input_ids[encoded[i].completion_start :] for i in batch], pad_id, left=False)
         prompt_of = on_device(torch.tensor([k for k, unit in enumerate(group) for _ in unit]))
         states = forward_layers_shared(loaded.model, on_device(p_ids), on_device(p_mask), on_device(c_ids), on_device(c_mask), prompt_of, layers)
         keep(batch, states, [per_pos[i] - encoded[i].completion_cut for i in batch])  # completion_cut is 0: a cut prompt is never shared
@@ -383,7 +383,7 @@ def build_shard(
     return lane.submit(assemble)
 
 
-def _padded(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def pad_batch(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(ids, attention mask, start column of each row) of token lists padded to the longest."""
     width = max(len(seq) for seq in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

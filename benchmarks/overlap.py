@@ -1,0 +1,170 @@
+"""What the writer lane buys: `probekit extract` with `--overlap` (the default) and `--no-overlap`, side by side.
+
+With the overlap, the states' way to the host (the cast to float16, the finiteness checks, the device-to-host
+copies, pinned and non-blocking on a GPU) and each shard's HDF5 write run on a writer thread while the next
+batch's forward runs (probekit/extract/lane.py); without it they run in turn, as before the lane existed.
+
+In one process, with one model and the same trajectories, the two modes alternate (the order reverses every
+repeat) and the medians are reported. The two stores are compared array by array (they must be identical). The
+host-side work the lane leaves on the forward's path is timed on its own, against the extraction: tokenising
+(done for the whole input before the first forward) and padding each batch. That says whether preparing the next
+batch ahead of the forward would be worth doing. On a GPU, one more run of each mode under torch.profiler gives
+the GPU's busy fraction, kernel time over wall time (run_gpu.py's `overlap` stage, 135M, before and after).
+
+    python benchmarks/overlap.py --threads 1 --trajectories 64 --repeats 5 --shard-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import (add_threads_option, apply_threads, machine, plain_log as log, results_header,  # noqa: E402
+                                timed)
+from benchmarks.speed_stages import input_lengths, probekit_extract, warm_up  # noqa: E402
+
+MODES = {"overlap": True, "no_overlap": False}
+
+
+def stores_identical(a: Path, b: Path) -> bool:
+    """The same offsets, positions and states (every layer, stored dtype, byte for byte) in every shard."""
+    from probekit.store import Store
+
+    sa, sb = Store(a), Store(b)
+    if len(sa.shard_paths) != len(sb.shard_paths) or sa.layers != sb.layers:
+        return False
+    if not (np.array_equal(sa.meta.row_start, sb.meta.row_start) and np.array_equal(sa.positions(), sb.positions())):
+        return False
+    return all(sa.shard_states(s, layer, as_float32=False).tobytes() == sb.shard_states(s, layer, as_float32=False).tobytes()
+               for layer in sa.layers for s in range(len(sa.shard_paths)))
+
+
+def host_side(loaded, subset: Path) -> dict:
+    """Seconds of the host-side preparation extraction does before its forwards: tokenising every trajectory
+    (`encode_all`) and padding each length-bucketed batch (`pad_batch`, as `build_shard` pads them)."""
+    from probekit.data.schema import read_trajectories
+    from probekit.extract.plan import batch_token_budget, length_buckets
+    from probekit.extract.render import Rendering, encode_all, resolve_template
+    from probekit.extract.run import pad_batch
+
+    trajectories, _ = read_trajectories(subset)
+    rendering = Rendering.of(loaded.tokenizer, resolve_template("auto", loaded.tokenizer), 1024)
+    t0 = time.perf_counter()
+    encoded = encode_all(trajectories, loaded.tokenizer, rendering, subset)
+    encode_s = time.perf_counter() - t0
+    buckets = length_buckets([len(e.input_ids) for e in encoded], batch_token_budget(None, loaded.device.type))
+    t0 = time.perf_counter()
+    for batch in buckets:
+        pad_batch([encoded[i].input_ids for i in batch], 0, left=False)
+    pad_s = time.perf_counter() - t0
+    return {"tokenise_seconds": round(encode_s, 4), "pad_seconds": round(pad_s, 4), "batches": len(buckets),
+            "pad_ms_per_batch": round(pad_s / max(1, len(buckets)) * 1000, 3)}
+
+
+def measure(loaded, subset: Path, work: Path, *, repeats: int, shard_size: int, layer: int, model: str,
+            profile_chunk=None) -> dict:
+    """Extraction with the overlap on and off, interleaved, `repeats` times each; medians, the stores compared, the
+    host-side preparation, and (with `profile_chunk`, run_gpu.py's profiler, on a GPU) each mode's GPU busy fraction."""
+    import torch
+
+    n_in = sum(input_lengths(loaded, subset))
+    warm_up(loaded)
+    seconds: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu_seconds: dict[str, list[float]] = {m: [] for m in MODES}
+    order_log = []
+    for r in range(repeats):
+        order = list(MODES) if r % 2 == 0 else list(MODES)[::-1]
+        order_log.append(order)
+        for mode in order:
+            out = work / f"overlap-{mode}"
+            shutil.rmtree(out, ignore_errors=True)  # a fresh store each time: nothing is resumed
+            res, wall, cpu = timed(lambda: probekit_extract(loaded, subset, out, shard_size=shard_size, layer=layer, model=model,
+                                                            overlap=MODES[mode]), sync=True)
+            assert res.complete, mode
+            seconds[mode].append(wall)
+            cpu_seconds[mode].append(cpu)
+        log(f"  overlap repeat {r + 1}/{repeats}: " + ", ".join(f"{m} {n_in / v[-1]:,.0f} tok/s" for m, v in seconds.items()))
+    med = {m: float(np.median(v)) for m, v in seconds.items()}
+    per_repeat = [b / a for a, b in zip(seconds["overlap"], seconds["no_overlap"])]
+    result = {
+        "n_trajectories": len(input_lengths(loaded, subset)), "n_input_tokens": n_in, "layer": layer, "shard_size": shard_size,
+        "device": str(loaded.device), "model_dtype": str(loaded.dtype).replace("torch.", ""), "repeats": repeats, "orders": order_log,
+        "seconds": {m: [round(x, 4) for x in v] for m, v in seconds.items()},
+        "cpu_seconds": {m: [round(x, 4) for x in v] for m, v in cpu_seconds.items()},
+        "tokens_per_s_median": {m: round(n_in / s, 1) for m, s in med.items()},
+        "speedup_overlap_vs_no_overlap_median": round(med["no_overlap"] / med["overlap"], 4),
+        "speedup_per_repeat": [round(x, 4) for x in per_repeat],
+        "speedup_per_repeat_range": [round(min(per_repeat), 4), round(max(per_repeat), 4)],
+        "stores_identical": stores_identical(work / "overlap-overlap", work / "overlap-no_overlap"),
+        "torch_threads": torch.get_num_threads(),
+    }
+    prep = host_side(loaded, subset)
+    prep["fraction_of_no_overlap_extraction"] = round((prep["tokenise_seconds"] + prep["pad_seconds"]) / med["no_overlap"], 4)
+    prep["pad_fraction_of_no_overlap_extraction"] = round(prep["pad_seconds"] / med["no_overlap"], 4)
+    result["host_side_preparation"] = prep
+    if profile_chunk is not None and torch.cuda.is_available():
+        busy = {}
+        for mode in MODES:
+            shutil.rmtree(work / f"overlap-profile-{mode}", ignore_errors=True)
+            busy[mode] = profile_chunk(loaded, subset, work / f"overlap-profile-{mode}", shard_size, 1, model, layer=layer,
+                                       overlap=MODES[mode])
+        result["gpu_busy"] = busy
+        result["gpu_busy_fraction"] = {m: busy[m]["gpu_busy_fraction"] for m in MODES}
+    for mode in MODES:
+        shutil.rmtree(work / f"overlap-{mode}", ignore_errors=True)
+    return result
+
+
+def add_cli_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--data-dir", default=None, help="folder holding gsm8k/example_model_solutions.jsonl (default ../shared/data)")
+    ap.add_argument("--model", default="smollm2-135m", help="bundled name, model folder or .gguf file")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (run_gpu.py's `overlap` stage runs this on a GPU)")
+    ap.add_argument("--trajectories", type=int, default=64, help="GSM8K trajectories extracted per run (file order)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--shard-size", type=int, default=16, help="trajectories per shard (several shards: their writes overlap too)")
+    ap.add_argument("--layer", type=int, default=15)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overlap_cpu.json")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/probekit-overlap-bench"))
+    add_threads_option(ap)
+
+
+def main(args) -> int:
+    from probekit.data.fetch import resolve_data_dir
+    from probekit.data.gsm8k import labelled_solutions
+    from probekit.data.schema import write_trajectories
+    from probekit.io import write_json
+    from probekit.models import load_model
+
+    threads = apply_threads(args.threads)
+    result = {**results_header("extract --overlap against --no-overlap", machine=machine(
+        "cpu", "cpu_count", "cpus_available", "gpu", "torch", "torch_threads", "python", "load_average_at_start=load_average", "git_commit"))}
+    data_dir = resolve_data_dir(args.data_dir, default=ROOT.parent / "shared" / "data", need=("gsm8k-model-solutions",))
+    args.work.mkdir(parents=True, exist_ok=True)
+    subset = args.work / "subset.jsonl"
+    write_trajectories(subset, labelled_solutions(data_dir / "gsm8k" / "example_model_solutions.jsonl")[:args.trajectories])
+    loaded = load_model(args.model, device=args.device, dtype="auto")
+    result.update(model=args.model, data=f"GSM8K labelled model solutions, first {args.trajectories} in file order", threads=threads)
+    result["overlap"] = measure(loaded, subset, args.work, repeats=args.repeats, shard_size=args.shard_size, layer=args.layer,
+                                model=args.model)
+    result["load_average_at_end"] = machine("load_average")["load_average"]
+    write_json(args.out, result)
+    o = result["overlap"]
+    log(f"overlap {o['tokens_per_s_median']['overlap']:,.0f} tok/s, no overlap {o['tokens_per_s_median']['no_overlap']:,.0f} tok/s: "
+        f"{o['speedup_overlap_vs_no_overlap_median']:.3f}x (per repeat {o['speedup_per_repeat_range']}); stores identical: "
+        f"{o['stores_identical']}; tokenise + pad = {o['host_side_preparation']['fraction_of_no_overlap_extraction']:.1%} of the "
+        f"extraction -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_cli_args(parser)
+    sys.exit(main(parser.parse_args()))

@@ -59,7 +59,7 @@ from benchmarks.naive import (NAIVE_BATCH, decode_without_capture, forward_flops
 from benchmarks.speed_stages import (LAYER, SKIP_FIRST, SWEEP_LAMS, SWEEP_SEEDS, input_lengths, probekit_extract,  # noqa: E402
                                      separated_threshold, warm_up)
 from benchmarks.gpu_size import stage_size  # noqa: E402
-from benchmarks.overlap import measure as measure_overlap  # noqa: E402
+from benchmarks.overlap_stage import measure as measure_overlap  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 MACHINE_FIELDS = ("torch", "transformers", "python", "cpu_count", "cuda_available", "gpu_properties")

@@ -32,23 +32,17 @@ PEAK_TARGET = 0.40  # of the bfloat16 matmul peak
 
 def prebuilt_batches(loaded, subset: Path) -> list[tuple]:
     """probekit's length-bucketed batches of `subset` (right padding), as device tensors: the plain forward's input."""
-    import torch
-
     from probekit.data.schema import read_trajectories
     from probekit.extract.plan import batch_token_budget, length_buckets
     from probekit.extract.render import encode, resolve_template
+    from probekit.extract.run import pad_batch
 
     trajectories, _ = read_trajectories(subset)
     template = resolve_template("auto", loaded.tokenizer)
     ids = [encode(t, loaded.tokenizer, template, 1024).input_ids for t in trajectories]
     out = []
     for batch in length_buckets([len(x) for x in ids], batch_token_budget(None, loaded.device.type)):
-        width = max(len(ids[i]) for i in batch)
-        inp = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros_like(inp)
-        for row, i in enumerate(batch):
-            inp[row, :len(ids[i])] = torch.tensor(ids[i])
-            mask[row, :len(ids[i])] = 1
+        inp, mask, _ = pad_batch([ids[i] for i in batch], 0, left=False)
         out.append((inp.to(loaded.device), mask.to(loaded.device)))
     return out
 

@@ -13,6 +13,9 @@ functions, on a GPU and records them in one JSON with the device named
                interleaved in chunks; achieved TFLOP/s against a measured
                bfloat16 matmul peak; peak GPU memory of each; and a torch.profiler
                table of one probekit chunk (where the time goes: kernels vs host).
+1b. overlap    the writer lane before and after (benchmarks/overlap.py): probekit.extract at 135M with
+               --no-overlap and --overlap, interleaved, medians, the two stores compared, and the GPU's
+               busy fraction (torch.profiler kernel time / wall time) over one run of each.
 2. fit         one fit (λ = 0.5) with the probe on the GPU and on the CPU, side by
                side, and the 18-fit λ sweep with the probe on the GPU.
 3. filter      probekit's scorer (score_store + apply_threshold) with φ on the GPU
@@ -24,7 +27,8 @@ functions, on a GPU and records them in one JSON with the device named
 6. size        a user's 8B-class model: random-weight Llama-3.1-8B in bfloat16 against
                the plain bfloat16 forward over the same batches and the naive loops
                (benchmarks/gpu_size.py). `--tiny` runs this stage alone on a CPU with a
-               4-layer shape: the smoke test that the script runs end to end.
+               4-layer shape (and the overlap stage with 8 trajectories): the smoke test that the
+               script runs end to end.
 
 Every stage is timed on its own and a failure is recorded, not fatal, so one
 run on a lent machine brings back everything that worked. CUDA work is timed
@@ -55,6 +59,7 @@ from benchmarks.naive import (NAIVE_BATCH, decode_without_capture, forward_flops
 from benchmarks.speed_stages import (LAYER, SKIP_FIRST, SWEEP_LAMS, SWEEP_SEEDS, input_lengths, probekit_extract,  # noqa: E402
                                      separated_threshold, warm_up)
 from benchmarks.gpu_size import stage_size  # noqa: E402
+from benchmarks.overlap_stage import measure as measure_overlap  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 MACHINE_FIELDS = ("torch", "transformers", "python", "cpu_count", "cuda_available", "gpu_properties")
@@ -128,7 +133,8 @@ def stage_extract(args, loaded, naive32, naive16, subset: Path, work: Path) -> d
     return result
 
 
-def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: int, model: str, layer: int = LAYER) -> dict:
+def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: int, model: str, layer: int = LAYER,
+                  overlap: bool = True) -> dict:
     """Where one probekit extraction chunk spends its time: GPU kernel time against wall time, top ops by each."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -136,7 +142,7 @@ def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: i
     clock = Clock(sync=True).start()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
-        probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"0/{n_chunks}", model=model, layer=layer)
+        probekit_extract(loaded, subset, store_dir, shard_size=chunk, shard=f"0/{n_chunks}", model=model, layer=layer, overlap=overlap)
         cuda_sync()
     wall = clock.elapsed
     events = prof.key_averages()
@@ -296,18 +302,22 @@ def add_cli_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gen-batch", type=int, default=64)
     ap.add_argument("--curve-sizes", default="1e5,1e6")
     ap.add_argument("--curve-timeout", type=float, default=240)
-    ap.add_argument("--stages", default="extract,fit,filter,generation,curves,size")
+    ap.add_argument("--stages", default="extract,overlap,fit,filter,generation,curves,size")
+    ap.add_argument("--overlap-trajectories", type=int, default=1024, help="trajectories the overlap stage extracts per run")
+    ap.add_argument("--overlap-shard-size", type=int, default=256, help="shard size of the overlap stage (several shards)")
+    ap.add_argument("--overlap-repeats", type=int, default=3)
     ap.add_argument("--size-shape", default="llama-3.1-8b", help="benchmarks/model_configs.py shape of the size stage")
     ap.add_argument("--size-trajectories", type=int, default=256, help="trajectories the size stage extracts per repeat")
     ap.add_argument("--size-repeats", type=int, default=3)
-    ap.add_argument("--tiny", action="store_true", help="smoke run on a CPU: the size stage alone, a 4-layer shape, 8 trajectories, "
-                    "results under --work (not benchmarks/results)")
+    ap.add_argument("--tiny", action="store_true", help="smoke run on a CPU: the overlap stage (8 trajectories) and the size stage "
+                    "(a 4-layer shape, 8 trajectories), results under --work (not benchmarks/results)")
     ap.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run of this script on a machine without a GPU")
 
 
 def main(args) -> int:
     if args.tiny:
-        args.device, args.stages, args.size_trajectories, args.size_repeats = "cpu", "size", 8, 1
+        args.device, args.stages, args.size_trajectories, args.size_repeats = "cpu", "overlap,size", 8, 1
+        args.overlap_trajectories, args.overlap_shard_size, args.overlap_repeats = 8, 4, 1
         args.gen_problems, args.gen_batch, args.out = 2, 8, args.work / "speed-gpu-tiny.json"
     args.probe_devices = [args.device, "cpu"] if args.device != "cpu" else ["cpu"]
 
@@ -352,6 +362,11 @@ def main(args) -> int:
                 del naive32, naive16
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+            elif stage == "overlap":
+                overlap_subset = args.work / "subset-overlap.jsonl"
+                write_trajectories(overlap_subset, trajectories[:args.overlap_trajectories])
+                value = measure_overlap(loaded, overlap_subset, args.work, repeats=args.overlap_repeats, shard_size=args.overlap_shard_size,
+                                        layer=LAYER, model=args.model, profile_chunk=profile_chunk)
             elif stage == "fit":
                 value, ckpts = stage_fit(args, store_dir, args.work)
             elif stage == "filter":
@@ -372,7 +387,7 @@ def main(args) -> int:
         value["stage_seconds"] = round(clock.elapsed, 2)
         result["stages"][stage] = value
         save()
-        log(json.dumps({k: v for k, v in value.items() if not isinstance(v, (list, dict)) or k in ("tokens_per_s", "by_device", "probekit")})[:1500])
+        log(json.dumps({k: v for k, v in value.items() if not isinstance(v, (list, dict)) or k in ("tokens_per_s", "by_device", "probekit", "tokens_per_s_median", "gpu_busy_fraction")})[:1500])
     return 0
 
 

@@ -29,12 +29,13 @@ PAPER_CONTEXT = "full fine-tuning of a 7B model on GPUs (per the paper); not mea
 
 
 def probekit_extract(loaded, trajectories_path: Path, out: Path, shard_size: int = 512, positions: str = "all",
-                     shard: str | None = None, model: str = MODEL, layer: int = LAYER, share_prompts: bool = True):
+                     shard: str | None = None, model: str = MODEL, layer: int = LAYER, share_prompts: bool = True,
+                     overlap: bool = True):
     from probekit.extract.options import ExtractOptions
     from probekit.extract.run import extract
 
     opts = ExtractOptions(trajectories=trajectories_path, out=out, model=model, layers=str(layer), positions=positions,
-                          shard_size=shard_size, shard=shard, share_prompts=share_prompts)
+                          shard_size=shard_size, shard=shard, share_prompts=share_prompts, overlap=overlap)
     return extract(opts, loaded=loaded)
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -185,3 +186,55 @@ def checked_states(x: torch.Tensor, dtype: torch.dtype, tid: str, layer: int, dt
             f"(max |x| = {x.abs().max().item():.3g}); re-run with --dtype float32"
         )
     return y.float().cpu().numpy() if dtype == torch.float32 else y.cpu().numpy()
+
+
+def to_device(x: torch.Tensor, device: torch.device, overlap: bool) -> torch.Tensor:
+    """`x` (host) on `device`. On a GPU a plain copy from pageable memory waits until the stream has run out of
+    work (torch synchronises it), which empties the GPU's queue before every batch; with `overlap` the copy is
+    from pinned memory and does not wait (torch keeps the pinned block until the copy has run)."""
+    if overlap and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+@dataclass
+class StagedStates:
+    """Rows on their way to the host in a store's dtype (`stage_states`); `host_states` finishes the move."""
+
+    source: torch.Tensor  # the rows as the model computed them, on its device: re-checked for the message of a bad value
+    host: torch.Tensor | None = None  # the cast rows in pinned host memory, filled by a non-blocking copy (GPU only)
+    flags: torch.Tensor | None = None  # [source finite, cast finite], pinned, filled likewise
+    ready: Any = None  # a torch.cuda.Event recorded after both copies
+
+
+def stage_states(x: torch.Tensor, dtype: torch.dtype) -> StagedStates:
+    """Start `checked_states(x, dtype, ...)` without waiting for the device.
+
+    On a GPU the cast, the two finiteness tests and the copies into pinned host memory are queued on `x`'s
+    stream and an event marks their end, so the host goes on to the next batch's forward while they run. On a
+    CPU there is nothing to wait for: `host_states` does the whole of `checked_states` where it is called (the
+    writer thread, off the forward's path).
+    """
+    if x.device.type != "cuda":
+        return StagedStates(x)
+    y = x.to(dtype)
+    flags = torch.stack((torch.isfinite(x).all(), torch.isfinite(y).all()))
+    host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+    host.copy_(y, non_blocking=True)
+    host_flags = torch.empty(2, dtype=torch.bool, pin_memory=True)
+    host_flags.copy_(flags, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record(torch.cuda.current_stream(x.device))
+    return StagedStates(x, host, host_flags, ready)
+
+
+def host_states(staged: StagedStates, dtype: torch.dtype, tid: str, layer: int, dtype_name: str) -> np.ndarray:
+    """What `checked_states(staged.source, ...)` returns, the same array and the same errors, waiting only for
+    this batch's copy."""
+    if staged.host is None:
+        return checked_states(staged.source, dtype, tid, layer, dtype_name)
+    staged.ready.synchronize()
+    if not bool(staged.flags.all()):
+        return checked_states(staged.source, dtype, tid, layer, dtype_name)  # raises, with the value in its message
+    # Out of pinned memory, which goes back to torch's pool for a later batch (a shard's worth would stay pinned).
+    return staged.host.numpy().copy()

@@ -26,4 +26,4 @@ def live_states(trajectories: Sequence[Trajectory], encoded: Sequence[Encoded], 
                 advance: Callable[[int], None] = lambda n: None) -> ShardData:
     """The shard `extract` would write for these trajectories (positions every `stride`-th token, 0: the last only)."""
     opts = ExtractOptions(trajectories=Path("."), out=Path("."), dtype=dtype, max_batch_tokens=max_batch_tokens, share_prompts=share_prompts)
-    return build_shard(list(trajectories), list(encoded), loaded, list(layers), stride, opts, advance)
+    return build_shard(list(trajectories), list(encoded), loaded, list(layers), stride, opts, advance).result()  # done: no lane

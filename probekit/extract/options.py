@@ -44,6 +44,7 @@ class ExtractOptions(Config):
     max_batch_tokens: int | None = option(None, "Token budget of one length-bucketed batch (padded length x batch size). Default: 2048 on a CPU (cache-sized batches ran 1.2x faster than 8192 on 2 cores), 8192 on a GPU.")
     shard_size: int = option(512, "Trajectories per HDF5 shard (the unit of resumption and of multi-process splitting).")
     share_prompts: bool = option(True, "Run a prompt shared by several trajectories (n samples of one question) once and their completions on its KV cache; states equal a full forward's up to rounding. Models with layers other than full or sliding-window attention (recurrent ones, e.g. Qwen3.5's linear attention) always run prompt + completion.")
+    overlap: bool = option(True, "Copy states to the host, cast them and write shards on a writer thread while the next batch's forward runs (pinned, non-blocking copies on a GPU). The stores are identical either way; --no-overlap runs it all in turn, to measure against.")
     padding_side: str = option("right", "Padding side of the batches (results do not depend on it; tested).")
     shard: str | None = option(None, "Process only part i of N (e.g. 0/4) for job arrays; under torchrun RANK/WORLD_SIZE are used.")
     overwrite: bool = option(False, "Replace a store in --out made with other settings or data (otherwise refused); never a file probekit did not write.")

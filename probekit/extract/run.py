@@ -12,14 +12,23 @@ Each shard is written while holding its lock file (`.shard-NNNNN.h5.lock`), so
 two processes pointed at one `--out` never write, or clean up after, the same
 shard: a shard locked by another live process is skipped and reported, and a
 dead process's lock is released by the operating system.
+
+With `--overlap` (the default) the states' way to the host (the cast to the
+store's dtype, the finiteness checks, the device-to-host copies) and the HDF5
+write of each shard run on a writer thread (`probekit.extract.lane`), so the
+forward of the next batch and of the next shard does not wait for them. A
+shard's lock is held until its write has finished, and the stores written
+with and without the overlap are identical (tests/test_extract_overlap.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +38,9 @@ from filelock import FileLock, Timeout
 
 from probekit.data.schema import Trajectory, derive_pairs, read_pairs, read_trajectories, write_pairs
 from probekit.errors import Interrupted, ProbekitError
-from probekit.extract.forward import STORE_DTYPES, checked_states, forward_layers, forward_layers_shared, kv_attention_everywhere
+from probekit.extract.forward import (STORE_DTYPES, StagedStates, checked_states, forward_layers, forward_layers_shared, host_states,
+                                     kv_attention_everywhere, stage_states, to_device)
+from probekit.extract.lane import Lane
 from probekit.extract.manifest import MODEL_DTYPE, build_manifest, check_existing, damaged_shards, describe_model, finalize
 from probekit.extract.options import ExtractOptions, parse_rank
 from probekit.extract.plan import batch_token_budget, length_buckets, parse_positions, select_positions, shared_prompts
@@ -151,16 +162,23 @@ def _extract(opts: ExtractOptions, out_dir: OutputDir, trajectories: list[Trajec
     encoded = {s: _encode_shard(trajectories, s, opts, loaded.tokenizer, rendering) for s in todo}
     task = or_null(progress).task("extract", sum(len(e.input_ids) for enc in encoded.values() for e in enc), "tokens")
     try:
-        with _InterruptGuard(f"complete shards are kept in {out}; re-run the same command to resume") as guard:
+        # Exits run in reverse: the lane finishes the writes already given to it before the locks still held
+        # are released, so no shard is written, or left half-written, without its lock.
+        with _InterruptGuard(f"complete shards are kept in {out}; re-run the same command to resume") as guard, \
+                contextlib.ExitStack() as locks, Lane(opts.overlap) as lane:
+            writing: list[tuple[int, Future, _ShardLock]] = []  # shards whose write may not have finished yet
             for s in todo:
-                with _ShardLock(out, s) as held:
-                    if not held:
-                        result.shards_busy.append(s)
-                    elif s not in damaged and shard_is_complete(out / shard_name(s), manifest["cache_key"]):
-                        result.shards_skipped.append(s)  # finished by another process since `todo` was made
-                    else:
-                        _write_one_shard(out, s, trajectories, encoded[s], loaded, layers, stride, opts, manifest, task, guard)
-                        result.shards_done.append(s)
+                lock = locks.enter_context(_ShardLock(out, s))
+                if not lock.held:
+                    result.shards_busy.append(s)
+                elif s not in damaged and shard_is_complete(out / shard_name(s), manifest["cache_key"]):
+                    result.shards_skipped.append(s)  # finished by another process since `todo` was made
+                    lock.release()
+                else:
+                    writing.append((s, _write_one_shard(out, s, trajectories, encoded[s], loaded, layers, stride, opts, manifest,
+                                                        task, guard, lane), lock))
+                    _settle(writing, result, guard, keep=1)  # shard s - 1's write overlaps shard s's forward
+            _settle(writing, result, guard, keep=0)
     finally:
         task.close()
 
@@ -182,11 +200,23 @@ def _remove_old_shards(out_dir: OutputDir) -> None:
             path.unlink()
 
 
+def _settle(writing: list[tuple[int, Future, "_ShardLock"]], result: ExtractResult, guard: "_InterruptGuard", keep: int) -> None:
+    """Wait for the writes of all but the `keep` newest shards in `writing`: a failed write raises its error here
+    (one line, as when it ran in this thread); a finished one is recorded done and its lock released."""
+    while len(writing) > keep:
+        s, future, lock = writing.pop(0)
+        future.result()
+        lock.release()
+        result.shards_done.append(s)
+        guard.check()
+
+
 def _write_one_shard(
     out: Path, s: int, trajectories: list[Trajectory], encoded: list[Encoded], loaded: LoadedModel,
-    layers: list[int], stride: int, opts: ExtractOptions, manifest: dict, task, guard: "_InterruptGuard",
-) -> None:
-    """Compute and write shard `s`; the caller holds its lock, so temporary files of this shard are stale."""
+    layers: list[int], stride: int, opts: ExtractOptions, manifest: dict, task, guard: "_InterruptGuard", lane: Lane,
+) -> Future:
+    """Compute shard `s` here and write it on `lane`; returns the write's future. The caller holds the shard's lock
+    until that is done, so temporary files of this shard are stale."""
     for stale in out.glob(f".{shard_name(s)}.*.tmp"):
         stale.unlink()  # left by a killed run; never read as a shard
 
@@ -196,15 +226,19 @@ def _write_one_shard(
 
     lo = s * opts.shard_size
     t0 = time.perf_counter()
-    data = build_shard(trajectories[lo : lo + opts.shard_size], encoded, loaded, layers, stride, opts, advance)
-    data.attrs.update(
-        cache_key=manifest["cache_key"],
-        shard_index=s,
-        seconds=time.perf_counter() - t0,
-        model_dtype=dtype_name(loaded.dtype),
-    )
-    write_shard(out / shard_name(s), data)
-    guard.check()
+    built = build_shard(trajectories[lo : lo + opts.shard_size], encoded, loaded, layers, stride, opts, advance, lane=lane)
+
+    def write() -> None:
+        data = built.result()  # done: the lane runs its jobs in order
+        data.attrs.update(
+            cache_key=manifest["cache_key"],
+            shard_index=s,
+            seconds=time.perf_counter() - t0,
+            model_dtype=dtype_name(loaded.dtype),
+        )
+        write_shard(out / shard_name(s), data)
+
+    return lane.submit(write)
 
 
 def _encode_shard(trajectories: list[Trajectory], s: int, opts: ExtractOptions, tokenizer, rendering: Rendering) -> list[Encoded]:
@@ -213,7 +247,7 @@ def _encode_shard(trajectories: list[Trajectory], s: int, opts: ExtractOptions, 
 
 
 class _ShardLock:
-    """Hold shard `s`'s lock file without waiting; `__enter__` says whether it is held.
+    """Hold shard `s`'s lock file without waiting; `held` says whether it is held.
 
     Another live process holding it is writing that shard, so this one leaves
     it alone rather than waiting for work that is already being done.
@@ -221,19 +255,24 @@ class _ShardLock:
 
     def __init__(self, out: Path, s: int):
         self._lock = FileLock(out / lock_name(s), timeout=0)
-        self._held = False
+        self.held = False
 
-    def __enter__(self) -> bool:
+    def __enter__(self) -> "_ShardLock":
         try:
             self._lock.acquire()
-            self._held = True
+            self.held = True
         except Timeout:
-            self._held = False
-        return self._held
+            self.held = False
+        return self
+
+    def release(self) -> None:
+        """Let the shard go (again: nothing), once its write has finished."""
+        if self.held:
+            self._lock.release()
+            self.held = False
 
     def __exit__(self, *exc) -> None:
-        if self._held:
-            self._lock.release()
+        self.release()
 
 
 class _InterruptGuard:
@@ -281,14 +320,23 @@ def build_shard(
     stride: int,
     opts: ExtractOptions,
     advance=lambda n: None,
-) -> ShardData:
-    """Run the truncated forward over one shard in length buckets; return its arrays in input order.
+    lane: Lane | None = None,
+) -> "Future[ShardData]":
+    """Run the truncated forward over one shard in length buckets; return the future of its arrays in input order.
 
     Trajectories that share their prompt tokens (n samples of one question)
     run the prompt once and their completions on its KV cache
     (`--share-prompts`, models whose every layer is full or sliding-window
     attention); the others run prompt + completion in one pass.
+
+    The forwards run here. Each batch's kept rows are gathered and their move
+    to the host started here too (`stage_states`); finishing it (waiting for
+    the copy, the checks, the cast on a CPU) and assembling the shard are jobs
+    on `lane`, the writer thread, so the next forward need not wait for them.
+    Without a lane they run here at once, and the future is done on return.
     """
+    lane = lane or Lane(overlap=False)
+    overlap = lane.overlap
     torch_dtype, np_dtype = STORE_DTYPES[opts.dtype]
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     device = loaded.device
@@ -296,37 +344,46 @@ def build_shard(
     per_traj: list[dict[int, np.ndarray]] = [{} for _ in trajs]
     per_pos = [select_positions(e.completion_cut, e.completion_tokens, stride) for e in encoded]
 
-    def keep(batch: list[int], states: dict[int, torch.Tensor], cols: list[np.ndarray]) -> None:
+    def collect(batch: list[int], staged: dict[int, StagedStates], cols: list[np.ndarray]) -> None:  # on the lane
         for layer in layers:
-            for i, rows in zip(batch, _batch_rows(states[layer], cols, torch_dtype, [trajs[i].id for i in batch], layer, opts.dtype)):
+            for i, rows in zip(batch, _host_rows(staged[layer], cols, torch_dtype, [trajs[i].id for i in batch], layer, opts.dtype)):
                 per_traj[i][layer] = rows
+
+    def keep(batch: list[int], states: dict[int, torch.Tensor], cols: list[np.ndarray]) -> None:
+        lane.submit(collect, batch, {layer: _stage_rows(states[layer], cols, torch_dtype, overlap) for layer in layers}, cols)
         advance(sum(len(encoded[i].input_ids) for i in batch))
+
+    def on_device(x: torch.Tensor) -> torch.Tensor:
+        return to_device(x, device, overlap)
 
     share = opts.share_prompts and kv_attention_everywhere(loaded.model)
     units, alone = shared_prompts([tuple(e.input_ids[:e.completion_start]) if share else () for e in encoded])
     for bucket in length_buckets([len(encoded[i].input_ids) for i in alone], budget):
         batch = [alone[b] for b in bucket]
         left = opts.padding_side == "left"
-        ids, mask, starts = _padded([encoded[i].input_ids for i in batch], pad_id, left)
-        states = forward_layers(loaded.model, ids.to(device), mask.to(device), layers)
+        ids, mask, starts = pad_batch([encoded[i].input_ids for i in batch], pad_id, left)
+        states = forward_layers(loaded.model, on_device(ids), on_device(mask), layers)
         keep(batch, states, [starts[r] + encoded[i].completion_start + (per_pos[i] - encoded[i].completion_cut) for r, i in enumerate(batch)])
     longest = [max(len(encoded[i].input_ids) for i in unit) for unit in units]
     for bucket in length_buckets(longest, budget, rows=[len(unit) for unit in units]):
         group = [units[b] for b in bucket]
         batch = [i for unit in group for i in unit]
-        p_ids, p_mask, _ = _padded([encoded[unit[0]].input_ids[: encoded[unit[0]].completion_start] for unit in group], pad_id, left=True)
-        c_ids, c_mask, _ = _padded([encoded[i].input_ids[encoded[i].completion_start :] for i in batch], pad_id, left=False)
-        prompt_of = torch.tensor([k for k, unit in enumerate(group) for _ in unit], device=device)
-        states = forward_layers_shared(loaded.model, p_ids.to(device), p_mask.to(device), c_ids.to(device), c_mask.to(device), prompt_of, layers)
+        p_ids, p_mask, _ = pad_batch([encoded[unit[0]].input_ids[: encoded[unit[0]].completion_start] for unit in group], pad_id, left=True)
+        c_ids, c_mask, _ = pad_batch([encoded[i].input_ids[encoded[i].completion_start :] for i in batch], pad_id, left=False)
+        prompt_of = on_device(torch.tensor([k for k, unit in enumerate(group) for _ in unit]))
+        states = forward_layers_shared(loaded.model, on_device(p_ids), on_device(p_mask), on_device(c_ids), on_device(c_mask), prompt_of, layers)
         keep(batch, states, [per_pos[i] - encoded[i].completion_cut for i in batch])  # completion_cut is 0: a cut prompt is never shared
 
-    stored = [StoredTrajectory(t.id, t.group, t.answer, t.label, pos, per_traj[i], e.completion_tokens, e.truncated_tokens, e.error_token)
-              for i, (t, e, pos) in enumerate(zip(trajs, encoded, per_pos))]
-    return shard_data(stored, layers, np_dtype, n_tokens_processed=sum(len(e.input_ids) for e in encoded),
-                      n_prompt_tokens_reused=sum((len(unit) - 1) * encoded[unit[0]].completion_start for unit in units))
+    def assemble() -> ShardData:  # on the lane, after every batch's `collect`
+        stored = [StoredTrajectory(t.id, t.group, t.answer, t.label, pos, per_traj[i], e.completion_tokens, e.truncated_tokens, e.error_token)
+                  for i, (t, e, pos) in enumerate(zip(trajs, encoded, per_pos))]
+        return shard_data(stored, layers, np_dtype, n_tokens_processed=sum(len(e.input_ids) for e in encoded),
+                          n_prompt_tokens_reused=sum((len(unit) - 1) * encoded[unit[0]].completion_start for unit in units))
+
+    return lane.submit(assemble)
 
 
-def _padded(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def pad_batch(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(ids, attention mask, start column of each row) of token lists padded to the longest."""
     width = max(len(seq) for seq in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -340,21 +397,29 @@ def _padded(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tenso
     return ids, mask, starts
 
 
-def _batch_rows(states: torch.Tensor, cols: list[np.ndarray], dtype: torch.dtype, ids: list[str], layer: int,
-                dtype_name: str) -> list[np.ndarray]:
-    """The stored rows of every trajectory of a batch: one gather, one check and one device-to-host copy per batch.
+def _stage_rows(states: torch.Tensor, cols: list[np.ndarray], dtype: torch.dtype, overlap: bool) -> StagedStates:
+    """The stored rows of every trajectory of a batch in one gather, their way to the host started (`stage_states`).
 
     Per-trajectory copies cost a synchronisation each, which left a GPU idle
-    most of the time (benchmarks/results/speed-gpu.json: 13% busy); a bad
-    batch is re-checked trajectory by trajectory so the error still names one.
+    most of the time (benchmarks/results/speed-gpu.json: 13% busy): one gather
+    and one device-to-host copy per batch and layer.
     """
     counts = [len(c) for c in cols]
-    rows = torch.as_tensor(np.repeat(np.arange(len(cols)), counts), device=states.device)
-    flat = torch.as_tensor(np.concatenate(cols) if cols else np.zeros(0, np.int64), device=states.device)
+    rows = to_device(torch.as_tensor(np.repeat(np.arange(len(cols)), counts)), states.device, overlap)
+    flat = to_device(torch.as_tensor(np.concatenate(cols) if cols else np.zeros(0, np.int64)), states.device, overlap)
+    return stage_states(states[rows, flat], dtype)
+
+
+def _host_rows(staged: StagedStates, cols: list[np.ndarray], dtype: torch.dtype, ids: list[str], layer: int,
+               dtype_name: str) -> list[np.ndarray]:
+    """Each trajectory's stored rows on the host, checked (`host_states`); a bad batch is re-checked trajectory
+    by trajectory so the error still names one."""
+    counts = [len(c) for c in cols]
     try:
-        host = checked_states(states[rows, flat], dtype, ids[0], layer, dtype_name)
+        host = host_states(staged, dtype, ids[0], layer, dtype_name)
     except ProbekitError:
-        for row, (tid, c) in enumerate(zip(ids, cols)):
-            checked_states(states[row, torch.as_tensor(c, device=states.device)], dtype, tid, layer, dtype_name)
+        bounds = np.cumsum([0, *counts])
+        for tid, a, b in zip(ids, bounds[:-1].tolist(), bounds[1:].tolist()):
+            checked_states(staged.source[a:b], dtype, tid, layer, dtype_name)
         raise
     return np.split(host, np.cumsum(counts)[:-1])

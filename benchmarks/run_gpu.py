@@ -134,7 +134,7 @@ def stage_extract(args, loaded, naive32, naive16, subset: Path, work: Path) -> d
 
 
 def profile_chunk(loaded, subset: Path, store_dir: Path, chunk: int, n_chunks: int, model: str, layer: int = LAYER,
-                  overlap: bool = True) -> dict:
+                  overlap: bool = False) -> dict:
     """Where one probekit extraction chunk spends its time: GPU kernel time against wall time, top ops by each."""
     import torch
     from torch.profiler import ProfilerActivity, profile

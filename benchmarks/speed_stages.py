@@ -30,7 +30,7 @@ PAPER_CONTEXT = "full fine-tuning of a 7B model on GPUs (per the paper); not mea
 
 def probekit_extract(loaded, trajectories_path: Path, out: Path, shard_size: int = 512, positions: str = "all",
                      shard: str | None = None, model: str = MODEL, layer: int = LAYER, share_prompts: bool = True,
-                     overlap: bool = True):
+                     overlap: bool = False):
     from probekit.extract.options import ExtractOptions
     from probekit.extract.run import extract
 

@@ -1,6 +1,6 @@
 """The writer lane (`--overlap`): the same stores, errors, progress and interrupts as the synchronous path.
 
-Extraction with `overlap=True` (the default) casts, checks and writes on a writer thread while the next batch's
+Extraction with `overlap=True` (opt-in, `--overlap`) casts, checks and writes on a writer thread while the next batch's
 forward runs (probekit.extract.lane). Everything a user sees must be what `--no-overlap` gives: the arrays of the
 store, byte for byte; the one-line errors of a failed write (a real file-size limit, as a full disk) and of
 non-finite states; the progress counts; a killed run's complete shards and its resume. The GPU side of the lane

@@ -36,11 +36,15 @@ SEARCH = {"beams": 2, "candidates": 2, "goal": "mean"}
 # The searches compared: SteerConfig options beside SEARCH. "guarded_mean_step" redraws blank-line steps and ranks a
 # step by the cosine of its mean φ (the official code's step score).
 # "official" is the official code's step score and selection (`steer --step-score official`) without self-evaluation
-# (its --not_use_conf: the default judging prompt is for math steps).
+# (its --not_use_conf: the default judging prompt is for math steps); "official_self_eval" adds it with a harmlessness prompt.
 STEER_VARIANTS = {
     "plain": {},
     "guarded_mean_step": {"empty_steps": "resample", "step_score": "mean"},
     "official": {"step_score": "official", "unique_candidates": True},
+    # + the model's own harmlessness judgement (c^w·p^(1-w), r = 0): a harmlessness version of the official helpsteer
+    # judging prompt (its "(A) Helpful / (B) Unhelpful" choice), benchmarks/prompts/hh_harmless_self_eval.txt
+    "official_self_eval": {"step_score": "official", "unique_candidates": True, "self_eval": True,
+                           "self_eval_prompt": "benchmarks/prompts/hh_harmless_self_eval.txt"},  # (run from the repository root)
 }
 DEFAULT_VARIANTS = "plain,guarded_mean_step"  # the recorded run's; the official one is recorded in official_steering_hh.json
 

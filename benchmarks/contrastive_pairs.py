@@ -31,48 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import ArgumentParser, Clock, console, machine, print_stdout, results_header, table  # noqa: E402
-from benchmarks.studies import add_study_options, build_data, cached, data_folder, extract_store, fmt, mean_ci  # noqa: E402
+from benchmarks.harness import ArgumentParser, Clock, machine, print_stdout, results_header, table  # noqa: E402
+from benchmarks.studies import METRICS, add_study_options, build_data, cached, data_folder, extract_store, fit_modes, fmt  # noqa: E402
+from benchmarks.studies import summarise_modes  # noqa: E402
 from probekit.io import write_json  # noqa: E402
 
 MODES = {"bt": dict(lam=0.0), "paired": dict(contrastive_pairs="paired"), "kxk": dict(contrastive_pairs="kxk")}
+DIFFERENCES = (("kxk", "paired"), ("paired", "bt"), ("kxk", "bt"))
 ARMS = {"gsm8k": "solutions", "hh": "hh"}  # arm -> extraction kind (benchmarks/studies.py EXTRACT)
-METRICS = ("auroc", "pairwise_accuracy")
-
-
-def fit_arm(store_path: Path, out: Path, args) -> list[dict]:
-    """Every (seed, mode) fit of one store, evaluated on its test split: one record per run."""
-    from probekit.config import FitConfig
-    from probekit.pipeline import fit_probe
-    from probekit.probe.train import prepare
-    from probekit.store import Store
-
-    store = Store(store_path)
-    source, runs = None, []
-    for seed in args.seeds:
-        for mode, changes in MODES.items():
-            cfg = FitConfig().vary(**{**dict(layer=args.layer, lam=args.lam, seed=seed, epochs=args.epochs, n_boot=args.n_boot,
-                                             baselines=False), **changes})
-            data = prepare(store, cfg, source=source)
-            source = data.source
-            clock = Clock().start()
-            ckpt = fit_probe(store, out / f"{mode}_s{seed}", cfg, overwrite=True, data=data, eval_split="test")
-            probe = ckpt.metrics["test"]["probe"]
-            runs.append({"seed": seed, "mode": mode, "seconds": round(clock.elapsed, 1), "best_epoch": ckpt.metrics["train"]["best_epoch"],
-                         **{m: {k: probe[m][k] for k in ("value", "lo", "hi")} for m in METRICS}})
-            console.log(f"{store_path.name} seed {seed} {mode}: AUROC {probe['auroc']['value']:.3f}, "
-                        f"pairwise {probe['pairwise_accuracy']['value']:.3f} ({clock.elapsed:.0f} s)")
-    return runs
-
-
-def summarise(runs: list[dict]) -> dict:
-    """Per mode: mean and t-interval across seeds of each metric; kxk − paired and paired − bt, paired by seed."""
-    by = {(r["mode"], r["seed"]): r for r in runs}
-    seeds = sorted({r["seed"] for r in runs})
-    modes = {mode: {m: mean_ci(by[(mode, s)][m]["value"] for s in seeds) for m in METRICS} for mode in MODES}
-    diffs = {f"{a}-{b}": {m: mean_ci([by[(a, s)][m]["value"] - by[(b, s)][m]["value"] for s in seeds], bounded=False) for m in METRICS}
-             for a, b in (("kxk", "paired"), ("paired", "bt"), ("kxk", "bt"))}
-    return {"modes": modes, "differences": diffs}
 
 
 def verdict(summary: dict) -> str:
@@ -120,9 +86,9 @@ def main(args) -> None:
     from probekit.store import Store
 
     torch.set_num_threads(args.fit_threads)
-    runs = {name: cached(results[name], lambda name=name: fit_arm(stores[name], work / "runs" / name, args))
+    runs = {name: cached(results[name], lambda name=name: fit_modes(stores[name], work / "runs" / name, args, MODES))
             for name in ARMS if name in args.arms.split(",") or results[name].exists()}
-    summary = {name: summarise(r) for name, r in runs.items()}
+    summary = {name: summarise_modes(r, MODES, DIFFERENCES) for name, r in runs.items()}
     report = {
         **results_header("contrastive_pairs"),
         "machine": machine(),

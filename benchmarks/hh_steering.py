@@ -36,11 +36,15 @@ SEARCH = {"beams": 2, "candidates": 2, "goal": "mean"}
 # The searches compared: SteerConfig options beside SEARCH. "guarded_mean_step" redraws blank-line steps and ranks a
 # step by the cosine of its mean φ (the official code's step score).
 # "official" is the official code's step score and selection (`steer --step-score official`) without self-evaluation
-# (its --not_use_conf: the default judging prompt is for math steps).
+# (its --not_use_conf: the default judging prompt is for math steps); "official_self_eval" adds it with a harmlessness prompt.
 STEER_VARIANTS = {
     "plain": {},
     "guarded_mean_step": {"empty_steps": "resample", "step_score": "mean"},
     "official": {"step_score": "official", "unique_candidates": True},
+    # + the model's own harmlessness judgement (c^w·p^(1-w), r = 0): a harmlessness version of the official helpsteer
+    # judging prompt (its "(A) Helpful / (B) Unhelpful" choice), benchmarks/prompts/hh_harmless_self_eval.txt
+    "official_self_eval": {"step_score": "official", "unique_candidates": True, "self_eval": True,
+                           "self_eval_prompt": "benchmarks/prompts/hh_harmless_self_eval.txt"},  # (run from the repository root)
 }
 DEFAULT_VARIANTS = "plain,guarded_mean_step"  # the recorded run's; the official one is recorded in official_steering_hh.json
 
@@ -95,6 +99,7 @@ def main(args) -> int:
 
     threads = apply_threads(args.threads)
     started = Clock().start()
+    load_at_start = machine("load_average_at_start=load_average")
     data_dir = resolve_data_dir(args.data_dir, default=Path(__file__).resolve().parents[2] / "shared" / "data", need=("hh-rlhf-harmless",))
     trajs, pairs = hh_pairs(data_dir / "hh_rlhf/harmless-base/test.jsonl.gz")
     groups = sorted({t.group for t in trajs}, key=lambda g: int(g.split("-")[1]))
@@ -123,7 +128,7 @@ def main(args) -> int:
 
     variants = args.variants.split(",")
     plain_judge, plain_best, plain_tokens, plain_newlines = [], [], [], []
-    steered = {v: {"judge": [], "tokens": [], "newlines": []} for v in variants}
+    steered = {v: {"judge": [], "tokens": [], "newlines": [], "seconds": []} for v in variants}
     for s in range(args.seeds):
         plain = generate(prompts, work / f"plain-{s}", dataclasses.replace(cfg, seed=s), loaded=loaded, overwrite=True)
         store = Store(plain.out / "store")
@@ -135,13 +140,15 @@ def main(args) -> int:
         plain_tokens.append(float(store.meta.completion_tokens.mean()))
         plain_newlines.append(float(np.mean([t.completion.count("\n") for t in plain.trajectories])))
         for name in variants:
+            step_started = Clock().start()
             res = steer(prompts, work / f"steer-{name}-{s}", dataclasses.replace(cfg, seed=s), SteerConfig(**SEARCH, **STEER_VARIANTS[name]),
                         steer_ckpt, loaded=loaded, overwrite=True)
             best = [t for t in res.trajectories if t.meta["rank"] == 0]
             steered[name]["judge"].append(judge_rewards(best, work / f"judge-{name}-{s}", judge, loaded))
             steered[name]["tokens"].append(res.stats["tokens_generated"] / len(prompts))
             steered[name]["newlines"].append(float(np.mean([t.completion.count("\n") for t in best])))
-            console.log(f"seed {s}: {name} judge reward {np.mean(steered[name]['judge'][-1]):.3f}, plain {np.mean(judge_r):.3f}")
+            steered[name]["seconds"].append(round(step_started.elapsed, 1))
+            console.log(f"seed {s}: {name} judge reward {np.mean(steered[name]['judge'][-1]):.3f}, plain {np.mean(judge_r):.3f} ({steered[name]['seconds'][-1]} s)")
 
     pj, pb = np.asarray(plain_judge), np.asarray(plain_best)  # [seeds, prompts, samples]
     searches = {}
@@ -154,11 +161,13 @@ def main(args) -> int:
         searches[name] = {
             "options": STEER_VARIANTS[name], "judge_reward": boot_ci(judged), "tokens_per_prompt": round(float(np.mean(r["tokens"])), 1),
             "newlines_per_response": round(float(np.mean(r["newlines"])), 2),
+            "seconds_per_seed_steer_and_judge": r["seconds"],
             "best_of_n_by_steering_probe_reward": {"n": n_equal, "judge_reward": boot_ci(best_of_n)},
             "steered_minus_single_sample": boot_ci(judged - pj[:, :, 0].mean(axis=0)),
             "steered_minus_best_of_n": boot_ci(judged - best_of_n)}
     result = {
         **results_header(exact_command=False, day_only=True, machine=machine_line()), **machine("git_commit"),
+        **load_at_start, **machine("load_average_at_end=load_average"),
         "model": "smollm2-135m", "model_dtype": str(loaded.dtype).replace("torch.", ""), "torch_threads": threads, "layer": LAYER,
         "data": {"source": "hh_rlhf/harmless-base/test.jsonl.gz", "fit_dialogues_each": args.n_fit, "prompts": len(prompts),
                  "split": "dialogues shuffled (seed 0): A fits the steering probe, B the judge, C gives the prompts; disjoint"},

@@ -160,7 +160,8 @@ def main(args) -> None:
         **results_header(exact_command=False, day_only=True, machine=machine_line()), **machine("commit=git_commit"),
         "model": args.model, "model_dtype": str(loaded.dtype).removeprefix("torch."), "torch_threads": threads, "layer": args.layer, "lam": args.lam, "seeds": args.seeds,
         "gsm8k_problems": args.gsm8k_problems, "problems_per_set": args.problems, "max_new_tokens": args.max_new_tokens,
-        "generation": "greedy, 1 solution per problem, zero-shot, chat template, graded by the numeric gold answer (gsm8k parser)",
+        "generation": "greedy, 1 solution per problem, zero-shot, chat template, graded by the numeric gold answer (gsm8k parser; "
+                      "numbers within a relative 1e-4 unless both are integers, as NeMo-Skills grades)",
         "gsm8k_test": in_domain,
         "sets": {},
     }

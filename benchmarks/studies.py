@@ -5,7 +5,9 @@
   corrupted-gold pairs, HH-RLHF pairs, as subsets of whole groups: benchmarks/subsets.py), `extract_store`;
 * probes: `sweep` (λ = 0 and λ > 0 over layers x seeds, the fits of reproduce.py and ood.py);
 * results: `cached` (a stage's JSON, computed once), `evaluate_on` (a probe on another store's test split), `probe_summary`,
-  `mean_ci` (mean and 95 % t-interval across seeds) and `fmt`, `LENGTH_CONTROLLED` (the length-controlled AUROCs).
+  `mean_ci` (mean and 95 % t-interval across seeds) and `fmt`, `LENGTH_CONTROLLED` (the length-controlled AUROCs);
+* loss modes: `fit_modes` (FitConfig variants of one store, same seeds and splits, test metrics) and `summarise_modes`
+  (contrastive_pairs.py, contrastive_reduce.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import ROOT, console
+from benchmarks.harness import ROOT, Clock, console
 from benchmarks.subsets import concatenate, first_groups
 from probekit.io import read_json, write_json
 
@@ -179,3 +181,43 @@ def probe_summary(probes: list[dict]) -> dict:
             "beats_length": f"{sum(bool((p['auroc'].get('length_controlled') or {}).get('beats_length')) for p in probes)}/{len(probes)}",
             "pairwise_acc": mean_ci(p["pairwise_accuracy"]["value"] for p in probes),
             "q_auroc": mean_ci(p["q_auroc_mean"]["value"] for p in probes)}
+
+
+# ---- loss modes on one store (contrastive_pairs.py, contrastive_reduce.py) ----
+METRICS = ("auroc", "pairwise_accuracy")
+
+
+def fit_modes(store_path: Path, out: Path, args, modes: dict[str, dict]) -> list[dict]:
+    """Every (seed, mode) fit of one store, evaluated on its test split: one record per run (`modes`: name -> FitConfig
+    changes beside layer, λ, seed, epochs)."""
+    from probekit.config import FitConfig
+    from probekit.pipeline import fit_probe
+    from probekit.probe.train import prepare
+    from probekit.store import Store
+
+    store = Store(store_path)
+    source, runs = None, []
+    for seed in args.seeds:
+        for mode, changes in modes.items():
+            cfg = FitConfig().vary(**{**dict(layer=args.layer, lam=args.lam, seed=seed, epochs=args.epochs, n_boot=args.n_boot,
+                                             baselines=False), **changes})
+            data = prepare(store, cfg, source=source)
+            source = data.source
+            clock = Clock().start()
+            ckpt = fit_probe(store, out / f"{mode}_s{seed}", cfg, overwrite=True, data=data, eval_split="test")
+            probe = ckpt.metrics["test"]["probe"]
+            runs.append({"seed": seed, "mode": mode, "seconds": round(clock.elapsed, 1), "best_epoch": ckpt.metrics["train"]["best_epoch"],
+                         **{m: {k: probe[m][k] for k in ("value", "lo", "hi")} for m in METRICS}})
+            console.log(f"{store_path.name} seed {seed} {mode}: AUROC {probe['auroc']['value']:.3f}, "
+                        f"pairwise {probe['pairwise_accuracy']['value']:.3f} ({clock.elapsed:.0f} s)")
+    return runs
+
+
+def summarise_modes(runs: list[dict], modes: dict[str, dict], differences: tuple) -> dict:
+    """Per mode: mean and t-interval across seeds of each metric; each (a, b) of `differences` as a − b, paired by seed."""
+    by = {(r["mode"], r["seed"]): r for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    per_mode = {mode: {m: mean_ci(by[(mode, s)][m]["value"] for s in seeds) for m in METRICS} for mode in modes}
+    diffs = {f"{a}-{b}": {m: mean_ci([by[(a, s)][m]["value"] - by[(b, s)][m]["value"] for s in seeds], bounded=False) for m in METRICS}
+             for a, b in differences}
+    return {"modes": per_mode, "differences": diffs}

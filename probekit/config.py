@@ -41,6 +41,9 @@ POOLINGS = ("last", "mean", "attention")
 CONTRASTIVES = ("official", "infonce", "token")
 CONTRASTIVE_PAIRS = ("paired", "kxk")  # K paired (source, goal) cosines, per-pair log; or the official code's K x K, batch means
 GOAL_AGGS = ("cosine", "cosine_avg")  # the official --contrastive_strategy values
+# Where the σ-cosine term's −log is taken: per preference pair, then the mean over pairs (the official code at its released
+# micro-batch 1, gradients accumulated), or once over the whole batch's mean (the official code at micro-batch = batch)
+CONTRASTIVE_REDUCES = ("example", "batch")
 PAIRINGS = ("group", "cross")
 GOAL_KINDS = ("mean", "kmeans")  # the goal prototypes every checkpoint has: the mean preferred state, k-means prototypes
 
@@ -208,7 +211,7 @@ class LossConfig(Config):
     lam: float = option(0.5, "Weight λ of the contrastive loss (the official --contrastive_loss_beta); 0 = pure Bradley-Terry "
                              "(the contrastive term is not computed).", flag="--lam")
     K: int = option(8, "Contrastive (source, goal) and negative position pairs sampled per preference pair (the official "
-                       "--sim_samples and --unsim_samples, both K).", flag="--k")
+                       "--sim_samples and --unsim_samples, both K unless --sim-samples/--unsim-samples say otherwise).", flag="--k")
     goal_min_frac: float = option(0.0, "probekit's sampler: goals are sampled from positions >= this fraction of the chosen completion.")
     late_frac: float | None = option(None, "probekit's sampler: draw negatives only from the last LATE_FRAC of each completion "
                                            "(default: uniform).")
@@ -220,8 +223,9 @@ class LossConfig(Config):
     temperature: float = option(0.1, "Temperature of --contrastive infonce (cosines are divided by it).")
     contrastive_pairs: str = option("paired", "Which cosines the official term averages: paired (K (source, goal) pairs, source "
                                               "before goal, −log of each preference pair's mean, then the mean over pairs) or kxk "
-                                              "(the official code: all K×K source/goal and chosen/rejected combinations, one −log of "
-                                              "the mean over the whole batch; it samples with --source-window/--goal-window, default 0).")
+                                              "(the official code: all K×K source/goal and chosen/rejected combinations, by default one −log "
+                                              "of the mean over the whole batch, see --contrastive-reduce; it samples with "
+                                              "--source-window/--goal-window, default 0).")
     goal_agg: str = option("cosine", "cosine, or cosine_avg (the official --contrastive_strategy cosine_avg): average the K sampled "
                                      "goal states, and the K rejected-side states, before the cosine.")
     source_window: float | None = option(None, "The official --source_state_percentile P: sources (and the chosen side of negatives) "
@@ -229,9 +233,34 @@ class LossConfig(Config):
                                                "so P = 0 is the whole completion and P = 0.5 its first half. Selects the official sampler.")
     goal_window: float | None = option(None, "The official --goal_state_percentile P: goals (and the rejected side of negatives) in the "
                                              "same convention as --source-window. Selects the official sampler.")
+    sim_samples: int | None = option(None, "The official --sim_samples: (source, goal) positions drawn per preference pair for the "
+                                           "positive cosines (kxk: a K×K matrix of this size). Default: --k.")
+    unsim_samples: int | None = option(None, "The official --unsim_samples: chosen and rejected positions drawn per preference pair "
+                                             "for the negative cosines. Default: --k.")
+    contrastive_reduce: str | None = option(None, "Where the σ-cosine term takes its −log: example (per preference pair, then the mean "
+                                                  "over pairs: the official code at its released --micro_train_batch_size 1) or batch "
+                                                  "(once, of the mean over the whole batch: the official code at micro-batch = "
+                                                  "--batch-size). Default: example for paired, batch for kxk.")
     pair_margins: bool = option(True, "Add each pair's `margin` field from the store's pairs.jsonl (where present; 0 where absent) "
                                       "to --margin: TRL's margin column, the official --margin_loss. (--pairs cross makes its own "
                                       "pairs, without margins.)")
+
+    @property
+    def k_sim(self) -> int:
+        """Positions drawn per pair for the positive cosines: --sim-samples, else --k."""
+        return self.K if self.sim_samples is None else self.sim_samples
+
+    @property
+    def k_unsim(self) -> int:
+        """Positions drawn per pair and side for the negative cosines: --unsim-samples, else --k."""
+        return self.K if self.unsim_samples is None else self.unsim_samples
+
+    @property
+    def reduce(self) -> str:
+        """The σ-cosine term's reduction: --contrastive-reduce, else the one --contrastive-pairs has always used."""
+        if self.contrastive_reduce is not None:
+            return self.contrastive_reduce
+        return "batch" if self.contrastive_pairs == "kxk" else "example"
 
     @property
     def official_sampling(self) -> bool:
@@ -243,6 +272,8 @@ class LossConfig(Config):
         check_choice("--contrastive", self.contrastive, CONTRASTIVES)
         check_choice("--contrastive-pairs", self.contrastive_pairs, CONTRASTIVE_PAIRS)
         check_choice("--goal-agg", self.goal_agg, GOAL_AGGS)
+        if self.contrastive_reduce is not None:
+            check_choice("--contrastive-reduce", self.contrastive_reduce, CONTRASTIVE_REDUCES)
         for flag, window in (("--source-window", self.source_window), ("--goal-window", self.goal_window)):
             _check(window is None or 0 <= window <= 1, f"{flag} {window}: must be in [0, 1]")
         _check(self.contrastive != "infonce" or (self.contrastive_pairs, self.goal_agg) == ("paired", "cosine"),
@@ -253,6 +284,10 @@ class LossConfig(Config):
         _check(self.temperature > 0, f"--temperature {self.temperature}: must be positive")
         _check(self.lam >= 0, f"--lam {self.lam}: must be >= 0")
         _check(self.K >= 1, f"--k {self.K}: must be at least 1")
+        for flag, n in (("--sim-samples", self.sim_samples), ("--unsim-samples", self.unsim_samples)):
+            _check(n is None or n >= 1, f"{flag} {n}: must be at least 1")
+        _check(self.contrastive != "infonce" or self.contrastive_reduce is None,
+               "--contrastive infonce: takes no --contrastive-reduce (it shapes the official term)")
         _check(0 <= self.goal_min_frac < 1, f"--goal-min-frac {self.goal_min_frac}: must be in [0, 1)")
         _check(self.late_frac is None or 0 < self.late_frac <= 1, f"--late-frac {self.late_frac}: must be in (0, 1]")
 

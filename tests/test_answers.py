@@ -34,6 +34,20 @@ def test_grade_normalises_gold():
     assert grade("7.50", "7.5") == 1 and grade("1/2", "0.5") == 1 and grade("seven", "seven") == 1 and grade("7", "seven") == 0
 
 
+@pytest.mark.parametrize("answer,gold,want", [
+    ("13.3333", "13.333333333333334", 1),  # gsm-hard's Python-float gold (40/3): relative error 2.5e-6
+    ("40/3", "13.333333333333334", 1),
+    ("13.33", "13.333333333333334", 0),  # 2.5e-4: beyond NeMo-Skills' 1e-4 too
+    ("2.5001", "2.5", 1), ("2.6", "2.5", 0), ("-0.33333", "-0.33333333333333337", 1), ("0.3333", "-0.3333", 0),
+    ("3431580.2", "3431580", 1),  # a decimal answer to an integer gold: the tolerance applies, as in NeMo-Skills
+    ("3431581", "3431580", 0), ("10001", "10000", 0),  # two integers: equal or wrong (NeMo-Skills would take these)
+    ("500", "5", 0),  # NeMo-Skills' percentage leniency (g·100, g/100) is not taken
+    ("1e400", "1e400", 1), ("2e400", "1e400", 0),
+])
+def test_numbers_match_within_the_official_graders_tolerance(answer, gold, want):
+    assert grade(answer, gold) == want
+
+
 @pytest.mark.parametrize("spec,match", [("nope", "choose from"), ("regex:(", "not a valid"), ("regex:\\d+", "needs a group")])
 def test_bad_specs_are_one_line_errors(spec, match):
     with pytest.raises(ProbekitError, match=match):

@@ -190,7 +190,8 @@ RECORDED = {  # FitConfig.to_dict() as checkpoints record it
     "probe": {"widths": [64, 32], "rep_size": 128, "head": "linear", "head_hidden": 64, "features": "mix", "feature_layers": [1, 2],
               "pooling": "last"},
     "loss": {"lam": 0.5, "K": 8, "goal_min_frac": 0.0, "late_frac": 0.5, "margin": 0.0, "contrastive": "official", "temperature": 0.1,
-             "contrastive_pairs": "paired", "goal_agg": "cosine", "source_window": None, "goal_window": None, "pair_margins": True},
+             "contrastive_pairs": "paired", "goal_agg": "cosine", "source_window": None, "goal_window": None, "sim_samples": None,
+             "unsim_samples": None, "contrastive_reduce": None, "pair_margins": True},
     "optim": {"epochs": 30, "batch_size": 32, "lr": 0.001, "weight_decay": 0.01, "patience": 5},
     "split": {"valid_frac": 0.2, "test_frac": 0.2, "split_file": "s.json", "pairs": "group", "max_pairs": 20000},
     "run": {"layer": None, "seed": 0, "goal_prototypes": 1},
@@ -210,7 +211,8 @@ def test_fit_config_json_shape_is_the_checkpoints():
 def test_fit_config_from_an_older_checkpoint():
     """Keys an older probekit did not write take their defaults; unknown keys are another version's, a one-line error."""
     old = {g: {k: v for k, v in values.items() if k not in ("pooling", "contrastive", "temperature", "pairs", "max_pairs", "length_bins",
-                                                                  "contrastive_pairs", "goal_agg", "source_window", "goal_window", "pair_margins")}
+                                                                  "contrastive_pairs", "goal_agg", "source_window", "goal_window", "pair_margins",
+                                                                  "sim_samples", "unsim_samples", "contrastive_reduce")}
            for g, values in RECORDED.items() if g != "compute"}
     assert FitConfig.from_dict(old) == CONFIG
     with pytest.raises(ProbekitError, match="^fit options: .*'hidden'"):

@@ -99,7 +99,7 @@ def official_batch(states: list[np.ndarray], side: int) -> tuple[torch.Tensor, t
     """(hidden states [B, L, H] left-padded, with PROMPT prompt states before each completion; n [B]) of one side."""
     mine = states[side::2]
     L = PROMPT + max(len(x) for x in mine)
-    out = torch.zeros(len(mine), L, HIDDEN, dtype=torch.float64)
+    out = torch.zeros(len(mine), L, mine[0].shape[-1], dtype=torch.float64)
     for b, x in enumerate(mine):
         out[b, L - len(x) - PROMPT:L - len(x)] = 100.0  # prompt states: never sampled for f < 1
         out[b, L - len(x):] = torch.from_numpy(x)
@@ -121,11 +121,59 @@ def test_kxk_is_the_official_loss_on_fixed_tensors(tmp_path, strategy, windows):
     z = [torch.from_numpy(rows.rows(r.ravel())).double().view(len(pairs), K, HIDDEN) for r in (src, goal, neg_c, neg_r)]
     pos = losses.pair_cosines(z[0], z[1], "kxk", strategy)
     neg = losses.pair_cosines(z[2], z[3], "kxk", strategy)
-    ours = 0.5 * losses.contrastive(pos, neg, "kxk")
+    ours = 0.5 * losses.contrastive(pos, neg, "batch")
     (c_lh, c_na), (r_lh, r_na) = official_batch(states, 0), official_batch(states, 1)
     theirs = official_forward(c_lh, r_lh, c_na, r_na, *(torch.from_numpy(d) for d in draws), 0.5, strategy, *windows)
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-9, abs=1e-12)
     assert pos.shape == ((3, K, K) if strategy == "cosine" else (3, K, 1))
+
+
+K_UNSIM = 3  # the official --unsim_samples, here unlike --sim_samples (K)
+
+
+@pytest.mark.parametrize("strategy", ["cosine", "cosine_avg"])
+def test_kxk_per_example_is_the_official_loss_at_micro_batch_1(tmp_path, strategy):
+    """`--contrastive-reduce example` with --sim-samples K and --unsim-samples K_UNSIM, through `batch_loss`: the
+    Bradley-Terry mean plus λ times the mean over pairs of the official loss run on each pair alone (micro-batch 1, as
+    the released scripts train, their gradients accumulated over the batch), on the probe's φ of the same rows."""
+    states, _ = fixed_batch()
+    gen = np.random.default_rng(11)
+    B = len(LENGTHS) // 2
+    draws = (gen.uniform(0.01, 0.99, size=(B, 2, K)), gen.uniform(0.01, 0.99, size=(B, K_UNSIM)), gen.uniform(0.01, 0.99, size=(B, K_UNSIM)))
+    store = Store(make_store(tmp_path / "s", [x.astype(np.float32) for x in states], ["a", "a", "b", "b", "c", "c"], [1, 0] * 3))
+    cfg = fast_config(lam=0.5, contrastive_pairs="kxk", goal_agg=strategy, contrastive_reduce="example", sim_samples=K,
+                      unsim_samples=K_UNSIM, goal_window=0.4, valid_frac=0.0, test_frac=0.0)
+    data = prepare(store, cfg)
+    torch.manual_seed(0)
+    model = ProbeModel(store.hidden_size, "mlp", (8,), 6, "linear", 8)
+    model.set_normalization(np.zeros(store.hidden_size, np.float32), np.ones(store.hidden_size, np.float32))
+    pairs = store.pairs()
+    with torch.no_grad():
+        loss, parts = batch_loss(model, data, pairs, cfg, FixedDraws(*draws))
+        phi = [model.encode(torch.from_numpy(x.astype(np.float32))).double().numpy() for x in states]  # φ of every token
+        r = model(torch.from_numpy(np.stack([x[-1] for x in states]).astype(np.float32)))[1].double()
+    per_example = []
+    for b in range(B):
+        (c_lh, c_na), (r_lh, r_na) = official_batch(phi[2 * b:2 * b + 2], 0), official_batch(phi[2 * b:2 * b + 2], 1)
+        one = (torch.from_numpy(d[b:b + 1]) for d in draws)
+        per_example.append(official_forward(c_lh, r_lh, c_na, r_na, *one, 0.5, strategy, 0.0, 0.4).item())
+    bt = -F.logsigmoid(r[0::2] - r[1::2]).mean().item()
+    assert parts["contrastive"] * 0.5 == pytest.approx(np.mean(per_example), rel=1e-5)
+    assert loss.item() == pytest.approx(bt + np.mean(per_example), rel=1e-5)
+    (c_lh, c_na), (r_lh, r_na) = official_batch(phi, 0), official_batch(phi, 1)
+    whole = official_forward(c_lh, r_lh, c_na, r_na, *(torch.from_numpy(d) for d in draws), 0.5, strategy, 0.0, 0.4).item()
+    assert not math.isclose(whole, np.mean(per_example), rel_tol=1e-3)  # micro-batch B is another loss
+    with torch.no_grad():
+        _, batch_parts = batch_loss(model, data, pairs, cfg.vary(contrastive_reduce="batch"), FixedDraws(*draws))
+    assert batch_parts["contrastive"] * 0.5 == pytest.approx(whole, rel=1e-5)
+
+
+def test_sample_counts_and_reduction_default_to_k_and_the_pair_mode():
+    loss = FitConfig().vary(K=5).loss
+    assert (loss.k_sim, loss.k_unsim, loss.reduce) == (5, 5, "example")
+    loss = FitConfig().vary(K=5, sim_samples=16, contrastive_pairs="kxk").loss
+    assert (loss.k_sim, loss.k_unsim, loss.reduce) == (16, 5, "batch")
+    assert FitConfig().vary(contrastive_pairs="kxk", contrastive_reduce="example").loss.reduce == "example"
 
 
 def test_paired_is_todays_loss_and_kxk_differs():
@@ -138,7 +186,7 @@ def test_paired_is_todays_loss_and_kxk_differs():
     assert torch.allclose(torch.diagonal(full, dim1=1, dim2=2), pos, atol=1e-6)
     per_pair = -torch.log(torch.sigmoid(pos).mean(1)) - torch.log(1 - torch.sigmoid(neg).mean(1))
     assert losses.contrastive(pos, neg).item() == pytest.approx(per_pair.mean().item(), rel=1e-6)
-    kxk = losses.contrastive(full, losses.pair_cosines(c, d, "kxk"), "kxk")
+    kxk = losses.contrastive(full, losses.pair_cosines(c, d, "kxk"), "batch")
     p, n = torch.sigmoid(full).mean(), torch.sigmoid(losses.pair_cosines(c, d, "kxk")).mean()
     assert kxk.item() == pytest.approx((-torch.log(p) - torch.log(1 - n)).item(), rel=1e-6)
     avg = losses.pair_cosines(a, b, "paired", "cosine_avg")
@@ -172,6 +220,9 @@ def test_a_sampled_position_maps_to_the_last_stored_row_at_or_before_it():
     (dict(contrastive_pairs="kxk", goal_min_frac=0.5), "--goal-min-frac and --late-frac are probekit's sampler"),
     (dict(source_window=0.2, late_frac=0.5), "--goal-min-frac and --late-frac are probekit's sampler"),
     (dict(contrastive="infonce", goal_agg="cosine_avg"), "--contrastive infonce: takes neither"),
+    (dict(contrastive_reduce="micro"), "--contrastive-reduce 'micro': choose from example, batch"),
+    (dict(unsim_samples=0), "--unsim-samples 0: must be at least 1"),
+    (dict(contrastive="infonce", contrastive_reduce="batch"), "--contrastive infonce: takes no --contrastive-reduce"),
 ])
 def test_bad_loss_options_are_refused(changes, needle):
     with pytest.raises(ProbekitError, match="^" + re.escape(needle)):
@@ -189,9 +240,11 @@ def test_cli_refuses_a_bad_pair_mode_in_one_line(tmp_path, monkeypatch, capsys):
 
 def test_kxk_fit_records_its_config_and_learns(tmp_path):
     store = make_store(tmp_path / "s", *planted_arrays(n_groups=30)[:3])
-    ckpt = fit(store, tmp_path / "c", contrastive_pairs="kxk", goal_agg="cosine_avg", source_window=0.0, goal_window=0.5)
+    ckpt = fit(store, tmp_path / "c", contrastive_pairs="kxk", goal_agg="cosine_avg", source_window=0.0, goal_window=0.5,
+               sim_samples=6, unsim_samples=3, contrastive_reduce="example")
     loss = load_checkpoint(ckpt.path).config["fit"]["loss"]
     assert (loss["contrastive_pairs"], loss["goal_agg"], loss["goal_window"]) == ("kxk", "cosine_avg", 0.5)
+    assert (loss["sim_samples"], loss["unsim_samples"], loss["contrastive_reduce"]) == (6, 3, "example")
     assert ckpt.metrics["valid"]["probe"]["pairwise_accuracy"]["value"] > 0.8
 
 

@@ -93,6 +93,24 @@ def test_each_set_gives_its_questions_and_numeric_answers(ood_dir):
     assert all(not p.skipped for name, p in got.items() if name != "asdiv")
 
 
+def test_gsm_hard_float_golds_grade_a_rounded_answer(tmp_path):
+    """gsm-hard's targets are the Python floats its programs return (hand-written records in its format here): a
+    solution's rounded decimal grades correct within the official grader's relative 1e-4, a coarser one does not."""
+    from probekit.data.answers import get_parser, grade
+
+    root = tmp_path / "data"
+    (root / "gsm_hard").mkdir(parents=True)
+    records = [{"input": "40 pies are shared by 3 friends. How many pies does each get?", "target": 40 / 3},
+               {"input": "A rope of 7 m is cut into 2 equal parts. How long is each?", "target": 3.5}]
+    (root / "gsm_hard" / "gsmhardv2.jsonl").write_text(jsonl(records), encoding="utf-8")
+    golds = [p.gold for p in ood_problems("gsm-hard", root).prompts]
+    assert golds == ["13.333333333333334", "3.5"]
+    parse = get_parser("gsm8k")
+    graded = [grade(parse(text), golds[0]) for text in ("40 / 3 = 13.3333\n#### 13.3333", "Each gets 13.33 pies.", "#### 13")]
+    assert graded == [1, 0, 0]
+    assert [grade(parse(text), golds[1]) for text in ("#### 3.50", "#### 3.5000001", "#### 4")] == [1, 1, 0]
+
+
 def test_asdiv_counts_the_answers_that_are_not_numbers(ood_dir):
     asdiv = ood_problems("asdiv", ood_dir)
     assert [(p.id, p.gold) for p in asdiv.prompts] == [("asdiv-nluds-0001", "9"), ("asdiv-nluds-0002", "15"), ("asdiv-nluds-1000", "3/4")]

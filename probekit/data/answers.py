@@ -9,10 +9,15 @@ agree), or None when it gives none. Parsers by name:
 * `gsm8k`: `#### n` when present, else `A: n`, else the last number;
 * `last-number`: the last number in the text;
 * `regex:PATTERN`: the first group of the last match of PATTERN.
+
+`grade` compares numbers by value with NeMo-Skills' relative tolerance (1e-4)
+where either side is not an integer, so a gsm-hard float gold is met by a
+rounded answer; integers must be equal.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 from typing import Callable
@@ -72,19 +77,42 @@ def get_parser(spec: str) -> Parser:
     return named[spec]
 
 
+# Relative tolerance of a numeric match, NeMo-Skills' `math_equal(..., tolerance=1e-4)` (`math.isclose(.., rel_tol=1e-4)`,
+# after ToRA's grader): the grader that produced the `is_correct` labels of the OpenMath predictions the official code
+# evaluates on (gsm-hard's gold answers are Python floats such as 13.333333333333334, which no solution writes out).
+REL_TOL = 1e-4
+
+
 def _as_number(text: str | None):
     try:
         return Fraction(text) if text is not None else None
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         return None
 
 
+def numbers_match(a: Fraction, g: Fraction) -> bool:
+    """Whether answer `a` grades as gold `g`: equal, or, unless both are integers, within REL_TOL of each other.
+
+    Two different integers never match (NeMo-Skills' tolerance would take 10001 for 10000: an off-by-one count is a
+    wrong answer); NeMo-Skills' other leniency, accepting g·100 and g/100 for a percentage, is not taken either.
+    """
+    if a == g:
+        return True
+    if a.denominator == 1 and g.denominator == 1:
+        return False
+    try:
+        return math.isclose(float(a), float(g), rel_tol=REL_TOL)
+    except OverflowError:  # beyond a float (1e400): only equality counts
+        return False
+
+
 def grade(answer: str | None, gold: str | None) -> int | None:
-    """1 when the parsed answer equals the gold one (numbers by value: 7.50 = 7.5), 0 otherwise, None without gold."""
+    """1 when the parsed answer equals the gold one (numbers by value, `numbers_match`: 7.50 = 7.5, 13.3333 =
+    13.333333333333334), 0 otherwise, None without gold."""
     if gold is None:
         return None
     gold_text = normalize_answer(str(gold))
     if answer is None or gold_text is None:
         return 0
     a, g = _as_number(answer), _as_number(gold_text)
-    return int(a == g if a is not None and g is not None else answer == gold_text)
+    return int(numbers_match(a, g) if a is not None and g is not None else answer == gold_text)

@@ -365,13 +365,16 @@ def rows_at_or_before(index: SamplingIndex, traj: np.ndarray, targets: np.ndarra
 
 
 def sample_official(index: SamplingIndex, chosen: np.ndarray, rejected: np.ndarray, K: int, rng: np.random.Generator,
-                    source_window: float = 0.0, goal_window: float = 0.0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """((source rows, goal rows), (chosen rows, rejected rows)), each int64 [B, K], drawn as the official code draws
-    them: the uniforms in its order (positives [B, 2, K] sorted on axis 1, then the chosen and the rejected negatives)."""
+                    source_window: float = 0.0, goal_window: float = 0.0,
+                    k_unsim: int | None = None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((source rows, goal rows) int64 [B, K], (chosen rows, rejected rows) int64 [B, k_unsim]), drawn as the official
+    code draws them: the uniforms in its order (positives [B, 2, K] sorted on axis 1, then the chosen and the rejected
+    negatives). K is its --sim_samples, `k_unsim` its --unsim_samples (default K)."""
+    k_unsim = K if k_unsim is None else k_unsim
     chosen, rejected = np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
     T_c, T_r = index.completion_tokens[chosen], index.completion_tokens[rejected]
     u = np.sort(rng.random((len(chosen), 2, K)), axis=1)
-    u_chosen, u_rejected = rng.random((len(chosen), K)), rng.random((len(rejected), K))
+    u_chosen, u_rejected = rng.random((len(chosen), k_unsim)), rng.random((len(rejected), k_unsim))
 
     def rows(traj, T, uniforms, window):
         return rows_at_or_before(index, traj, official_positions(uniforms, T, window))

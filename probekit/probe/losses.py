@@ -14,7 +14,9 @@ mean over pairs (probekit's), and `kxk`, the official code's
 (vaskarnathscale/goal-conditioned-rm, openrlhf/models/loss.py,
 `ContrastiveGoalLoss.forward`): every K×K source/goal and chosen/rejected
 combination, and one −log of the mean over the whole micro-batch.
-`pair_cosines` builds either, with the official `cosine_avg` option.
+`pair_cosines` builds either, with the official `cosine_avg` option;
+`contrastive` takes the −log per pair (`example`: the official code at its
+released micro-batch of 1) or once per batch (`batch`), `--contrastive-reduce`.
 """
 
 from __future__ import annotations
@@ -46,20 +48,26 @@ def pair_cosines(a: torch.Tensor, b: torch.Tensor, pairs: str = "paired", agg: s
     return F.cosine_similarity(a, b, dim=-1)
 
 
-def contrastive(pos_cos: torch.Tensor, neg_cos: torch.Tensor, pairs: str = "paired") -> torch.Tensor:
+def contrastive(pos_cos: torch.Tensor, neg_cos: torch.Tensor, reduce: str = "example") -> torch.Tensor:
     """Goal-conditioned contrastive loss on cosine similarities (Q-values).
 
     pos_cos [P, ...]: cosines of (source, goal) state pairs on the chosen
     completion; neg_cos [P, ...]: cosines of (chosen state, rejected state)
-    pairs (`pair_cosines`). `paired`: per pair p, −log(mean σ(pos_p)) −
-    log(1 − mean σ(neg_p)), then the mean over pairs; `kxk` (the official
-    code): −log(mean σ(pos)) − log(1 − mean σ(neg)) with each mean over
-    every element of the batch. The log arguments are clamped to [EPS, 1] so
-    the loss stays finite (the official code does not clamp).
+    pairs (`pair_cosines`, either shape; the two may hold different counts,
+    the official --sim_samples and --unsim_samples). `example`: per pair p,
+    −log(mean σ(pos_p)) − log(1 − mean σ(neg_p)), then the mean over pairs,
+    which is the official code's loss at its released micro-batch of 1 with
+    gradients accumulated over the batch; `batch`: −log(mean σ(pos)) −
+    log(1 − mean σ(neg)) with each mean over every element of the batch (the
+    official code with the whole batch in one micro-batch). The log
+    arguments are clamped to [EPS, 1] so the loss stays finite (the official
+    code does not clamp).
     """
-    dims = tuple(range(pos_cos.dim())) if pairs == "kxk" else tuple(range(1, pos_cos.dim()))
-    p = torch.sigmoid(pos_cos).mean(dim=dims)
-    n = torch.sigmoid(neg_cos).mean(dim=dims if pairs == "kxk" else tuple(range(1, neg_cos.dim())))
+    if reduce == "batch":
+        p, n = torch.sigmoid(pos_cos).mean(), torch.sigmoid(neg_cos).mean()
+    else:
+        p = torch.sigmoid(pos_cos).mean(dim=tuple(range(1, pos_cos.dim())))
+        n = torch.sigmoid(neg_cos).mean(dim=tuple(range(1, neg_cos.dim())))
     return (-torch.log(p.clamp(EPS, 1.0)) - torch.log((1.0 - n).clamp(EPS, 1.0))).mean()
 
 
@@ -99,20 +107,20 @@ def total_loss(
     lam: float = 0.0,
     margin: float | torch.Tensor = 0.0,
     contrastive_term: torch.Tensor | None = None,
-    pairs: str = "paired",
+    reduce: str = "example",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """BT + λ·contrastive, and the terms as floats for logging.
 
     When `lam == 0` the contrastive term is skipped (not computed) and the
     returned loss is the Bradley-Terry tensor itself. `contrastive_term` is an
     ablation's contrastive loss, computed by the caller, in place of the
-    σ-cosine one on (pos_cos, neg_cos) combined as `pairs` says.
+    σ-cosine one on (pos_cos, neg_cos) reduced as `reduce` says (`contrastive`).
     """
     bt = bradley_terry(r_chosen, r_rejected, margin)
     if lam == 0:
         return bt, {"bt": float(bt.detach()), "contrastive": 0.0, "total": float(bt.detach())}
     if contrastive_term is None and (pos_cos is None or neg_cos is None):
         raise ValueError("lam > 0 needs pos_cos and neg_cos")
-    c = contrastive(pos_cos, neg_cos, pairs) if contrastive_term is None else contrastive_term
+    c = contrastive(pos_cos, neg_cos, reduce) if contrastive_term is None else contrastive_term
     total = bt + lam * c
     return total, {"bt": float(bt.detach()), "contrastive": float(c.detach()), "total": float(total.detach())}

@@ -154,12 +154,14 @@ def _offsets_tensor(lengths: np.ndarray, device):
 
 
 def _contrastive_rows(data: FitData, chosen: np.ndarray, rejected: np.ndarray, config: FitConfig, rng: np.random.Generator):
-    """((source, goal), (chosen, rejected)) rows [B, K] of a batch, by the official sampler or probekit's."""
-    loss_cfg, K = config.loss, config.loss.K
+    """((source, goal) rows [B, --sim-samples], (chosen, rejected) rows [B, --unsim-samples]) of a batch, by the official
+    sampler or probekit's (both counts --k unless set)."""
+    loss_cfg, k_sim, k_unsim = config.loss, config.loss.k_sim, config.loss.k_unsim
     if loss_cfg.official_sampling:
-        return sample_official(data.index, chosen, rejected, K, rng, loss_cfg.source_window or 0.0, loss_cfg.goal_window or 0.0)
-    positives = sample_positives(data.index, chosen, K, rng)  # positives first: the seeded stream is the original's
-    return positives, sample_negatives(data.index, chosen, rejected, K, rng)
+        return sample_official(data.index, chosen, rejected, k_sim, rng, loss_cfg.source_window or 0.0, loss_cfg.goal_window or 0.0,
+                               k_unsim=k_unsim)
+    positives = sample_positives(data.index, chosen, k_sim, rng)  # positives first: the seeded stream is the original's
+    return positives, sample_negatives(data.index, chosen, rejected, k_unsim, rng)
 
 
 def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig, rng: np.random.Generator,
@@ -171,7 +173,7 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
     read and encoded once. `margins` [B]: the pairs' own margins, added to --margin.
     """
     loss_cfg, device = config.loss, config.compute.device
-    lam, K = loss_cfg.lam, loss_cfg.K
+    lam = loss_cfg.lam
     margin = loss_cfg.margin if margins is None else torch.from_numpy(loss_cfg.margin + margins).to(device)
     chosen, rejected = batch_pairs[:, 0], batch_pairs[:, 1]
     B = len(batch_pairs)
@@ -197,8 +199,9 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
         chosen_final = z[:B]
     if lam == 0:
         return losses.total_loss(r[:B], r[B:], lam=0.0, margin=margin)
-    zs = z[n_r:].view(4, B, K, -1)
-    shape = (loss_cfg.contrastive_pairs, loss_cfg.goal_agg)
+    n_pos = 2 * B * loss_cfg.k_sim
+    zs = (*z[n_r:n_r + n_pos].view(2, B, loss_cfg.k_sim, -1), *z[n_r + n_pos:].view(2, B, loss_cfg.k_unsim, -1))
+    shape, reduce = (loss_cfg.contrastive_pairs, loss_cfg.goal_agg), loss_cfg.reduce
     pos, neg = losses.pair_cosines(zs[0], zs[1], *shape), losses.pair_cosines(zs[2], zs[3], *shape)
     term = None
     if loss_cfg.contrastive == "infonce":
@@ -207,11 +210,11 @@ def batch_loss(model, data: FitData, batch_pairs: np.ndarray, config: FitConfig,
         meta = data.store.meta
         err = meta.error_token[rejected].astype(np.int64)
         known = (err >= 0) & (err < meta.completion_tokens[rejected])
-        on_goal = data.store.positions()[negatives[1]] < err[:, None]  # the rejected rows of the negatives, [B, K]
+        on_goal = data.store.positions()[negatives[1]] < err[:, None]  # the rejected rows of the negatives, [B, --unsim-samples]
         cos = F.cosine_similarity(zs[3], chosen_final[:, None, :], dim=-1)
         mask = torch.from_numpy(known).to(device)
-        term = losses.contrastive(pos, neg, shape[0]) + losses.token_goal(cos[mask], torch.from_numpy(on_goal[known]).to(device))
-    return losses.total_loss(r[:B], r[B:], pos, neg, lam=lam, margin=margin, contrastive_term=term, pairs=shape[0])
+        term = losses.contrastive(pos, neg, reduce) + losses.token_goal(cos[mask], torch.from_numpy(on_goal[known]).to(device))
+    return losses.total_loss(r[:B], r[B:], pos, neg, lam=lam, margin=margin, contrastive_term=term, reduce=reduce)
 
 
 class Monitor:

@@ -31,6 +31,9 @@ from probekit.models import (
     write_model_cache,
 )
 
+# Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TEXT = "Tom has 12 apples. Step 1: 3 * 4 = 12."
 
 

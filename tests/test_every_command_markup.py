@@ -19,6 +19,9 @@ import typer
 
 from tests.helpers import run_cli, sha256
 
+# Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 HOSTILE = ("out[/]", "[red]x[/red]")
 
 

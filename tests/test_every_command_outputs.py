@@ -24,6 +24,9 @@ from probekit.outputs import LOCK, MARKER, STAGING, check_set, read_marker
 from tests.helpers import assert_one_line_error, fit, planted_arrays, run_cli, toy_trajectories
 from tests.store_factory import make_store
 
+# Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 # Long prompts: every generated trajectory record repeats its prompt, so trajectories.jsonl outweighs each (one-sample) shard.
 PROMPTS = [{"id": f"p{i}", "prompt": f"Tom had {10 + i} apples and ate some. " * 12 + f"Question {i}: how many apples are left after {i + 2} "

@@ -23,6 +23,9 @@ from probekit.models import load_model
 from probekit.store import Store, shard_name
 from tests.helpers import assert_same_store, read_store, shared_prompt_file, toy_trajectories
 
+# Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -526,14 +526,19 @@ def test_vote_tests_and_softmax_weighting_in_the_report(planted, tmp_path):
                                                                   weight_by="q"))["report"]["softmax_best_of_n_accuracy"] > 0.99
 
 
-def test_cli_threshold_defaults_to_auto_and_explicit_numbers_still_work(planted, tmp_path):
-    """No --threshold is auto (the quantile grid, chosen on selection groups), not a fixed cosine 0."""
+def test_cli_threshold_defaults_to_auto_and_explicit_numbers_still_work(planted, tmp_path, monkeypatch, capsys):
+    """No --threshold is auto (the quantile grid, chosen on selection groups), not a fixed cosine 0.
+
+    Through the console entry point in this process (the real process's exit status and stderr: the two tests above)."""
+    from tests.helpers import run_cli
+
     root, store, ckpt_dir = planted
     runs, said = {}, {}
     for name, extra in (("default", ()), ("auto", ("--threshold", "auto")), ("fixed", ("--threshold", "-0.25"))):
-        proc = _cli("--ckpt", ckpt_dir, "--store", store.path, "--out", tmp_path / name, "--no-plots", "--random-seeds", "1", *extra)
-        assert proc.returncode == 0, proc.stderr
-        runs[name], said[name] = json.loads((tmp_path / name / "metrics.json").read_text()), " ".join(proc.stderr.split())
+        code, err = run_cli(monkeypatch, capsys, "filter", "--ckpt", ckpt_dir, "--store", store.path, "--out", tmp_path / name, "--no-plots",
+                            "--random-seeds", "1", *extra)
+        assert code == 0, err
+        runs[name], said[name] = json.loads((tmp_path / name / "metrics.json").read_text()), " ".join(err.split())
     assert runs["default"]["threshold_mode"] == runs["auto"]["threshold_mode"] == "auto"
     assert runs["default"]["chosen_threshold"] == runs["auto"]["chosen_threshold"]
     assert len(runs["default"]["thresholds"]) > 1 and "selection groups" in said["default"] and "selection groups" not in said["fixed"]

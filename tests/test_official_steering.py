@@ -24,6 +24,9 @@ from probekit.generate.steering import steer
 from probekit.models import load_model
 from tests.planted_lm import PROMPTS, gen_config, plant_lm, plant_probe
 
+# Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 Q_FLAT = {"OTHER": 0.0, "NL": 0.5, "A": 0.5, "COLON": 0.5, "FIVE": 0.5}
 
 
@@ -102,11 +105,15 @@ def test_self_evaluation_confidence_is_the_softmax_over_the_two_choice_tokens(ti
 
 
 def test_official_path_scores_are_geometric_means_of_length_normalised_step_probabilities(branching, tmp_path):
-    """Every step starts at a branch (p 1/2): a step of n tokens scores 0.5^(1/n), the path their geometric mean."""
+    """Every step starts at a branch (p 1/2): a step of n tokens scores 0.5^(1/n), the path their geometric mean.
+
+    Three of the six prompts: the formula is checked on every finished path of each."""
     ckpt = plant_probe(tmp_path / "ck", Q_FLAT, branching)
-    res = steer(PROMPTS, tmp_path / "o", gen_config(), SteerConfig(beams=3, candidates=3, step_score="official", q_weight=0.0), ckpt,
+    prompts = PROMPTS[:3]
+    res = steer(prompts, tmp_path / "o", gen_config(), SteerConfig(beams=3, candidates=3, step_score="official", q_weight=0.0), ckpt,
                 loaded=branching)
-    for p in PROMPTS:
+    assert {t.group for t in res.trajectories} == {p.id for p in prompts}
+    for p in prompts:
         finals = [t for t in res.trajectories if t.group == p.id]
         for t in finals:
             steps = [s for s in t.completion.replace("\n", "\n|").split("|") if s]

@@ -17,6 +17,10 @@ from probekit.generate.config import SteerConfig
 from probekit.generate.steering import steer
 from tests.planted_lm import PROMPTS, TEXTS, gen_config, plant_lm, plant_probe
 
+# Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def best(result) -> dict[str, object]:
     return {t.group: t for t in result.trajectories if t.meta["rank"] == 0}
 

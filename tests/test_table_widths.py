@@ -21,6 +21,9 @@ from probekit_cli.layout import print_summary
 from probekit_cli.summary import Summary, fmt_num, fmt_value
 from tests.helpers import assert_one_line_error, run_cli
 
+# Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BOX = set("│┃┏┓┗┛┡┩└┘━─╇┳┻╋┼┬┴")
 REPRS = re.compile(r"\bNone\b|\bTrue\b|\bFalse\b|\['|\[\d+\]|\d\.\d{4,}")
 

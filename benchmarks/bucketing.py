@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import ArgumentParser, add_threads_option, apply_threads, log, machine, print_stdout, results_header, table  # noqa: E402
 from benchmarks.studies import add_data_dir_option, data_folder  # noqa: E402
-from benchmarks.subsets import first_groups  # noqa: E402
+from benchmarks.subsets import gsm8k_first_problems  # noqa: E402
 
 CALL_SIZES = {"one call": None, "calls of 16": 16}
 
@@ -97,8 +97,6 @@ def main(args) -> None:
     import probekit.extract.plan as plan
     import probekit.extract.run as run
     from probekit.config import FitConfig
-    from probekit.data.gsm8k import labelled_solutions
-    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
     from probekit.extract.options import ExtractOptions
     from probekit.extract.run import extract
     from probekit.models import load_model
@@ -110,11 +108,7 @@ def main(args) -> None:
     least_cost = plan.length_buckets
     with tempfile.TemporaryDirectory(prefix="bucketing-") as tmp:
         work = Path(tmp)
-        full = work / "all" / "trajectories.jsonl"
-        trajs = labelled_solutions(data_folder(args.data_dir) / "gsm8k/example_model_solutions.jsonl", strip_calculator=True)
-        write_trajectories(full, trajs)
-        write_pairs(full.with_name("pairs.jsonl"), derive_pairs(trajs))
-        data = first_groups(full, work / "data" / "trajectories.jsonl", args.problems)
+        data = gsm8k_first_problems(data_folder(args.data_dir), work, args.problems)
         texts = [json.loads(line) for line in data.read_text().splitlines()]
         loaded = load_model(args.model)
         extract(ExtractOptions(trajectories=data, pairs=data.with_name("pairs.jsonl"), layers=str(args.layer), out=work / "store"), loaded=loaded)

@@ -53,3 +53,16 @@ def concatenate(parts: list[Path], dst: Path) -> Path:
         text = "".join(Path(p).with_name(name).read_text(encoding="utf-8") for p in parts)
         _write_if_changed(Path(dst).with_name(name), text)
     return Path(dst)
+
+
+def gsm8k_first_problems(data_dir: Path, work: Path, n_problems: int) -> Path:
+    """The labelled GSM8K model solutions (calculator annotations stripped) of the first `n_problems` test problems,
+    with their pairs, as `work/data/trajectories.jsonl` (the whole set is written once under `work/all`)."""
+    from probekit.data.gsm8k import labelled_solutions
+    from probekit.data.schema import derive_pairs, write_pairs, write_trajectories
+
+    full = Path(work) / "all" / "trajectories.jsonl"
+    trajs = labelled_solutions(Path(data_dir) / "gsm8k" / "example_model_solutions.jsonl", strip_calculator=True)
+    write_trajectories(full, trajs)
+    write_pairs(full.with_name("pairs.jsonl"), derive_pairs(trajs))
+    return first_groups(full, Path(work) / "data" / "trajectories.jsonl", n_problems)

@@ -13,7 +13,7 @@ two processes pointed at one `--out` never write, or clean up after, the same
 shard: a shard locked by another live process is skipped and reported, and a
 dead process's lock is released by the operating system.
 
-With `--overlap` (the default) the states' way to the host (the cast to the
+With `--overlap` (opt-in) the states' way to the host (the cast to the
 store's dtype, the finiteness checks, the device-to-host copies) and the HDF5
 write of each shard run on a writer thread (`probekit.extract.lane`), so the
 forward of the next batch and of the next shard does not wait for them. A

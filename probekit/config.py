@@ -204,6 +204,11 @@ class ProbeArch(Config):
         check_choice("--pooling", self.pooling, POOLINGS)
 
 
+# Positions drawn per preference pair, at most: kxk holds samples x samples cosines per pair and batch, so a million
+# (a typo) would ask torch for tens of GB; the official scripts draw 16.
+MAX_SAMPLES = 1024
+
+
 @dataclass(frozen=True)
 class LossConfig(Config):
     """L = Bradley-Terry + λ · goal-conditioned contrastive (Nath et al. 2024)."""
@@ -283,9 +288,9 @@ class LossConfig(Config):
                "sample as the official code does: give one or the other")
         _check(self.temperature > 0, f"--temperature {self.temperature}: must be positive")
         _check(self.lam >= 0, f"--lam {self.lam}: must be >= 0")
-        _check(self.K >= 1, f"--k {self.K}: must be at least 1")
-        for flag, n in (("--sim-samples", self.sim_samples), ("--unsim-samples", self.unsim_samples)):
-            _check(n is None or n >= 1, f"{flag} {n}: must be at least 1")
+        for flag, n in (("--k", self.K), ("--sim-samples", self.sim_samples), ("--unsim-samples", self.unsim_samples)):
+            _check(n is None or 1 <= n <= MAX_SAMPLES, f"{flag} {n}: must be between 1 and {MAX_SAMPLES} (positions drawn per "
+                                                       f"preference pair; the official scripts draw 16)")
         _check(self.contrastive != "infonce" or self.contrastive_reduce is None,
                "--contrastive infonce: takes no --contrastive-reduce (it shapes the official term)")
         _check(0 <= self.goal_min_frac < 1, f"--goal-min-frac {self.goal_min_frac}: must be in [0, 1)")

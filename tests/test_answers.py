@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from probekit.data.answers import get_parser, grade
+from probekit.data.answers import as_number, get_parser, grade
 from probekit.errors import ProbekitError
 
 
@@ -43,6 +43,9 @@ def test_grade_normalises_gold():
     ("3431581", "3431580", 0), ("10001", "10000", 0),  # two integers: equal or wrong (NeMo-Skills would take these)
     ("500", "5", 0),  # NeMo-Skills' percentage leniency (g·100, g/100) is not taken
     ("1e400", "1e400", 1), ("2e400", "1e400", 0),
+    ("1,000", "1000", 1), ("1,000.5", "1000.5", 1),  # the answer is normalised as the gold is
+    ("1e-400", "0", 0),  # exact: no float underflow to 0
+    ("inf", "5", 0), ("-0", "0", 1), ("3/4", "0.75", 1),
 ])
 def test_numbers_match_within_the_official_graders_tolerance(answer, gold, want):
     assert grade(answer, gold) == want
@@ -52,3 +55,15 @@ def test_numbers_match_within_the_official_graders_tolerance(answer, gold, want)
 def test_bad_specs_are_one_line_errors(spec, match):
     with pytest.raises(ProbekitError, match=match):
         get_parser(spec)
+
+
+def test_a_huge_exponent_is_compared_as_text():
+    """Fraction("1e999999999") would build a billion-digit integer (seconds per answer, a hang over a file); such an
+    answer is no number to `grade` and is compared as text."""
+    assert as_number("1e999999999") is None and as_number("1e400") == 10 ** 400
+    assert grade("1e999999999", "5") == 0 and grade("1e999999999", "1e999999999") == 1
+
+
+def test_last_number_reads_exponents_and_fractions():
+    parse = get_parser("last-number")
+    assert parse("A: 1e5") == "1e5" and parse("so 3/4 of it") == "3/4" and parse("$1,080.5.") == "1080.5"

@@ -221,7 +221,9 @@ def test_a_sampled_position_maps_to_the_last_stored_row_at_or_before_it():
     (dict(source_window=0.2, late_frac=0.5), "--goal-min-frac and --late-frac are probekit's sampler"),
     (dict(contrastive="infonce", goal_agg="cosine_avg"), "--contrastive infonce: takes neither"),
     (dict(contrastive_reduce="micro"), "--contrastive-reduce 'micro': choose from example, batch"),
-    (dict(unsim_samples=0), "--unsim-samples 0: must be at least 1"),
+    (dict(unsim_samples=0), "--unsim-samples 0: must be between 1 and 1024"),
+    (dict(sim_samples=1_000_000), "--sim-samples 1000000: must be between 1 and 1024"),  # a typo, not a 25 GB allocation
+    (dict(K=0), "--k 0: must be between 1 and 1024"),
     (dict(contrastive="infonce", contrastive_reduce="batch"), "--contrastive infonce: takes no --contrastive-reduce"),
 ])
 def test_bad_loss_options_are_refused(changes, needle):

@@ -86,6 +86,7 @@ def test_a_bad_record_is_one_line_naming_the_file_and_line(world, tmp_path, monk
         code, err = run_cli(monkeypatch, capsys, "score", str(path), "--ckpt", str(world.ckpts["last"]), "--out", str(tmp_path / "o"),
                             "--device", "cpu", "--chunk", "2", "--no-progress", "--overwrite")
         assert_one_line_error(code, _no_load_bar(err), f"{path}:3", needle)
+        assert "trajectory '1'" not in err  # an item is named by the file's id, not by its place in the chunk
         assert not (tmp_path / "o" / "scores.jsonl").exists()  # nothing half-written is committed
 
 

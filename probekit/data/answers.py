@@ -17,15 +17,15 @@ rounded answer; integers must be equal.
 
 from __future__ import annotations
 
-import math
 import re
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Callable
 
 from probekit.data.gsm8k import final_answer, normalize_answer
 from probekit.errors import ProbekitError
 
-NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?(?:/\d+)?")  # 1,080.5, 1e5, 3/4
 GSM8K_FINAL = re.compile(r"####\s*([^\n]*)")
 PARSERS = ("synth", "gsm8k", "last-number", "regex:PATTERN")
 
@@ -83,15 +83,31 @@ def get_parser(spec: str) -> Parser:
 REL_TOL = 1e-4
 
 
-def _as_number(text: str | None):
-    try:
-        return Fraction(text) if text is not None else None
-    except (ValueError, ZeroDivisionError, OverflowError):
+# Decimal exponents beyond this are not turned into exact fractions (Fraction("1e999999999") builds a billion-digit
+# integer): such answers are compared as text. A float reaches 1e308, so nothing a grader meets is lost.
+MAX_EXPONENT = 400
+FRACTION = re.compile(r"-?\d+/\d+")
+
+
+def as_number(text: str | None) -> Fraction | None:
+    """The exact value of a normalised answer ("7.5", "1e5", "3/4"), or None when it is not a finite number of
+    reasonable size."""
+    if text is None:
         return None
+    try:
+        if FRACTION.fullmatch(text):
+            return Fraction(text)
+        value = Decimal(text)
+    except (InvalidOperation, ValueError, ZeroDivisionError):
+        return None
+    if not value.is_finite() or (value and abs(value.adjusted()) > MAX_EXPONENT):
+        return None
+    return Fraction(value)
 
 
 def numbers_match(a: Fraction, g: Fraction) -> bool:
-    """Whether answer `a` grades as gold `g`: equal, or, unless both are integers, within REL_TOL of each other.
+    """Whether answer `a` grades as gold `g`: equal, or, unless both are integers, within REL_TOL of each other
+    (|a - g| <= REL_TOL * max(|a|, |g|), `math.isclose`'s rule, computed exactly: 1e-400 is not 0).
 
     Two different integers never match (NeMo-Skills' tolerance would take 10001 for 10000: an off-by-one count is a
     wrong answer); NeMo-Skills' other leniency, accepting g·100 and g/100 for a percentage, is not taken either.
@@ -100,10 +116,7 @@ def numbers_match(a: Fraction, g: Fraction) -> bool:
         return True
     if a.denominator == 1 and g.denominator == 1:
         return False
-    try:
-        return math.isclose(float(a), float(g), rel_tol=REL_TOL)
-    except OverflowError:  # beyond a float (1e400): only equality counts
-        return False
+    return abs(a - g) <= Fraction(REL_TOL) * max(abs(a), abs(g))
 
 
 def grade(answer: str | None, gold: str | None) -> int | None:
@@ -112,7 +125,8 @@ def grade(answer: str | None, gold: str | None) -> int | None:
     if gold is None:
         return None
     gold_text = normalize_answer(str(gold))
+    answer = normalize_answer(answer) if answer is not None else None  # both sides alike: "1,000" is 1000
     if answer is None or gold_text is None:
         return 0
-    a, g = _as_number(answer), _as_number(gold_text)
+    a, g = as_number(answer), as_number(gold_text)
     return int(numbers_match(a, g) if a is not None and g is not None else answer == gold_text)

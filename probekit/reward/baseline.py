@@ -81,8 +81,10 @@ class Baselines:
         found = np.asarray([k in self.means for k in keys], dtype=bool)
         if on_missing == "error" and not found.all():
             first = int(np.flatnonzero(~found)[0])
-            raise ItemError(first, f"its prompt has no baseline in {self.path} ({int((~found).sum())} of {len(keys)} "
-                                f"prompts have none); add them with `probekit baseline`, or score with on_missing='zero'")
+            missing = len({k for k, ok in zip(keys, found) if not ok})
+            raise ItemError(first, f"its prompt has no baseline in {self.path} ({missing} of the {len(set(keys))} distinct prompts of "
+                                   f"these items have none); add them with `probekit baseline`, or score with --on-missing zero "
+                                   f"(on_missing='zero' in Python)")
         return found
 
     def subtract(self, rewards: np.ndarray, keys: list[str], on_missing: str = "error") -> tuple[np.ndarray, np.ndarray]:

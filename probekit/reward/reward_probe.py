@@ -167,16 +167,17 @@ class RewardProbe:
 
     def score(self, prompts: Sequence[str], completions: Sequence[str], *, q: bool = False, goal: str = "mean",
               rendered: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, max_batch_tokens: int | None = None,
-              progress: Progress | None = None) -> ScoreResult:
+              progress: Progress | None = None, ids: Sequence[str] | None = None) -> ScoreResult:
         """Rewards of each completion after its prompt (and per-token Q toward `goal` with `q`).
 
         Prompts are rendered with the checkpoint's template unless `rendered` (text the chat template already
         produced, as OpenRLHF sends it). `batch_size` texts run per chunk, each chunk in length-bucketed
-        batches of at most `max_batch_tokens` padded tokens (extraction's default for the device).
+        batches of at most `max_batch_tokens` padded tokens (extraction's default for the device). `ids` name the
+        items in error messages (default: their numbers from 1).
         """
         if batch_size < 1:
             raise ProbekitError(f"batch_size must be >= 1, got {batch_size}")
-        trajs = self._trajectories(prompts, completions)
+        trajs = self._trajectories(prompts, completions, ids)
         rendering = self._rendering(rendered)
         encoded = encode_all(trajs, self.tokenizer, rendering, "input")
         keys = self._prompt_keys(trajs, rendering)
@@ -236,7 +237,7 @@ class RewardProbe:
 
     # ---- internals -------------------------------------------------------------------------------------------------
 
-    def _trajectories(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Trajectory]:
+    def _trajectories(self, prompts: Sequence[str], completions: Sequence[str], ids: Sequence[str] | None = None) -> list[Trajectory]:
         if isinstance(prompts, str) or isinstance(completions, str):
             raise ProbekitError("prompts and completions must be lists of strings, not one string")
         if len(prompts) != len(completions):
@@ -245,7 +246,10 @@ class RewardProbe:
             bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
             if bad is not None:
                 raise ProbekitError(f"{what} {bad + 1} is {type(texts[bad]).__name__}, not a string")
-        return [Trajectory(id=str(i + 1), group=str(i + 1), prompt=p, completion=c) for i, (p, c) in enumerate(zip(prompts, completions))]
+        if ids is not None and len(ids) != len(prompts):
+            raise ProbekitError(f"{len(ids)} ids for {len(prompts)} prompts: pass one id per completion")
+        names = [str(i + 1) for i in range(len(prompts))] if ids is None else [str(x) for x in ids]
+        return [Trajectory(id=name, group=str(i + 1), prompt=p, completion=c) for i, (name, p, c) in enumerate(zip(names, prompts, completions))]
 
     def _rendering(self, rendered: bool) -> Rendering:
         if rendered and self.spec.template == "chat":

@@ -106,7 +106,7 @@ def score_file(rp: RewardProbe, path: str | Path, out, *, q: bool = False, goal:
             try:
                 prompts, completions = rp.split_messages([i.conversation for i in items])
                 result = rp.score(prompts, completions, q=q, goal=goal, rendered=True, batch_size=batch_size or chunk,
-                                  max_batch_tokens=max_batch_tokens)
+                                  max_batch_tokens=max_batch_tokens, ids=[i.id for i in items])
             except ItemError as exc:  # the API's index is within the chunk: name the file's line instead
                 if 0 <= exc.index < len(items):
                     raise ProbekitError(f"{where(path, items[exc.index].record)}: {exc.detail}") from None

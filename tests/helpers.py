@@ -15,6 +15,7 @@ import socket
 import dataclasses
 import hashlib
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -357,3 +358,21 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+class ProgressRecorder:
+    """A `probekit.progress` receiver that keeps every event: ("task", description, total, unit), ("advance", n,
+    whether it came from the main thread), ("close",)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def task(self, description, total, unit=""):
+        self.events.append(("task", description, total, unit))
+        return self
+
+    def advance(self, n=1, note=""):
+        self.events.append(("advance", n, threading.current_thread() is threading.main_thread()))
+
+    def close(self):
+        self.events.append(("close",))

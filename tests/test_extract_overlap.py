@@ -27,7 +27,7 @@ from probekit.extract.lane import Lane
 from probekit.extract.run import extract, lock_name
 from probekit.models import load_model
 from probekit.store import Store, shard_name
-from tests.helpers import assert_same_store, extract_options, read_store, shared_prompt_file, toy_trajectories
+from tests.helpers import ProgressRecorder, assert_same_store, extract_options, read_store, shared_prompt_file, toy_trajectories
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -88,21 +88,9 @@ def test_overlap_on_and_off_write_the_same_arrays(case, tiny, tiny_bf16, data, t
 
 def test_progress_counts_are_the_same_with_and_without_overlap(tiny, data, tmp_path):
     def events(overlap: bool) -> list:
-        seen = []
-
-        class Recorder:
-            def task(self, description, total, unit=""):
-                seen.append(("task", description, total, unit))
-                return self
-
-            def advance(self, n=1, note=""):
-                seen.append(("advance", n, threading.current_thread() is threading.main_thread()))
-
-            def close(self):
-                seen.append(("close",))
-
-        extract(extract_options(data["toy"], tmp_path / f"p{overlap}", max_batch_tokens=64, overlap=overlap), loaded=tiny, progress=Recorder())
-        return seen
+        recorder = ProgressRecorder()
+        extract(extract_options(data["toy"], tmp_path / f"p{overlap}", max_batch_tokens=64, overlap=overlap), loaded=tiny, progress=recorder)
+        return recorder.events
 
     on, off = events(True), events(False)
     assert on == off and len(on) > 4 and all(e[2] for e in on if e[0] == "advance")  # reported from the caller's thread

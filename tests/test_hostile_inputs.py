@@ -27,7 +27,7 @@ from probekit.extract.run import extract, lock_name
 from probekit.models import load_model
 from probekit.outputs import MARKER
 from probekit.store import Store, read_shard_attrs, shard_name
-from tests.helpers import assert_same_store, extract_options, toy_trajectories
+from tests.helpers import ProgressRecorder, assert_same_store, extract_options, toy_trajectories
 from tests.store_factory import make_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,20 +455,9 @@ def test_out_help_no_longer_promises_replacement():
 
 
 def test_extract_reports_progress_through_the_protocol_and_imports_no_cli(tiny, traj_file, tmp_path):
-    events = []
-
-    class Recorder:
-        def task(self, description, total, unit=""):
-            events.append(("task", description, total, unit))
-            return self
-
-        def advance(self, n=1, note=""):
-            events.append(("advance", n))
-
-        def close(self):
-            events.append(("close",))
-
-    extract(extract_options(traj_file, tmp_path / "st"), loaded=tiny, progress=Recorder())
+    recorder = ProgressRecorder()
+    extract(extract_options(traj_file, tmp_path / "st"), loaded=tiny, progress=recorder)
+    events = recorder.events
     (_, name, total, unit), *rest = events
     assert name == "extract" and unit == "tokens" and total > 0
     assert sum(e[1] for e in rest if e[0] == "advance") == total and rest[-1] == ("close",)

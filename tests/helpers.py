@@ -225,6 +225,7 @@ def read_store(path: Path) -> dict:
 
 def assert_same_store(a: Path, b: Path, atol: float = 0.0) -> None:
     ra, rb = read_store(a), read_store(b)
+    assert ra, f"{a}: no shards to compare"  # two missing stores are not the same store
     assert ra.keys() == rb.keys()
     for key in ra:
         if ra[key].dtype.kind == "f":
